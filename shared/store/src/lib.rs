@@ -1,0 +1,397 @@
+//! One SQL layer for SQLite and PostgreSQL.
+//!
+//! Every service owns one database: a SQLite file in the embedded default, a PostgreSQL database
+//! in production. Services write one SQL text for both through sqlx's `Any` driver (DESIGN §4),
+//! so this crate is the one place that knows the two apart:
+//!
+//! - [`Db::connect`] opens a pool from a URL. For SQLite it creates the folders and the file,
+//!   switches the file to WAL, and sets `synchronous` and the busy timeout on every connection.
+//! - [`Db::begin`] starts a write transaction. On SQLite that is `BEGIN IMMEDIATE`: a deferred
+//!   transaction that reads and then writes can fail at once with `SQLITE_BUSY` (the busy timeout
+//!   does not apply to a lock upgrade), so writers take the write lock up front and queue instead.
+//! - [`Db::migrate`] runs migrations embedded in the binary (`sqlx::migrate!`).
+//! - [`StoreError`] turns driver errors into what callers decide on: a unique violation (an
+//!   idempotent insert that lost the race), a serialization failure or busy database (retry the
+//!   transaction), a lost connection (retry), or anything else.
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use sqlx;
+
+/// Which database a [`Db`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend named by a URL's scheme.
+    pub fn of_url(url: &str) -> Result<Backend, StoreError> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        match scheme {
+            "sqlite" => Ok(Backend::Sqlite),
+            "postgres" | "postgresql" => Ok(Backend::Postgres),
+            _ => Err(StoreError::Config(format!(
+                "unsupported database URL {:?}: expected sqlite://… or postgres://…",
+                redact(url)
+            ))),
+        }
+    }
+}
+
+/// SQLite's `synchronous` setting: how often commits wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Synchronous {
+    /// Every commit is on disk before it returns: survives power loss. The default.
+    #[default]
+    Full,
+    /// In WAL mode, commits survive a process crash (SIGKILL) but the last ones may be lost on
+    /// power loss. Much faster on slow disks.
+    Normal,
+    /// No syncs at all: only for throwaway data.
+    Off,
+}
+
+impl Synchronous {
+    fn pragma(self) -> &'static str {
+        match self {
+            Synchronous::Full => "FULL",
+            Synchronous::Normal => "NORMAL",
+            Synchronous::Off => "OFF",
+        }
+    }
+}
+
+impl FromStr for Synchronous {
+    type Err = StoreError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "full" => Ok(Synchronous::Full),
+            "normal" => Ok(Synchronous::Normal),
+            "off" => Ok(Synchronous::Off),
+            other => Err(StoreError::Config(format!(
+                "synchronous must be full, normal or off, not {other:?}"
+            ))),
+        }
+    }
+}
+
+/// How to open a database.
+#[derive(Debug, Clone)]
+pub struct DbConfig {
+    /// `sqlite://path/to/file.db` (relative or absolute; `sqlite::memory:` is refused because
+    /// every pool connection would see its own empty database) or `postgres://user:pw@host/db`.
+    pub url: String,
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
+    /// SQLite only.
+    pub synchronous: Synchronous,
+    /// SQLite only: how long a writer waits for the lock before `SQLITE_BUSY`.
+    pub busy_timeout: Duration,
+}
+
+impl DbConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        DbConfig {
+            url: url.into(),
+            max_connections: 16,
+            acquire_timeout: Duration::from_secs(10),
+            synchronous: Synchronous::default(),
+            busy_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// A `sqlite://` URL for a file path.
+    pub fn sqlite_url(path: &Path) -> String {
+        format!("sqlite://{}", path.display())
+    }
+}
+
+/// A pool on one service's database.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+impl Db {
+    /// Opens (and for SQLite creates) the database.
+    pub async fn connect(config: &DbConfig) -> Result<Db, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = Backend::of_url(&config.url)?;
+        let url = match backend {
+            Backend::Sqlite => prepare_sqlite(config).await?,
+            Backend::Postgres => config.url.clone(),
+        };
+        let options = AnyConnectOptions::from_str(&url)
+            .map_err(|e| StoreError::Config(format!("bad database URL {:?}: {e}", redact(&url))))?
+            .disable_statement_logging();
+        let synchronous = config.synchronous;
+        let busy_ms = config.busy_timeout.as_millis();
+        let pool = AnyPoolOptions::new()
+            .max_connections(config.max_connections)
+            .acquire_timeout(config.acquire_timeout)
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        conn.execute(
+                            format!(
+                                "PRAGMA synchronous = {}; PRAGMA busy_timeout = {busy_ms}; PRAGMA foreign_keys = ON;",
+                                synchronous.pragma()
+                            )
+                            .as_str(),
+                        )
+                        .await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        Ok(Db { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Runs the migrations that are not applied yet. Safe to call from several instances at
+    /// once on PostgreSQL (sqlx takes an advisory lock).
+    pub async fn migrate(&self, migrator: &Migrator) -> Result<(), StoreError> {
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Starts a transaction that will write: `BEGIN IMMEDIATE` on SQLite, `BEGIN` on PostgreSQL.
+    pub async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
+        let tx = match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        };
+        Ok(tx)
+    }
+
+    /// Answers when the database answers a trivial query (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Closes every connection, waiting for those in use to be returned.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Creates the folders of a SQLite file, makes sure the URL creates the file, and switches the
+/// file to WAL once (the setting is stored in the file; doing it from every new pool connection
+/// races for an exclusive lock).
+async fn prepare_sqlite(config: &DbConfig) -> Result<String, StoreError> {
+    let rest = config
+        .url
+        .strip_prefix("sqlite://")
+        .or_else(|| config.url.strip_prefix("sqlite:"))
+        .unwrap_or_default();
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if path.is_empty() || path == ":memory:" || query.is_some_and(|q| q.contains("mode=memory")) {
+        return Err(StoreError::Config(
+            "an in-memory SQLite database is not supported: every pooled connection would see \
+             a different database; use a file"
+                .into(),
+        ));
+    }
+    let path = PathBuf::from(path);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Config(format!("cannot create the folder {}: {e}", dir.display()))
+        })?;
+    }
+    let url = match query {
+        Some(q) if q.contains("mode=") => config.url.clone(),
+        Some(_) => format!("{}&mode=rwc", config.url),
+        None => format!("{}?mode=rwc", config.url),
+    };
+    let mut conn = sqlx::AnyConnection::connect(&url).await?;
+    conn.execute(
+        format!(
+            "PRAGMA busy_timeout = {}; PRAGMA journal_mode = WAL;",
+            config.busy_timeout.as_millis()
+        )
+        .as_str(),
+    )
+    .await?;
+    conn.close().await?;
+    Ok(url)
+}
+
+/// Hides the password of a URL for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// What went wrong in the database, sorted by what the caller should do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// An insert hit a unique key: for an idempotent insert, somebody else got there first.
+    #[error("unique constraint violated{}", .constraint.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+    UniqueViolation { constraint: Option<String> },
+    /// The transaction lost a race (PostgreSQL serialization failure or deadlock, SQLite busy or
+    /// locked): run it again.
+    #[error("the transaction conflicted with another one; retry it: {0}")]
+    Conflict(String),
+    /// The database could not be reached or the connection broke: retry later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// A query that must return a row returned none.
+    #[error("row not found")]
+    NotFound,
+    /// A migration failed or the database has migrations this binary does not know.
+    #[error("migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+    /// The configuration cannot work (bad URL, folder that cannot be created).
+    #[error("database configuration: {0}")]
+    Config(String),
+    /// Anything else: a bug or a broken database.
+    #[error("database error: {0}")]
+    Other(sqlx::Error),
+}
+
+impl StoreError {
+    /// Whether running the same transaction again may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Conflict(_) | StoreError::Unavailable(_))
+    }
+}
+
+/// PostgreSQL `serialization_failure` and `deadlock_detected`.
+const PG_CONFLICT_CODES: [&str; 2] = ["40001", "40P01"];
+/// PostgreSQL classes 08 (connection exception) and 57P (operator intervention: shutdown,
+/// terminated backend).
+const PG_UNAVAILABLE_PREFIXES: [&str; 3] = ["08", "57P", "53"];
+/// SQLite primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6); extended codes carry the
+/// primary code in their low byte.
+const SQLITE_BUSY: i64 = 5;
+const SQLITE_LOCKED: i64 = 6;
+
+impl From<sqlx::Error> for StoreError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::RowNotFound => StoreError::NotFound,
+            sqlx::Error::Database(ref db) => {
+                if db.is_unique_violation() {
+                    return StoreError::UniqueViolation {
+                        constraint: db.constraint().map(str::to_owned),
+                    };
+                }
+                let code = db.code().map(|c| c.into_owned()).unwrap_or_default();
+                if PG_CONFLICT_CODES.contains(&code.as_str()) {
+                    return StoreError::Conflict(db.message().to_owned());
+                }
+                if PG_UNAVAILABLE_PREFIXES.iter().any(|p| code.starts_with(p)) {
+                    return StoreError::Unavailable(db.message().to_owned());
+                }
+                if let Ok(n) = code.parse::<i64>() {
+                    if matches!(n & 0xff, SQLITE_BUSY | SQLITE_LOCKED) {
+                        return StoreError::Conflict(db.message().to_owned());
+                    }
+                }
+                StoreError::Other(error)
+            }
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::Tls(_) => StoreError::Unavailable(error.to_string()),
+            sqlx::Error::Migrate(e) => StoreError::Migration(*e),
+            sqlx::Error::Configuration(e) => StoreError::Config(e.to_string()),
+            other => StoreError::Other(other),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch: the one timestamp type every table uses (DESIGN §4).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_name_their_backend_and_others_are_refused() {
+        assert_eq!(
+            Backend::of_url("sqlite://data/x.db").unwrap(),
+            Backend::Sqlite
+        );
+        assert_eq!(
+            Backend::of_url("postgres://u@h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert_eq!(
+            Backend::of_url("postgresql://u@h/db").unwrap(),
+            Backend::Postgres
+        );
+        assert!(matches!(
+            Backend::of_url("mysql://u@h/db"),
+            Err(StoreError::Config(_))
+        ));
+    }
+
+    #[test]
+    fn passwords_are_redacted_from_urls_in_messages() {
+        assert_eq!(
+            redact("postgres://app:s3cret@db:5432/pay"),
+            "postgres://app:***@db:5432/pay"
+        );
+        assert_eq!(redact("postgres://app@db/pay"), "postgres://app@db/pay");
+        assert_eq!(redact("sqlite://data/a.db"), "sqlite://data/a.db");
+    }
+
+    #[test]
+    fn synchronous_parses_case_insensitively_and_rejects_unknown_values() {
+        assert_eq!(
+            "NORMAL".parse::<Synchronous>().unwrap(),
+            Synchronous::Normal
+        );
+        assert_eq!("full".parse::<Synchronous>().unwrap(), Synchronous::Full);
+        assert!("fast".parse::<Synchronous>().is_err());
+    }
+
+    #[tokio::test]
+    async fn an_in_memory_sqlite_url_is_refused_with_a_clear_error() {
+        let err = Db::connect(&DbConfig::new("sqlite::memory:"))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, StoreError::Config(ref m) if m.contains("in-memory")),
+            "{err}"
+        );
+    }
+}

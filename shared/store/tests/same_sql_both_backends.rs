@@ -1,0 +1,400 @@
+//! The storage rules of DESIGN §4, checked on a real SQLite file and a real PostgreSQL database:
+//! the same migrations and the same SQL text give the same results on both.
+use futures::future::join_all;
+use sqlx::Row;
+use store::{Backend, Db, DbConfig, StoreError};
+use testkit::{both_backends, TestDb};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("tests/migrations");
+
+async fn open(db: &TestDb) -> Db {
+    let db = Db::connect(&DbConfig::new(db.url())).await.unwrap();
+    db.migrate(&MIGRATOR).await.unwrap();
+    db
+}
+
+async fn seed_account(db: &Db, id: i64, owner: &str, available: i64) {
+    sqlx::query("INSERT INTO accounts (id, owner, available, frozen, updated_at) VALUES ($1, $2, $3, 0, $4)")
+        .bind(id)
+        .bind(owner)
+        .bind(available)
+        .bind(store::now_ms())
+        .execute(db.pool())
+        .await
+        .unwrap();
+}
+
+/// Runs a fixed script of statements and records what each returned, as text.
+async fn transcript(db: &Db) -> Vec<String> {
+    let mut out = Vec::new();
+    seed_account(db, 1, "alice", 1_000).await;
+    seed_account(db, 2, "bob", 0).await;
+
+    // ON CONFLICT DO NOTHING: first insert wins, the second changes nothing.
+    for _ in 0..2 {
+        let r = sqlx::query(
+            "INSERT INTO barrier (gid, branch_id, op, created_at, payload) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(42_i64)
+        .bind("b1")
+        .bind("try")
+        .bind(7_i64)
+        .bind(vec![0u8, 1, 2, 255])
+        .execute(db.pool())
+        .await
+        .unwrap();
+        out.push(format!("insert-or-nothing affected {}", r.rows_affected()));
+    }
+
+    // RETURNING from an UPDATE, with placeholders used out of order.
+    let row = sqlx::query(
+        "UPDATE accounts SET available = available - $2, frozen = frozen + $2 WHERE id = $1 AND available >= $2 RETURNING available, frozen",
+    )
+    .bind(1_i64)
+    .bind(300_i64)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    out.push(format!(
+        "freeze -> available {} frozen {}",
+        row.get::<i64, _>("available"),
+        row.get::<i64, _>("frozen")
+    ));
+
+    // A conditional update that does not apply: no row.
+    let none = sqlx::query("UPDATE accounts SET available = available - $1 WHERE id = $2 AND available >= $1 RETURNING id")
+        .bind(5_000_i64)
+        .bind(1_i64)
+        .fetch_optional(db.pool())
+        .await
+        .unwrap();
+    out.push(format!("overdraw returned a row: {}", none.is_some()));
+
+    // INSERT … RETURNING.
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO ledger (id, account_id, delta) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(9_007_199_254_740_993_i64) // above 2^53: must not pass through a float
+    .bind(1_i64)
+    .bind(-300_i64)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    out.push(format!("ledger id {id}"));
+
+    // Aggregates cast to BIGINT read the same on both.
+    let (sum, count): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(SUM(available + frozen) AS BIGINT), CAST(COUNT(*) AS BIGINT) FROM accounts",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    out.push(format!("total {sum} over {count} accounts"));
+
+    // SUM over no rows is NULL on both.
+    let empty: Option<i64> =
+        sqlx::query_scalar("SELECT CAST(SUM(delta) AS BIGINT) FROM ledger WHERE account_id = $1")
+            .bind(99_i64)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    out.push(format!("empty sum {empty:?}"));
+
+    // Blobs round-trip byte for byte, NULL blobs stay NULL.
+    let payload: Option<Vec<u8>> = sqlx::query_scalar("SELECT payload FROM barrier WHERE gid = $1")
+        .bind(42_i64)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    out.push(format!("payload {payload:?}"));
+
+    // Text with quotes and non-ASCII.
+    sqlx::query("UPDATE accounts SET owner = $1 WHERE id = $2")
+        .bind("Zoë 'the' \"merchant\"")
+        .bind(2_i64)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let owner: String = sqlx::query_scalar("SELECT owner FROM accounts WHERE id = $1")
+        .bind(2_i64)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    out.push(format!("owner {owner}"));
+
+    // Extremes of i64.
+    sqlx::query("INSERT INTO ledger (id, account_id, delta) VALUES ($1, $2, $3)")
+        .bind(i64::MAX)
+        .bind(2_i64)
+        .bind(i64::MIN)
+        .execute(db.pool())
+        .await
+        .unwrap();
+    let min: i64 = sqlx::query_scalar("SELECT delta FROM ledger WHERE id = $1")
+        .bind(i64::MAX)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    out.push(format!("i64 extremes {min}"));
+    out
+}
+
+async fn the_same_script_gives_a_known_transcript(db: TestDb) {
+    let db = open(&db).await;
+    let got = transcript(&db).await;
+    let extremes = format!("i64 extremes {}", i64::MIN);
+    let expected = vec![
+        "insert-or-nothing affected 1",
+        "insert-or-nothing affected 0",
+        "freeze -> available 700 frozen 300",
+        "overdraw returned a row: false",
+        "ledger id 9007199254740993",
+        "total 1000 over 2 accounts",
+        "empty sum None",
+        "payload Some([0, 1, 2, 255])",
+        "owner Zoë 'the' \"merchant\"",
+        &extremes,
+    ];
+    assert_eq!(got, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_and_postgres_give_identical_transcripts_side_by_side() {
+    let Some(pg) = TestDb::postgres().await else {
+        return;
+    };
+    let lite = TestDb::sqlite();
+    let a = transcript(&open(&lite).await).await;
+    let b = transcript(&open(&pg).await).await;
+    assert_eq!(a, b);
+}
+
+async fn migrations_run_once_and_a_second_run_changes_nothing(db: TestDb) {
+    let first = open(&db).await;
+    seed_account(&first, 1, "alice", 10).await;
+    let again = open(&db).await; // runs the migrator again
+    let applied: i64 = sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM _sqlx_migrations")
+        .fetch_one(again.pool())
+        .await
+        .unwrap();
+    assert_eq!(applied, 2);
+    let rows: i64 = sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM accounts")
+        .fetch_one(again.pool())
+        .await
+        .unwrap();
+    assert_eq!(rows, 1, "data survived the second migration run");
+}
+
+async fn a_duplicate_key_is_reported_as_a_unique_violation(db: TestDb) {
+    let db = open(&db).await;
+    seed_account(&db, 1, "alice", 10).await;
+    let err: StoreError = sqlx::query(
+        "INSERT INTO accounts (id, owner, available, frozen, updated_at) VALUES ($1, $2, 0, 0, 0)",
+    )
+    .bind(1_i64)
+    .bind("someone-else")
+    .execute(db.pool())
+    .await
+    .unwrap_err()
+    .into();
+    assert!(matches!(err, StoreError::UniqueViolation { .. }), "{err:?}");
+    assert!(!err.is_transient());
+
+    // A secondary unique index too.
+    let err: StoreError = sqlx::query(
+        "INSERT INTO accounts (id, owner, available, frozen, updated_at) VALUES ($1, $2, 0, 0, 0)",
+    )
+    .bind(2_i64)
+    .bind("alice")
+    .execute(db.pool())
+    .await
+    .unwrap_err()
+    .into();
+    assert!(matches!(err, StoreError::UniqueViolation { .. }), "{err:?}");
+}
+
+async fn fifty_concurrent_conditional_updates_never_overdraw(db: TestDb) {
+    let db = open(&db).await;
+    // 30 units, 50 tasks each taking 1: exactly 30 succeed.
+    seed_account(&db, 1, "alice", 30).await;
+    let tasks = (0..50).map(|_| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let r = sqlx::query(
+                "UPDATE accounts SET available = available - $1, frozen = frozen + $1 WHERE id = $2 AND available >= $1",
+            )
+            .bind(1_i64)
+            .bind(1_i64)
+            .execute(db.pool())
+            .await
+            .map_err(StoreError::from)
+            .unwrap();
+            let available: i64 = sqlx::query_scalar("SELECT available FROM accounts WHERE id = $1")
+                .bind(1_i64)
+                .fetch_one(db.pool())
+                .await
+                .unwrap();
+            assert!(available >= 0, "balance went negative: {available}");
+            r.rows_affected()
+        })
+    });
+    let applied: u64 = join_all(tasks).await.into_iter().map(|r| r.unwrap()).sum();
+    assert_eq!(applied, 30);
+    let (available, frozen): (i64, i64) =
+        sqlx::query_as("SELECT available, frozen FROM accounts WHERE id = $1")
+            .bind(1_i64)
+            .fetch_one(db.pool())
+            .await
+            .unwrap();
+    assert_eq!((available, frozen), (0, 30));
+}
+
+async fn fifty_concurrent_write_transactions_serialise_without_losing_a_write(db: TestDb) {
+    let db = open(&db).await;
+    seed_account(&db, 1, "alice", 0).await;
+    // Read-then-write inside a transaction is the pattern that fails with SQLITE_BUSY under a
+    // deferred BEGIN; Db::begin must queue writers instead. Each task inserts a ledger row and
+    // bumps the balance in one transaction.
+    let tasks = (0..50_i64).map(|i| {
+        let db = db.clone();
+        tokio::spawn(async move {
+            let mut tx = db.begin().await.unwrap();
+            let before: i64 = sqlx::query_scalar("SELECT available FROM accounts WHERE id = $1")
+                .bind(1_i64)
+                .fetch_one(&mut *tx)
+                .await
+                .unwrap();
+            sqlx::query("INSERT INTO ledger (id, account_id, delta) VALUES ($1, $2, $3)")
+                .bind(i)
+                .bind(1_i64)
+                .bind(1_i64)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let after: i64 = sqlx::query_scalar(
+                "UPDATE accounts SET available = available + $1 WHERE id = $2 RETURNING available",
+            )
+            .bind(1_i64)
+            .bind(1_i64)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+            (before, after)
+        })
+    });
+    let results: Vec<(i64, i64)> = join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let (available, ledger): (i64, i64) = sqlx::query_as(
+        "SELECT a.available, CAST((SELECT COUNT(*) FROM ledger) AS BIGINT) FROM accounts a WHERE a.id = $1",
+    )
+    .bind(1_i64)
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!((available, ledger), (50, 50));
+    if db.backend() == Backend::Sqlite {
+        // SQLite serialises writers, so each saw the one before it.
+        assert!(results.iter().all(|(b, a)| a - b == 1));
+    }
+}
+
+async fn a_rolled_back_transaction_leaves_nothing_behind(db: TestDb) {
+    let db = open(&db).await;
+    seed_account(&db, 1, "alice", 100).await;
+    {
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("UPDATE accounts SET available = 0 WHERE id = $1")
+            .bind(1_i64)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+    }
+    {
+        let mut tx = db.begin().await.unwrap();
+        sqlx::query("UPDATE accounts SET available = 1 WHERE id = $1")
+            .bind(1_i64)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        // dropped without commit
+    }
+    let available: i64 = sqlx::query_scalar("SELECT available FROM accounts WHERE id = $1")
+        .bind(1_i64)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(available, 100);
+}
+
+both_backends!(
+    the_same_script_gives_a_known_transcript,
+    migrations_run_once_and_a_second_run_changes_nothing,
+    a_duplicate_key_is_reported_as_a_unique_violation,
+    fifty_concurrent_conditional_updates_never_overdraw,
+    fifty_concurrent_write_transactions_serialise_without_losing_a_write,
+    a_rolled_back_transaction_leaves_nothing_behind,
+);
+
+#[tokio::test]
+async fn a_sqlite_file_is_created_with_its_folders_in_wal_mode() {
+    let dir = testkit::temp_dir("store-");
+    let path = dir.path().join("a/b/c/service.db");
+    let db = Db::connect(&DbConfig::new(DbConfig::sqlite_url(&path)))
+        .await
+        .unwrap();
+    assert!(path.exists());
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(mode.to_lowercase(), "wal");
+    let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(sync, 2, "FULL by default");
+}
+
+#[tokio::test]
+async fn synchronous_normal_is_applied_to_every_connection() {
+    let dir = testkit::temp_dir("store-");
+    let mut cfg = DbConfig::new(DbConfig::sqlite_url(&dir.path().join("x.db")));
+    cfg.synchronous = store::Synchronous::Normal;
+    cfg.max_connections = 4;
+    let db = Db::connect(&cfg).await.unwrap();
+    // Hold several connections at once so more than one is opened.
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(db.pool().acquire().await.unwrap());
+    }
+    for conn in &mut conns {
+        let sync: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut **conn)
+            .await
+            .unwrap();
+        assert_eq!(sync, 1);
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_postgres_is_reported_as_unavailable() {
+    let port = testkit::free_port();
+    let mut cfg = DbConfig::new(format!("postgres://nobody@127.0.0.1:{port}/none"));
+    cfg.acquire_timeout = std::time::Duration::from_secs(2);
+    let err = Db::connect(&cfg).await.unwrap_err();
+    assert!(err.is_transient(), "{err:?}");
+    assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+}
+
+#[tokio::test]
+async fn an_unsupported_url_is_a_config_error() {
+    let err = Db::connect(&DbConfig::new("mysql://x@y/z"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+}

@@ -1,0 +1,163 @@
+//! Test infrastructure for real-parts tests.
+//!
+//! The project's tests talk to real databases and real processes (no mocks where the real thing
+//! can run). This crate makes that cheap to write:
+//!
+//! - [`TestDb::sqlite`]: a fresh SQLite file in a temporary folder.
+//! - [`TestDb::postgres`]: a fresh PostgreSQL database, from the first source that works:
+//!   1. `DATABASE_URL`: a uniquely named database is created on that server;
+//!   2. a throwaway cluster for this test process: `initdb` (run as the `postgres` user when we
+//!      are root, because `initdb` refuses root) into a temporary folder, started on a free port;
+//!      a watchdog process stops it and removes the folder when the test process exits, however
+//!      it exits;
+//!   3. testcontainers, when a Docker daemon answers.
+//!
+//!   When none works the test is skipped with a printed reason, or fails loudly when
+//!   `REQUIRE_POSTGRES=1` (CI sets it, so a green CI means the PostgreSQL tests ran).
+//! - [`both_backends!`]: one test body, two tests (`…::on_sqlite`, `…::on_postgres`).
+//! - [`free_port`] and [`Service`]: spawn a real binary, wait for its `/readyz`, SIGKILL it,
+//!   restart it, read its log.
+
+mod postgres;
+mod process;
+
+pub use postgres::postgres_available;
+pub use process::{free_port, Service, ServiceSpec};
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Which database a [`TestDb`] is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database for one test.
+#[derive(Debug)]
+pub struct TestDb {
+    url: String,
+    backend: Backend,
+    /// Keeps the SQLite folder alive for as long as the test holds the database.
+    dir: Option<tempfile::TempDir>,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name unique to this process and call, for databases and folders.
+pub fn unique_name(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}_{}_{n}_{nanos:x}", std::process::id())
+}
+
+impl TestDb {
+    /// A new SQLite file in its own temporary folder (removed when the `TestDb` is dropped).
+    pub fn sqlite() -> TestDb {
+        let dir = tempfile::Builder::new()
+            .prefix("testkit-sqlite-")
+            .tempdir()
+            .expect("create a temporary folder for SQLite");
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        TestDb {
+            url,
+            backend: Backend::Sqlite,
+            dir: Some(dir),
+        }
+    }
+
+    /// A new PostgreSQL database, or `None` (with the reason printed) when no PostgreSQL can be
+    /// had. Panics instead of returning `None` when `REQUIRE_POSTGRES=1`.
+    pub async fn postgres() -> Option<TestDb> {
+        match postgres::create_database().await {
+            Ok(url) => Some(TestDb {
+                url,
+                backend: Backend::Postgres,
+                dir: None,
+            }),
+            Err(reason) => {
+                if std::env::var("REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
+                    panic!("REQUIRE_POSTGRES=1 but no PostgreSQL could be had: {reason}");
+                }
+                eprintln!("SKIPPED (no PostgreSQL): {reason}");
+                None
+            }
+        }
+    }
+
+    /// The connection URL (`sqlite://…` or `postgres://…`).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A folder that lives as long as this database: the SQLite folder, or a new temporary one.
+    pub fn scratch_dir(&self) -> Option<&Path> {
+        self.dir.as_ref().map(|d| d.path())
+    }
+
+    /// Another fresh database of the same backend (for tests that need one per service).
+    pub async fn sibling(&self) -> TestDb {
+        match self.backend {
+            Backend::Sqlite => TestDb::sqlite(),
+            Backend::Postgres => TestDb::postgres()
+                .await
+                .expect("PostgreSQL was available a moment ago"),
+        }
+    }
+}
+
+/// A temporary folder for a test's files (logs, data folders of spawned services).
+pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create a temporary folder")
+}
+
+/// The folder of the workspace's `target/<profile>` for finding built binaries from tests that
+/// do not have `CARGO_BIN_EXE_*` for them (binaries of other packages).
+pub fn target_bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test-binary>
+    exe.parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .expect("test binary lives in target/<profile>/deps")
+}
+
+/// Declares two tests that run one async test body on a fresh SQLite database and on a fresh
+/// PostgreSQL database:
+///
+/// ```ignore
+/// async fn balances_never_go_negative(db: testkit::TestDb) { /* … */ }
+/// testkit::both_backends!(balances_never_go_negative);
+/// // tests: balances_never_go_negative::on_sqlite, balances_never_go_negative::on_postgres
+/// ```
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_sqlite() {
+                    super::$name($crate::TestDb::sqlite()).await
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn on_postgres() {
+                    if let Some(db) = $crate::TestDb::postgres().await {
+                        super::$name(db).await
+                    }
+                }
+            }
+        )+
+    };
+}
