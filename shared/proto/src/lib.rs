@@ -1,1 +1,132 @@
-//! proto
+//! The protobuf contracts every service compiles against.
+//!
+//! `tcc.v1.Participant` is the one RPC each participant serves (DESIGN §2); `tcc.v1.Coordinator`
+//! is the coordinator's API (DESIGN §3). Both live in one package so a participant's tests can
+//! start a coordinator and a coordinator's tests can script participants with the same types.
+//! Code is generated at build time with a vendored `protoc`.
+
+#![allow(missing_debug_implementations)]
+
+/// `tcc.v1`: messages, clients (`*_client`) and servers (`*_server`).
+pub mod tcc {
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        tonic::include_proto!("tcc.v1");
+    }
+}
+
+pub use tcc::v1;
+
+use v1::{Op, Outcome};
+
+impl Op {
+    /// The lower-case name used in logs, metrics and database rows: `try`, `confirm`, ….
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Unspecified => "unspecified",
+            Op::Try => "try",
+            Op::Confirm => "confirm",
+            Op::Cancel => "cancel",
+            Op::Action => "action",
+            Op::Compensate => "compensate",
+        }
+    }
+
+    /// Parses [`Op::as_str`].
+    pub fn parse(s: &str) -> Option<Op> {
+        Some(match s {
+            "try" => Op::Try,
+            "confirm" => Op::Confirm,
+            "cancel" => Op::Cancel,
+            "action" => Op::Action,
+            "compensate" => Op::Compensate,
+            _ => return None,
+        })
+    }
+
+    /// Whether this op undoes another (cancel undoes try, compensate undoes action), and which.
+    pub fn undoes(self) -> Option<Op> {
+        match self {
+            Op::Cancel => Some(Op::Try),
+            Op::Compensate => Some(Op::Action),
+            _ => None,
+        }
+    }
+}
+
+impl v1::BranchResponse {
+    pub fn success() -> Self {
+        v1::BranchResponse {
+            outcome: Outcome::Success as i32,
+            code: String::new(),
+            message: String::new(),
+        }
+    }
+
+    pub fn failure(code: impl Into<String>, message: impl Into<String>) -> Self {
+        v1::BranchResponse {
+            outcome: Outcome::Failure as i32,
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    pub fn ongoing(message: impl Into<String>) -> Self {
+        v1::BranchResponse {
+            outcome: Outcome::Ongoing as i32,
+            code: String::new(),
+            message: message.into(),
+        }
+    }
+}
+
+/// Whether a gRPC status from a branch call is worth retrying (DESIGN §2).
+pub fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::DeadlineExceeded
+            | tonic::Code::Aborted
+            | tonic::Code::ResourceExhausted
+            | tonic::Code::Cancelled
+            | tonic::Code::Unknown
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_names_round_trip_and_only_undo_ops_undo_something() {
+        for op in [Op::Try, Op::Confirm, Op::Cancel, Op::Action, Op::Compensate] {
+            assert_eq!(Op::parse(op.as_str()), Some(op));
+        }
+        assert_eq!(Op::parse("TRY"), None);
+        assert_eq!(Op::Cancel.undoes(), Some(Op::Try));
+        assert_eq!(Op::Compensate.undoes(), Some(Op::Action));
+        assert_eq!(Op::Confirm.undoes(), None);
+    }
+
+    #[test]
+    fn transport_failures_are_transient_and_rejections_are_not() {
+        assert!(is_transient(&tonic::Status::unavailable("down")));
+        assert!(is_transient(&tonic::Status::deadline_exceeded("slow")));
+        assert!(!is_transient(&tonic::Status::invalid_argument("bad")));
+        assert!(!is_transient(&tonic::Status::not_found("no such account")));
+    }
+
+    #[test]
+    fn a_branch_request_survives_encoding() {
+        use prost::Message;
+        let req = v1::BranchRequest {
+            gid: u64::MAX >> 1,
+            branch_id: "payment".into(),
+            op: Op::Cancel as i32,
+            payload: vec![1, 2, 3],
+        };
+        let back = v1::BranchRequest::decode(req.encode_to_vec().as_slice()).unwrap();
+        assert_eq!(back, req);
+        assert_eq!(back.op(), Op::Cancel);
+    }
+}
