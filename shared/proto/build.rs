@@ -4,7 +4,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protoc = protoc_bin_vendored::protoc_bin_path()?;
     std::env::set_var("PROTOC", protoc);
     tonic_prost_build::configure().compile_protos(
-        &["proto/tcc/v1/participant.proto", "proto/tcc/v1/coordinator.proto"],
+        &[
+            "proto/tcc/v1/participant.proto",
+            "proto/tcc/v1/coordinator.proto",
+        ],
         &["proto"],
     )?;
     Ok(())

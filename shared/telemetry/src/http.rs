@@ -1,0 +1,75 @@
+//! Trace propagation for actix-web servers.
+//!
+//! ```ignore
+//! App::new().wrap(actix_web::middleware::from_fn(telemetry::http::trace_requests))
+//! ```
+
+use crate::propagation::continue_trace;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::middleware::Next;
+use opentelemetry::propagation::Extractor;
+use tracing::field::Empty;
+use tracing::Instrument;
+
+/// Paths probed every few seconds by orchestrators and scrapers: not worth a span each.
+const UNTRACED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+struct ActixHeaders<'a>(&'a actix_web::http::header::HeaderMap);
+
+impl Extractor for ActixHeaders<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|v| v.to_str().ok())
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|k| k.as_str()).collect()
+    }
+}
+
+/// Middleware (for `actix_web::middleware::from_fn`) that runs each request in a server span
+/// continuing the caller's `traceparent`, named `METHOD /route/{pattern}`, with the status code
+/// recorded.
+pub async fn trace_requests(
+    req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
+    if UNTRACED.contains(&req.path()) {
+        return next.call(req).await;
+    }
+    let parent =
+        opentelemetry::global::get_text_map_propagator(|p| p.extract(&ActixHeaders(req.headers())));
+    let route = req
+        .match_pattern()
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().to_string();
+    let span = tracing::info_span!(
+        "http.request",
+        otel.name = %format!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %req.path(),
+        http.response.status_code = Empty,
+        trace_id = Empty,
+    );
+    continue_trace(&span, parent);
+    let response = next.call(req).instrument(span.clone()).await;
+    match &response {
+        Ok(res) => {
+            let status = res.status().as_u16();
+            span.record("http.response.status_code", status);
+            if status >= 500 {
+                span.record("otel.status_code", "ERROR");
+            }
+        }
+        Err(e) => {
+            span.record(
+                "http.response.status_code",
+                e.as_response_error().status_code().as_u16(),
+            );
+            span.record("otel.status_code", "ERROR");
+        }
+    }
+    response
+}

@@ -1,0 +1,199 @@
+//! A server span becomes the child of the client span across a real HTTP call (actix-web +
+//! reqwest) and a real gRPC call (tonic), both over loopback sockets.
+use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer};
+use opentelemetry::trace::{SpanId, SpanKind, TraceId};
+use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
+use proto::v1::participant_client::ParticipantClient;
+use proto::v1::participant_server::{Participant, ParticipantServer};
+use proto::v1::{BranchRequest, BranchResponse, Op};
+use std::sync::OnceLock;
+use telemetry::{LogFormat, TelemetryConfig, TelemetryGuard};
+use tracing::Instrument;
+
+/// The tracing subscriber is process-global: one exporter for every test in this file.
+fn exporter() -> &'static InMemorySpanExporter {
+    static SETUP: OnceLock<(InMemorySpanExporter, TelemetryGuard)> = OnceLock::new();
+    &SETUP
+        .get_or_init(|| {
+            let exporter = InMemorySpanExporter::default();
+            let config = TelemetryConfig {
+                service_name: "propagation-test".into(),
+                filter: "warn".into(),
+                log_format: LogFormat::Json,
+                otlp_endpoint: None,
+            };
+            let guard = telemetry::init_with_exporter(&config, exporter.clone()).unwrap();
+            (exporter, guard)
+        })
+        .0
+}
+
+fn finished(name: &str) -> Vec<SpanData> {
+    exporter()
+        .get_finished_spans()
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.name == name)
+        .collect()
+}
+
+fn assert_child(server: &SpanData, client: &SpanData) {
+    assert_eq!(
+        server.span_context.trace_id(),
+        client.span_context.trace_id()
+    );
+    assert_eq!(server.parent_span_id, client.span_context.span_id());
+    assert_ne!(client.span_context.trace_id(), TraceId::INVALID);
+    assert_eq!(server.span_kind, SpanKind::Server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_server_span_is_the_child_of_the_calling_client_span() {
+    exporter();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(|| {
+        App::new()
+            .wrap(from_fn(telemetry::http::trace_requests))
+            .route(
+                "/orders/{id}",
+                web::get().to(|| async {
+                    // The handler sees the server span as current, with the caller's trace id.
+                    HttpResponse::Ok().body(telemetry::current_trace_id().unwrap_or_default())
+                }),
+            )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let client_span = tracing::info_span!("http-client-call");
+    let body = async {
+        let mut headers = reqwest::header::HeaderMap::new();
+        telemetry::inject_current_http(&mut headers);
+        assert!(headers.contains_key("traceparent"));
+        reqwest::Client::new()
+            .get(format!("http://127.0.0.1:{port}/orders/42"))
+            .headers(headers)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+    .instrument(client_span.clone())
+    .await;
+    drop(client_span);
+    handle.stop(true).await;
+
+    let client = finished("http-client-call")
+        .pop()
+        .expect("client span exported");
+    let server = finished("GET /orders/{id}")
+        .pop()
+        .expect("server span exported, named by route");
+    assert_child(&server, &client);
+    assert_eq!(body, client.span_context.trace_id().to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_request_without_traceparent_starts_a_new_trace() {
+    exporter();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = HttpServer::new(|| {
+        App::new()
+            .wrap(from_fn(telemetry::http::trace_requests))
+            .route(
+                "/fresh",
+                web::get().to(|| async { HttpResponse::NoContent().finish() }),
+            )
+    })
+    .workers(1)
+    .listen(listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+    reqwest::get(format!("http://127.0.0.1:{port}/fresh"))
+        .await
+        .unwrap();
+    handle.stop(true).await;
+    let server = finished("GET /fresh").pop().expect("server span exported");
+    assert_eq!(server.parent_span_id, SpanId::INVALID);
+    assert_ne!(server.span_context.trace_id(), TraceId::INVALID);
+}
+
+struct Echo;
+
+#[tonic::async_trait]
+impl Participant for Echo {
+    async fn branch(
+        &self,
+        request: tonic::Request<BranchRequest>,
+    ) -> Result<tonic::Response<BranchResponse>, tonic::Status> {
+        let _ = request;
+        Ok(tonic::Response::new(BranchResponse::failure(
+            "trace",
+            telemetry::current_trace_id().unwrap_or_default(),
+        )))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_server_span_is_the_child_of_the_calling_client_span() {
+    exporter();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(telemetry::grpc::TraceLayer)
+            .add_service(ParticipantServer::new(Echo))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
+    );
+
+    let client_span = tracing::info_span!("grpc-client-call");
+    let reply = async {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut client =
+            ParticipantClient::with_interceptor(channel, telemetry::grpc::TracePropagation);
+        client
+            .branch(BranchRequest {
+                gid: 1,
+                branch_id: "payment".into(),
+                op: Op::Try as i32,
+                payload: vec![],
+            })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+    .instrument(client_span.clone())
+    .await;
+    drop(client_span);
+    let _ = stop_tx.send(());
+    server.await.unwrap().unwrap();
+
+    let client = finished("grpc-client-call")
+        .pop()
+        .expect("client span exported");
+    let server = finished("tcc.v1.Participant/Branch")
+        .pop()
+        .expect("server span exported");
+    assert_child(&server, &client);
+    assert_eq!(reply.message, client.span_context.trace_id().to_string());
+}
