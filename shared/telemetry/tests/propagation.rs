@@ -18,7 +18,7 @@ fn exporter() -> &'static InMemorySpanExporter {
             let exporter = InMemorySpanExporter::default();
             let config = TelemetryConfig {
                 service_name: "propagation-test".into(),
-                filter: "warn".into(),
+                filter: "warn,telemetry=info,propagation=info".into(),
                 log_format: LogFormat::Json,
                 otlp_endpoint: None,
             };
