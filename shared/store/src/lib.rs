@@ -172,6 +172,13 @@ impl Db {
         Ok(())
     }
 
+    /// Runs several migration sets (a service's own and those shipped by shared crates, such as
+    /// the TCC barrier) as one: merged and ordered by version, so they share one history table.
+    /// Versions must not collide; shared crates use versions from 9_000_000_000 up.
+    pub async fn migrate_all(&self, migrators: &[&Migrator]) -> Result<(), StoreError> {
+        self.migrate(&combine(migrators)?).await
+    }
+
     /// Starts a transaction that will write: `BEGIN IMMEDIATE` on SQLite, `BEGIN` on PostgreSQL.
     pub async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
         let tx = match self.backend {
@@ -191,6 +198,28 @@ impl Db {
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Merges migration sets into one, ordered by version; two migrations with one version are a
+/// configuration error.
+pub fn combine(migrators: &[&Migrator]) -> Result<Migrator, StoreError> {
+    let mut all: Vec<sqlx::migrate::Migration> = migrators
+        .iter()
+        .flat_map(|m| m.migrations.iter().cloned())
+        .collect();
+    all.sort_by_key(|m| m.version);
+    if let Some(w) = all.windows(2).find(|w| w[0].version == w[1].version) {
+        return Err(StoreError::Config(format!(
+            "two migrations have version {}: {:?} and {:?}",
+            w[0].version, w[0].description, w[1].description
+        )));
+    }
+    Ok(Migrator {
+        migrations: std::borrow::Cow::Owned(all),
+        ignore_missing: migrators.iter().all(|m| m.ignore_missing),
+        locking: true,
+        no_tx: false,
+    })
 }
 
 /// Creates the folders of a SQLite file, makes sure the URL creates the file, and switches the

@@ -398,3 +398,33 @@ async fn an_unsupported_url_is_a_config_error() {
         .unwrap_err();
     assert!(matches!(err, StoreError::Config(_)), "{err:?}");
 }
+
+static MORE: sqlx::migrate::Migrator = sqlx::migrate!("tests/more_migrations");
+
+async fn two_migration_sets_run_as_one_history(db: TestDb) {
+    let db = Db::connect(&DbConfig::new(db.url())).await.unwrap();
+    db.migrate_all(&[&MIGRATOR, &MORE]).await.unwrap();
+    db.migrate_all(&[&MIGRATOR, &MORE]).await.unwrap();
+    let versions: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations ORDER BY version")
+            .fetch_all(db.pool())
+            .await
+            .unwrap();
+    assert_eq!(versions, vec![1, 2, 9_000_000_001]);
+    sqlx::query("INSERT INTO extra (id) VALUES ($1)")
+        .bind(1_i64)
+        .execute(db.pool())
+        .await
+        .unwrap();
+}
+
+both_backends!(two_migration_sets_run_as_one_history);
+
+#[test]
+fn migration_sets_with_a_shared_version_are_refused() {
+    let err = store::combine(&[&MIGRATOR, &MIGRATOR]).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Config(ref m) if m.contains("two migrations have version 1")),
+        "{err}"
+    );
+}
