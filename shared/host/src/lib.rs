@@ -1,0 +1,1 @@
+//! Hosting for a service process (filled in with the participant services).

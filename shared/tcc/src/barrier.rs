@@ -1,0 +1,205 @@
+//! The sub-transaction barrier (DESIGN §2, after DTM's `BranchBarrier.Call`).
+//!
+//! In one local transaction of the participant's database:
+//! 1. For Cancel/Compensate, insert the row of the op it undoes (`try`/`action`) with reason
+//!    `cancel`/`compensate`. If that insert took effect, the Try never ran: this is a null
+//!    compensation — keep the marker, do nothing else.
+//! 2. Insert the row of the op itself. If it did not take effect, the op already ran
+//!    (duplicate), or — for a Try/Action whose row was put there by its Cancel/Compensate — it
+//!    arrives after its undo (hanging): do nothing.
+//! 3. Otherwise run the business change, and commit the rows with it; a rejection or an error
+//!    rolls everything back, rows included (so a rejected Try leaves no row and its Cancel is a
+//!    null compensation).
+//!
+//! Concurrent calls for one branch serialise on the unique key: on PostgreSQL the second insert
+//! waits for the first transaction and then finds the row; on SQLite `BEGIN IMMEDIATE` takes the
+//! write lock up front.
+
+use crate::{BranchRef, Handler, Op, OpError, Rejection};
+use sqlx::{Any, AnyConnection, Transaction};
+use std::time::Duration;
+use store::{Db, StoreError};
+
+/// The barrier id of the one barrier call each op makes.
+pub const BARRIER_ID: &str = "01";
+
+/// What the barrier decided, and what came of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The business change ran and committed.
+    Applied,
+    /// The op had already taken effect: nothing was done again.
+    Duplicate,
+    /// A Cancel/Compensate whose Try/Action never ran: nothing to undo, and a marker now makes a
+    /// late Try/Action do nothing.
+    NullCompensation,
+    /// A Try/Action that arrived after its Cancel/Compensate: nothing was done.
+    Hanging,
+    /// The business change was rejected and rolled back.
+    Rejected(Rejection),
+}
+
+impl Verdict {
+    /// Whether the coordinator should hear SUCCESS.
+    pub fn is_success(&self) -> bool {
+        matches!(
+            self,
+            Verdict::Applied | Verdict::Duplicate | Verdict::NullCompensation
+        )
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Verdict::Applied => "applied",
+            Verdict::Duplicate => "duplicate",
+            Verdict::NullCompensation => "null_compensation",
+            Verdict::Hanging => "hanging",
+            Verdict::Rejected(_) => "rejected",
+        }
+    }
+}
+
+async fn insert_row(
+    conn: &mut AnyConnection,
+    branch: &BranchRef,
+    op: Op,
+    reason: Op,
+) -> Result<bool, StoreError> {
+    let r = sqlx::query(
+        "INSERT INTO tcc_barrier (gid, branch_id, op, barrier_id, reason, created_at) \
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+    )
+    .bind(branch.gid.as_i64())
+    .bind(&branch.branch_id)
+    .bind(op.as_str())
+    .bind(BARRIER_ID)
+    .bind(reason.as_str())
+    .bind(store::now_ms())
+    .execute(conn)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+async fn reason_of(
+    conn: &mut AnyConnection,
+    branch: &BranchRef,
+    op: Op,
+) -> Result<Option<String>, StoreError> {
+    Ok(sqlx::query_scalar(
+        "SELECT reason FROM tcc_barrier WHERE gid = $1 AND branch_id = $2 AND op = $3 AND barrier_id = $4",
+    )
+    .bind(branch.gid.as_i64())
+    .bind(&branch.branch_id)
+    .bind(op.as_str())
+    .bind(BARRIER_ID)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Where the barrier let a call through to, or not.
+#[derive(Debug)]
+pub enum Gate {
+    /// Nothing more to do (duplicate, hanging, or null compensation, already committed).
+    Closed(Verdict),
+    /// The op must take effect: apply it in this transaction, then [`finish`].
+    Open(Transaction<'static, Any>),
+}
+
+/// Steps 1 and 2: inserts the barrier rows and decides whether the business change runs.
+pub async fn enter(db: &Db, branch: &BranchRef, op: Op) -> Result<Gate, StoreError> {
+    let mut tx = db.begin().await?;
+    let null_compensation = match op.undoes() {
+        Some(origin) => insert_row(&mut tx, branch, origin, op).await?,
+        None => false,
+    };
+    let fresh = insert_row(&mut tx, branch, op, op).await?;
+    if !fresh {
+        let verdict = if op.may_be_rejected()
+            && reason_of(&mut tx, branch, op).await?.as_deref() != Some(op.as_str())
+        {
+            Verdict::Hanging
+        } else {
+            Verdict::Duplicate
+        };
+        tx.rollback().await?;
+        return Ok(Gate::Closed(verdict));
+    }
+    if null_compensation {
+        tx.commit().await?;
+        return Ok(Gate::Closed(Verdict::NullCompensation));
+    }
+    Ok(Gate::Open(tx))
+}
+
+/// Step 3: commits the business change with the barrier rows, or rolls both back.
+pub async fn finish(
+    tx: Transaction<'static, Any>,
+    result: Result<(), OpError>,
+) -> Result<Verdict, StoreError> {
+    match result {
+        Ok(()) => {
+            tx.commit().await?;
+            Ok(Verdict::Applied)
+        }
+        Err(OpError::Rejected(rejection)) => {
+            tx.rollback().await?;
+            Ok(Verdict::Rejected(rejection))
+        }
+        Err(OpError::Store(e)) => {
+            // Dropping the transaction rolls it back.
+            drop(tx);
+            Err(e)
+        }
+    }
+}
+
+/// Runs `handler.apply` for `op` on `branch` behind the barrier.
+pub async fn call<H: Handler>(
+    db: &Db,
+    handler: &H,
+    branch: &BranchRef,
+    op: Op,
+    payload: &H::Payload,
+) -> Result<Verdict, StoreError> {
+    match enter(db, branch, op).await? {
+        Gate::Closed(verdict) => Ok(verdict),
+        Gate::Open(mut tx) => {
+            let result = handler.apply(&mut tx, branch, op, payload).await;
+            finish(tx, result).await
+        }
+    }
+}
+
+/// Deletes barrier rows created before `before_ms` (Unix ms); returns how many.
+///
+/// A row must outlive every duplicate of its op that can still arrive: a Confirm replayed after
+/// its row is gone would run again. Retention is therefore measured in days, far beyond the
+/// coordinator's retry horizon.
+pub async fn purge(db: &Db, before_ms: i64) -> Result<u64, StoreError> {
+    let r = sqlx::query("DELETE FROM tcc_barrier WHERE created_at < $1")
+        .bind(before_ms)
+        .execute(db.pool())
+        .await?;
+    Ok(r.rows_affected())
+}
+
+/// Purges rows older than `retention` every `interval`, until the task is aborted.
+pub fn spawn_purger(
+    db: Db,
+    retention: Duration,
+    interval: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let before = store::now_ms() - retention.as_millis() as i64;
+            match purge(&db, before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "purged old barrier rows"),
+                Err(e) => tracing::warn!(error = %e, "barrier purge failed; will try again"),
+            }
+        }
+    })
+}

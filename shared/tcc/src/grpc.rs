@@ -1,0 +1,216 @@
+//! `tcc.v1.Participant` over gRPC for any [`Handler`]: decode, barrier, map the verdict to the
+//! wire, count it.
+//!
+//! | what happened | Try / Action | Confirm / Cancel / Compensate |
+//! |---|---|---|
+//! | applied, duplicate, null compensation | SUCCESS | SUCCESS |
+//! | business rejection, malformed payload | FAILURE + code | INVALID_ARGUMENT |
+//! | Try after its Cancel (hanging) | FAILURE `cancelled` | — |
+//! | transient database trouble (after local retries) | UNAVAILABLE | UNAVAILABLE |
+//! | any other database error | INTERNAL | INTERNAL |
+
+use crate::barrier::{self, Verdict};
+use crate::{BranchRef, Handler, Op};
+use ids::Gid;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use proto::v1::{BranchRequest, BranchResponse};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{Db, StoreError};
+use tonic::{Request, Response, Status};
+
+type OpLabels = [(&'static str, &'static str); 1];
+type CallLabels = [(&'static str, &'static str); 2];
+
+/// Branch call metrics: calls by op and verdict, latency by op.
+#[derive(Debug, Clone)]
+pub struct BranchMetrics {
+    calls: Family<CallLabels, Counter>,
+    latency: Family<OpLabels, Histogram, fn() -> Histogram>,
+}
+
+impl BranchMetrics {
+    /// Registers `tcc_branch_calls_total{op,outcome}` and `tcc_branch_seconds{op}`.
+    pub fn new(registry: &mut Registry) -> Self {
+        let calls = Family::<CallLabels, Counter>::default();
+        let latency =
+            Family::<OpLabels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_25, 2.0, 16))
+            });
+        registry.register(
+            "tcc_branch_calls",
+            "Branch calls by op and outcome (applied, duplicate, null_compensation, hanging, rejected, invalid, error)",
+            calls.clone(),
+        );
+        registry.register(
+            "tcc_branch_seconds",
+            "Branch call latency by op",
+            latency.clone(),
+        );
+        BranchMetrics { calls, latency }
+    }
+
+    fn record(&self, op: Op, outcome: &'static str, elapsed: Duration) {
+        self.calls
+            .get_or_create(&[("op", op.as_str()), ("outcome", outcome)])
+            .inc();
+        self.latency
+            .get_or_create(&[("op", op.as_str())])
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
+/// The gRPC participant server for one handler.
+#[derive(Debug)]
+pub struct ParticipantService<H> {
+    db: Db,
+    handler: Arc<H>,
+    metrics: BranchMetrics,
+}
+
+impl<H> Clone for ParticipantService<H> {
+    fn clone(&self) -> Self {
+        ParticipantService {
+            db: self.db.clone(),
+            handler: self.handler.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+impl<H: Handler> ParticipantService<H> {
+    pub fn new(db: Db, handler: Arc<H>, metrics: BranchMetrics) -> Self {
+        ParticipantService {
+            db,
+            handler,
+            metrics,
+        }
+    }
+
+    /// The tonic service to add to a server.
+    pub fn into_server(self) -> proto::v1::participant_server::ParticipantServer<Self> {
+        proto::v1::participant_server::ParticipantServer::new(self)
+    }
+
+    /// Handles one call; everything but the tonic wrapping, for in-process use and tests.
+    pub async fn handle(&self, req: BranchRequest) -> Result<BranchResponse, Status> {
+        let started = Instant::now();
+        let op = match proto_op(req.op) {
+            Some(op) => op,
+            None => return Err(Status::invalid_argument(format!("unknown op {}", req.op))),
+        };
+        let result = self.handle_op(op, req).await;
+        let outcome = match &result {
+            Ok((_, verdict)) => verdict,
+            Err(status) if status.code() == tonic::Code::InvalidArgument => "invalid",
+            Err(_) => "error",
+        };
+        self.metrics.record(op, outcome, started.elapsed());
+        result.map(|(resp, _)| resp)
+    }
+
+    async fn handle_op(
+        &self,
+        op: Op,
+        req: BranchRequest,
+    ) -> Result<(BranchResponse, &'static str), Status> {
+        let gid = Gid::from_u64(req.gid).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if req.gid == 0 {
+            return Err(Status::invalid_argument("gid must not be 0"));
+        }
+        if req.branch_id.is_empty() || req.branch_id.len() > 64 {
+            return Err(Status::invalid_argument("branch_id must be 1 to 64 bytes"));
+        }
+        let branch = BranchRef {
+            gid,
+            branch_id: req.branch_id,
+        };
+        let payload = match self.handler.decode(&req.payload) {
+            Ok(p) => p,
+            Err(rejection) if op.may_be_rejected() => {
+                tracing::info!(%gid, branch = %branch.branch_id, %op, code = %rejection.code, "payload rejected");
+                return Ok((
+                    BranchResponse::failure(rejection.code, rejection.message),
+                    "invalid",
+                ));
+            }
+            Err(rejection) => return Err(Status::invalid_argument(rejection.to_string())),
+        };
+        let verdict = self.call_with_local_retries(&branch, op, &payload).await.map_err(|e| {
+            tracing::warn!(%gid, branch = %branch.branch_id, %op, error = %e, "branch call failed");
+            if e.is_transient() {
+                Status::unavailable(e.to_string())
+            } else {
+                Status::internal(e.to_string())
+            }
+        })?;
+        tracing::debug!(%gid, branch = %branch.branch_id, %op, verdict = verdict.as_str(), "branch call");
+        let label = verdict.as_str();
+        let response = match verdict {
+            Verdict::Applied | Verdict::Duplicate | Verdict::NullCompensation => {
+                BranchResponse::success()
+            }
+            Verdict::Hanging => BranchResponse::failure(
+                "cancelled",
+                format!("the {op} arrived after its undo; nothing was done"),
+            ),
+            Verdict::Rejected(r) if op.may_be_rejected() => {
+                BranchResponse::failure(r.code, r.message)
+            }
+            Verdict::Rejected(r) => return Err(Status::invalid_argument(r.to_string())),
+        };
+        Ok((response, label))
+    }
+
+    /// Conflicts (deadlock, serialization failure, SQLite busy) are retried here a few times
+    /// before the coordinator has to.
+    async fn call_with_local_retries(
+        &self,
+        branch: &BranchRef,
+        op: Op,
+        payload: &H::Payload,
+    ) -> Result<Verdict, StoreError> {
+        let policy = retry::Backoff {
+            initial: Duration::from_millis(5),
+            multiplier: 2.0,
+            max_delay: Duration::from_millis(100),
+            max_attempts: Some(4),
+            max_elapsed: Some(Duration::from_secs(2)),
+        };
+        retry::retry(
+            &policy,
+            |e: &StoreError| match e {
+                StoreError::Conflict(_) => retry::Decision::Retry,
+                _ => retry::Decision::Stop,
+            },
+            |_| barrier::call(&self.db, self.handler.as_ref(), branch, op, payload),
+        )
+        .await
+        .map_err(|e| e.error)
+    }
+}
+
+fn proto_op(op: i32) -> Option<Op> {
+    use proto::v1::Op as P;
+    match P::try_from(op).ok()? {
+        P::Try => Some(Op::Try),
+        P::Confirm => Some(Op::Confirm),
+        P::Cancel => Some(Op::Cancel),
+        P::Action => Some(Op::Action),
+        P::Compensate => Some(Op::Compensate),
+        P::Unspecified => None,
+    }
+}
+
+#[tonic::async_trait]
+impl<H: Handler> proto::v1::participant_server::Participant for ParticipantService<H> {
+    async fn branch(
+        &self,
+        request: Request<BranchRequest>,
+    ) -> Result<Response<BranchResponse>, Status> {
+        self.handle(request.into_inner()).await.map(Response::new)
+    }
+}

@@ -1,0 +1,141 @@
+//! The participant side of TCC and Saga.
+//!
+//! A participant is called by the coordinator with `(gid, branch_id, op, payload)` and must make
+//! every op idempotent, tolerate a Cancel whose Try never ran (null compensation), and ignore a
+//! Try that arrives after its Cancel (anti-hanging). Getting that right in each service is where
+//! TCC systems usually go wrong, so it lives here once:
+//!
+//! - [`barrier`]: the sub-transaction barrier (DTM's `BranchBarrier.Call`): rows in the
+//!   participant's own database, inserted in the same local transaction as the business change,
+//!   decide whether the business change runs at all. Its table ships as [`MIGRATOR`].
+//! - [`Handler`]: what a service implements — decode and validate its payload, and apply one op
+//!   inside the barrier's transaction.
+//! - [`grpc::ParticipantService`]: the `tcc.v1.Participant` gRPC server for any [`Handler`], with
+//!   outcome and latency metrics.
+//! - [`barrier::purge`] and [`barrier::spawn_purger`]: old barrier rows are deleted after a
+//!   retention period.
+
+pub mod barrier;
+pub mod grpc;
+
+use futures::future::BoxFuture;
+use ids::Gid;
+use sqlx::AnyConnection;
+use std::fmt;
+use store::StoreError;
+
+/// The barrier's table, to run with the service's own migrations
+/// (`Db::migrate_all(&[&SERVICE_MIGRATOR, &tcc::MIGRATOR])`).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A branch operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Try,
+    Confirm,
+    Cancel,
+    Action,
+    Compensate,
+}
+
+impl Op {
+    pub const ALL: [Op; 5] = [Op::Try, Op::Confirm, Op::Cancel, Op::Action, Op::Compensate];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::Try => "try",
+            Op::Confirm => "confirm",
+            Op::Cancel => "cancel",
+            Op::Action => "action",
+            Op::Compensate => "compensate",
+        }
+    }
+
+    /// The op this one undoes: Cancel undoes Try, Compensate undoes Action.
+    pub fn undoes(self) -> Option<Op> {
+        match self {
+            Op::Cancel => Some(Op::Try),
+            Op::Compensate => Some(Op::Action),
+            _ => None,
+        }
+    }
+
+    /// Try and Action may be rejected (FAILURE); the other ops must eventually succeed.
+    pub fn may_be_rejected(self) -> bool {
+        matches!(self, Op::Try | Op::Action)
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which branch a call is for.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct BranchRef {
+    pub gid: Gid,
+    pub branch_id: String,
+}
+
+/// A business rejection: the op cannot succeed as asked, and asking again will not change that.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code}: {message}")]
+pub struct Rejection {
+    /// Machine-readable: `insufficient_funds`, `out_of_stock`, `invalid`, `unknown_account`, ….
+    pub code: String,
+    pub message: String,
+}
+
+impl Rejection {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        Rejection {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+
+    /// The payload is malformed or out of range.
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Rejection::new("invalid", message)
+    }
+}
+
+/// Why applying an op did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    /// A business rejection: the local transaction is rolled back and the caller told FAILURE.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// The database failed: rolled back; the caller retries if it is transient.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl From<sqlx::Error> for OpError {
+    fn from(e: sqlx::Error) -> Self {
+        OpError::Store(e.into())
+    }
+}
+
+/// What a participant service implements: one handler per transaction type (DTM's "one
+/// processor per type"). The barrier and the gRPC adapter do the rest.
+pub trait Handler: Send + Sync + 'static {
+    /// The decoded, validated payload.
+    type Payload: Send + Sync + fmt::Debug;
+
+    /// Decodes and validates the payload bytes. Pure: no I/O.
+    fn decode(&self, payload: &[u8]) -> Result<Self::Payload, Rejection>;
+
+    /// Applies `op` inside the barrier's local transaction (`conn` is that transaction). Only
+    /// called when the barrier says the op must take effect. Business rules belong in
+    /// conditional updates (`… WHERE available >= $1`), never read-then-write.
+    fn apply<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        branch: &'a BranchRef,
+        op: Op,
+        payload: &'a Self::Payload,
+    ) -> BoxFuture<'a, Result<(), OpError>>;
+}
