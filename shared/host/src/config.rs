@@ -1,0 +1,188 @@
+//! Configuration: compiled-in defaults that run locally, then a TOML file (`CONFIG_FILE`), then
+//! environment variables with the service's prefix (`PAYMENT_HTTP_ADDR=…`; nested keys with
+//! `__`, e.g. `PAYMENT_DB__MAX_CONNECTIONS=32`).
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// Settings every service has; embed with `#[serde(flatten)]`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct CommonConfig {
+    /// HTTP listen address (admin, reads, health, metrics).
+    pub http_addr: String,
+    /// gRPC listen address (participant contract or coordinator API).
+    pub grpc_addr: String,
+    /// `sqlite://data/<service>.db` or `postgres://…`.
+    pub database_url: String,
+    /// Folder for SQLite files and generated dev secrets.
+    pub data_dir: PathBuf,
+    /// Production mode refuses dev conveniences (generated secrets).
+    pub production: bool,
+    /// Bearer token for admin endpoints; unset: generated into `data_dir` on first start
+    /// (refused in production mode).
+    pub admin_token: Option<String>,
+    pub db: DbSettings,
+    /// Seconds to let in-flight requests finish after SIGTERM.
+    pub shutdown_grace_secs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct DbSettings {
+    pub max_connections: u32,
+    /// SQLite only: `full` (default) or `normal`.
+    pub synchronous: String,
+}
+
+impl Default for DbSettings {
+    fn default() -> Self {
+        DbSettings {
+            max_connections: 16,
+            synchronous: "full".into(),
+        }
+    }
+}
+
+impl CommonConfig {
+    /// Defaults for a service called `name` listening on the given local ports.
+    pub fn local(name: &str, http_port: u16, grpc_port: u16) -> Self {
+        CommonConfig {
+            http_addr: format!("127.0.0.1:{http_port}"),
+            grpc_addr: format!("127.0.0.1:{grpc_port}"),
+            database_url: format!("sqlite://data/{name}.db"),
+            data_dir: PathBuf::from("data"),
+            production: false,
+            admin_token: None,
+            db: DbSettings::default(),
+            shutdown_grace_secs: 10,
+        }
+    }
+
+    /// The store configuration these settings describe.
+    pub fn db_config(&self) -> Result<store::DbConfig, ConfigError> {
+        let mut cfg = store::DbConfig::new(self.database_url.clone());
+        cfg.max_connections = self.db.max_connections;
+        cfg.synchronous = self
+            .db
+            .synchronous
+            .parse()
+            .map_err(|e: store::StoreError| ConfigError(e.to_string()))?;
+        Ok(cfg)
+    }
+}
+
+/// Configuration that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// Loads `T` from its defaults, the TOML file named by `CONFIG_FILE` (if set), and environment
+/// variables starting with `env_prefix` (e.g. `PAYMENT_`).
+pub fn load_config<T>(defaults: T, env_prefix: &str) -> Result<T, ConfigError>
+where
+    T: Serialize + DeserializeOwned,
+{
+    let mut figment = Figment::from(Serialized::defaults(defaults));
+    if let Ok(path) = std::env::var("CONFIG_FILE") {
+        if !std::path::Path::new(&path).exists() {
+            return Err(ConfigError(format!("CONFIG_FILE {path} does not exist")));
+        }
+        figment = figment.merge(Toml::file(path));
+    }
+    let figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    figment.extract::<T>().map_err(|e| {
+        // `#[serde(flatten)]` loses the key of an error in the flattened part; extracting that
+        // part alone finds it again.
+        let e = match figment.extract::<CommonConfig>() {
+            Err(common) if e.path.is_empty() => common,
+            _ => e,
+        };
+        describe(e, env_prefix)
+    })
+}
+
+fn describe(errors: figment::Error, env_prefix: &str) -> ConfigError {
+    let parts: Vec<String> = errors
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() {
+                e.kind.to_string()
+            } else {
+                let env = format!("{env_prefix}{}", e.path.join("__").to_uppercase());
+                format!("{key} (env {env}): {}", e.kind)
+            }
+        })
+        .collect();
+    ConfigError(parts.join("; "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Serialize, Deserialize, PartialEq)]
+    struct Svc {
+        #[serde(flatten)]
+        common: CommonConfig,
+        merchant: String,
+    }
+
+    #[test]
+    fn env_overrides_defaults_including_nested_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HOSTTEST_HTTP_ADDR", "0.0.0.0:9999");
+            jail.set_env("HOSTTEST_DB__MAX_CONNECTIONS", "3");
+            jail.set_env("HOSTTEST_MERCHANT", "shop");
+            let cfg = load_config(
+                Svc {
+                    common: CommonConfig::local("x", 1, 2),
+                    merchant: "merchant".into(),
+                },
+                "HOSTTEST_",
+            )
+            .unwrap();
+            assert_eq!(cfg.common.http_addr, "0.0.0.0:9999");
+            assert_eq!(cfg.common.grpc_addr, "127.0.0.1:2");
+            assert_eq!(cfg.common.db.max_connections, 3);
+            assert_eq!(cfg.merchant, "shop");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn a_file_sits_between_defaults_and_env_and_bad_values_are_errors() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "svc.toml",
+                "grpc_addr = \"127.0.0.1:7000\"\nmerchant = \"file\"\n",
+            )?;
+            jail.set_env("CONFIG_FILE", "svc.toml");
+            jail.set_env("HOSTTEST2_MERCHANT", "env");
+            let cfg = load_config(
+                Svc {
+                    common: CommonConfig::local("x", 1, 2),
+                    merchant: "merchant".into(),
+                },
+                "HOSTTEST2_",
+            )
+            .unwrap();
+            assert_eq!(cfg.common.grpc_addr, "127.0.0.1:7000");
+            assert_eq!(cfg.merchant, "env");
+
+            jail.set_env("HOSTTEST2_DB__MAX_CONNECTIONS", "many");
+            let err = load_config(
+                Svc {
+                    common: CommonConfig::local("x", 1, 2),
+                    merchant: "m".into(),
+                },
+                "HOSTTEST2_",
+            )
+            .unwrap_err();
+            assert!(err.to_string().contains("max_connections"), "{err}");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,137 @@
+//! Errors as RFC 9457 `application/problem+json`, and actix extractor configs whose failures are
+//! problems too (so a malformed body is a 400 with a reason, never a bare text or a 500).
+
+use actix_web::http::StatusCode;
+use actix_web::{error, web, HttpRequest, HttpResponse, ResponseError};
+use serde::Serialize;
+use std::fmt;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub type_uri: String,
+    pub title: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// A machine-readable code (`insufficient_funds`, `not_found`, …).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(skip)]
+    pub www_authenticate: Option<String>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+        Problem {
+            type_uri: format!("https://tcc-pay.dev/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            status: status.as_u16(),
+            detail: Some(detail.into()),
+            code: Some(code.to_owned()),
+            www_authenticate: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::BAD_REQUEST, "bad_request", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    pub fn unauthorized(detail: impl Into<String>, challenge: impl Into<String>) -> Self {
+        let mut p = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
+        p.www_authenticate = Some(challenge.into());
+        p
+    }
+
+    pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::CONFLICT, code, detail)
+    }
+
+    pub fn unavailable(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", detail)
+    }
+
+    pub fn internal(detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}",
+            self.status,
+            self.detail.as_deref().unwrap_or(&self.title)
+        )
+    }
+}
+
+impl ResponseError for Problem {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut res = HttpResponse::build(self.status_code());
+        res.content_type("application/problem+json");
+        if let Some(challenge) = &self.www_authenticate {
+            res.insert_header(("WWW-Authenticate", challenge.as_str()));
+        }
+        res.json(self)
+    }
+}
+
+impl From<store::StoreError> for Problem {
+    fn from(e: store::StoreError) -> Self {
+        if e.is_transient() {
+            Problem::unavailable(e.to_string())
+        } else {
+            tracing::error!(error = %e, "database error");
+            Problem::internal("database error")
+        }
+    }
+}
+
+/// JSON bodies: at most `limit` bytes; errors as problems.
+pub fn json_config(limit: usize) -> web::JsonConfig {
+    web::JsonConfig::default()
+        .limit(limit)
+        .error_handler(|err, _req: &HttpRequest| {
+            let p = match &err {
+                error::JsonPayloadError::Overflow { .. }
+                | error::JsonPayloadError::OverflowKnownLength { .. } => Problem::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    err.to_string(),
+                ),
+                error::JsonPayloadError::ContentType => Problem::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    "unsupported_media_type",
+                    "expected Content-Type: application/json",
+                ),
+                _ => Problem::bad_request(err.to_string()),
+            };
+            p.into()
+        })
+}
+
+/// Path parameters: errors as problems (a malformed id is a 400, or a 404 where the caller asks).
+pub fn path_config() -> web::PathConfig {
+    web::PathConfig::default().error_handler(|err, _| Problem::bad_request(err.to_string()).into())
+}
+
+/// Query strings: errors as problems.
+pub fn query_config() -> web::QueryConfig {
+    web::QueryConfig::default().error_handler(|err, _| Problem::bad_request(err.to_string()).into())
+}
+
+/// The response for a route that does not exist.
+pub async fn not_found(req: HttpRequest) -> HttpResponse {
+    Problem::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
+}

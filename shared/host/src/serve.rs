@@ -1,0 +1,242 @@
+//! Running the servers: health and metrics routes, the admin token, and graceful shutdown.
+
+use crate::config::{CommonConfig, ConfigError};
+use crate::metrics::Metrics;
+use crate::problem::Problem;
+use actix_web::{web, HttpRequest, HttpResponse};
+use std::future::Future;
+use std::io::Write;
+use tokio::sync::watch;
+
+/// Fires once on SIGTERM or Ctrl-C (or when [`Shutdown::trigger`] is called).
+#[derive(Debug, Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+    tx: std::sync::Arc<watch::Sender<bool>>,
+}
+
+impl Shutdown {
+    /// Resolves when shutdown has been asked for.
+    pub async fn wait(mut self) {
+        let _ = self.rx.wait_for(|stop| *stop).await;
+    }
+
+    /// Asks for shutdown from inside the process.
+    pub fn trigger(&self) {
+        let _ = self.tx.send(true);
+    }
+}
+
+/// A [`Shutdown`] wired to SIGTERM and SIGINT.
+pub fn shutdown_signal() -> Shutdown {
+    let (tx, rx) = watch::channel(false);
+    let shutdown = Shutdown {
+        rx,
+        tx: std::sync::Arc::new(tx),
+    };
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let term = async {
+            match term.as_mut() {
+                Some(t) => {
+                    t.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("Ctrl-C: shutting down"),
+            _ = term => tracing::info!("SIGTERM: shutting down"),
+        }
+        trigger.trigger();
+    });
+    shutdown
+}
+
+/// Runs the HTTP server and the gRPC server (already built with `shutdown.wait()` as its
+/// shutdown future) until `shutdown` fires, then lets in-flight requests finish.
+pub async fn run(
+    http: actix_web::dev::Server,
+    grpc: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
+    shutdown: Shutdown,
+) -> std::io::Result<()> {
+    let http_handle = http.handle();
+    let http_task = tokio::spawn(http);
+    let grpc_task = tokio::spawn(grpc);
+    shutdown.wait().await;
+    http_handle.stop(true).await;
+    let http_result = http_task.await.map_err(std::io::Error::other)?;
+    let grpc_result = grpc_task.await.map_err(std::io::Error::other)?;
+    http_result?;
+    grpc_result.map_err(std::io::Error::other)?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// `/healthz` (the process answers), `/readyz` (its database answers), `/metrics`.
+/// Needs `web::Data<store::Db>` and `web::Data<Metrics>` in the app data.
+pub fn health_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route(
+        "/healthz",
+        web::get().to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }),
+    )
+    .route("/readyz", web::get().to(readyz))
+    .route("/metrics", web::get().to(metrics));
+}
+
+async fn readyz(db: web::Data<store::Db>) -> Result<HttpResponse, Problem> {
+    db.ping()
+        .await
+        .map_err(|e| Problem::unavailable(format!("database: {e}")))?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
+}
+
+async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
+        .body(metrics.render())
+}
+
+/// The bearer token that guards admin endpoints.
+#[derive(Clone)]
+pub struct AdminToken(String);
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
+impl AdminToken {
+    pub fn new(token: impl Into<String>) -> Self {
+        AdminToken(token.into())
+    }
+
+    /// The configured token; in dev mode without one, the token stored in
+    /// `<data_dir>/<service>.admin-token`, generated on first start. Production mode requires a
+    /// configured token of at least 16 characters.
+    pub fn resolve(common: &CommonConfig, service: &str) -> Result<AdminToken, ConfigError> {
+        if let Some(token) = &common.admin_token {
+            if common.production && token.len() < 16 {
+                return Err(ConfigError(
+                    "admin_token must be at least 16 characters in production mode".into(),
+                ));
+            }
+            return Ok(AdminToken(token.clone()));
+        }
+        if common.production {
+            return Err(ConfigError(
+                "admin_token must be configured in production mode (generated dev tokens are refused)".into(),
+            ));
+        }
+        let path = common.data_dir.join(format!("{service}.admin-token"));
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            let existing = existing.trim().to_owned();
+            if !existing.is_empty() {
+                return Ok(AdminToken(existing));
+            }
+        }
+        std::fs::create_dir_all(&common.data_dir)
+            .map_err(|e| ConfigError(format!("create {}: {e}", common.data_dir.display())))?;
+        let token = format!("dev-{}", hex::encode(rand::random::<[u8; 24]>()));
+        let mut file = {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| ConfigError(format!("write {}: {e}", path.display())))?
+        };
+        writeln!(file, "{token}").map_err(|e| ConfigError(e.to_string()))?;
+        tracing::info!(path = %path.display(), "generated a dev admin token");
+        Ok(AdminToken(token))
+    }
+
+    /// Checks `Authorization: Bearer <token>` in constant time.
+    pub fn check(&self, req: &HttpRequest) -> Result<(), Problem> {
+        let presented = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Problem::unauthorized(
+                    "admin endpoints need an Authorization: Bearer token",
+                    "Bearer realm=\"admin\"",
+                )
+            })?;
+        let (a, b) = (presented.as_bytes(), self.0.as_bytes());
+        let mut diff = a.len() ^ b.len();
+        for i in 0..a.len().max(b.len()) {
+            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+        }
+        if diff == 0 {
+            Ok(())
+        } else {
+            Err(Problem::unauthorized(
+                "the admin token is wrong",
+                "Bearer realm=\"admin\", error=\"invalid_token\"",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn production_mode_refuses_a_generated_admin_token() {
+        let mut common = CommonConfig::local("x", 1, 2);
+        common.production = true;
+        assert!(AdminToken::resolve(&common, "x").is_err());
+        common.admin_token = Some("short".into());
+        assert!(AdminToken::resolve(&common, "x").is_err());
+        common.admin_token = Some("a-long-enough-production-token".into());
+        assert!(AdminToken::resolve(&common, "x").is_ok());
+    }
+
+    #[test]
+    fn a_dev_token_is_generated_once_and_kept_private() {
+        let dir = testkit::temp_dir("host-");
+        let mut common = CommonConfig::local("x", 1, 2);
+        common.data_dir = dir.path().join("data");
+        let a = AdminToken::resolve(&common, "payment").unwrap();
+        let b = AdminToken::resolve(&common, "payment").unwrap();
+        assert_eq!(a.0, b.0);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("data/payment.admin-token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let token = AdminToken::new("secret-token");
+        let ok = TestRequest::default()
+            .insert_header(("authorization", "Bearer secret-token"))
+            .to_http_request();
+        assert!(token.check(&ok).is_ok());
+        for bad in [
+            "Bearer secret-toke",
+            "Bearer secret-token2",
+            "Basic secret-token",
+            "",
+        ] {
+            let req = TestRequest::default()
+                .insert_header(("authorization", bad))
+                .to_http_request();
+            assert!(token.check(&req).is_err(), "{bad:?} passed");
+        }
+        assert!(token
+            .check(&TestRequest::default().to_http_request())
+            .is_err());
+    }
+}
