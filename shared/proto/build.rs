@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &[
             "proto/tcc/v1/participant.proto",
             "proto/tcc/v1/coordinator.proto",
+            "proto/pay/v1/branches.proto",
         ],
         &["proto"],
     )?;

@@ -117,3 +117,36 @@ pub async fn start(parts: ServiceParts, shutdown: Shutdown) -> std::io::Result<R
         task,
     })
 }
+
+/// The whole `main` of a service binary: telemetry, signal handling, start, wait. Returns the
+/// process exit code (0 after a clean shutdown, 1 when it could not start or failed).
+pub async fn run_main<F, Fut, E>(service_name: &str, start: F) -> std::process::ExitCode
+where
+    F: FnOnce(Shutdown) -> Fut,
+    Fut: std::future::Future<Output = Result<Running, E>>,
+    E: std::fmt::Display,
+{
+    let _telemetry = match telemetry::init(&telemetry::TelemetryConfig::from_env(service_name)) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("{service_name}: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let shutdown = serve::shutdown_signal();
+    let running = match start(shutdown).await {
+        Ok(running) => running,
+        Err(e) => {
+            tracing::error!(error = %e, "could not start");
+            eprintln!("{service_name}: could not start: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match running.wait().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "stopped with an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

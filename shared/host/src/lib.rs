@@ -15,4 +15,4 @@ pub mod serve;
 pub use config::{load_config, CommonConfig, ConfigError};
 pub use metrics::{HttpMetrics, Metrics};
 pub use problem::Problem;
-pub use serve::{shutdown_signal, AdminToken};
+pub use serve::{require_admin, shutdown_signal, AdminToken};

@@ -15,6 +15,14 @@ pub mod tcc {
     }
 }
 
+/// `pay.v1`: the branch payloads of the three participant services.
+pub mod pay {
+    pub mod v1 {
+        #![allow(clippy::all, clippy::pedantic)]
+        tonic::include_proto!("pay.v1");
+    }
+}
+
 pub use tcc::v1;
 
 use v1::{Op, Outcome};

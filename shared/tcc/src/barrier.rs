@@ -103,6 +103,9 @@ pub enum Gate {
     Closed(Verdict),
     /// The op must take effect: apply it in this transaction, then [`finish`].
     Open(Transaction<'static, Any>),
+    /// A null compensation: the marker is written in this transaction; the handler may record
+    /// something of its own in it before it is committed.
+    NullCompensation(Transaction<'static, Any>),
 }
 
 /// Steps 1 and 2: inserts the barrier rows and decides whether the business change runs.
@@ -125,8 +128,7 @@ pub async fn enter(db: &Db, branch: &BranchRef, op: Op) -> Result<Gate, StoreErr
         return Ok(Gate::Closed(verdict));
     }
     if null_compensation {
-        tx.commit().await?;
-        return Ok(Gate::Closed(Verdict::NullCompensation));
+        return Ok(Gate::NullCompensation(tx));
     }
     Ok(Gate::Open(tx))
 }
@@ -166,6 +168,15 @@ pub async fn call<H: Handler>(
         Gate::Open(mut tx) => {
             let result = handler.apply(&mut tx, branch, op, payload).await;
             finish(tx, result).await
+        }
+        Gate::NullCompensation(mut tx) => {
+            let result = handler
+                .null_compensation(&mut tx, branch, op, payload)
+                .await;
+            finish(tx, result).await.map(|verdict| match verdict {
+                Verdict::Applied => Verdict::NullCompensation,
+                other => other,
+            })
         }
     }
 }

@@ -16,6 +16,7 @@
 //!   retention period.
 
 pub mod barrier;
+pub mod check;
 pub mod grpc;
 
 use futures::future::BoxFuture;
@@ -138,4 +139,18 @@ pub trait Handler: Send + Sync + 'static {
         op: Op,
         payload: &'a Self::Payload,
     ) -> BoxFuture<'a, Result<(), OpError>>;
+
+    /// Called instead of [`Handler::apply`] when a Cancel/Compensate finds that its Try/Action
+    /// never ran, in the same transaction as the barrier's marker. Nothing to undo; a service
+    /// may leave a record (order-svc stores the order as CANCELLED). Default: nothing.
+    fn null_compensation<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        branch: &'a BranchRef,
+        op: Op,
+        payload: &'a Self::Payload,
+    ) -> BoxFuture<'a, Result<(), OpError>> {
+        let _ = (conn, branch, op, payload);
+        Box::pin(async { Ok(()) })
+    }
 }

@@ -1,0 +1,261 @@
+//! Admin and read API over HTTP (all under `/admin`, behind the admin token): create and top up
+//! accounts, read balances and holds, and the conservation audit.
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, HttpResponse};
+use host::Problem;
+use serde::{Deserialize, Serialize};
+use store::Db;
+
+/// Mounts the routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin")
+            .wrap(from_fn(host::require_admin))
+            .route("/accounts", web::get().to(list_accounts))
+            .route("/accounts/{id}", web::put().to(create_account))
+            .route("/accounts/{id}", web::get().to(get_account))
+            .route("/accounts/{id}/deposits", web::post().to(deposit))
+            .route("/holds/{gid}", web::get().to(holds_of))
+            .route("/audit", web::get().to(audit)),
+    );
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+pub struct Account {
+    pub id: String,
+    pub available: i64,
+    pub frozen: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct NewAccount {
+    #[serde(default)]
+    available: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Deposit {
+    amount: i64,
+}
+
+fn check_id(id: &str) -> Result<(), Problem> {
+    tcc::check::id("account id", id).map_err(|r| Problem::bad_request(r.message))
+}
+
+async fn fetch(db: &Db, id: &str) -> Result<Option<Account>, Problem> {
+    Ok(
+        sqlx::query_as("SELECT id, available, frozen FROM accounts WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db.pool())
+            .await
+            .map_err(store::StoreError::from)?,
+    )
+}
+
+async fn record_deposit(
+    tx: &mut sqlx::AnyConnection,
+    id: &str,
+    amount: i64,
+) -> Result<(), store::StoreError> {
+    sqlx::query(
+        "INSERT INTO deposits (id, account_id, amount, created_at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(rand_id())
+    .bind(id)
+    .bind(amount)
+    .bind(store::now_ms())
+    .execute(tx)
+    .await?;
+    Ok(())
+}
+
+fn rand_id() -> i64 {
+    (rand::random::<u64>() >> 1) as i64
+}
+
+/// `PUT /admin/accounts/{id}` `{"available": n}`: creates the account with that opening
+/// balance (201), or leaves an existing one as it is (200). Idempotent.
+async fn create_account(
+    db: web::Data<Db>,
+    id: web::Path<String>,
+    body: web::Json<NewAccount>,
+) -> Result<HttpResponse, Problem> {
+    check_id(&id)?;
+    if !(0..=tcc::check::MAX_UNITS).contains(&body.available) {
+        return Err(Problem::bad_request(format!(
+            "available must be between 0 and {}",
+            tcc::check::MAX_UNITS
+        )));
+    }
+    let mut tx = db.begin().await?;
+    let now = store::now_ms();
+    let created = sqlx::query(
+        "INSERT INTO accounts (id, available, frozen, created_at, updated_at) VALUES ($1, $2, 0, $3, $3) ON CONFLICT DO NOTHING",
+    )
+    .bind(id.as_str())
+    .bind(body.available)
+    .bind(now)
+    .execute(&mut *tx)
+    .await
+    .map_err(store::StoreError::from)?
+    .rows_affected()
+        == 1;
+    if created && body.available > 0 {
+        record_deposit(&mut tx, &id, body.available).await?;
+    }
+    tx.commit().await.map_err(store::StoreError::from)?;
+    let account = fetch(&db, &id)
+        .await?
+        .ok_or_else(|| Problem::internal("account vanished"))?;
+    Ok(if created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    }
+    .json(account))
+}
+
+/// `POST /admin/accounts/{id}/deposits` `{"amount": n}`: adds money.
+async fn deposit(
+    db: web::Data<Db>,
+    id: web::Path<String>,
+    body: web::Json<Deposit>,
+) -> Result<HttpResponse, Problem> {
+    check_id(&id)?;
+    tcc::check::units("amount", body.amount).map_err(|r| Problem::bad_request(r.message))?;
+    let mut tx = db.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE accounts SET available = available + $1, updated_at = $2 WHERE id = $3 AND available + $1 <= $4",
+    )
+    .bind(body.amount)
+    .bind(store::now_ms())
+    .bind(id.as_str())
+    .bind(tcc::check::MAX_UNITS * 1000)
+    .execute(&mut *tx)
+    .await
+    .map_err(store::StoreError::from)?
+    .rows_affected();
+    if updated == 0 {
+        return Err(match fetch(&db, &id).await? {
+            None => Problem::not_found(format!("no account {:?}", id.as_str())),
+            Some(_) => Problem::bad_request("the balance would exceed the largest allowed"),
+        });
+    }
+    record_deposit(&mut tx, &id, body.amount).await?;
+    tx.commit().await.map_err(store::StoreError::from)?;
+    let account = fetch(&db, &id)
+        .await?
+        .ok_or_else(|| Problem::internal("account vanished"))?;
+    Ok(HttpResponse::Ok().json(account))
+}
+
+async fn get_account(db: web::Data<Db>, id: web::Path<String>) -> Result<HttpResponse, Problem> {
+    check_id(&id)?;
+    match fetch(&db, &id).await? {
+        Some(a) => Ok(HttpResponse::Ok().json(a)),
+        None => Err(Problem::not_found(format!("no account {:?}", id.as_str()))),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct Page {
+    #[serde(default = "default_limit")]
+    limit: i64,
+    #[serde(default)]
+    after: String,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+/// `GET /admin/accounts?limit=100&after=<id>`: accounts in id order.
+async fn list_accounts(db: web::Data<Db>, page: web::Query<Page>) -> Result<HttpResponse, Problem> {
+    let limit = page.limit.clamp(1, 1000);
+    let accounts: Vec<Account> = sqlx::query_as(
+        "SELECT id, available, frozen FROM accounts WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(&page.after)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await
+    .map_err(store::StoreError::from)?;
+    let next = (accounts.len() as i64 == limit)
+        .then(|| accounts.last().map(|a| a.id.clone()))
+        .flatten();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "accounts": accounts, "next_after": next })))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Hold {
+    branch_id: String,
+    account_id: String,
+    merchant_id: String,
+    amount: i64,
+    status: String,
+}
+
+/// `GET /admin/holds/{gid}`: what each branch of a global transaction did here.
+async fn holds_of(db: web::Data<Db>, gid: web::Path<String>) -> Result<HttpResponse, Problem> {
+    let gid: ids::Gid = gid
+        .parse()
+        .map_err(|e: ids::IdError| Problem::bad_request(e.to_string()))?;
+    let holds: Vec<Hold> = sqlx::query_as(
+        "SELECT branch_id, account_id, merchant_id, amount, status FROM holds WHERE gid = $1 ORDER BY branch_id",
+    )
+    .bind(gid.as_i64())
+    .fetch_all(db.pool())
+    .await
+    .map_err(store::StoreError::from)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "gid": gid, "holds": holds })))
+}
+
+/// The money invariants of DESIGN §5 as this service sees them.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Audit {
+    pub accounts: i64,
+    pub available: i64,
+    pub frozen: i64,
+    pub deposited: i64,
+    /// Money in holds still `frozen`: must equal `frozen`.
+    pub held: i64,
+    pub negative_accounts: i64,
+    /// available + frozen == deposited, frozen == held, nothing negative.
+    pub consistent: bool,
+}
+
+/// `GET /admin/audit`: totals read in one transaction.
+async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
+    let mut tx = db.begin().await?;
+    let (accounts, available, frozen, negative): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(available), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(frozen), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN available < 0 OR frozen < 0 THEN 1 ELSE 0 END), 0) AS BIGINT) FROM accounts",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(store::StoreError::from)?;
+    let deposited: i64 =
+        sqlx::query_scalar("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM deposits")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(store::StoreError::from)?;
+    let held: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM holds WHERE status = 'frozen'",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(store::StoreError::from)?;
+    tx.rollback().await.map_err(store::StoreError::from)?;
+    let consistent = available + frozen == deposited && frozen == held && negative == 0;
+    Ok(HttpResponse::Ok().json(Audit {
+        accounts,
+        available,
+        frozen,
+        deposited,
+        held,
+        negative_accounts: negative,
+        consistent,
+    }))
+}
