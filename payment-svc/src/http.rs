@@ -61,17 +61,13 @@ async fn record_deposit(
     sqlx::query(
         "INSERT INTO deposits (id, account_id, amount, created_at) VALUES ($1, $2, $3, $4)",
     )
-    .bind(rand_id())
+    .bind(store::random_id())
     .bind(id)
     .bind(amount)
     .bind(store::now_ms())
     .execute(tx)
     .await?;
     Ok(())
-}
-
-fn rand_id() -> i64 {
-    (rand::random::<u64>() >> 1) as i64
 }
 
 /// `PUT /admin/accounts/{id}` `{"available": n}`: creates the account with that opening
@@ -158,32 +154,20 @@ async fn get_account(db: web::Data<Db>, id: web::Path<String>) -> Result<HttpRes
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct Page {
-    #[serde(default = "default_limit")]
-    limit: i64,
-    #[serde(default)]
-    after: String,
-}
-
-fn default_limit() -> i64 {
-    100
-}
-
 /// `GET /admin/accounts?limit=100&after=<id>`: accounts in id order.
-async fn list_accounts(db: web::Data<Db>, page: web::Query<Page>) -> Result<HttpResponse, Problem> {
-    let limit = page.limit.clamp(1, 1000);
+async fn list_accounts(
+    db: web::Data<Db>,
+    page: web::Query<host::Page>,
+) -> Result<HttpResponse, Problem> {
     let accounts: Vec<Account> = sqlx::query_as(
         "SELECT id, available, frozen FROM accounts WHERE id > $1 ORDER BY id LIMIT $2",
     )
     .bind(&page.after)
-    .bind(limit)
+    .bind(page.limit())
     .fetch_all(db.pool())
     .await
     .map_err(store::StoreError::from)?;
-    let next = (accounts.len() as i64 == limit)
-        .then(|| accounts.last().map(|a| a.id.clone()))
-        .flatten();
+    let next = page.next_after(&accounts, |a| a.id.clone());
     Ok(HttpResponse::Ok().json(serde_json::json!({ "accounts": accounts, "next_after": next })))
 }
 

@@ -13,14 +13,10 @@ pub mod domain;
 pub mod http;
 pub mod ledger;
 
-use host::app::{Running, ServiceParts};
+use host::app::Running;
 use host::serve::Shutdown;
-use host::{AdminToken, CommonConfig, ConfigError, Metrics};
+use host::{CommonConfig, ConfigError};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
-use std::time::Duration;
-use store::Db;
-use tcc::grpc::{BranchMetrics, ParticipantService};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -29,17 +25,15 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub struct Config {
     #[serde(flatten)]
     pub common: CommonConfig,
-    /// Barrier rows older than this are purged.
-    pub barrier_retention_hours: u64,
-    pub barrier_purge_interval_secs: u64,
+    #[serde(flatten)]
+    pub barrier: tcc::PurgeConfig,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             common: CommonConfig::local("payment", 8081, 50052),
-            barrier_retention_hours: 24 * 7,
-            barrier_purge_interval_secs: 3600,
+            barrier: tcc::PurgeConfig::default(),
         }
     }
 }
@@ -51,56 +45,19 @@ impl Config {
     }
 }
 
-/// Why the service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Store(#[from] store::StoreError),
-    #[error("cannot listen: {0}")]
-    Io(#[from] std::io::Error),
-}
-
 /// Opens the database, runs migrations, and starts the gRPC and HTTP servers.
-pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartError> {
-    let db = Db::connect(&config.common.db_config()?).await?;
-    db.migrate_all(&[&MIGRATOR, &tcc::MIGRATOR]).await?;
-    let admin = AdminToken::resolve(&config.common, "payment")?;
-    let metrics = Metrics::new();
-    let branch_metrics = metrics.register(BranchMetrics::new);
-    let participant =
-        ParticipantService::new(db.clone(), Arc::new(ledger::Payments), branch_metrics);
-    let purger = tcc::barrier::spawn_purger(
-        db.clone(),
-        Duration::from_secs(config.barrier_retention_hours * 3600),
-        Duration::from_secs(config.barrier_purge_interval_secs.max(1)),
-    );
-    tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move {
-            shutdown.wait().await;
-            purger.abort();
-        }
-    });
-    let admin = actix_web::web::Data::new(admin);
-    let running = host::app::start(
-        ServiceParts {
+pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::StartError> {
+    tcc::service::start(
+        tcc::service::Participant {
             name: "payment-svc",
-            http_addr: config.common.http_addr.clone(),
-            grpc_addr: config.common.grpc_addr.clone(),
-            db,
-            metrics,
-            grpc: tonic::service::Routes::new(participant.into_server()),
-            http: Arc::new(move |cfg| {
-                cfg.app_data(admin.clone());
-                http::routes(cfg);
-            }),
-            shutdown_grace: Duration::from_secs(config.common.shutdown_grace_secs),
-            json_limit: 16 * 1024,
+            short_name: "payment",
+            common: config.common,
+            purge: config.barrier,
+            migrator: &MIGRATOR,
+            handler: ledger::Payments,
+            routes: http::routes,
         },
         shutdown,
     )
-    .await?;
-    Ok(running)
+    .await
 }

@@ -9,10 +9,13 @@
 pub mod app;
 pub mod config;
 pub mod metrics;
+pub mod page;
 pub mod problem;
 pub mod serve;
 
+pub use app::StartError;
 pub use config::{load_config, CommonConfig, ConfigError};
 pub use metrics::{HttpMetrics, Metrics};
+pub use page::Page;
 pub use problem::Problem;
 pub use serve::{require_admin, shutdown_signal, AdminToken};

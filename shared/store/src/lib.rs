@@ -361,6 +361,11 @@ impl From<sqlx::Error> for StoreError {
     }
 }
 
+/// A random positive `BIGINT` key, for rows that need a unique id and no order (deposits).
+pub fn random_id() -> i64 {
+    (rand::random::<u64>() >> 1) as i64
+}
+
 /// Milliseconds since the Unix epoch: the one timestamp type every table uses (DESIGN §4).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -214,3 +214,36 @@ pub fn spawn_purger(
         }
     })
 }
+
+/// When barrier rows are purged; embed in a service's config with `#[serde(flatten)]`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct PurgeConfig {
+    /// Rows older than this are deleted (default: 7 days).
+    pub barrier_retention_hours: u64,
+    /// How often to look (default: hourly).
+    pub barrier_purge_interval_secs: u64,
+}
+
+impl Default for PurgeConfig {
+    fn default() -> Self {
+        PurgeConfig {
+            barrier_retention_hours: 24 * 7,
+            barrier_purge_interval_secs: 3600,
+        }
+    }
+}
+
+impl PurgeConfig {
+    /// Starts the purger; it stops when `stop` resolves.
+    pub fn spawn(&self, db: Db, stop: impl std::future::Future<Output = ()> + Send + 'static) {
+        let purger = spawn_purger(
+            db,
+            Duration::from_secs(self.barrier_retention_hours.saturating_mul(3600)),
+            Duration::from_secs(self.barrier_purge_interval_secs.max(1)),
+        );
+        tokio::spawn(async move {
+            stop.await;
+            purger.abort();
+        });
+    }
+}

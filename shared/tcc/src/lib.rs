@@ -18,6 +18,9 @@
 pub mod barrier;
 pub mod check;
 pub mod grpc;
+pub mod service;
+
+pub use barrier::PurgeConfig;
 
 use futures::future::BoxFuture;
 use ids::Gid;

@@ -1,0 +1,255 @@
+//! Admin and read API over HTTP (all under `/admin`, behind the admin token): create and
+//! restock SKUs, read stock and reservations, and the conservation audit.
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, HttpResponse};
+use host::Problem;
+use serde::{Deserialize, Serialize};
+use store::{Db, StoreError};
+
+/// Mounts the routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin")
+            .wrap(from_fn(host::require_admin))
+            .route("/skus", web::get().to(list_skus))
+            .route("/skus/{id}", web::put().to(create_sku))
+            .route("/skus/{id}", web::get().to(get_sku))
+            .route("/skus/{id}/restocks", web::post().to(restock))
+            .route("/reservations/{gid}", web::get().to(reservations_of))
+            .route("/audit", web::get().to(audit)),
+    );
+}
+
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Sku {
+    pub id: String,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct NewSku {
+    #[serde(default)]
+    available: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct Restock {
+    quantity: i64,
+}
+
+fn check_id(id: &str) -> Result<(), Problem> {
+    tcc::check::id("sku", id).map_err(|r| Problem::bad_request(r.message))
+}
+
+async fn fetch(db: &Db, id: &str) -> Result<Option<Sku>, Problem> {
+    Ok(
+        sqlx::query_as("SELECT id, available, reserved, sold FROM skus WHERE id = $1")
+            .bind(id)
+            .fetch_optional(db.pool())
+            .await
+            .map_err(StoreError::from)?,
+    )
+}
+
+async fn record_restock(
+    conn: &mut sqlx::AnyConnection,
+    sku: &str,
+    quantity: i64,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT INTO restocks (id, sku, quantity, created_at) VALUES ($1, $2, $3, $4)")
+        .bind(store::random_id())
+        .bind(sku)
+        .bind(quantity)
+        .bind(store::now_ms())
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// `PUT /admin/skus/{id}` `{"available": n}`: creates the SKU with that opening stock (201), or
+/// leaves an existing one as it is (200). Idempotent.
+async fn create_sku(
+    db: web::Data<Db>,
+    id: web::Path<String>,
+    body: web::Json<NewSku>,
+) -> Result<HttpResponse, Problem> {
+    check_id(&id)?;
+    if !(0..=tcc::check::MAX_UNITS).contains(&body.available) {
+        return Err(Problem::bad_request(format!(
+            "available must be between 0 and {}",
+            tcc::check::MAX_UNITS
+        )));
+    }
+    let mut tx = db.begin().await?;
+    let created = sqlx::query(
+        "INSERT INTO skus (id, available, reserved, sold, created_at, updated_at) VALUES ($1, $2, 0, 0, $3, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(id.as_str())
+    .bind(body.available)
+    .bind(store::now_ms())
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?
+    .rows_affected()
+        == 1;
+    if created && body.available > 0 {
+        record_restock(&mut tx, &id, body.available).await?;
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    let sku = fetch(&db, &id)
+        .await?
+        .ok_or_else(|| Problem::internal("SKU vanished"))?;
+    Ok(if created {
+        HttpResponse::Created()
+    } else {
+        HttpResponse::Ok()
+    }
+    .json(sku))
+}
+
+/// `POST /admin/skus/{id}/restocks` `{"quantity": n}`: adds stock.
+async fn restock(
+    db: web::Data<Db>,
+    id: web::Path<String>,
+    body: web::Json<Restock>,
+) -> Result<HttpResponse, Problem> {
+    check_id(&id)?;
+    tcc::check::units("quantity", body.quantity).map_err(|r| Problem::bad_request(r.message))?;
+    let mut tx = db.begin().await?;
+    let updated =
+        sqlx::query("UPDATE skus SET available = available + $1, updated_at = $2 WHERE id = $3")
+            .bind(body.quantity)
+            .bind(store::now_ms())
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::from)?
+            .rows_affected();
+    if updated == 0 {
+        return Err(Problem::not_found(format!("no SKU {:?}", id.as_str())));
+    }
+    record_restock(&mut tx, &id, body.quantity).await?;
+    tx.commit().await.map_err(StoreError::from)?;
+    let sku = fetch(&db, &id)
+        .await?
+        .ok_or_else(|| Problem::internal("SKU vanished"))?;
+    Ok(HttpResponse::Ok().json(sku))
+}
+
+async fn get_sku(db: web::Data<Db>, id: web::Path<String>) -> Result<HttpResponse, Problem> {
+    check_id(&id)?;
+    match fetch(&db, &id).await? {
+        Some(s) => Ok(HttpResponse::Ok().json(s)),
+        None => Err(Problem::not_found(format!("no SKU {:?}", id.as_str()))),
+    }
+}
+
+/// `GET /admin/skus?limit=100&after=<id>`.
+async fn list_skus(
+    db: web::Data<Db>,
+    page: web::Query<host::Page>,
+) -> Result<HttpResponse, Problem> {
+    let skus: Vec<Sku> = sqlx::query_as(
+        "SELECT id, available, reserved, sold FROM skus WHERE id > $1 ORDER BY id LIMIT $2",
+    )
+    .bind(&page.after)
+    .bind(page.limit())
+    .fetch_all(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let next = page.next_after(&skus, |s| s.id.clone());
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "skus": skus, "next_after": next })))
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct Reservation {
+    branch_id: String,
+    sku: String,
+    quantity: i64,
+    status: String,
+}
+
+/// `GET /admin/reservations/{gid}`.
+async fn reservations_of(
+    db: web::Data<Db>,
+    gid: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let gid: ids::Gid = gid
+        .parse()
+        .map_err(|e: ids::IdError| Problem::bad_request(e.to_string()))?;
+    let rows: Vec<Reservation> = sqlx::query_as(
+        "SELECT branch_id, sku, quantity, status FROM reservations WHERE gid = $1 ORDER BY branch_id",
+    )
+    .bind(gid.as_i64())
+    .fetch_all(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "gid": gid, "reservations": rows })))
+}
+
+/// The stock invariants of DESIGN §5 as this service sees them.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Audit {
+    pub skus: i64,
+    pub available: i64,
+    pub reserved: i64,
+    pub sold: i64,
+    pub restocked: i64,
+    /// Items in reservations still `reserved`: must equal `reserved`.
+    pub held: i64,
+    /// SKUs whose own available + reserved + sold differs from their restocks.
+    pub unbalanced_skus: i64,
+    pub negative_skus: i64,
+    pub consistent: bool,
+}
+
+/// `GET /admin/audit`.
+async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
+    let mut tx = db.begin().await?;
+    let (skus, available, reserved, sold, negative): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(available), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(reserved), 0) AS BIGINT), CAST(COALESCE(SUM(sold), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN available < 0 OR reserved < 0 OR sold < 0 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+         FROM skus",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    let restocked: i64 =
+        sqlx::query_scalar("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM restocks")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+    let held: i64 =
+        sqlx::query_scalar("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations WHERE status = 'reserved'")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(StoreError::from)?;
+    let unbalanced: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM skus s WHERE s.available + s.reserved + s.sold <> \
+         (SELECT CAST(COALESCE(SUM(r.quantity), 0) AS BIGINT) FROM restocks r WHERE r.sku = s.id)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    tx.rollback().await.map_err(StoreError::from)?;
+    let consistent = available + reserved + sold == restocked
+        && reserved == held
+        && negative == 0
+        && unbalanced == 0;
+    Ok(HttpResponse::Ok().json(Audit {
+        skus,
+        available,
+        reserved,
+        sold,
+        restocked,
+        held,
+        unbalanced_skus: unbalanced,
+        negative_skus: negative,
+        consistent,
+    }))
+}

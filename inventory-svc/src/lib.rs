@@ -1,0 +1,60 @@
+//! inventory-svc: stock, as a TCC and Saga participant.
+//!
+//! Stock per SKU is split into `available`, `reserved` and `sold`. A Try reserves the order's
+//! quantity (or rejects with `out_of_stock`); its Confirm sells it, its Cancel releases it. A Saga
+//! Action sells at once and its Compensate puts the items back. Every op runs behind the `tcc`
+//! barrier in one local transaction with a `reservations` row, and items only enter through
+//! recorded restocks, so `available + reserved + sold = restocks` per SKU can be audited.
+
+pub mod domain;
+pub mod http;
+pub mod stock;
+
+use host::app::Running;
+use host::serve::Shutdown;
+use host::{CommonConfig, ConfigError};
+use serde::{Deserialize, Serialize};
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// inventory-svc's configuration (env prefix `INVENTORY_`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    #[serde(flatten)]
+    pub barrier: tcc::PurgeConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            common: CommonConfig::local("inventory", 8082, 50053),
+            barrier: tcc::PurgeConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `CONFIG_FILE`, then `INVENTORY_*` variables.
+    pub fn load() -> Result<Config, ConfigError> {
+        host::load_config(Config::default(), "INVENTORY_")
+    }
+}
+
+/// Opens the database, runs migrations, and starts the gRPC and HTTP servers.
+pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::StartError> {
+    tcc::service::start(
+        tcc::service::Participant {
+            name: "inventory-svc",
+            short_name: "inventory",
+            common: config.common,
+            purge: config.barrier,
+            migrator: &MIGRATOR,
+            handler: stock::Stock,
+            routes: http::routes,
+        },
+        shutdown,
+    )
+    .await
+}

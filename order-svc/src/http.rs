@@ -1,0 +1,147 @@
+//! Admin and read API over HTTP (under `/admin`, behind the admin token): orders by id, by
+//! transaction, by user, and counts by status for the audit.
+
+use actix_web::middleware::from_fn;
+use actix_web::{web, HttpResponse};
+use host::Problem;
+use serde::{Deserialize, Serialize};
+use store::{Db, StoreError};
+
+/// Mounts the routes.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/admin")
+            .wrap(from_fn(host::require_admin))
+            .route("/orders", web::get().to(list_orders))
+            .route("/orders/{id}", web::get().to(get_order))
+            .route("/transactions/{gid}/orders", web::get().to(orders_of_gid))
+            .route("/audit", web::get().to(audit)),
+    );
+}
+
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Order {
+    #[serde(with = "as_string")]
+    pub id: i64,
+    #[serde(with = "as_string")]
+    pub gid: i64,
+    pub user_id: String,
+    pub sku: String,
+    pub quantity: i64,
+    pub amount: i64,
+    pub status: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// 63-bit ids travel as strings so JavaScript clients do not round them.
+mod as_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+    pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+const COLUMNS: &str = "id, gid, user_id, sku, quantity, amount, status, created_at, updated_at";
+
+fn parse_id(what: &str, raw: &str) -> Result<i64, Problem> {
+    raw.parse::<i64>().ok().filter(|v| *v > 0).ok_or_else(|| {
+        Problem::bad_request(format!("{what} must be a positive integer, not {raw:?}"))
+    })
+}
+
+async fn get_order(db: web::Data<Db>, id: web::Path<String>) -> Result<HttpResponse, Problem> {
+    let id = parse_id("order id", &id)?;
+    let order: Option<Order> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(db.pool())
+            .await
+            .map_err(StoreError::from)?;
+    order
+        .map(|o| HttpResponse::Ok().json(o))
+        .ok_or_else(|| Problem::not_found(format!("no order {id}")))
+}
+
+async fn orders_of_gid(db: web::Data<Db>, gid: web::Path<String>) -> Result<HttpResponse, Problem> {
+    let gid = parse_id("gid", &gid)?;
+    let orders: Vec<Order> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM orders WHERE gid = $1 ORDER BY id"
+    ))
+    .bind(gid)
+    .fetch_all(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "gid": gid.to_string(), "orders": orders })))
+}
+
+#[derive(Debug, Deserialize)]
+struct OrderQuery {
+    user_id: Option<String>,
+    status: Option<String>,
+}
+
+/// `GET /admin/orders?user_id=&status=&limit=&after=<order id>`: newest first.
+async fn list_orders(
+    db: web::Data<Db>,
+    page: web::Query<host::Page>,
+    q: web::Query<OrderQuery>,
+) -> Result<HttpResponse, Problem> {
+    let before = if page.after.is_empty() {
+        i64::MAX
+    } else {
+        parse_id("after", &page.after)?
+    };
+    if let Some(status) = &q.status {
+        if crate::domain::OrderStatus::parse(status).is_none() {
+            return Err(Problem::bad_request(
+                "status must be PENDING, CONFIRMED or CANCELLED",
+            ));
+        }
+    }
+    let orders: Vec<Order> = sqlx::query_as(&format!(
+        "SELECT {COLUMNS} FROM orders WHERE id < $1 AND ($2 = '' OR user_id = $2) AND ($3 = '' OR status = $3) \
+         ORDER BY id DESC LIMIT $4"
+    ))
+    .bind(before)
+    .bind(q.user_id.clone().unwrap_or_default())
+    .bind(q.status.clone().unwrap_or_default())
+    .bind(page.limit())
+    .fetch_all(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let next = page.next_after(&orders, |o| o.id.to_string());
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "orders": orders, "next_after": next })))
+}
+
+/// Orders by status.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Audit {
+    pub pending: i64,
+    pub confirmed: i64,
+    pub cancelled: i64,
+}
+
+async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, CAST(COUNT(*) AS BIGINT) FROM orders GROUP BY status")
+            .fetch_all(db.pool())
+            .await
+            .map_err(StoreError::from)?;
+    let count = |s: &str| {
+        rows.iter()
+            .find(|(k, _)| k == s)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    Ok(HttpResponse::Ok().json(Audit {
+        pending: count("PENDING"),
+        confirmed: count("CONFIRMED"),
+        cancelled: count("CANCELLED"),
+    }))
+}

@@ -1,0 +1,11 @@
+//! The order-svc binary: configuration from `CONFIG_FILE` and `ORDER_*`, then serve
+//! until SIGTERM or Ctrl-C.
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    host::app::run_main("order-svc", |shutdown| async move {
+        let config = order_svc::Config::load()?;
+        order_svc::start(config, shutdown).await
+    })
+    .await
+}

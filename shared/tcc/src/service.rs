@@ -1,0 +1,65 @@
+//! Starting a participant service: the part every participant's `start` has in common.
+
+use crate::grpc::{BranchMetrics, ParticipantService};
+use crate::{Handler, PurgeConfig};
+use host::app::{Running, ServiceParts, StartError};
+use host::serve::Shutdown;
+use host::{AdminToken, CommonConfig, Metrics};
+use std::sync::Arc;
+use std::time::Duration;
+use store::Db;
+
+/// What differs between participant services.
+#[derive(Debug)]
+pub struct Participant<H> {
+    /// `payment-svc`, …: logs and metrics.
+    pub name: &'static str,
+    /// `payment`, …: the admin token file name.
+    pub short_name: &'static str,
+    pub common: CommonConfig,
+    pub purge: PurgeConfig,
+    /// The service's own migrations (the barrier's are added).
+    pub migrator: &'static sqlx::migrate::Migrator,
+    pub handler: H,
+    /// The service's admin routes; `web::Data<AdminToken>` and `web::Data<Db>` are in the app
+    /// data.
+    pub routes: fn(&mut actix_web::web::ServiceConfig),
+}
+
+/// Opens the database, runs the service's and the barrier's migrations, and serves the
+/// participant over gRPC and the admin routes over HTTP until `shutdown`.
+pub async fn start<H: Handler>(
+    p: Participant<H>,
+    shutdown: Shutdown,
+) -> Result<Running, StartError> {
+    let db = Db::connect(&p.common.db_config()?).await?;
+    db.migrate_all(&[p.migrator, &crate::MIGRATOR]).await?;
+    let admin = actix_web::web::Data::new(AdminToken::resolve(&p.common, p.short_name)?);
+    let metrics = Metrics::new();
+    let participant = ParticipantService::new(
+        db.clone(),
+        Arc::new(p.handler),
+        metrics.register(BranchMetrics::new),
+    );
+    p.purge.spawn(db.clone(), shutdown.clone().wait());
+    let routes = p.routes;
+    host::app::start(
+        ServiceParts {
+            name: p.name,
+            http_addr: p.common.http_addr.clone(),
+            grpc_addr: p.common.grpc_addr.clone(),
+            db,
+            metrics,
+            grpc: tonic::service::Routes::new(participant.into_server()),
+            http: Arc::new(move |cfg| {
+                cfg.app_data(admin.clone());
+                routes(cfg);
+            }),
+            shutdown_grace: Duration::from_secs(p.common.shutdown_grace_secs),
+            json_limit: 16 * 1024,
+        },
+        shutdown,
+    )
+    .await
+    .map_err(StartError::from)
+}
