@@ -18,6 +18,7 @@
 //! - [`free_port`] and [`Service`]: spawn a real binary, wait for its `/readyz`, SIGKILL it,
 //!   restart it, read its log.
 
+pub mod participant;
 mod postgres;
 mod process;
 
