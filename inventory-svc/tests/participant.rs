@@ -1,0 +1,230 @@
+//! inventory-svc as the coordinator sees it: the real binary over gRPC, on a SQLite file and on
+//! PostgreSQL.
+use futures::future::join_all;
+use prost::Message;
+use proto::pay::v1::InventoryBranch;
+use proto::v1::{Op, Outcome};
+use reqwest::Method;
+use serde_json::json;
+use std::sync::Arc;
+use testkit::participant::ParticipantProcess;
+use testkit::{both_backends, TestDb};
+
+async fn inventory(db: &TestDb, dir: &std::path::Path) -> ParticipantProcess {
+    ParticipantProcess::start(
+        "inventory-svc",
+        env!("CARGO_BIN_EXE_inventory-svc").as_ref(),
+        "INVENTORY_",
+        db,
+        dir,
+    )
+    .await
+}
+
+fn pick(sku: &str, quantity: i64) -> Vec<u8> {
+    InventoryBranch {
+        sku: sku.into(),
+        quantity,
+    }
+    .encode_to_vec()
+}
+
+async fn seed(p: &ParticipantProcess, sku: &str, available: i64) {
+    p.admin(
+        Method::PUT,
+        &format!("/admin/skus/{sku}"),
+        Some(json!({ "available": available })),
+    )
+    .await;
+}
+
+/// (available, reserved, sold)
+async fn stock(p: &ParticipantProcess, sku: &str) -> (i64, i64, i64) {
+    let s = p.admin_get(&format!("/admin/skus/{sku}")).await;
+    (
+        s["available"].as_i64().unwrap(),
+        s["reserved"].as_i64().unwrap(),
+        s["sold"].as_i64().unwrap(),
+    )
+}
+
+async fn assert_consistent(p: &ParticipantProcess) -> serde_json::Value {
+    let audit = p.admin_get("/admin/audit").await;
+    assert_eq!(audit["consistent"], json!(true), "audit: {audit}");
+    audit
+}
+
+async fn ok(p: &ParticipantProcess, gid: u64, op: Op, payload: &[u8]) {
+    let r = p.call(gid, "stock", op, payload).await.unwrap();
+    assert_eq!(
+        r.outcome(),
+        Outcome::Success,
+        "gid {gid} {op:?}: {} {}",
+        r.code,
+        r.message
+    );
+}
+
+async fn duplicated_try_confirm_and_cancel_change_nothing_the_second_time(db: TestDb) {
+    let dir = testkit::temp_dir("inventory-");
+    let p = inventory(&db, dir.path()).await;
+    seed(&p, "SKU-1", 10).await;
+    for op in [Op::Try, Op::Try, Op::Confirm, Op::Confirm] {
+        ok(&p, 1, op, &pick("SKU-1", 3)).await;
+    }
+    assert_eq!(stock(&p, "SKU-1").await, (7, 0, 3));
+    for op in [Op::Try, Op::Cancel, Op::Cancel, Op::Try] {
+        ok(&p, 2, op, &pick("SKU-1", 4)).await;
+    }
+    assert_eq!(stock(&p, "SKU-1").await, (7, 0, 3));
+    assert_eq!(
+        p.admin_get("/admin/reservations/2").await["reservations"][0]["status"],
+        "released"
+    );
+    assert_consistent(&p).await;
+}
+
+async fn a_cancel_before_its_try_and_a_compensate_before_its_action_make_the_late_ones_do_nothing(
+    db: TestDb,
+) {
+    let dir = testkit::temp_dir("inventory-");
+    let p = inventory(&db, dir.path()).await;
+    seed(&p, "SKU-1", 10).await;
+    ok(&p, 5, Op::Cancel, &pick("SKU-1", 4)).await;
+    let late = p
+        .call(5, "stock", Op::Try, &pick("SKU-1", 4))
+        .await
+        .unwrap();
+    assert_eq!(
+        (late.outcome(), late.code.as_str()),
+        (Outcome::Failure, "cancelled")
+    );
+    ok(&p, 6, Op::Compensate, &pick("SKU-1", 4)).await;
+    let late = p
+        .call(6, "stock", Op::Action, &pick("SKU-1", 4))
+        .await
+        .unwrap();
+    assert_eq!(
+        (late.outcome(), late.code.as_str()),
+        (Outcome::Failure, "cancelled")
+    );
+    assert_eq!(stock(&p, "SKU-1").await, (10, 0, 0));
+    for op in [Op::Action, Op::Action] {
+        ok(&p, 7, op, &pick("SKU-1", 2)).await;
+    }
+    assert_eq!(stock(&p, "SKU-1").await, (8, 0, 2));
+    for op in [Op::Compensate, Op::Compensate] {
+        ok(&p, 7, op, &pick("SKU-1", 2)).await;
+    }
+    assert_eq!(stock(&p, "SKU-1").await, (10, 0, 0));
+    assert_consistent(&p).await;
+}
+
+async fn two_hundred_concurrent_tries_against_stock_for_fifty_give_exactly_fifty_successes(
+    db: TestDb,
+) {
+    let dir = testkit::temp_dir("inventory-");
+    let p = Arc::new(inventory(&db, dir.path()).await);
+    seed(&p, "SKU-1", 50).await;
+    let calls = (1..=200u64).map(|gid| {
+        let p = p.clone();
+        tokio::spawn(async move {
+            p.call(gid, "stock", Op::Try, &pick("SKU-1", 1))
+                .await
+                .unwrap()
+        })
+    });
+    let answers: Vec<_> = join_all(calls)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let ok = answers
+        .iter()
+        .filter(|r| r.outcome() == Outcome::Success)
+        .count();
+    let out = answers
+        .iter()
+        .filter(|r| r.outcome() == Outcome::Failure && r.code == "out_of_stock")
+        .count();
+    assert_eq!((ok, out), (50, 150));
+    assert_eq!(stock(&p, "SKU-1").await, (0, 50, 0));
+    assert_consistent(&p).await;
+}
+
+async fn bad_input_is_a_failure_on_try_and_invalid_argument_on_second_phase_ops(db: TestDb) {
+    let dir = testkit::temp_dir("inventory-");
+    let p = inventory(&db, dir.path()).await;
+    seed(&p, "SKU-1", 5).await;
+    let cases = [
+        (pick("SKU-1", 0), "invalid"),
+        (pick("SKU-1", -1), "invalid"),
+        (pick("SKU-1", i64::MAX), "invalid"),
+        (pick("SKU-1", 6), "out_of_stock"),
+        (pick("NOPE", 1), "unknown_sku"),
+        (pick("bad sku", 1), "invalid"),
+        (vec![0x0a, 0xff], "invalid"),
+    ];
+    for (gid, (payload, code)) in (100u64..).zip(cases) {
+        let r = p.call(gid, "stock", Op::Try, &payload).await.unwrap();
+        assert_eq!(
+            (r.outcome(), r.code.as_str()),
+            (Outcome::Failure, code),
+            "gid {gid}: {}",
+            r.message
+        );
+    }
+    assert_eq!(
+        p.call(200, "stock", Op::Cancel, &[0xff])
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        p.call(201, "stock", Op::Confirm, &pick("SKU-1", 1))
+            .await
+            .unwrap_err()
+            .code(),
+        tonic::Code::InvalidArgument
+    );
+    let (status, _) = p
+        .admin_raw(
+            Method::POST,
+            "/admin/skus/SKU-1/restocks",
+            Some(json!({"quantity": 0})),
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(stock(&p, "SKU-1").await, (5, 0, 0));
+    assert_consistent(&p).await;
+}
+
+async fn a_sigkill_during_a_stream_of_tries_and_confirms_loses_and_doubles_nothing(db: TestDb) {
+    let dir = testkit::temp_dir("inventory-");
+    let mut p = inventory(&db, dir.path()).await;
+    seed(&p, "SKU-1", 10_000).await;
+    let replayed = testkit::participant::stream_with_crashes(
+        &mut p,
+        120,
+        "stock",
+        [Op::Try, Op::Confirm],
+        |_| pick("SKU-1", 2),
+        2,
+    )
+    .await;
+    assert!(
+        replayed > 0,
+        "some calls must have gone unanswered and been replayed"
+    );
+    assert_eq!(stock(&p, "SKU-1").await, (10_000 - 240, 0, 240));
+    assert_consistent(&p).await;
+}
+
+both_backends!(
+    duplicated_try_confirm_and_cancel_change_nothing_the_second_time,
+    a_cancel_before_its_try_and_a_compensate_before_its_action_make_the_late_ones_do_nothing,
+    two_hundred_concurrent_tries_against_stock_for_fifty_give_exactly_fifty_successes,
+    bad_input_is_a_failure_on_try_and_invalid_argument_on_second_phase_ops,
+    a_sigkill_during_a_stream_of_tries_and_confirms_loses_and_doubles_nothing,
+);
