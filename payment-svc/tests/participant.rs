@@ -361,3 +361,39 @@ both_backends!(
     the_admin_api_needs_the_token_and_answers_problems,
     a_sigkill_during_a_stream_of_tries_and_confirms_loses_and_doubles_nothing,
 );
+
+async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
+    let dir = testkit::temp_dir("payment-");
+    let mut p = payment(&db, dir.path()).await;
+    seed(&p, &[("alice", 1_000_000)]).await;
+    let api = p.api.clone();
+    let calls: Vec<_> = (1..=100u64)
+        .map(|gid| {
+            let api = api.clone();
+            tokio::spawn(async move { api.call(gid, "pay", Op::Try, &charge("alice", 10)).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    let status = p
+        .service
+        .terminate(std::time::Duration::from_secs(20))
+        .expect("exits within the grace period");
+    assert!(status.success(), "exit status {status}");
+    let answered = join_all(calls)
+        .await
+        .into_iter()
+        .filter(|r| matches!(r, Ok(Ok(resp)) if resp.outcome() == Outcome::Success))
+        .count() as i64;
+    // Every call is either answered SUCCESS and committed, or refused before it started: after a
+    // restart the frozen money is exactly what the answered calls froze.
+    p.service.restart().await.unwrap();
+    let (_, frozen) = balance(&p, "alice").await;
+    assert!(
+        frozen >= answered * 10,
+        "answered calls were committed ({answered} answered, {frozen} frozen)"
+    );
+    let audit = assert_consistent(&p).await;
+    assert_eq!(audit["held"], json!(frozen));
+}
+
+both_backends!(sigterm_lets_calls_in_flight_finish_and_exits_0);

@@ -6,9 +6,13 @@ use actix_web::{error, web, HttpRequest, HttpResponse, ResponseError};
 use serde::Serialize;
 use std::fmt;
 
-/// An RFC 9457 problem document.
+/// An RFC 9457 problem document (boxed: errors travel in `Result`s and should be small).
+#[derive(Debug, Clone)]
+pub struct Problem(Box<ProblemBody>);
+
+/// The fields of a [`Problem`].
 #[derive(Debug, Clone, Serialize)]
-pub struct Problem {
+pub struct ProblemBody {
     #[serde(rename = "type")]
     pub type_uri: String,
     pub title: String,
@@ -24,14 +28,18 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
-        Problem {
+        Problem(Box::new(ProblemBody {
             type_uri: format!("https://tcc-pay.dev/problems/{code}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: Some(detail.into()),
             code: Some(code.to_owned()),
             www_authenticate: None,
-        }
+        }))
+    }
+
+    pub fn body(&self) -> &ProblemBody {
+        &self.0
     }
 
     pub fn bad_request(detail: impl Into<String>) -> Self {
@@ -44,7 +52,7 @@ impl Problem {
 
     pub fn unauthorized(detail: impl Into<String>, challenge: impl Into<String>) -> Self {
         let mut p = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
-        p.www_authenticate = Some(challenge.into());
+        p.0.www_authenticate = Some(challenge.into());
         p
     }
 
@@ -66,24 +74,24 @@ impl fmt::Display for Problem {
         write!(
             f,
             "{} {}",
-            self.status,
-            self.detail.as_deref().unwrap_or(&self.title)
+            self.0.status,
+            self.0.detail.as_deref().unwrap_or(&self.0.title)
         )
     }
 }
 
 impl ResponseError for Problem {
     fn status_code(&self) -> StatusCode {
-        StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
     }
 
     fn error_response(&self) -> HttpResponse {
         let mut res = HttpResponse::build(self.status_code());
         res.content_type("application/problem+json");
-        if let Some(challenge) = &self.www_authenticate {
+        if let Some(challenge) = &self.0.www_authenticate {
             res.insert_header(("WWW-Authenticate", challenge.as_str()));
         }
-        res.json(self)
+        res.json(&*self.0)
     }
 }
 

@@ -185,6 +185,21 @@ impl AdminToken {
     }
 }
 
+/// Middleware (for `actix_web::middleware::from_fn`, on the admin scope) that answers 401 unless
+/// the request carries the [`AdminToken`] found in the app data as `web::Data<AdminToken>`.
+pub async fn require_admin(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let Some(token) = req.app_data::<web::Data<AdminToken>>().cloned() else {
+        return Err(Problem::internal("no admin token configured").into());
+    };
+    if let Err(problem) = token.check(req.request()) {
+        return Ok(req.error_response(problem));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,19 +254,4 @@ mod tests {
             .check(&TestRequest::default().to_http_request())
             .is_err());
     }
-}
-
-/// Middleware (for `actix_web::middleware::from_fn`, on the admin scope) that answers 401 unless
-/// the request carries the [`AdminToken`] found in the app data as `web::Data<AdminToken>`.
-pub async fn require_admin(
-    req: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    let Some(token) = req.app_data::<web::Data<AdminToken>>().cloned() else {
-        return Err(Problem::internal("no admin token configured").into());
-    };
-    if let Err(problem) = token.check(req.request()) {
-        return Ok(req.error_response(problem));
-    }
-    Ok(next.call(req).await?.map_into_boxed_body())
 }
