@@ -19,6 +19,7 @@ use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, ConnectOptions, Connection, Executor, Transaction};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use sqlx;
@@ -118,6 +119,40 @@ impl DbConfig {
 pub struct Db {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite admits one writer at a time; writers of this process queue here, in order, instead
+    /// of in SQLite's busy handler, whose sleeps grow to 100 ms and make a long latency tail.
+    writer: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+/// A write transaction (see [`Db::begin`]). Derefs to the connection, so queries take
+/// `&mut *tx`; dropping it without [`WriteTx::commit`] rolls back.
+#[derive(Debug)]
+pub struct WriteTx {
+    tx: Transaction<'static, Any>,
+    _turn: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl WriteTx {
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.tx.commit().await
+    }
+
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.tx.rollback().await
+    }
+}
+
+impl std::ops::Deref for WriteTx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.tx
+    }
+}
+
+impl std::ops::DerefMut for WriteTx {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.tx
+    }
 }
 
 impl Db {
@@ -154,7 +189,12 @@ impl Db {
             })
             .connect_with(options)
             .await?;
-        Ok(Db { pool, backend })
+        let writer = (backend == Backend::Sqlite).then(|| Arc::new(tokio::sync::Semaphore::new(1)));
+        Ok(Db {
+            pool,
+            backend,
+            writer,
+        })
     }
 
     pub fn backend(&self) -> Backend {
@@ -179,13 +219,27 @@ impl Db {
         self.migrate(&combine(migrators)?).await
     }
 
-    /// Starts a transaction that will write: `BEGIN IMMEDIATE` on SQLite, `BEGIN` on PostgreSQL.
-    pub async fn begin(&self) -> Result<Transaction<'static, Any>, StoreError> {
-        let tx = match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        };
-        Ok(tx)
+    /// Starts a transaction that will write: `BEGIN IMMEDIATE` on SQLite, after this process's
+    /// earlier writers (FIFO); `BEGIN` on PostgreSQL.
+    pub async fn begin(&self) -> Result<WriteTx, StoreError> {
+        match &self.writer {
+            Some(writer) => {
+                let turn = writer
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| StoreError::Unavailable("the database is closing".into()))?;
+                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+                Ok(WriteTx {
+                    tx,
+                    _turn: Some(turn),
+                })
+            }
+            None => Ok(WriteTx {
+                tx: self.pool.begin().await?,
+                _turn: None,
+            }),
+        }
     }
 
     /// Answers when the database answers a trivial query (for `/readyz`).

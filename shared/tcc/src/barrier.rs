@@ -16,9 +16,9 @@
 //! write lock up front.
 
 use crate::{BranchRef, Handler, Op, OpError, Rejection};
-use sqlx::{Any, AnyConnection, Transaction};
+use sqlx::AnyConnection;
 use std::time::Duration;
-use store::{Db, StoreError};
+use store::{Db, StoreError, WriteTx};
 
 /// The barrier id of the one barrier call each op makes.
 pub const BARRIER_ID: &str = "01";
@@ -102,10 +102,10 @@ pub enum Gate {
     /// Nothing more to do (duplicate, hanging, or null compensation, already committed).
     Closed(Verdict),
     /// The op must take effect: apply it in this transaction, then [`finish`].
-    Open(Transaction<'static, Any>),
+    Open(WriteTx),
     /// A null compensation: the marker is written in this transaction; the handler may record
     /// something of its own in it before it is committed.
-    NullCompensation(Transaction<'static, Any>),
+    NullCompensation(WriteTx),
 }
 
 /// Steps 1 and 2: inserts the barrier rows and decides whether the business change runs.
@@ -134,10 +134,7 @@ pub async fn enter(db: &Db, branch: &BranchRef, op: Op) -> Result<Gate, StoreErr
 }
 
 /// Step 3: commits the business change with the barrier rows, or rolls both back.
-pub async fn finish(
-    tx: Transaction<'static, Any>,
-    result: Result<(), OpError>,
-) -> Result<Verdict, StoreError> {
+pub async fn finish(tx: WriteTx, result: Result<(), OpError>) -> Result<Verdict, StoreError> {
     match result {
         Ok(()) => {
             tx.commit().await?;

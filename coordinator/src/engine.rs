@@ -1,0 +1,767 @@
+//! The engine: accepts global transactions, drives them with the state machine, and recovers
+//! unfinished ones.
+//!
+//! Driving one transaction: load it, feed the state machine `Resume` (or `Deadline`), carry out
+//! the effects — `Persist` is a fenced checkpoint of the log, `Call` a branch call with its own
+//! timeout — and feed each answer back, until no call is outstanding. What is left (a Confirm
+//! that failed, say) is written back with a backoff delay and the claim released; the recovery
+//! loop picks it up when it is due, on this instance or another.
+//!
+//! Commits per happy TCC transaction: 3 (record, decision, outcome); the attempts of each phase
+//! are written with the checkpoint that ends it.
+
+use crate::log::{self, Attempt, Checkpoint, NewBranch, NewTxn, Stored};
+use crate::machine::{CallResult, Effect, Event, Mode, Op, Status, Txn};
+use crate::metrics::CoordinatorMetrics;
+use futures::stream::{FuturesUnordered, StreamExt};
+use proto::v1::participant_client::ParticipantClient;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use store::{Db, StoreError};
+use telemetry::grpc::TracePropagation;
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
+
+/// Limits and timings of the engine.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub node_id: u16,
+    /// How long a claim on a transaction holds without being renewed.
+    pub lease: Duration,
+    pub default_timeout: Duration,
+    pub max_timeout: Duration,
+    pub default_branch_timeout: Duration,
+    pub max_branches: usize,
+    pub max_payload_bytes: usize,
+    /// Delay before a transaction with work left is driven again.
+    pub backoff: retry::Backoff,
+    pub recovery_interval: Duration,
+    pub recovery_batch: i64,
+    pub max_wait: Duration,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            node_id: 0,
+            lease: Duration::from_secs(15),
+            default_timeout: Duration::from_secs(10),
+            max_timeout: Duration::from_secs(24 * 3600),
+            default_branch_timeout: Duration::from_secs(3),
+            max_branches: 16,
+            max_payload_bytes: 64 * 1024,
+            backoff: retry::Backoff::forever(Duration::from_millis(100), Duration::from_secs(30)),
+            recovery_interval: Duration::from_millis(200),
+            recovery_batch: 100,
+            max_wait: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A branch as a client asks for it.
+#[derive(Debug, Clone)]
+pub struct BranchRequest {
+    pub branch_id: String,
+    pub participant: String,
+    pub payload: Vec<u8>,
+    pub depends_on: Vec<String>,
+}
+
+/// A global transaction as a client asks for it.
+#[derive(Debug, Clone)]
+pub struct ExecuteRequest {
+    pub mode: Option<Mode>,
+    pub idempotency_key: String,
+    pub branches: Vec<BranchRequest>,
+    pub timeout: Option<Duration>,
+    pub branch_timeout: Option<Duration>,
+    pub wait: Duration,
+    pub concurrent: bool,
+}
+
+/// What Execute answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecuteOutcome {
+    pub gid: i64,
+    pub status: Status,
+    pub reason: Option<String>,
+    pub replayed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// The request is malformed; nothing was stored.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The idempotency key was used for a different request.
+    #[error("idempotency key {0:?} was already used for a different request")]
+    KeyReused(String),
+    #[error("no transaction {0}")]
+    NotFound(i64),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Id(#[from] ids::IdError),
+}
+
+type Client = ParticipantClient<InterceptedService<Channel, TracePropagation>>;
+
+/// One reused channel per participant address.
+#[derive(Debug, Default)]
+struct Clients {
+    map: RwLock<HashMap<String, Client>>,
+}
+
+impl Clients {
+    fn get(&self, addr: &str) -> Result<Client, String> {
+        if let Some(c) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = endpoint(addr)?.connect_lazy();
+        let client = ParticipantClient::with_interceptor(channel, TracePropagation);
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+}
+
+/// A participant endpoint with connect timeout and HTTP/2 keepalive.
+pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
+    if !(addr.starts_with("http://") || addr.starts_with("https://")) {
+        return Err(format!(
+            "participant {addr:?} must be an http:// or https:// URL"
+        ));
+    }
+    let endpoint =
+        Endpoint::from_shared(addr.to_owned()).map_err(|e| format!("participant {addr:?}: {e}"))?;
+    if endpoint.uri().host().is_none_or(str::is_empty) {
+        return Err(format!("participant {addr:?} has no host"));
+    }
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+/// The transaction manager.
+pub struct Engine {
+    db: Db,
+    ids: ids::Snowflake,
+    config: EngineConfig,
+    owner: String,
+    clients: Clients,
+    waiters: Mutex<HashMap<i64, watch::Sender<Status>>>,
+    keys: moka::future::Cache<String, (i64, String)>,
+    metrics: CoordinatorMetrics,
+    failpoint: Option<String>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    pub fn new(
+        db: Db,
+        config: EngineConfig,
+        metrics: CoordinatorMetrics,
+    ) -> Result<Arc<Engine>, EngineError> {
+        let ids = ids::Snowflake::new(config.node_id)?;
+        let owner = format!(
+            "{}:{}",
+            config.node_id,
+            hex::encode(rand::random::<[u8; 4]>())
+        );
+        Ok(Arc::new(Engine {
+            db,
+            ids,
+            owner,
+            config,
+            clients: Clients::default(),
+            waiters: Mutex::new(HashMap::new()),
+            keys: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(600))
+                .build(),
+            metrics,
+            failpoint: std::env::var("COORDINATOR_FAILPOINT")
+                .ok()
+                .filter(|s| !s.is_empty()),
+        }))
+    }
+
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+
+    /// This instance's name in the `owner` column.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Test hook: `COORDINATOR_FAILPOINT=<name>` makes the process SIGKILL itself there, so
+    /// crash recovery can be tested at exact points.
+    fn failpoint(&self, name: &str) {
+        if self.failpoint.as_deref() == Some(name) {
+            tracing::warn!(failpoint = name, "failpoint: killing this process");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    /// Validates and records a transaction, starts driving it, and waits up to `wait` for the
+    /// decision.
+    pub async fn execute(
+        self: &Arc<Self>,
+        req: ExecuteRequest,
+    ) -> Result<ExecuteOutcome, EngineError> {
+        let new = self.validate(&req)?;
+        let wait = req.wait.min(self.config.max_wait);
+        if let Some(key) = &new.idempotency_key {
+            if let Some((gid, hash)) = self.keys.get(key).await {
+                return self.replay(gid, &hash, &new, wait).await;
+            }
+        }
+        let mut rx = self.subscribe(new.gid);
+        match log::insert(&self.db, &new, &self.owner, self.lease_ms()).await {
+            Ok(()) => {}
+            Err(StoreError::UniqueViolation { .. }) if new.idempotency_key.is_some() => {
+                self.unsubscribe(new.gid);
+                let key = new.idempotency_key.clone().unwrap_or_default();
+                let (gid, hash) = log::find_by_key(&self.db, &key)
+                    .await?
+                    .ok_or_else(|| EngineError::Store(StoreError::NotFound))?;
+                self.keys.insert(key, (gid, hash.clone())).await;
+                return self.replay(gid, &hash, &new, wait).await;
+            }
+            Err(e) => {
+                self.unsubscribe(new.gid);
+                return Err(e.into());
+            }
+        }
+        if let Some(key) = &new.idempotency_key {
+            self.keys
+                .insert(key.clone(), (new.gid, new.request_hash.clone()))
+                .await;
+        }
+        self.metrics.started(new.mode);
+        self.failpoint("after_insert");
+        let engine = self.clone();
+        let gid = new.gid;
+        tokio::spawn(async move { engine.drive(gid).await });
+        let status = if wait.is_zero() {
+            Status::Prepared
+        } else {
+            let _ = tokio::time::timeout(wait, rx.wait_for(|s| *s != Status::Prepared)).await;
+            let status = *rx.borrow();
+            status
+        };
+        self.unsubscribe(gid);
+        let reason = if status == Status::Prepared {
+            None
+        } else {
+            log::status_of(&self.db, gid).await?.and_then(|(_, r)| r)
+        };
+        Ok(ExecuteOutcome {
+            gid,
+            status,
+            reason,
+            replayed: false,
+        })
+    }
+
+    async fn replay(
+        &self,
+        gid: i64,
+        hash: &str,
+        new: &NewTxn,
+        wait: Duration,
+    ) -> Result<ExecuteOutcome, EngineError> {
+        if hash != new.request_hash {
+            return Err(EngineError::KeyReused(
+                new.idempotency_key.clone().unwrap_or_default(),
+            ));
+        }
+        let deadline = Instant::now() + wait;
+        loop {
+            let (status, reason) = log::status_of(&self.db, gid)
+                .await?
+                .ok_or(EngineError::NotFound(gid))?;
+            if status != Status::Prepared || Instant::now() >= deadline {
+                return Ok(ExecuteOutcome {
+                    gid,
+                    status,
+                    reason,
+                    replayed: true,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn subscribe(&self, gid: i64) -> watch::Receiver<Status> {
+        let (tx, rx) = watch::channel(Status::Prepared);
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(gid, tx);
+        rx
+    }
+
+    fn unsubscribe(&self, gid: i64) {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&gid);
+    }
+
+    fn notify(&self, gid: i64, status: Status) {
+        if let Some(tx) = self
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&gid)
+        {
+            let _ = tx.send(status);
+        }
+    }
+
+    fn lease_ms(&self) -> i64 {
+        self.config.lease.as_millis() as i64
+    }
+
+    fn validate(&self, req: &ExecuteRequest) -> Result<NewTxn, EngineError> {
+        let invalid = |m: String| Err(EngineError::Invalid(m));
+        let Some(mode) = req.mode else {
+            return invalid("mode must be TCC or SAGA".into());
+        };
+        if req.branches.is_empty() {
+            return invalid("a transaction needs at least one branch".into());
+        }
+        if req.branches.len() > self.config.max_branches {
+            return invalid(format!("at most {} branches", self.config.max_branches));
+        }
+        if req.idempotency_key.len() > 200 {
+            return invalid("idempotency_key is longer than 200 bytes".into());
+        }
+        let timeout = req.timeout.unwrap_or(self.config.default_timeout);
+        if timeout > self.config.max_timeout {
+            return invalid(format!(
+                "timeout_ms is above {} ms",
+                self.config.max_timeout.as_millis()
+            ));
+        }
+        let branch_timeout = req
+            .branch_timeout
+            .unwrap_or(self.config.default_branch_timeout);
+        if branch_timeout > timeout {
+            return invalid("branch_timeout_ms must not exceed timeout_ms".into());
+        }
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut branches = Vec::with_capacity(req.branches.len());
+        for (i, b) in req.branches.iter().enumerate() {
+            if b.branch_id.is_empty() || b.branch_id.len() > 64 {
+                return invalid(format!("branch {i}: branch_id must be 1 to 64 bytes"));
+            }
+            if index.insert(b.branch_id.as_str(), i).is_some() {
+                return invalid(format!("branch_id {:?} appears twice", b.branch_id));
+            }
+            endpoint(&b.participant)
+                .map_err(|e| EngineError::Invalid(format!("branch {:?}: {e}", b.branch_id)))?;
+            if b.payload.len() > self.config.max_payload_bytes {
+                return invalid(format!(
+                    "branch {:?}: payload of {} bytes is over the limit of {}",
+                    b.branch_id,
+                    b.payload.len(),
+                    self.config.max_payload_bytes
+                ));
+            }
+            if mode == Mode::Tcc && !b.depends_on.is_empty() {
+                return invalid(format!(
+                    "branch {:?}: depends_on is for SAGA only",
+                    b.branch_id
+                ));
+            }
+            let mut deps = Vec::with_capacity(b.depends_on.len());
+            for d in &b.depends_on {
+                match index.get(d.as_str()) {
+                    Some(&j) if j < i => deps.push(j),
+                    _ => {
+                        return invalid(format!(
+                            "branch {:?} depends on {d:?}, which is not an earlier branch",
+                            b.branch_id
+                        ))
+                    }
+                }
+            }
+            branches.push(NewBranch {
+                branch_id: b.branch_id.clone(),
+                participant: b.participant.clone(),
+                payload: b.payload.clone(),
+                depends_on: deps,
+            });
+        }
+        let request_hash = request_hash(mode, req.concurrent, timeout, branch_timeout, &branches);
+        Ok(NewTxn {
+            gid: self.ids.next_id()?.as_i64(),
+            mode,
+            idempotency_key: Some(req.idempotency_key.clone()).filter(|k| !k.is_empty()),
+            request_hash,
+            concurrent: req.concurrent,
+            branch_timeout_ms: branch_timeout.as_millis() as i64,
+            deadline_at: store::now_ms() + timeout.as_millis() as i64,
+            branches,
+        })
+    }
+
+    /// Drives one transaction this instance owns until nothing is outstanding.
+    pub async fn drive(self: Arc<Self>, gid: i64) {
+        let span = tracing::info_span!("drive", gid = %gid);
+        if let Err(e) = self.clone().drive_inner(gid).instrument(span).await {
+            tracing::warn!(gid, error = %e, "driving failed; recovery will pick it up");
+        }
+    }
+
+    async fn drive_inner(self: Arc<Self>, gid: i64) -> Result<(), StoreError> {
+        let Some(stored) = log::load(&self.db, gid).await? else {
+            return Ok(());
+        };
+        if stored.owner.as_deref() != Some(self.owner.as_str()) || stored.txn.status.is_terminal() {
+            return Ok(());
+        }
+        let mut run = Run {
+            engine: &self,
+            stored,
+            attempts: Vec::new(),
+            retry_later: false,
+        };
+        let first_event = if run.stored.txn.status == Status::Prepared
+            && store::now_ms() >= run.stored.deadline_at
+        {
+            Event::Deadline
+        } else {
+            Event::Resume
+        };
+        let mut first_calls = FuturesUnordered::new();
+        let mut second_calls = FuturesUnordered::new();
+        let effects = run.stored.txn.step(first_event);
+        if !run
+            .apply(effects, &mut first_calls, &mut second_calls)
+            .await?
+        {
+            return Ok(());
+        }
+        let deadline = tokio::time::Instant::now()
+            + Duration::from_millis((run.stored.deadline_at - store::now_ms()).max(0) as u64);
+        loop {
+            if first_calls.is_empty() && second_calls.is_empty() {
+                break;
+            }
+            let prepared = run.stored.txn.status == Status::Prepared;
+            let (event, attempt) = tokio::select! {
+                Some((idx, result, attempt)) = first_calls.next(), if !first_calls.is_empty() => {
+                    (Event::First { branch: idx, result }, Some(attempt))
+                }
+                Some((idx, result, attempt)) = second_calls.next(), if !second_calls.is_empty() => {
+                    (Event::Second { branch: idx, result }, Some(attempt))
+                }
+                _ = tokio::time::sleep_until(deadline), if prepared => (Event::Deadline, None),
+            };
+            if let Some(attempt) = attempt {
+                run.record(attempt);
+            }
+            let effects = run.stored.txn.step(event);
+            if run.stored.txn.status != Status::Prepared && !first_calls.is_empty() {
+                // Decided: Tries still in flight are abandoned (the barrier absorbs them if
+                // they arrive after their Cancel).
+                first_calls = FuturesUnordered::new();
+            }
+            if !run
+                .apply(effects, &mut first_calls, &mut second_calls)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        run.finish().await
+    }
+
+    /// Claims due transactions and drives each; returns how many were claimed.
+    pub async fn recover_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+        let prefix = format!("{}:", self.config.node_id);
+        let claimed = log::claim_due(
+            &self.db,
+            &self.owner,
+            &prefix,
+            self.lease_ms(),
+            self.config.recovery_batch,
+        )
+        .await?;
+        for gid in &claimed {
+            let engine = self.clone();
+            let gid = *gid;
+            tokio::spawn(async move { engine.drive(gid).await });
+        }
+        if !claimed.is_empty() {
+            tracing::info!(count = claimed.len(), "recovering transactions");
+        }
+        Ok(claimed.len())
+    }
+
+    /// Runs [`Engine::recover_once`] every `recovery_interval` until `stop` resolves.
+    pub fn spawn_recovery(
+        self: &Arc<Self>,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            tokio::pin!(stop);
+            loop {
+                if let Err(e) = engine.recover_once().await {
+                    tracing::warn!(error = %e, "recovery round failed");
+                }
+                if let Ok(lag) = log::recovery_lag_ms(&engine.db).await {
+                    engine.metrics.recovery_lag(lag);
+                }
+                tokio::select! {
+                    _ = &mut stop => break,
+                    _ = tokio::time::sleep(engine.config.recovery_interval) => {}
+                }
+            }
+        });
+    }
+
+    /// Operator action: make an unfinished transaction due now.
+    pub async fn retry_now(&self, gid: i64) -> Result<Status, EngineError> {
+        log::retry_now(&self.db, gid)
+            .await?
+            .ok_or(EngineError::NotFound(gid))
+    }
+
+    async fn call(
+        &self,
+        stored: &Stored,
+        idx: usize,
+        op: Op,
+    ) -> impl std::future::Future<Output = (usize, CallResult, Attempt)> + Send + 'static {
+        let branch = &stored.branches[idx];
+        let client = self.clients.get(&branch.participant);
+        let request = proto::v1::BranchRequest {
+            gid: stored.gid as u64,
+            branch_id: branch.branch_id.clone(),
+            op: proto_op(op) as i32,
+            payload: branch.payload.clone(),
+        };
+        let timeout = Duration::from_millis(stored.branch_timeout_ms.max(1) as u64);
+        let owner = self.owner.clone();
+        let metrics = self.metrics.clone();
+        let span = tracing::info_span!("branch", branch = %branch.branch_id, op = op.as_str());
+        async move {
+            let started_at = store::now_ms();
+            let t = Instant::now();
+            let result = match client {
+                Err(e) => CallResult::Error(e),
+                Ok(mut client) => {
+                    let mut req = tonic::Request::new(request);
+                    req.set_timeout(timeout);
+                    match tokio::time::timeout(timeout, client.branch(req)).await {
+                        Err(_) => CallResult::Error(format!(
+                            "no answer within {} ms",
+                            timeout.as_millis()
+                        )),
+                        Ok(Err(status)) => {
+                            CallResult::Error(format!("{:?}: {}", status.code(), status.message()))
+                        }
+                        Ok(Ok(resp)) => {
+                            let resp = resp.into_inner();
+                            match resp.outcome() {
+                                proto::v1::Outcome::Success => CallResult::Success,
+                                proto::v1::Outcome::Failure => CallResult::Failure {
+                                    code: resp.code,
+                                    message: resp.message,
+                                },
+                                proto::v1::Outcome::Ongoing => {
+                                    CallResult::Error(format!("ongoing: {}", resp.message))
+                                }
+                                proto::v1::Outcome::Unspecified => {
+                                    CallResult::Error("no outcome in the answer".into())
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            let elapsed = t.elapsed();
+            let (outcome, error) = match &result {
+                CallResult::Success => ("success", None),
+                CallResult::Failure { code, message } => {
+                    ("failure", Some(format!("{code}: {message}")))
+                }
+                CallResult::Error(e) => ("error", Some(e.clone())),
+            };
+            metrics.branch_call(op, outcome, elapsed);
+            let attempt = Attempt {
+                idx: idx as i64,
+                op: op.as_str().to_owned(),
+                started_at,
+                duration_us: elapsed.as_micros() as i64,
+                outcome: outcome.to_owned(),
+                error,
+                owner,
+            };
+            (idx, result, attempt)
+        }
+        .instrument(span)
+    }
+}
+
+type CallFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (usize, CallResult, Attempt)> + Send>>;
+
+/// The state of one drive.
+struct Run<'e> {
+    engine: &'e Arc<Engine>,
+    stored: Stored,
+    attempts: Vec<Attempt>,
+    retry_later: bool,
+}
+
+impl Run<'_> {
+    fn record(&mut self, attempt: Attempt) {
+        let b = &mut self.stored.branches[attempt.idx as usize];
+        b.attempts += 1;
+        b.last_error = attempt.error.clone();
+        self.attempts.push(attempt);
+    }
+
+    /// Carries out effects; false when this instance lost the transaction to another.
+    async fn apply(
+        &mut self,
+        effects: Vec<Effect>,
+        first: &mut FuturesUnordered<CallFuture>,
+        second: &mut FuturesUnordered<CallFuture>,
+    ) -> Result<bool, StoreError> {
+        for effect in effects {
+            match effect {
+                Effect::Persist => {
+                    // A terminal status is written with the claim released: one commit.
+                    let release = self.stored.txn.status.is_terminal().then(store::now_ms);
+                    if !self.checkpoint(release).await? {
+                        return Ok(false);
+                    }
+                    let status = self.stored.txn.status;
+                    self.engine.notify(self.stored.gid, status);
+                    if status.is_terminal() {
+                        self.engine.metrics.finished(self.stored.txn.mode, status);
+                    }
+                    if matches!(status, Status::Confirming | Status::Cancelling) {
+                        self.engine.failpoint("after_decision");
+                    }
+                }
+                Effect::Call { branch, op } => {
+                    let fut: CallFuture =
+                        Box::pin(self.engine.call(&self.stored, branch, op).await);
+                    if matches!(op, Op::Try | Op::Action) {
+                        first.push(fut);
+                    } else {
+                        second.push(fut);
+                    }
+                }
+                Effect::RetryLater => self.retry_later = true,
+            }
+        }
+        Ok(true)
+    }
+
+    async fn checkpoint(&mut self, release_until: Option<i64>) -> Result<bool, StoreError> {
+        let attempts = std::mem::take(&mut self.attempts);
+        let ok = log::checkpoint(
+            &self.engine.db,
+            Checkpoint {
+                gid: self.stored.gid,
+                owner: &self.engine.owner,
+                txn: &self.stored.txn,
+                branches: &self.stored.branches,
+                new_attempts: &attempts,
+                release_until,
+                lease_ms: self.engine.lease_ms(),
+            },
+        )
+        .await?;
+        if !ok {
+            tracing::warn!(
+                gid = self.stored.gid,
+                "another instance took this transaction over; stopping"
+            );
+        }
+        Ok(ok)
+    }
+
+    /// Writes back what is left: nothing for a terminal transaction (beyond buffered attempts),
+    /// or a backoff delay and a released claim.
+    async fn finish(mut self) -> Result<(), StoreError> {
+        let txn: &Txn = &self.stored.txn;
+        if txn.status.is_terminal() {
+            // The terminal checkpoint already released the claim.
+            return Ok(());
+        }
+        let round = self.stored.attempts as u32 + 1;
+        let delay = self.engine.config.backoff.delay(round);
+        self.engine.metrics.retry();
+        tracing::info!(
+            gid = self.stored.gid,
+            status = %self.stored.txn.status,
+            delay_ms = delay.as_millis() as u64,
+            "work left; retrying later"
+        );
+        self.checkpoint(Some(store::now_ms() + delay.as_millis() as i64))
+            .await?;
+        Ok(())
+    }
+}
+
+fn proto_op(op: Op) -> proto::v1::Op {
+    match op {
+        Op::Try => proto::v1::Op::Try,
+        Op::Confirm => proto::v1::Op::Confirm,
+        Op::Cancel => proto::v1::Op::Cancel,
+        Op::Action => proto::v1::Op::Action,
+        Op::Compensate => proto::v1::Op::Compensate,
+    }
+}
+
+fn request_hash(
+    mode: Mode,
+    concurrent: bool,
+    timeout: Duration,
+    branch_timeout: Duration,
+    branches: &[NewBranch],
+) -> String {
+    let mut h = Sha256::new();
+    h.update(log::mode_str(mode).as_bytes());
+    h.update([u8::from(concurrent)]);
+    h.update((timeout.as_millis() as u64).to_be_bytes());
+    h.update((branch_timeout.as_millis() as u64).to_be_bytes());
+    for b in branches {
+        for field in [b.branch_id.as_bytes(), b.participant.as_bytes(), &b.payload] {
+            h.update((field.len() as u64).to_be_bytes());
+            h.update(field);
+        }
+        h.update((b.depends_on.len() as u64).to_be_bytes());
+        for d in &b.depends_on {
+            h.update((*d as u64).to_be_bytes());
+        }
+    }
+    hex::encode(h.finalize())
+}

@@ -1,0 +1,147 @@
+//! The coordinator's HTTP API: list transactions by status and show one with its branch
+//! timeline (open reads, as an operator dashboard would make them), and the operator's retry
+//! (behind the admin token).
+
+use crate::engine::{Engine, EngineError};
+use crate::grpc::transaction;
+use crate::log;
+use crate::machine::Status;
+use actix_web::middleware::from_fn;
+use actix_web::{web, HttpResponse};
+use host::Problem;
+use proto::v1 as pb;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/transactions", web::get().to(list))
+        .route("/api/v1/transactions/{gid}", web::get().to(show))
+        .service(
+            web::scope("/api/v1/admin")
+                .wrap(from_fn(host::require_admin))
+                .route("/transactions/{gid}/retry", web::post().to(retry)),
+        );
+}
+
+impl From<EngineError> for Problem {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound(gid) => Problem::not_found(format!("no transaction {gid}")),
+            EngineError::Invalid(m) => Problem::bad_request(m),
+            EngineError::KeyReused(_) => Problem::conflict("idempotency_key_reused", e.to_string()),
+            EngineError::Store(s) => s.into(),
+            EngineError::Id(i) => Problem::internal(i.to_string()),
+        }
+    }
+}
+
+fn parse_gid(raw: &str) -> Result<i64, Problem> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|g| *g > 0)
+        .ok_or_else(|| Problem::bad_request(format!("{raw:?} is not a transaction id")))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    status: Option<String>,
+    #[serde(default = "default_limit")]
+    limit: i64,
+    before: Option<String>,
+}
+
+fn default_limit() -> i64 {
+    50
+}
+
+/// `GET /api/v1/transactions?status=cancelling&limit=50&before=<gid>`: newest first.
+async fn list(
+    engine: web::Data<Arc<Engine>>,
+    q: web::Query<ListQuery>,
+) -> Result<HttpResponse, Problem> {
+    let status = match q.status.as_deref() {
+        None | Some("") => None,
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            Problem::bad_request(
+                "status must be prepared, confirming, cancelling, succeeded or failed",
+            )
+        })?),
+    };
+    let before = match q.before.as_deref() {
+        None | Some("") => i64::MAX,
+        Some(b) => parse_gid(b)?,
+    };
+    let limit = q.limit.clamp(1, 500);
+    let rows = log::list(engine.db(), status, before, limit)
+        .await
+        .map_err(EngineError::from)?;
+    let next = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| r.gid.clone()))
+        .flatten();
+    let counts: serde_json::Map<String, serde_json::Value> = log::counts(engine.db())
+        .await
+        .map_err(EngineError::from)?
+        .into_iter()
+        .map(|(s, n)| (s, json!(n)))
+        .collect();
+    Ok(HttpResponse::Ok()
+        .json(json!({ "transactions": rows, "next_before": next, "counts": counts })))
+}
+
+fn name<T: std::fmt::Debug>(v: T) -> String {
+    format!("{v:?}").to_lowercase()
+}
+
+/// `GET /api/v1/transactions/{gid}`: the transaction, its branches, and every attempt.
+async fn show(
+    engine: web::Data<Arc<Engine>>,
+    gid: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let gid = parse_gid(&gid)?;
+    let t = transaction(&engine, gid).await?;
+    let branches: Vec<_> = t
+        .branches
+        .iter()
+        .map(|b| {
+            json!({
+                "branch_id": b.branch_id,
+                "participant": b.participant,
+                "op": name(b.op()),
+                "status": b.status,
+                "attempts": b.attempts,
+                "last_error": (!b.last_error.is_empty()).then_some(&b.last_error),
+                "timeline": b.timeline.iter().map(|a| json!({
+                    "op": name(a.op()),
+                    "started_at_ms": a.started_at_ms,
+                    "duration_ms": a.duration_ms,
+                    "outcome": match a.outcome() { pb::Outcome::Unspecified => "error".to_owned(), o => name(o) },
+                    "error": (!a.error.is_empty()).then_some(&a.error),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({
+        "gid": t.gid.to_string(),
+        "mode": name(t.mode()),
+        "status": name(t.status()),
+        "reason": (!t.reason.is_empty()).then_some(&t.reason),
+        "idempotency_key": (!t.idempotency_key.is_empty()).then_some(&t.idempotency_key),
+        "created_at_ms": t.created_at_ms,
+        "updated_at_ms": t.updated_at_ms,
+        "deadline_ms": t.deadline_ms,
+        "next_attempt_at_ms": t.next_attempt_at_ms,
+        "attempts": t.attempts,
+        "branches": branches,
+    })))
+}
+
+/// `POST /api/v1/admin/transactions/{gid}/retry`: drive an unfinished transaction now.
+async fn retry(
+    engine: web::Data<Arc<Engine>>,
+    gid: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let gid = parse_gid(&gid)?;
+    let status = engine.retry_now(gid).await?;
+    Ok(HttpResponse::Accepted().json(json!({ "gid": gid.to_string(), "status": status.as_str() })))
+}

@@ -1,0 +1,117 @@
+//! The coordinator: runs TCC and Saga global transactions so that every branch commits or
+//! every branch is rolled back, through crashes, timeouts and retries.
+//!
+//! - [`machine`]: the state machine, pure: (state, event) → (state, effects).
+//! - [`log`]: the durable log in the coordinator's own database (SQLite or PostgreSQL); every
+//!   status change that authorises a side effect is committed before it, fenced by ownership.
+//! - [`engine`]: executes the effects — branch calls over reused gRPC channels with per-call
+//!   timeouts — persists decisions, retries with persisted backoff, and recovers due
+//!   transactions by claiming them with a conditional update of owner and lease, so several
+//!   instances on one PostgreSQL never drive one transaction at once.
+//! - [`grpc`] and [`http`]: the APIs.
+
+pub mod engine;
+pub mod grpc;
+pub mod http;
+pub mod log;
+pub mod machine;
+pub mod metrics;
+
+use host::app::{Running, ServiceParts, StartError};
+use host::serve::Shutdown;
+use host::{AdminToken, CommonConfig, ConfigError, Metrics};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use store::Db;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// The coordinator's configuration (env prefix `COORDINATOR_`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    /// Snowflake node id, unique per coordinator instance (0..=1023).
+    pub node_id: u16,
+    pub lease_ms: u64,
+    pub default_timeout_ms: u64,
+    pub default_branch_timeout_ms: u64,
+    pub recovery_interval_ms: u64,
+    pub retry_initial_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let e = engine::EngineConfig::default();
+        Config {
+            common: CommonConfig::local("coordinator", 8090, 50050),
+            node_id: 0,
+            lease_ms: e.lease.as_millis() as u64,
+            default_timeout_ms: e.default_timeout.as_millis() as u64,
+            default_branch_timeout_ms: e.default_branch_timeout.as_millis() as u64,
+            recovery_interval_ms: e.recovery_interval.as_millis() as u64,
+            retry_initial_ms: 100,
+            retry_max_ms: 30_000,
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then `CONFIG_FILE`, then `COORDINATOR_*` variables.
+    pub fn load() -> Result<Config, ConfigError> {
+        host::load_config(Config::default(), "COORDINATOR_")
+    }
+
+    fn engine(&self) -> engine::EngineConfig {
+        engine::EngineConfig {
+            node_id: self.node_id,
+            lease: Duration::from_millis(self.lease_ms.max(100)),
+            default_timeout: Duration::from_millis(self.default_timeout_ms.max(1)),
+            default_branch_timeout: Duration::from_millis(self.default_branch_timeout_ms.max(1)),
+            recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
+            backoff: retry::Backoff::forever(
+                Duration::from_millis(self.retry_initial_ms.max(1)),
+                Duration::from_millis(self.retry_max_ms.max(1)),
+            ),
+            ..engine::EngineConfig::default()
+        }
+    }
+}
+
+/// Opens the log, runs migrations, starts recovery and the gRPC and HTTP APIs.
+pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartError> {
+    if config.node_id > ids::MAX_NODE {
+        return Err(ConfigError(format!("node_id must be 0..={}", ids::MAX_NODE)).into());
+    }
+    let db = Db::connect(&config.common.db_config()?).await?;
+    db.migrate(&MIGRATOR).await?;
+    let admin = actix_web::web::Data::new(AdminToken::resolve(&config.common, "coordinator")?);
+    let metrics = Metrics::new();
+    let coordinator_metrics = metrics.register(metrics::CoordinatorMetrics::new);
+    let engine = engine::Engine::new(db.clone(), config.engine(), coordinator_metrics)
+        .map_err(|e| ConfigError(e.to_string()))?;
+    engine.spawn_recovery(shutdown.clone().wait());
+    let grpc = grpc::CoordinatorService::new(engine.clone()).into_server();
+    let engine_data = actix_web::web::Data::new(engine);
+    host::app::start(
+        ServiceParts {
+            name: "coordinator",
+            http_addr: config.common.http_addr.clone(),
+            grpc_addr: config.common.grpc_addr.clone(),
+            db,
+            metrics,
+            grpc: tonic::service::Routes::new(grpc),
+            http: Arc::new(move |cfg| {
+                cfg.app_data(engine_data.clone()).app_data(admin.clone());
+                http::routes(cfg);
+            }),
+            shutdown_grace: Duration::from_secs(config.common.shutdown_grace_secs),
+            json_limit: 64 * 1024,
+        },
+        shutdown,
+    )
+    .await
+    .map_err(StartError::from)
+}

@@ -1,0 +1,444 @@
+//! The coordinator's durable log: global transactions, their branches, and every call attempt.
+//!
+//! Writes that authorise side effects are fenced by ownership: an instance updates a
+//! transaction only while `owner` is itself, so an instance whose lease was taken over cannot
+//! overwrite the new owner's decisions.
+
+use crate::machine::{Branch, First, Mode, Second, Status, Txn};
+use sqlx::Row;
+use store::{Db, StoreError};
+
+/// A branch as requested.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewBranch {
+    pub branch_id: String,
+    pub participant: String,
+    pub payload: Vec<u8>,
+    pub depends_on: Vec<usize>,
+}
+
+/// A global transaction to record.
+#[derive(Debug, Clone)]
+pub struct NewTxn {
+    pub gid: i64,
+    pub mode: Mode,
+    pub idempotency_key: Option<String>,
+    pub request_hash: String,
+    pub concurrent: bool,
+    pub branch_timeout_ms: i64,
+    pub deadline_at: i64,
+    pub branches: Vec<NewBranch>,
+}
+
+/// A recorded global transaction with what the driver needs.
+#[derive(Debug, Clone)]
+pub struct Stored {
+    pub gid: i64,
+    pub txn: Txn,
+    pub idempotency_key: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub deadline_at: i64,
+    pub next_attempt_at: i64,
+    pub attempts: i64,
+    pub branch_timeout_ms: i64,
+    pub owner: Option<String>,
+    pub branches: Vec<StoredBranch>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoredBranch {
+    pub branch_id: String,
+    pub participant: String,
+    pub payload: Vec<u8>,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+}
+
+/// One call, for the timeline.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Attempt {
+    pub idx: i64,
+    pub op: String,
+    pub started_at: i64,
+    pub duration_us: i64,
+    /// `success`, `failure`, `error`.
+    pub outcome: String,
+    pub error: Option<String>,
+    pub owner: String,
+}
+
+pub fn mode_str(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Tcc => "tcc",
+        Mode::Saga => "saga",
+    }
+}
+
+fn parse_mode(s: &str) -> Result<Mode, StoreError> {
+    match s {
+        "tcc" => Ok(Mode::Tcc),
+        "saga" => Ok(Mode::Saga),
+        other => Err(StoreError::Config(format!(
+            "unknown mode {other:?} in the log"
+        ))),
+    }
+}
+
+fn corrupt(what: &str, value: &str) -> StoreError {
+    StoreError::Config(format!("unknown {what} {value:?} in the log"))
+}
+
+/// Records a new transaction, owned by `owner` for `lease_ms`. A unique violation means the
+/// idempotency key is taken.
+pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result<(), StoreError> {
+    let now = store::now_ms();
+    let mut tx = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO global_txns (gid, mode, status, idempotency_key, request_hash, reason, concurrent, branch_timeout_ms, \
+         created_at, updated_at, deadline_at, next_attempt_at, attempts, owner, lease_until) \
+         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $8, $9, $8, 0, $10, $11)",
+    )
+    .bind(new.gid)
+    .bind(mode_str(new.mode))
+    .bind(Status::Prepared.as_str())
+    .bind(new.idempotency_key.clone())
+    .bind(&new.request_hash)
+    .bind(i64::from(new.concurrent))
+    .bind(new.branch_timeout_ms)
+    .bind(now)
+    .bind(new.deadline_at)
+    .bind(owner)
+    .bind(now + lease_ms)
+    .execute(&mut *tx)
+    .await?;
+    for (idx, b) in new.branches.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO branches (gid, idx, branch_id, participant, payload, depends_on, phase1, phase2, attempts, last_error) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, NULL)",
+        )
+        .bind(new.gid)
+        .bind(idx as i64)
+        .bind(&b.branch_id)
+        .bind(&b.participant)
+        .bind(b.payload.clone())
+        .bind(b.depends_on.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
+        .bind(First::NotStarted.as_str())
+        .bind(Second::NotNeeded.as_str())
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// The transaction recorded under an idempotency key: (gid, request hash).
+pub async fn find_by_key(db: &Db, key: &str) -> Result<Option<(i64, String)>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT gid, request_hash FROM global_txns WHERE idempotency_key = $1")
+            .bind(key)
+            .fetch_optional(db.pool())
+            .await?,
+    )
+}
+
+/// Status and reason of a transaction.
+pub async fn status_of(db: &Db, gid: i64) -> Result<Option<(Status, Option<String>)>, StoreError> {
+    let row: Option<(String, Option<String>)> =
+        sqlx::query_as("SELECT status, reason FROM global_txns WHERE gid = $1")
+            .bind(gid)
+            .fetch_optional(db.pool())
+            .await?;
+    row.map(|(s, r)| Ok((Status::parse(&s).ok_or_else(|| corrupt("status", &s))?, r)))
+        .transpose()
+}
+
+/// Loads a transaction with its branches.
+pub async fn load(db: &Db, gid: i64) -> Result<Option<Stored>, StoreError> {
+    let Some(row) = sqlx::query(
+        "SELECT mode, status, idempotency_key, reason, concurrent, branch_timeout_ms, created_at, updated_at, deadline_at, \
+         next_attempt_at, attempts, owner FROM global_txns WHERE gid = $1",
+    )
+    .bind(gid)
+    .fetch_optional(db.pool())
+    .await?
+    else {
+        return Ok(None);
+    };
+    let rows = sqlx::query(
+        "SELECT branch_id, participant, payload, depends_on, phase1, phase2, attempts, last_error FROM branches \
+         WHERE gid = $1 ORDER BY idx",
+    )
+    .bind(gid)
+    .fetch_all(db.pool())
+    .await?;
+    let mode = parse_mode(row.try_get("mode")?)?;
+    let status: String = row.try_get("status")?;
+    let mut branches = Vec::with_capacity(rows.len());
+    let mut states = Vec::with_capacity(rows.len());
+    for r in rows {
+        let deps: String = r.try_get("depends_on")?;
+        let phase1: String = r.try_get("phase1")?;
+        let phase2: String = r.try_get("phase2")?;
+        states.push(Branch {
+            first: First::parse(&phase1).ok_or_else(|| corrupt("phase1", &phase1))?,
+            second: Second::parse(&phase2).ok_or_else(|| corrupt("phase2", &phase2))?,
+            depends_on: deps
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .filter_map(|s| s.parse().ok())
+                .collect(),
+        });
+        branches.push(StoredBranch {
+            branch_id: r.try_get("branch_id")?,
+            participant: r.try_get("participant")?,
+            payload: r.try_get("payload")?,
+            attempts: r.try_get("attempts")?,
+            last_error: r.try_get("last_error")?,
+        });
+    }
+    Ok(Some(Stored {
+        gid,
+        txn: Txn {
+            mode,
+            status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+            branches: states,
+            reason: row.try_get("reason")?,
+        },
+        idempotency_key: row.try_get("idempotency_key")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+        deadline_at: row.try_get("deadline_at")?,
+        next_attempt_at: row.try_get("next_attempt_at")?,
+        attempts: row.try_get("attempts")?,
+        branch_timeout_ms: row.try_get("branch_timeout_ms")?,
+        owner: row.try_get("owner")?,
+        branches,
+    }))
+}
+
+/// What a driver writes back.
+#[derive(Debug)]
+pub struct Checkpoint<'a> {
+    pub gid: i64,
+    pub owner: &'a str,
+    pub txn: &'a Txn,
+    pub branches: &'a [StoredBranch],
+    pub new_attempts: &'a [Attempt],
+    /// `Some(t)`: give the transaction up until `t` (next round); `None`: keep driving it.
+    pub release_until: Option<i64>,
+    pub lease_ms: i64,
+}
+
+/// Writes the transaction's state and the buffered attempts in one local transaction, only if
+/// `owner` still owns it. Returns false when another instance has taken it over.
+pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<bool, StoreError> {
+    let now = store::now_ms();
+    let mut tx = db.begin().await?;
+    let (owner, lease_until, next_attempt_at, round) = match c.release_until {
+        Some(at) => (None, 0, at, 1),
+        None => (Some(c.owner), now + c.lease_ms, now, 0),
+    };
+    let updated = sqlx::query(
+        "UPDATE global_txns SET status = $1, reason = $2, updated_at = $3, owner = $4, lease_until = $5, \
+         next_attempt_at = $6, attempts = attempts + $7 WHERE gid = $8 AND owner = $9",
+    )
+    .bind(c.txn.status.as_str())
+    .bind(c.txn.reason.clone())
+    .bind(now)
+    .bind(owner)
+    .bind(lease_until)
+    .bind(next_attempt_at)
+    .bind(round)
+    .bind(c.gid)
+    .bind(c.owner)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        tx.rollback().await?;
+        return Ok(false);
+    }
+    for (idx, (state, b)) in c.txn.branches.iter().zip(c.branches).enumerate() {
+        sqlx::query(
+            "UPDATE branches SET phase1 = $1, phase2 = $2, attempts = $3, last_error = $4 WHERE gid = $5 AND idx = $6",
+        )
+        .bind(state.first.as_str())
+        .bind(state.second.as_str())
+        .bind(b.attempts)
+        .bind(b.last_error.clone())
+        .bind(c.gid)
+        .bind(idx as i64)
+        .execute(&mut *tx)
+        .await?;
+    }
+    for a in c.new_attempts {
+        sqlx::query(
+            "INSERT INTO attempts (id, gid, idx, op, started_at, duration_us, outcome, error, owner) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(store::random_id())
+        .bind(c.gid)
+        .bind(a.idx)
+        .bind(&a.op)
+        .bind(a.started_at)
+        .bind(a.duration_us)
+        .bind(&a.outcome)
+        .bind(a.error.clone())
+        .bind(&a.owner)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// Claims up to `limit` unfinished transactions that are due and not leased (or leased by a
+/// dead earlier incarnation of this node, `stale_owner_prefix`), for `lease_ms`. Each claim is
+/// a conditional update, so two instances never claim the same transaction.
+pub async fn claim_due(
+    db: &Db,
+    owner: &str,
+    stale_owner_prefix: &str,
+    lease_ms: i64,
+    limit: i64,
+) -> Result<Vec<i64>, StoreError> {
+    let now = store::now_ms();
+    let candidates: Vec<i64> = sqlx::query_scalar(
+        "SELECT gid FROM global_txns WHERE status IN ('prepared', 'confirming', 'cancelling') AND next_attempt_at <= $1 \
+         AND (lease_until < $1 OR (owner LIKE $2 AND owner <> $3)) ORDER BY next_attempt_at LIMIT $4",
+    )
+    .bind(now)
+    .bind(format!("{stale_owner_prefix}%"))
+    .bind(owner)
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    let mut claimed = Vec::with_capacity(candidates.len());
+    for gid in candidates {
+        let won = sqlx::query(
+            "UPDATE global_txns SET owner = $1, lease_until = $2 WHERE gid = $3 \
+             AND status IN ('prepared', 'confirming', 'cancelling') \
+             AND (lease_until < $4 OR (owner LIKE $5 AND owner <> $1))",
+        )
+        .bind(owner)
+        .bind(now + lease_ms)
+        .bind(gid)
+        .bind(now)
+        .bind(format!("{stale_owner_prefix}%"))
+        .execute(db.pool())
+        .await?
+        .rows_affected()
+            == 1;
+        if won {
+            claimed.push(gid);
+        }
+    }
+    Ok(claimed)
+}
+
+/// Makes an unfinished transaction due now; returns its status (None: no such transaction).
+pub async fn retry_now(db: &Db, gid: i64) -> Result<Option<Status>, StoreError> {
+    sqlx::query(
+        "UPDATE global_txns SET next_attempt_at = $1 WHERE gid = $2 AND status IN ('prepared', 'confirming', 'cancelling')",
+    )
+    .bind(store::now_ms())
+    .bind(gid)
+    .execute(db.pool())
+    .await?;
+    Ok(status_of(db, gid).await?.map(|(s, _)| s))
+}
+
+/// One line of a listing.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Summary {
+    pub gid: String,
+    pub mode: String,
+    pub status: String,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+}
+
+/// Transactions newest first, optionally of one status, with gid below `before`.
+pub async fn list(
+    db: &Db,
+    status: Option<Status>,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<Summary>, StoreError> {
+    let rows: Vec<(i64, String, String, Option<String>, i64, i64, i64, i64)> = sqlx::query_as(
+        "SELECT gid, mode, status, reason, created_at, updated_at, attempts, next_attempt_at FROM global_txns \
+         WHERE gid < $1 AND ($2 = '' OR status = $2) ORDER BY gid DESC LIMIT $3",
+    )
+    .bind(before)
+    .bind(status.map(|s| s.as_str()).unwrap_or(""))
+    .bind(limit)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(gid, mode, status, reason, created_at, updated_at, attempts, next_attempt_at)| {
+                Summary {
+                    gid: gid.to_string(),
+                    mode,
+                    status,
+                    reason,
+                    created_at,
+                    updated_at,
+                    attempts,
+                    next_attempt_at,
+                }
+            },
+        )
+        .collect())
+}
+
+/// Every attempt of a transaction, oldest first.
+pub async fn timeline(db: &Db, gid: i64) -> Result<Vec<Attempt>, StoreError> {
+    let rows: Vec<(i64, String, i64, i64, String, Option<String>, String)> = sqlx::query_as(
+        "SELECT idx, op, started_at, duration_us, outcome, error, owner FROM attempts WHERE gid = $1 ORDER BY started_at, idx",
+    )
+    .bind(gid)
+    .fetch_all(db.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(idx, op, started_at, duration_us, outcome, error, owner)| Attempt {
+                idx,
+                op,
+                started_at,
+                duration_us,
+                outcome,
+                error,
+                owner,
+            },
+        )
+        .collect())
+}
+
+/// Counts by status (for metrics and the audit).
+pub async fn counts(db: &Db) -> Result<Vec<(String, i64)>, StoreError> {
+    Ok(
+        sqlx::query_as("SELECT status, CAST(COUNT(*) AS BIGINT) FROM global_txns GROUP BY status")
+            .fetch_all(db.pool())
+            .await?,
+    )
+}
+
+/// Milliseconds the oldest due, unclaimed transaction has been waiting (recovery lag).
+pub async fn recovery_lag_ms(db: &Db) -> Result<i64, StoreError> {
+    let now = store::now_ms();
+    let oldest: Option<i64> = sqlx::query_scalar(
+        "SELECT CAST(MIN(next_attempt_at) AS BIGINT) FROM global_txns \
+         WHERE status IN ('prepared', 'confirming', 'cancelling') AND lease_until < $1",
+    )
+    .bind(now)
+    .fetch_one(db.pool())
+    .await?;
+    Ok(oldest.map(|t| (now - t).max(0)).unwrap_or(0))
+}
