@@ -412,6 +412,14 @@ impl Engine {
                 depends_on: deps,
             });
         }
+        let effective = crate::machine::effective_dependencies(
+            mode,
+            req.concurrent,
+            branches.iter().map(|b| b.depends_on.clone()).collect(),
+        );
+        for (b, deps) in branches.iter_mut().zip(effective) {
+            b.depends_on = deps;
+        }
         let request_hash = request_hash(mode, req.concurrent, timeout, branch_timeout, &branches);
         Ok(NewTxn {
             gid: self.ids.next_id()?.as_i64(),
@@ -574,7 +582,9 @@ impl Engine {
                 Err(e) => CallResult::Error(e),
                 Ok(mut client) => {
                     let mut req = tonic::Request::new(request);
-                    req.set_timeout(timeout);
+                    // The participant learns the deadline; our own timer below fires first, so
+                    // a timeout always reads the same in the timeline.
+                    req.set_timeout(timeout + Duration::from_millis(50));
                     match tokio::time::timeout(timeout, client.branch(req)).await {
                         Err(_) => CallResult::Error(format!(
                             "no answer within {} ms",

@@ -221,6 +221,23 @@ pub enum Effect {
     RetryLater,
 }
 
+/// The dependencies branches really have: a Saga runs branches without declared dependencies
+/// in the given order (each after the one before it) unless it is `concurrent`.
+pub fn effective_dependencies(
+    mode: Mode,
+    concurrent: bool,
+    declared: Vec<Vec<usize>>,
+) -> Vec<Vec<usize>> {
+    declared
+        .into_iter()
+        .enumerate()
+        .map(|(i, deps)| match (mode, concurrent) {
+            (Mode::Saga, false) if i > 0 && deps.is_empty() => vec![i - 1],
+            _ => deps,
+        })
+        .collect()
+}
+
 /// A global transaction's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Txn {
@@ -232,16 +249,11 @@ pub struct Txn {
 }
 
 impl Txn {
-    /// A new transaction; Saga branches without declared dependencies run in the given order
-    /// unless `concurrent`.
+    /// A new transaction (dependencies as [`effective_dependencies`] makes them).
     pub fn new(mode: Mode, depends_on: Vec<Vec<usize>>, concurrent: bool) -> Txn {
-        let branches = depends_on
+        let branches = effective_dependencies(mode, concurrent, depends_on)
             .into_iter()
-            .enumerate()
-            .map(|(i, deps)| match (mode, concurrent, i) {
-                (Mode::Saga, false, i) if i > 0 && deps.is_empty() => Branch::new(vec![i - 1]),
-                _ => Branch::new(deps),
-            })
+            .map(Branch::new)
             .collect();
         Txn {
             mode,

@@ -21,6 +21,7 @@
 pub mod participant;
 mod postgres;
 mod process;
+pub mod scripted;
 
 pub use postgres::postgres_available;
 pub use process::{free_port, Service, ServiceSpec};

@@ -1,0 +1,504 @@
+//! The coordinator binary against scripted participants, on a SQLite file and on PostgreSQL:
+//! outcomes, timeouts, retries, Saga compensation order, idempotency, bad input, SIGKILL at
+//! every step of the protocol, and two instances sharing one database.
+use futures::future::join_all;
+use proto::v1::coordinator_client::CoordinatorClient;
+use proto::v1::{self as pb, Op};
+use std::time::Duration;
+use testkit::scripted::{Behavior, Scripted};
+use testkit::{both_backends, free_port, Service, ServiceSpec, TestDb};
+use tonic::transport::Channel;
+
+const ADMIN: &str = "coordinator-test-admin-token";
+
+struct Coord {
+    service: Service,
+    client: CoordinatorClient<Channel>,
+    http_url: String,
+}
+
+async fn coordinator(
+    db: &TestDb,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> Coord {
+    let (http, grpc) = (free_port(), free_port());
+    let mut spec = ServiceSpec::new(name, env!("CARGO_BIN_EXE_coordinator"), dir)
+        .env("COORDINATOR_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("COORDINATOR_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("COORDINATOR_DATABASE_URL", db.url())
+        .env("COORDINATOR_DATA_DIR", dir.join("data"))
+        .env("COORDINATOR_ADMIN_TOKEN", ADMIN)
+        .env("COORDINATOR_LEASE_MS", "3000")
+        .env("COORDINATOR_RECOVERY_INTERVAL_MS", "50")
+        .env("COORDINATOR_RETRY_INITIAL_MS", "20")
+        .env("COORDINATOR_RETRY_MAX_MS", "200")
+        .env("RUST_LOG", "warn")
+        .env("LOG_FORMAT", "json")
+        .ready_url(format!("http://127.0.0.1:{http}/readyz"));
+    for (k, v) in extra {
+        spec = spec.env(*k, *v);
+    }
+    let service = Service::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .unwrap()
+        .timeout(Duration::from_secs(30))
+        .connect_lazy();
+    Coord {
+        service,
+        client: CoordinatorClient::new(channel),
+        http_url: format!("http://127.0.0.1:{http}"),
+    }
+}
+
+fn branches(parts: &[&Scripted]) -> Vec<pb::BranchSpec> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| pb::BranchSpec {
+            branch_id: format!("b{i}"),
+            participant: p.url(),
+            payload: vec![i as u8],
+            depends_on: vec![],
+        })
+        .collect()
+}
+
+fn tcc(key: &str, parts: &[&Scripted]) -> pb::ExecuteRequest {
+    pb::ExecuteRequest {
+        mode: pb::Mode::Tcc as i32,
+        idempotency_key: key.into(),
+        branches: branches(parts),
+        timeout_ms: 10_000,
+        branch_timeout_ms: 1_000,
+        wait_ms: 10_000,
+        concurrent: false,
+    }
+}
+
+impl Coord {
+    async fn execute(&self, req: pb::ExecuteRequest) -> Result<pb::ExecuteResponse, tonic::Status> {
+        self.client
+            .clone()
+            .execute(req)
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    async fn get(&self, gid: u64) -> pb::GlobalTransaction {
+        self.client
+            .clone()
+            .get(pb::GetRequest { gid })
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
+    async fn wait_terminal(&self, gid: u64, timeout: Duration) -> pb::GlobalTransaction {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(t) = self.client.clone().get(pb::GetRequest { gid }).await {
+                let t = t.into_inner();
+                if matches!(t.status(), pb::Status::Succeeded | pb::Status::Failed) {
+                    return t;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "gid {gid} not terminal: {t:?}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn list_all(&self) -> Vec<pb::GlobalTransaction> {
+        self.client
+            .clone()
+            .list(pb::ListRequest {
+                status: 0,
+                limit: 500,
+                before_gid: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .transactions
+    }
+}
+
+async fn three() -> (Scripted, Scripted, Scripted) {
+    (
+        Scripted::start().await,
+        Scripted::start().await,
+        Scripted::start().await,
+    )
+}
+
+async fn all_tries_succeeding_ends_succeeded_with_each_op_taking_effect_once(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let (a, b, d) = three().await;
+    let r = c.execute(tcc("k1", &[&a, &b, &d])).await.unwrap();
+    assert!(
+        matches!(r.status(), pb::Status::Confirming | pb::Status::Succeeded),
+        "{r:?}"
+    );
+    let t = c.wait_terminal(r.gid, Duration::from_secs(10)).await;
+    assert_eq!(t.status(), pb::Status::Succeeded);
+    for (p, branch) in [(&a, "b0"), (&b, "b1"), (&d, "b2")] {
+        p.assert_settled(r.gid, branch, true);
+        assert_eq!(p.calls_of(r.gid, Op::Try).len(), 1);
+        assert_eq!(p.calls_of(r.gid, Op::Confirm).len(), 1);
+    }
+}
+
+async fn one_rejected_try_cancels_every_branch_including_a_try_that_had_not_arrived(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let (a, b, d) = three().await;
+    b.on(Op::Try, [Behavior::Reject("insufficient_funds")]);
+    // d's Try reaches its business layer only after 600 ms: its Cancel gets there first.
+    d.on(Op::Try, [Behavior::Delay(Duration::from_millis(600))]);
+    let r = c.execute(tcc("k2", &[&a, &b, &d])).await.unwrap();
+    let t = c.wait_terminal(r.gid, Duration::from_secs(10)).await;
+    assert_eq!(t.status(), pb::Status::Failed);
+    assert!(t.reason.contains("insufficient_funds"), "{}", t.reason);
+    for (p, branch) in [(&a, "b0"), (&b, "b1"), (&d, "b2")] {
+        p.assert_settled(r.gid, branch, false);
+        assert_eq!(
+            p.calls_of(r.gid, Op::Cancel).len(),
+            1,
+            "every branch cancelled once"
+        );
+    }
+    let cancel_of_d = &d.calls_of(r.gid, Op::Cancel)[0];
+    assert_eq!(
+        cancel_of_d.effect,
+        Some(testkit::scripted::Effect::NullCompensation)
+    );
+    // d's Try was either never sent (abandoned at the decision) or is still on its way; when it
+    // arrives, after its Cancel, it does nothing.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    for late in d.calls_of(r.gid, Op::Try) {
+        assert_eq!(late.effect, Some(testkit::scripted::Effect::Hanging));
+    }
+    assert!(!d.applied(r.gid, "b2", Op::Try));
+}
+
+async fn a_try_that_hangs_past_its_timeout_cancels_the_transaction(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let (a, b, d) = three().await;
+    d.on(Op::Try, [Behavior::Hang]);
+    let mut req = tcc("k3", &[&a, &b, &d]);
+    req.branch_timeout_ms = 300;
+    let started = std::time::Instant::now();
+    let r = c.execute(req).await.unwrap();
+    let t = c.wait_terminal(r.gid, Duration::from_secs(10)).await;
+    assert_eq!(t.status(), pb::Status::Failed);
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(t.reason.contains("no answer within 300 ms"), "{}", t.reason);
+    for (p, branch) in [(&a, "b0"), (&b, "b1"), (&d, "b2")] {
+        p.assert_settled(r.gid, branch, false);
+    }
+}
+
+async fn a_confirm_failing_transiently_n_times_succeeds_with_n_plus_one_attempts_in_the_timeline(
+    db: TestDb,
+) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let (a, b, d) = three().await;
+    const N: usize = 3;
+    b.on(
+        Op::Confirm,
+        [
+            Behavior::Unavailable,
+            Behavior::Unavailable,
+            Behavior::Unavailable,
+            Behavior::Succeed,
+        ],
+    );
+    let r = c.execute(tcc("k4", &[&a, &b, &d])).await.unwrap();
+    let t = c.wait_terminal(r.gid, Duration::from_secs(10)).await;
+    assert_eq!(t.status(), pb::Status::Succeeded);
+    assert_eq!(b.calls_of(r.gid, Op::Confirm).len(), N + 1);
+    // The same in the HTTP timeline.
+    let detail: serde_json::Value =
+        reqwest::get(format!("{}/api/v1/transactions/{}", c.http_url, r.gid))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let timeline = detail["branches"][1]["timeline"].as_array().unwrap();
+    let confirms: Vec<_> = timeline.iter().filter(|a| a["op"] == "confirm").collect();
+    assert_eq!(confirms.len(), N + 1, "{detail}");
+    assert_eq!(
+        confirms.iter().filter(|a| a["outcome"] == "error").count(),
+        N
+    );
+    assert_eq!(confirms.last().unwrap()["outcome"], "success");
+    assert_eq!(detail["status"], "succeeded");
+}
+
+async fn a_saga_failure_compensates_in_reverse_order(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let p = Scripted::start().await;
+    // One participant serving four branches: the call order is one list.
+    let parts = [&p, &p, &p, &p];
+    let mut req = tcc("k5", &parts);
+    req.mode = pb::Mode::Saga as i32;
+    // The third Action is rejected.
+    p.on(
+        Op::Action,
+        [
+            Behavior::Succeed,
+            Behavior::Succeed,
+            Behavior::Reject("out_of_stock"),
+        ],
+    );
+    let r = c.execute(req).await.unwrap();
+    let t = c.wait_terminal(r.gid, Duration::from_secs(10)).await;
+    assert_eq!(t.status(), pb::Status::Failed);
+    let order: Vec<(String, Op)> = p.calls().into_iter().map(|c| (c.branch_id, c.op)).collect();
+    assert_eq!(
+        order,
+        vec![
+            ("b0".into(), Op::Action),
+            ("b1".into(), Op::Action),
+            ("b2".into(), Op::Action),
+            ("b2".into(), Op::Compensate),
+            ("b1".into(), Op::Compensate),
+            ("b0".into(), Op::Compensate),
+        ]
+    );
+    assert!(
+        !p.applied(r.gid, "b3", Op::Action),
+        "the step after the failure never ran"
+    );
+}
+
+async fn one_idempotency_key_sent_twenty_times_at_once_yields_one_gid(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let (a, b, d) = three().await;
+    let req = tcc("same-key", &[&a, &b, &d]);
+    let answers = join_all((0..20).map(|_| c.execute(req.clone()))).await;
+    let gids: std::collections::HashSet<u64> =
+        answers.iter().map(|r| r.as_ref().unwrap().gid).collect();
+    assert_eq!(gids.len(), 1, "{answers:?}");
+    assert_eq!(
+        answers
+            .iter()
+            .filter(|r| !r.as_ref().unwrap().replayed)
+            .count(),
+        1
+    );
+    let gid = *gids.iter().next().unwrap();
+    c.wait_terminal(gid, Duration::from_secs(10)).await;
+    assert_eq!(a.calls_of(gid, Op::Try).len(), 1);
+    assert_eq!(c.list_all().await.len(), 1);
+    // The same key with another request is a conflict, not a second transaction.
+    let mut other = req.clone();
+    other.branches.pop();
+    assert_eq!(
+        c.execute(other).await.unwrap_err().code(),
+        tonic::Code::AlreadyExists
+    );
+    assert_eq!(c.list_all().await.len(), 1);
+}
+
+async fn bad_requests_are_invalid_arguments_and_store_nothing(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let a = Scripted::start().await;
+    let good = tcc("", &[&a]);
+    let mut cases = Vec::new();
+    let mut r = good.clone();
+    r.branches.clear();
+    cases.push(("no branches", r));
+    let mut r = good.clone();
+    r.mode = 0;
+    cases.push(("no mode", r));
+    let mut r = good.clone();
+    r.mode = 9;
+    cases.push(("unknown mode", r));
+    let mut r = good.clone();
+    r.branches[0].participant = "not a url".into();
+    cases.push(("bad address", r));
+    let mut r = good.clone();
+    r.branches[0].participant = "ftp://x:1".into();
+    cases.push(("bad scheme", r));
+    let mut r = good.clone();
+    r.branches[0].payload = vec![0; 64 * 1024 + 1];
+    cases.push(("payload over the limit", r));
+    let mut r = good.clone();
+    r.branches.push(r.branches[0].clone());
+    cases.push(("duplicate branch id", r));
+    let mut r = good.clone();
+    r.branches[0].depends_on = vec!["b9".into()];
+    cases.push(("tcc with depends_on", r));
+    let mut r = good.clone();
+    r.branch_timeout_ms = 20_000;
+    cases.push(("branch timeout above the deadline", r));
+    for (what, req) in cases {
+        let err = c.execute(req).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err}");
+        assert!(!err.message().is_empty());
+    }
+    assert!(c.list_all().await.is_empty(), "nothing stored");
+    assert!(a.calls().is_empty(), "nobody called");
+    let res = reqwest::get(format!("{}/api/v1/transactions/notanumber", c.http_url))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(res.headers()["content-type"], "application/problem+json");
+    let res = reqwest::get(format!("{}/api/v1/transactions/12345", c.http_url))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}
+
+/// SIGKILL at one point of the protocol, restart, and check the transaction ends as it must.
+async fn crash_and_recover(db: &TestDb, failpoint: Option<&str>, slow_op: Option<Op>) {
+    let dir = testkit::temp_dir("coord-");
+    let extra: Vec<(&str, &str)> = failpoint
+        .map(|f| vec![("COORDINATOR_FAILPOINT", f)])
+        .unwrap_or_default();
+    let mut c = coordinator(db, dir.path(), "coordinator", &extra).await;
+    let (a, b, d) = three().await;
+    if let Some(op) = slow_op {
+        for p in [&a, &b, &d] {
+            // Slower than the branch timeout once: the call in flight when the coordinator dies
+            // still takes effect later, and the replay after the restart must be harmless.
+            p.on(
+                op,
+                [
+                    Behavior::Delay(Duration::from_millis(1500)),
+                    Behavior::Succeed,
+                ],
+            );
+        }
+    }
+    let req = tcc("crash-key", &[&a, &b, &d]);
+    let call = tokio::spawn({
+        let c2 = c.client.clone();
+        let req = req.clone();
+        async move { c2.clone().execute(req).await }
+    });
+    match slow_op {
+        Some(op) => {
+            for p in [&a, &b, &d] {
+                assert!(
+                    p.wait_for(op, 1, Duration::from_secs(10)).await,
+                    "{op:?} never arrived"
+                );
+            }
+            c.service.kill();
+        }
+        None => {
+            // The failpoint kills the process itself.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while c.service.is_running() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the failpoint did not fire"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    let _ = call.await;
+    // Restart without the failpoint; the key finds the transaction the crash interrupted.
+    c.service = {
+        let dir2 = dir.path().to_owned();
+        let spec = c.service.spec().clone();
+        let spec = ServiceSpec {
+            env: spec
+                .env
+                .into_iter()
+                .filter(|(k, _)| k != "COORDINATOR_FAILPOINT")
+                .collect(),
+            log_path: dir2.join("restarted.log"),
+            ..spec
+        };
+        Service::start(spec).await.unwrap_or_else(|e| panic!("{e}"))
+    };
+    let again = c.execute(req).await.unwrap();
+    assert!(
+        again.replayed,
+        "the transaction was recorded before the crash"
+    );
+    let t = c.wait_terminal(again.gid, Duration::from_secs(20)).await;
+    assert_eq!(t.status(), pb::Status::Succeeded, "{t:?}");
+    for (p, branch) in [(&a, "b0"), (&b, "b1"), (&d, "b2")] {
+        p.assert_settled(again.gid, branch, true);
+    }
+    assert_eq!(c.list_all().await.len(), 1);
+}
+
+async fn sigkill_after_recording_before_any_try_then_restart_succeeds(db: TestDb) {
+    crash_and_recover(&db, Some("after_insert"), None).await;
+}
+
+async fn sigkill_during_the_tries_then_restart_succeeds(db: TestDb) {
+    crash_and_recover(&db, None, Some(Op::Try)).await;
+}
+
+async fn sigkill_after_the_decision_before_any_confirm_then_restart_succeeds(db: TestDb) {
+    crash_and_recover(&db, Some("after_decision"), None).await;
+}
+
+async fn sigkill_during_the_confirms_then_restart_succeeds(db: TestDb) {
+    crash_and_recover(&db, None, Some(Op::Confirm)).await;
+}
+
+async fn an_operator_retry_makes_a_waiting_transaction_due_now(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(
+        &db,
+        dir.path(),
+        "coordinator",
+        &[
+            ("COORDINATOR_RETRY_INITIAL_MS", "60000"),
+            ("COORDINATOR_RETRY_MAX_MS", "60000"),
+        ],
+    )
+    .await;
+    let (a, b) = (Scripted::start().await, Scripted::start().await);
+    b.on(Op::Confirm, [Behavior::Unavailable, Behavior::Succeed]);
+    let r = c.execute(tcc("k-retry", &[&a, &b])).await.unwrap();
+    // The first confirm round failed; the next one is a minute away.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.get(r.gid).await.status(), pb::Status::Confirming);
+    let res = reqwest::Client::new()
+        .post(format!(
+            "{}/api/v1/admin/transactions/{}/retry",
+            c.http_url, r.gid
+        ))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 202);
+    let t = c.wait_terminal(r.gid, Duration::from_secs(5)).await;
+    assert_eq!(t.status(), pb::Status::Succeeded);
+}
+
+both_backends!(
+    all_tries_succeeding_ends_succeeded_with_each_op_taking_effect_once,
+    one_rejected_try_cancels_every_branch_including_a_try_that_had_not_arrived,
+    a_try_that_hangs_past_its_timeout_cancels_the_transaction,
+    a_confirm_failing_transiently_n_times_succeeds_with_n_plus_one_attempts_in_the_timeline,
+    a_saga_failure_compensates_in_reverse_order,
+    one_idempotency_key_sent_twenty_times_at_once_yields_one_gid,
+    bad_requests_are_invalid_arguments_and_store_nothing,
+    sigkill_after_recording_before_any_try_then_restart_succeeds,
+    sigkill_during_the_tries_then_restart_succeeds,
+    sigkill_after_the_decision_before_any_confirm_then_restart_succeeds,
+    sigkill_during_the_confirms_then_restart_succeeds,
+    an_operator_retry_makes_a_waiting_transaction_due_now,
+);
