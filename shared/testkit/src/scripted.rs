@@ -23,6 +23,8 @@ pub enum Behavior {
     Delay(Duration),
     /// Never answer.
     Hang,
+    /// Answer UNAVAILABLE to the first call of this op for each gid, then succeed.
+    UnavailableOncePerGid,
 }
 
 /// What the barrier made of a call that reached the business layer.
@@ -126,6 +128,20 @@ impl Participant for Service {
             } else {
                 queue.front().cloned()
             }
+            .map(|b| match b {
+                Behavior::UnavailableOncePerGid => {
+                    let seen_before = s
+                        .calls
+                        .iter()
+                        .any(|c| c.gid == req.gid && c.op == op && c.branch_id == req.branch_id);
+                    if seen_before {
+                        Behavior::Succeed
+                    } else {
+                        Behavior::Unavailable
+                    }
+                }
+                other => other,
+            })
             .unwrap_or(Behavior::Succeed)
         };
         let record = |effect: Option<Effect>| {
@@ -154,7 +170,8 @@ impl Participant for Service {
                 std::future::pending::<()>().await;
             }
             Behavior::Delay(_) => record(None),
-            Behavior::Succeed => {}
+            // Resolved to Unavailable or Succeed above.
+            Behavior::Succeed | Behavior::UnavailableOncePerGid => {}
         }
         let effect = match behavior {
             // A delayed call reaches the business layer later even if the caller gives up
