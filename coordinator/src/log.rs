@@ -369,7 +369,8 @@ pub async fn list(
     before: i64,
     limit: i64,
 ) -> Result<Vec<Summary>, StoreError> {
-    let rows: Vec<(i64, String, String, Option<String>, i64, i64, i64, i64)> = sqlx::query_as(
+    type Row = (i64, String, String, Option<String>, i64, i64, i64, i64);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT gid, mode, status, reason, created_at, updated_at, attempts, next_attempt_at FROM global_txns \
          WHERE gid < $1 AND ($2 = '' OR status = $2) ORDER BY gid DESC LIMIT $3",
     )
@@ -399,7 +400,8 @@ pub async fn list(
 
 /// Every attempt of a transaction, oldest first.
 pub async fn timeline(db: &Db, gid: i64) -> Result<Vec<Attempt>, StoreError> {
-    let rows: Vec<(i64, String, i64, i64, String, Option<String>, String)> = sqlx::query_as(
+    type Row = (i64, String, i64, i64, String, Option<String>, String);
+    let rows: Vec<Row> = sqlx::query_as(
         "SELECT idx, op, started_at, duration_us, outcome, error, owner FROM attempts WHERE gid = $1 ORDER BY started_at, idx",
     )
     .bind(gid)

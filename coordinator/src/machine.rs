@@ -355,12 +355,12 @@ impl Txn {
     /// branch order (Saga compensates in reverse, one at a time).
     fn second_calls(&mut self) -> Vec<Effect> {
         let op = self.second_op();
-        let pending =
+        let mut pending =
             (0..self.branches.len()).filter(|&i| self.branches[i].second == Second::Pending);
         match self.mode {
             Mode::Tcc => pending.map(|branch| Effect::Call { branch, op }).collect(),
             Mode::Saga => pending
-                .last()
+                .next_back()
                 .map(|branch| Effect::Call { branch, op })
                 .into_iter()
                 .collect(),

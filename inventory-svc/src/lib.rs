@@ -12,34 +12,21 @@ pub mod stock;
 
 use host::app::Running;
 use host::serve::Shutdown;
-use host::{CommonConfig, ConfigError};
-use serde::{Deserialize, Serialize};
+use host::ConfigError;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// inventory-svc's configuration (env prefix `INVENTORY_`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Config {
-    #[serde(flatten)]
-    pub common: CommonConfig,
-    #[serde(flatten)]
-    pub barrier: tcc::PurgeConfig,
+pub type Config = tcc::service::ParticipantConfig;
+
+/// Local defaults: `sqlite://data/inventory.db`, HTTP on 8082, gRPC on 50053.
+pub fn default_config() -> Config {
+    Config::local("inventory", 8082, 50053)
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            common: CommonConfig::local("inventory", 8082, 50053),
-            barrier: tcc::PurgeConfig::default(),
-        }
-    }
-}
-
-impl Config {
-    /// Defaults, then `CONFIG_FILE`, then `INVENTORY_*` variables.
-    pub fn load() -> Result<Config, ConfigError> {
-        host::load_config(Config::default(), "INVENTORY_")
-    }
+/// Defaults, then `CONFIG_FILE`, then `INVENTORY_*` variables.
+pub fn load_config() -> Result<Config, ConfigError> {
+    Config::load(default_config(), "INVENTORY_")
 }
 
 /// Opens the database, runs migrations, and starts the gRPC and HTTP servers.

@@ -4,7 +4,7 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     host::app::run_main("inventory-svc", |shutdown| async move {
-        let config = inventory_svc::Config::load()?;
+        let config = inventory_svc::load_config()?;
         inventory_svc::start(config, shutdown).await
     })
     .await

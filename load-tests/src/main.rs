@@ -27,6 +27,25 @@ struct Cli {
 enum Command {
     /// Try+confirm pairs per second against one participant binary.
     Participant(ParticipantArgs),
+    /// TCC global transactions per second through the coordinator binary, with three no-op
+    /// participants over loopback.
+    Coordinator(CoordinatorArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct CoordinatorArgs {
+    #[arg(long, value_enum, default_value = "sqlite")]
+    backend: Backend,
+    #[arg(long, default_value_t = 16)]
+    concurrency: u64,
+    /// Transactions to measure (after 10% more as warm-up).
+    #[arg(long, default_value_t = 3_000)]
+    txns: u64,
+    /// SQLite `synchronous`: full or normal.
+    #[arg(long, default_value = "full")]
+    synchronous: String,
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -69,6 +88,7 @@ async fn main() {
     let cli = Cli::parse();
     match cli.command {
         Command::Participant(args) => participant(args).await,
+        Command::Coordinator(args) => coordinator(args).await,
     }
 }
 
@@ -214,4 +234,169 @@ async fn participant(args: ParticipantArgs) {
         eprintln!("AUDIT FAILED");
         std::process::exit(1);
     }
+}
+
+async fn coordinator(args: CoordinatorArgs) {
+    use proto::v1 as pb;
+    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
+        std::env::current_exe()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf()
+    });
+    let db = match args.backend {
+        Backend::Sqlite => TestDb::sqlite(),
+        Backend::Postgres => TestDb::postgres()
+            .await
+            .expect("a PostgreSQL server (DATABASE_URL or initdb)"),
+    };
+    let dir = testkit::temp_dir("load-tests-");
+    let parts = [
+        testkit::scripted::Scripted::start().await,
+        testkit::scripted::Scripted::start().await,
+        testkit::scripted::Scripted::start().await,
+    ];
+    let (http, grpc) = (testkit::free_port(), testkit::free_port());
+    let spec = testkit::ServiceSpec::new("coordinator", bin_dir.join("coordinator"), dir.path())
+        .env("COORDINATOR_HTTP_ADDR", format!("127.0.0.1:{http}"))
+        .env("COORDINATOR_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+        .env("COORDINATOR_DATABASE_URL", db.url())
+        .env("COORDINATOR_DATA_DIR", dir.path().join("data"))
+        .env("COORDINATOR_ADMIN_TOKEN", "load-tests-admin-token")
+        .env("COORDINATOR_DB__SYNCHRONOUS", &args.synchronous)
+        .env("COORDINATOR_DB__MAX_CONNECTIONS", "32")
+        .env("RUST_LOG", "warn")
+        .env("LOG_FORMAT", "json")
+        .ready_url(format!("http://127.0.0.1:{http}/readyz"));
+    let _service = testkit::Service::start(spec)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .unwrap()
+        .connect_lazy();
+    let client = pb::coordinator_client::CoordinatorClient::new(channel);
+    let request = |i: u64| pb::ExecuteRequest {
+        mode: pb::Mode::Tcc as i32,
+        idempotency_key: format!("bench-{i}"),
+        branches: parts
+            .iter()
+            .enumerate()
+            .map(|(j, p)| pb::BranchSpec {
+                branch_id: format!("b{j}"),
+                participant: p.url(),
+                payload: vec![1, 2, 3],
+                depends_on: vec![],
+            })
+            .collect(),
+        timeout_ms: 30_000,
+        branch_timeout_ms: 5_000,
+        wait_ms: 30_000,
+        concurrent: false,
+    };
+    let commits = |db_url: String| async move {
+        match args.backend {
+            Backend::Postgres => {
+                let pool = sqlx::PgPool::connect(&db_url).await.ok()?;
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()",
+                )
+                .fetch_one(&pool)
+                .await
+                .ok()
+            }
+            Backend::Sqlite => None,
+        }
+    };
+    let warmup = args.txns / 10;
+    let total = warmup + args.txns;
+    let next = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    ));
+    let run = |limit: u64, record: bool| {
+        let tasks = (0..args.concurrency).map(|_| {
+            let (client, next, hist) = (client.clone(), next.clone(), hist.clone());
+            let request = &request;
+            let mut client = client;
+            async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= limit {
+                        break;
+                    }
+                    let t = Instant::now();
+                    let r = client
+                        .execute(request(i))
+                        .await
+                        .expect("execute")
+                        .into_inner();
+                    assert!(
+                        matches!(r.status(), pb::Status::Confirming | pb::Status::Succeeded),
+                        "transaction {i}: {r:?}"
+                    );
+                    if record {
+                        hist.lock()
+                            .unwrap()
+                            .record(t.elapsed().as_micros() as u64)
+                            .unwrap();
+                    }
+                }
+            }
+        });
+        join_all(tasks)
+    };
+    run(warmup, false).await;
+    let commits_before = commits(db.url().to_owned()).await;
+    let t0 = Instant::now();
+    run(total, true).await;
+    let decided = t0.elapsed();
+    // Wait until every transaction is terminal.
+    let http_client = reqwest::Client::new();
+    loop {
+        let counts: serde_json::Value = http_client
+            .get(format!(
+                "http://127.0.0.1:{http}/api/v1/transactions?limit=1"
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let done = counts["counts"]["succeeded"].as_i64().unwrap_or(0);
+        if done as u64 >= total {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let finished = t0.elapsed();
+    // PostgreSQL publishes its counters about once a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let commits_after = commits(db.url().to_owned()).await;
+    let h = hist.lock().unwrap().clone();
+    let measured = args.txns as f64;
+    let backend = match args.backend {
+        Backend::Sqlite => format!("sqlite(synchronous={})", args.synchronous),
+        Backend::Postgres => "postgres".into(),
+    };
+    let report = serde_json::json!({
+        "what": "TCC global transactions, 3 no-op participants",
+        "backend": backend,
+        "concurrency": args.concurrency,
+        "transactions": args.txns,
+        "decided_per_second": measured / decided.as_secs_f64(),
+        "completed_per_second": measured / finished.as_secs_f64(),
+        "execute_latency_ms": {
+            "p50": h.value_at_quantile(0.50) as f64 / 1000.0,
+            "p90": h.value_at_quantile(0.90) as f64 / 1000.0,
+            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "max": h.max() as f64 / 1000.0,
+        },
+        "database_transactions_per_global_transaction": match (commits_before, commits_after) {
+            (Some(b), Some(a)) => serde_json::json!((a - b) as f64 / measured),
+            _ => serde_json::Value::Null,
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
 }

@@ -13,34 +13,21 @@ pub mod http;
 
 use host::app::Running;
 use host::serve::Shutdown;
-use host::{CommonConfig, ConfigError};
-use serde::{Deserialize, Serialize};
+use host::ConfigError;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// order-svc's configuration (env prefix `ORDER_`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Config {
-    #[serde(flatten)]
-    pub common: CommonConfig,
-    #[serde(flatten)]
-    pub barrier: tcc::PurgeConfig,
+pub type Config = tcc::service::ParticipantConfig;
+
+/// Local defaults: `sqlite://data/order.db`, HTTP on 8080, gRPC on 50051.
+pub fn default_config() -> Config {
+    Config::local("order", 8080, 50051)
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            common: CommonConfig::local("order", 8080, 50051),
-            barrier: tcc::PurgeConfig::default(),
-        }
-    }
-}
-
-impl Config {
-    /// Defaults, then `CONFIG_FILE`, then `ORDER_*` variables.
-    pub fn load() -> Result<Config, ConfigError> {
-        host::load_config(Config::default(), "ORDER_")
-    }
+/// Defaults, then `CONFIG_FILE`, then `ORDER_*` variables.
+pub fn load_config() -> Result<Config, ConfigError> {
+    Config::load(default_config(), "ORDER_")
 }
 
 /// Opens the database, runs migrations, and starts the gRPC and HTTP servers.

@@ -4,7 +4,7 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     host::app::run_main("order-svc", |shutdown| async move {
-        let config = order_svc::Config::load()?;
+        let config = order_svc::load_config()?;
         order_svc::start(config, shutdown).await
     })
     .await

@@ -15,34 +15,21 @@ pub mod ledger;
 
 use host::app::Running;
 use host::serve::Shutdown;
-use host::{CommonConfig, ConfigError};
-use serde::{Deserialize, Serialize};
+use host::ConfigError;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// payment-svc's configuration (env prefix `PAYMENT_`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Config {
-    #[serde(flatten)]
-    pub common: CommonConfig,
-    #[serde(flatten)]
-    pub barrier: tcc::PurgeConfig,
+pub type Config = tcc::service::ParticipantConfig;
+
+/// Local defaults: `sqlite://data/payment.db`, HTTP on 8081, gRPC on 50052.
+pub fn default_config() -> Config {
+    Config::local("payment", 8081, 50052)
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            common: CommonConfig::local("payment", 8081, 50052),
-            barrier: tcc::PurgeConfig::default(),
-        }
-    }
-}
-
-impl Config {
-    /// Defaults, then `CONFIG_FILE`, then `PAYMENT_*` variables.
-    pub fn load() -> Result<Config, ConfigError> {
-        host::load_config(Config::default(), "PAYMENT_")
-    }
+/// Defaults, then `CONFIG_FILE`, then `PAYMENT_*` variables.
+pub fn load_config() -> Result<Config, ConfigError> {
+    Config::load(default_config(), "PAYMENT_")
 }
 
 /// Opens the database, runs migrations, and starts the gRPC and HTTP servers.

@@ -4,7 +4,7 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     host::app::run_main("payment-svc", |shutdown| async move {
-        let config = payment_svc::Config::load()?;
+        let config = payment_svc::load_config()?;
         payment_svc::start(config, shutdown).await
     })
     .await

@@ -9,6 +9,30 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::Db;
 
+/// The configuration of a participant service: the common settings and barrier purging.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct ParticipantConfig {
+    #[serde(flatten)]
+    pub common: CommonConfig,
+    #[serde(flatten)]
+    pub barrier: PurgeConfig,
+}
+
+impl ParticipantConfig {
+    /// Local defaults for service `name` (`sqlite://data/<name>.db`, the given ports).
+    pub fn local(name: &str, http_port: u16, grpc_port: u16) -> Self {
+        ParticipantConfig {
+            common: CommonConfig::local(name, http_port, grpc_port),
+            barrier: PurgeConfig::default(),
+        }
+    }
+
+    /// `defaults`, then `CONFIG_FILE`, then `<env_prefix>*` variables.
+    pub fn load(defaults: Self, env_prefix: &str) -> Result<Self, host::ConfigError> {
+        host::load_config(defaults, env_prefix)
+    }
+}
+
 /// What differs between participant services.
 #[derive(Debug)]
 pub struct Participant<H> {
