@@ -158,7 +158,7 @@ pub struct Engine {
     config: EngineConfig,
     owner: String,
     clients: Clients,
-    waiters: Mutex<HashMap<i64, watch::Sender<Status>>>,
+    waiters: Mutex<HashMap<i64, watch::Sender<(Status, Option<String>)>>>,
     keys: moka::future::Cache<String, (i64, String)>,
     metrics: CoordinatorMetrics,
     failpoint: Option<String>,
@@ -259,20 +259,17 @@ impl Engine {
         self.failpoint("after_insert");
         let engine = self.clone();
         let gid = new.gid;
-        tokio::spawn(async move { engine.drive(gid).await });
-        let status = if wait.is_zero() {
-            Status::Prepared
+        // The driver starts from what was just written instead of reading it back.
+        let stored = Stored::recorded(&new, &self.owner);
+        tokio::spawn(async move { engine.drive_stored(stored).await });
+        let (status, reason) = if wait.is_zero() {
+            (Status::Prepared, None)
         } else {
-            let _ = tokio::time::timeout(wait, rx.wait_for(|s| *s != Status::Prepared)).await;
-            let status = *rx.borrow();
-            status
+            let _ = tokio::time::timeout(wait, rx.wait_for(|(s, _)| *s != Status::Prepared)).await;
+            let current = rx.borrow().clone();
+            current
         };
         self.unsubscribe(gid);
-        let reason = if status == Status::Prepared {
-            None
-        } else {
-            log::status_of(&self.db, gid).await?.and_then(|(_, r)| r)
-        };
         Ok(ExecuteOutcome {
             gid,
             status,
@@ -310,8 +307,8 @@ impl Engine {
         }
     }
 
-    fn subscribe(&self, gid: i64) -> watch::Receiver<Status> {
-        let (tx, rx) = watch::channel(Status::Prepared);
+    fn subscribe(&self, gid: i64) -> watch::Receiver<(Status, Option<String>)> {
+        let (tx, rx) = watch::channel((Status::Prepared, None));
         self.waiters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -326,14 +323,14 @@ impl Engine {
             .remove(&gid);
     }
 
-    fn notify(&self, gid: i64, status: Status) {
+    fn notify(&self, gid: i64, status: Status, reason: &Option<String>) {
         if let Some(tx) = self
             .waiters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(&gid)
         {
-            let _ = tx.send(status);
+            let _ = tx.send((status, reason.clone()));
         }
     }
 
@@ -433,18 +430,25 @@ impl Engine {
         })
     }
 
-    /// Drives one transaction this instance owns until nothing is outstanding.
+    /// Drives one transaction this instance owns (as read from the log) until nothing is
+    /// outstanding.
     pub async fn drive(self: Arc<Self>, gid: i64) {
+        match log::load(&self.db, gid).await {
+            Ok(Some(stored)) => self.drive_stored(stored).await,
+            Ok(None) => {}
+            Err(e) => tracing::warn!(gid, error = %e, "cannot load; recovery will pick it up"),
+        }
+    }
+
+    async fn drive_stored(self: Arc<Self>, stored: Stored) {
+        let gid = stored.gid;
         let span = tracing::info_span!("drive", gid = %gid);
-        if let Err(e) = self.clone().drive_inner(gid).instrument(span).await {
+        if let Err(e) = self.clone().drive_inner(stored).instrument(span).await {
             tracing::warn!(gid, error = %e, "driving failed; recovery will pick it up");
         }
     }
 
-    async fn drive_inner(self: Arc<Self>, gid: i64) -> Result<(), StoreError> {
-        let Some(stored) = log::load(&self.db, gid).await? else {
-            return Ok(());
-        };
+    async fn drive_inner(self: Arc<Self>, stored: Stored) -> Result<(), StoreError> {
         if stored.owner.as_deref() != Some(self.owner.as_str()) || stored.txn.status.is_terminal() {
             return Ok(());
         }
@@ -671,7 +675,8 @@ impl Run<'_> {
                         return Ok(false);
                     }
                     let status = self.stored.txn.status;
-                    self.engine.notify(self.stored.gid, status);
+                    self.engine
+                        .notify(self.stored.gid, status, &self.stored.txn.reason);
                     if status.is_terminal() {
                         self.engine.metrics.finished(self.stored.txn.mode, status);
                     }

@@ -46,6 +46,45 @@ pub struct Stored {
     pub branches: Vec<StoredBranch>,
 }
 
+impl Stored {
+    /// The state [`insert`] wrote for `new`, owned by `owner`: what a fresh read would return.
+    pub fn recorded(new: &NewTxn, owner: &str) -> Stored {
+        let now = store::now_ms();
+        Stored {
+            gid: new.gid,
+            txn: Txn {
+                mode: new.mode,
+                status: Status::Prepared,
+                branches: new
+                    .branches
+                    .iter()
+                    .map(|b| Branch::new(b.depends_on.clone()))
+                    .collect(),
+                reason: None,
+            },
+            idempotency_key: new.idempotency_key.clone(),
+            created_at: now,
+            updated_at: now,
+            deadline_at: new.deadline_at,
+            next_attempt_at: now,
+            attempts: 0,
+            branch_timeout_ms: new.branch_timeout_ms,
+            owner: Some(owner.to_owned()),
+            branches: new
+                .branches
+                .iter()
+                .map(|b| StoredBranch {
+                    branch_id: b.branch_id.clone(),
+                    participant: b.participant.clone(),
+                    payload: b.payload.clone(),
+                    attempts: 0,
+                    last_error: None,
+                })
+                .collect(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct StoredBranch {
     pub branch_id: String,

@@ -26,6 +26,19 @@ async fn all_tries_succeeding_ends_succeeded_with_each_op_taking_effect_once(db:
         assert_eq!(p.calls_of(r.gid, Op::Try).len(), 1);
         assert_eq!(p.calls_of(r.gid, Op::Confirm).len(), 1);
     }
+    let metrics = reqwest::get(format!("{}/metrics", c.http_url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"coordinator_transactions_started_total{mode="tcc"} 1"#,
+        r#"coordinator_transactions_finished_total{mode="tcc",outcome="succeeded"} 1"#,
+        r#"coordinator_branch_call_seconds_count{op="confirm",outcome="success"} 3"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
 }
 
 async fn one_rejected_try_cancels_every_branch_including_a_try_that_had_not_arrived(db: TestDb) {

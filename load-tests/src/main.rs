@@ -204,11 +204,13 @@ async fn participant(args: ParticipantArgs) {
         join_all(tasks)
     };
     run(warmup, false).await;
+    // Workers leaving the warm-up each took one gid past it; start the measured run there.
+    next.store(warmup + 1, Ordering::Relaxed);
     let t0 = Instant::now();
     run(total, true).await;
     let elapsed = t0.elapsed();
     let h = hist.lock().unwrap().clone();
-    let measured = total - warmup;
+    let measured = h.len();
     let audit = p.admin_get("/admin/audit").await;
     let backend = match args.backend {
         Backend::Sqlite => format!("sqlite(synchronous={})", args.synchronous),
@@ -311,12 +313,14 @@ async fn coordinator(args: CoordinatorArgs) {
     let warmup = args.txns / 10;
     let total = warmup + args.txns;
     let next = Arc::new(AtomicU64::new(0));
+    let executed = Arc::new(AtomicU64::new(0));
     let hist = Arc::new(Mutex::new(
         Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
     ));
     let run = |limit: u64, record: bool| {
         let tasks = (0..args.concurrency).map(|_| {
-            let (client, next, hist) = (client.clone(), next.clone(), hist.clone());
+            let (client, next, hist, executed) =
+                (client.clone(), next.clone(), hist.clone(), executed.clone());
             let request = &request;
             let mut client = client;
             async move {
@@ -335,6 +339,7 @@ async fn coordinator(args: CoordinatorArgs) {
                         matches!(r.status(), pb::Status::Confirming | pb::Status::Succeeded),
                         "transaction {i}: {r:?}"
                     );
+                    executed.fetch_add(1, Ordering::Relaxed);
                     if record {
                         hist.lock()
                             .unwrap()
@@ -347,10 +352,15 @@ async fn coordinator(args: CoordinatorArgs) {
         join_all(tasks)
     };
     run(warmup, false).await;
+    let warm = executed.load(Ordering::Relaxed);
+    // Workers leaving the warm-up each took one index past it; start the measured run there.
+    next.store(warmup, Ordering::Relaxed);
     let commits_before = commits(db.url().to_owned()).await;
     let t0 = Instant::now();
     run(total, true).await;
     let decided = t0.elapsed();
+    let all = executed.load(Ordering::Relaxed);
+    let measured_count = all - warm;
     // Wait until every transaction is terminal.
     let http_client = reqwest::Client::new();
     loop {
@@ -365,7 +375,7 @@ async fn coordinator(args: CoordinatorArgs) {
             .await
             .unwrap();
         let done = counts["counts"]["succeeded"].as_i64().unwrap_or(0);
-        if done as u64 >= total {
+        if done as u64 >= all {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -375,7 +385,7 @@ async fn coordinator(args: CoordinatorArgs) {
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let commits_after = commits(db.url().to_owned()).await;
     let h = hist.lock().unwrap().clone();
-    let measured = args.txns as f64;
+    let measured = measured_count as f64;
     let backend = match args.backend {
         Backend::Sqlite => format!("sqlite(synchronous={})", args.synchronous),
         Backend::Postgres => "postgres".into(),
@@ -384,7 +394,7 @@ async fn coordinator(args: CoordinatorArgs) {
         "what": "TCC global transactions, 3 no-op participants",
         "backend": backend,
         "concurrency": args.concurrency,
-        "transactions": args.txns,
+        "transactions": measured_count,
         "decided_per_second": measured / decided.as_secs_f64(),
         "completed_per_second": measured / finished.as_secs_f64(),
         "execute_latency_ms": {
