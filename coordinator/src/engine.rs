@@ -365,6 +365,14 @@ impl Engine {
         if branch_timeout > timeout {
             return invalid("branch_timeout_ms must not exceed timeout_ms".into());
         }
+        if branch_timeout * 2 > self.config.lease {
+            // A call must end well within the claim on the transaction, or another instance
+            // could take it over while the call is still running.
+            return invalid(format!(
+                "branch_timeout_ms must be at most half the lease ({} ms)",
+                self.config.lease.as_millis()
+            ));
+        }
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut branches = Vec::with_capacity(req.branches.len());
         for (i, b) in req.branches.iter().enumerate() {

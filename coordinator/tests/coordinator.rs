@@ -232,6 +232,9 @@ async fn bad_requests_are_invalid_arguments_and_store_nothing(db: TestDb) {
     let mut r = good.clone();
     r.branch_timeout_ms = 20_000;
     cases.push(("branch timeout above the deadline", r));
+    let mut r = good.clone();
+    r.branch_timeout_ms = 2_000; // the test coordinators hold claims for 3 s
+    cases.push(("branch timeout above half the lease", r));
     for (what, req) in cases {
         let err = c.execute(req).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err}");
