@@ -108,6 +108,9 @@ pub enum EngineError {
     Id(#[from] ids::IdError),
 }
 
+/// What an Execute waiting for its transaction learns: the status and, if rolled back, why.
+type Decision = (Status, Option<String>);
+
 type Client = ParticipantClient<InterceptedService<Channel, TracePropagation>>;
 
 /// One reused channel per participant address.
@@ -158,7 +161,7 @@ pub struct Engine {
     config: EngineConfig,
     owner: String,
     clients: Clients,
-    waiters: Mutex<HashMap<i64, watch::Sender<(Status, Option<String>)>>>,
+    waiters: Mutex<HashMap<i64, watch::Sender<Decision>>>,
     keys: moka::future::Cache<String, (i64, String)>,
     metrics: CoordinatorMetrics,
     failpoint: Option<String>,
@@ -307,7 +310,7 @@ impl Engine {
         }
     }
 
-    fn subscribe(&self, gid: i64) -> watch::Receiver<(Status, Option<String>)> {
+    fn subscribe(&self, gid: i64) -> watch::Receiver<Decision> {
         let (tx, rx) = watch::channel((Status::Prepared, None));
         self.waiters
             .lock()
