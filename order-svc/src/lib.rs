@@ -7,6 +7,7 @@
 //!
 //! The public order API (JWT, idempotency keys, the coordinator call) joins this crate later.
 
+pub mod auth;
 pub mod book;
 pub mod domain;
 pub mod http;
@@ -14,20 +15,29 @@ pub mod http;
 use host::app::Running;
 use host::serve::Shutdown;
 use host::ConfigError;
+use serde::{Deserialize, Serialize};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// order-svc's configuration (env prefix `ORDER_`).
-pub type Config = tcc::service::ParticipantConfig;
+/// order-svc's configuration (env prefix `ORDER_`; JWT settings under `ORDER_JWT__*`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Config {
+    #[serde(flatten)]
+    pub participant: tcc::service::ParticipantConfig,
+    pub jwt: auth::JwtConfig,
+}
 
-/// Local defaults: `sqlite://data/order.db`, HTTP on 8080, gRPC on 50051.
+/// Local defaults: `sqlite://data/order.db`, HTTP on 8080, gRPC on 50051, a dev JWT secret.
 pub fn default_config() -> Config {
-    Config::local("order", 8080, 50051)
+    Config {
+        participant: tcc::service::ParticipantConfig::local("order", 8080, 50051),
+        jwt: auth::JwtConfig::default(),
+    }
 }
 
 /// Defaults, then `CONFIG_FILE`, then `ORDER_*` variables.
 pub fn load_config() -> Result<Config, ConfigError> {
-    Config::load(default_config(), "ORDER_")
+    host::load_config(default_config(), "ORDER_")
 }
 
 /// Opens the database, runs migrations, and starts the gRPC and HTTP servers.
@@ -36,8 +46,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
         tcc::service::Participant {
             name: "order-svc",
             short_name: "order",
-            common: config.common,
-            purge: config.barrier,
+            common: config.participant.common,
+            purge: config.participant.barrier,
             migrator: &MIGRATOR,
             handler: book::Orders,
             routes: http::routes,
