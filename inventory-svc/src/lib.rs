@@ -39,7 +39,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
             purge: config.barrier,
             migrator: &MIGRATOR,
             handler: stock::Stock,
-            routes: http::routes,
+            routes: std::sync::Arc::new(http::routes),
         },
         shutdown,
     )

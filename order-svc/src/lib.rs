@@ -7,6 +7,7 @@
 //!
 //! The public order API (JWT, idempotency keys, the coordinator call) joins this crate later.
 
+pub mod api;
 pub mod auth;
 pub mod book;
 pub mod domain;
@@ -25,6 +26,7 @@ pub struct Config {
     #[serde(flatten)]
     pub participant: tcc::service::ParticipantConfig,
     pub jwt: auth::JwtConfig,
+    pub api: api::ApiConfig,
 }
 
 /// Local defaults: `sqlite://data/order.db`, HTTP on 8080, gRPC on 50051, a dev JWT secret.
@@ -32,6 +34,7 @@ pub fn default_config() -> Config {
     Config {
         participant: tcc::service::ParticipantConfig::local("order", 8080, 50051),
         jwt: auth::JwtConfig::default(),
+        api: api::ApiConfig::default(),
     }
 }
 
@@ -42,6 +45,8 @@ pub fn load_config() -> Result<Config, ConfigError> {
 
 /// Opens the database, runs migrations, and starts the gRPC and HTTP servers.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::StartError> {
+    let authenticator = actix_web::web::Data::new(auth::Authenticator::from_config(&config.jwt, &config.participant.common)?);
+    let api = actix_web::web::Data::new(api::Api::new(config.api.clone())?);
     tcc::service::start(
         tcc::service::Participant {
             name: "order-svc",
@@ -50,7 +55,11 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
             purge: config.participant.barrier,
             migrator: &MIGRATOR,
             handler: book::Orders,
-            routes: http::routes,
+            routes: std::sync::Arc::new(move |cfg| {
+                cfg.app_data(authenticator.clone()).app_data(api.clone());
+                http::routes(cfg);
+                api::routes(cfg);
+            }),
         },
         shutdown,
     )

@@ -34,7 +34,6 @@ impl ParticipantConfig {
 }
 
 /// What differs between participant services.
-#[derive(Debug)]
 pub struct Participant<H> {
     /// `payment-svc`, …: logs and metrics.
     pub name: &'static str,
@@ -45,9 +44,15 @@ pub struct Participant<H> {
     /// The service's own migrations (the barrier's are added).
     pub migrator: &'static sqlx::migrate::Migrator,
     pub handler: H,
-    /// The service's admin routes; `web::Data<AdminToken>` and `web::Data<Db>` are in the app
+    /// The service's own routes; `web::Data<AdminToken>` and `web::Data<Db>` are in the app
     /// data.
-    pub routes: fn(&mut actix_web::web::ServiceConfig),
+    pub routes: host::app::HttpRoutes,
+}
+
+impl<H> std::fmt::Debug for Participant<H> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Participant").field("name", &self.name).finish_non_exhaustive()
+    }
 }
 
 /// Opens the database, runs the service's and the barrier's migrations, and serves the

@@ -1,0 +1,533 @@
+//! The public order API: `POST /api/v1/orders`, `GET /api/v1/orders/{id}`, `GET /api/v1/orders`.
+//!
+//! Placing an order prices it from the catalog, then asks the coordinator to run one TCC
+//! transaction with three branches: the order itself (this service), the charge (payment-svc)
+//! and the reservation (inventory-svc). It answers once the decision is durable, or `pending`
+//! when the decision takes longer than the wait limit.
+//!
+//! Exactly once per `Idempotency-Key` (per user): the key, the request's hash and the final
+//! response are stored; the same key again returns the stored response, the same key with
+//! another body is a 422, and concurrent requests with one key wait for the first one's answer.
+//! The coordinator call itself carries the key `order:<order id>`, so a retried call can never
+//! start a second transaction.
+
+use crate::auth::Caller;
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use host::Problem;
+use proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use std::time::{Duration, Instant};
+use store::{Db, StoreError};
+use telemetry::grpc::TracePropagation;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+/// Settings of the public API (embedded in order-svc's config).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ApiConfig {
+    /// The coordinator's gRPC endpoint.
+    pub coordinator_url: String,
+    /// The participants' gRPC endpoints, as the coordinator reaches them.
+    pub order_url: String,
+    pub payment_url: String,
+    pub inventory_url: String,
+    /// The account that receives the money of every order.
+    pub merchant_id: String,
+    /// Snowflake node id for order ids (unique per order-svc instance).
+    pub node_id: u16,
+    /// How long `POST /api/v1/orders` waits for the decision before answering `pending`.
+    pub wait_ms: u64,
+    /// The global transaction's deadline.
+    pub transaction_timeout_ms: u64,
+    /// Largest quantity of one order line.
+    pub max_quantity: i64,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            coordinator_url: "http://127.0.0.1:50050".into(),
+            order_url: "http://127.0.0.1:50051".into(),
+            payment_url: "http://127.0.0.1:50052".into(),
+            inventory_url: "http://127.0.0.1:50053".into(),
+            merchant_id: "merchant".into(),
+            node_id: 0,
+            wait_ms: 5_000,
+            transaction_timeout_ms: 10_000,
+            max_quantity: 1_000,
+        }
+    }
+}
+
+type CoordinatorClient = pb::coordinator_client::CoordinatorClient<InterceptedService<Channel, TracePropagation>>;
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct Api {
+    config: ApiConfig,
+    ids: ids::Snowflake,
+    coordinator: CoordinatorClient,
+    prices: moka::future::Cache<String, Option<(String, i64)>>,
+}
+
+impl std::fmt::Debug for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Api").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl Api {
+    pub fn new(config: ApiConfig) -> Result<Api, host::ConfigError> {
+        let ids = ids::Snowflake::new(config.node_id).map_err(|e| host::ConfigError(e.to_string()))?;
+        let channel = tonic::transport::Endpoint::from_shared(config.coordinator_url.clone())
+            .map_err(|e| host::ConfigError(format!("coordinator_url: {e}")))?
+            .connect_timeout(Duration::from_secs(2))
+            .timeout(Duration::from_millis(config.wait_ms + 5_000))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        Ok(Api {
+            ids,
+            coordinator: pb::coordinator_client::CoordinatorClient::with_interceptor(channel, TracePropagation),
+            prices: moka::future::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(Duration::from_secs(30))
+                .build(),
+            config,
+        })
+    }
+}
+
+/// Mounts the public routes and the catalog admin route.
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/orders", web::post().to(place_order))
+        .route("/api/v1/orders", web::get().to(list_orders))
+        .route("/api/v1/orders/{id}", web::get().to(get_order));
+}
+
+/// The catalog admin route (mounted in the admin scope).
+pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
+    scope.route("/catalog/{sku}", web::put().to(put_catalog_item))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewOrderBody {
+    sku: String,
+    quantity: i64,
+}
+
+/// The order as the public API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct OrderView {
+    pub order_id: String,
+    pub gid: Option<String>,
+    /// `confirmed`, `cancelled` or `pending`.
+    pub status: String,
+    /// Why it was cancelled: `insufficient_funds`, `out_of_stock`, `unknown_account`,
+    /// `unavailable`, `timeout`, ….
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub sku: String,
+    pub quantity: i64,
+    pub amount: i64,
+}
+
+fn idempotency_key(req: &HttpRequest) -> Result<String, Problem> {
+    let key = req
+        .headers()
+        .get("idempotency-key")
+        .ok_or_else(|| Problem::bad_request("an Idempotency-Key header is required"))?
+        .to_str()
+        .map_err(|_| Problem::bad_request("the Idempotency-Key must be visible ASCII"))?
+        .trim()
+        .to_owned();
+    if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(Problem::bad_request("the Idempotency-Key must be 1 to 200 visible ASCII characters"));
+    }
+    Ok(key)
+}
+
+fn request_hash(body: &NewOrderBody) -> String {
+    let mut h = Sha256::new();
+    h.update(body.sku.as_bytes());
+    h.update([0]);
+    h.update(body.quantity.to_be_bytes());
+    hex::encode(h.finalize())
+}
+
+fn unprocessable(code: &str, detail: impl Into<String>) -> Problem {
+    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+}
+
+/// A stored or fresh response: status and JSON body.
+struct Answer {
+    status: u16,
+    body: serde_json::Value,
+}
+
+impl Answer {
+    fn problem(p: &Problem) -> Answer {
+        Answer {
+            status: p.body().status,
+            body: serde_json::to_value(p.body()).unwrap_or_default(),
+        }
+    }
+
+    fn into_response(self, replayed: bool) -> HttpResponse {
+        let mut res = HttpResponse::build(StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        if self.status >= 400 {
+            res.content_type("application/problem+json");
+        }
+        if replayed {
+            res.insert_header(("Idempotent-Replayed", "true"));
+        }
+        res.json(self.body)
+    }
+}
+
+/// `POST /api/v1/orders` `{"sku": "...", "quantity": n}` with `Idempotency-Key`.
+async fn place_order(
+    req: HttpRequest,
+    caller: Caller,
+    api: web::Data<Api>,
+    db: web::Data<Db>,
+    body: web::Json<NewOrderBody>,
+) -> Result<HttpResponse, Problem> {
+    let key = idempotency_key(&req)?;
+    let body = body.into_inner();
+    tcc::check::id("sku", &body.sku).map_err(|r| Problem::bad_request(r.message))?;
+    if !(1..=api.config.max_quantity).contains(&body.quantity) {
+        return Err(Problem::bad_request(format!("quantity must be between 1 and {}", api.config.max_quantity)));
+    }
+    let hash = request_hash(&body);
+    let order_id = api.ids.next_id().map_err(|e| Problem::unavailable(e.to_string()))?.as_i64();
+    let now = store::now_ms();
+    let fresh = sqlx::query(
+        "INSERT INTO order_requests (user_id, idempotency_key, request_hash, order_id, response_status, response_body, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, NULL, NULL, $5, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(&caller.user_id)
+    .bind(&key)
+    .bind(&hash)
+    .bind(order_id)
+    .bind(now)
+    .execute(db.pool())
+    .await
+    .map_err(StoreError::from)?
+    .rows_affected()
+        == 1;
+    let order_id = if fresh {
+        order_id
+    } else {
+        match replay(&api, &db, &caller.user_id, &key, &hash).await? {
+            Replay::Answered(answer) => return Ok(answer.into_response(true)),
+            // The first request with this key was interrupted: carry on with its order id (the
+            // coordinator call is idempotent on it).
+            Replay::TakeOver(order_id) => order_id,
+        }
+    };
+    let answer = execute(&api, &db, &caller.user_id, order_id, &body).await;
+    sqlx::query(
+        "UPDATE order_requests SET response_status = $1, response_body = $2, updated_at = $3 \
+         WHERE user_id = $4 AND idempotency_key = $5",
+    )
+    .bind(i64::from(answer.status))
+    .bind(answer.body.to_string())
+    .bind(store::now_ms())
+    .bind(&caller.user_id)
+    .bind(&key)
+    .execute(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    Ok(answer.into_response(false))
+}
+
+enum Replay {
+    Answered(Answer),
+    TakeOver(i64),
+}
+
+/// The same key again: the stored answer, a conflict, or (after waiting for a request in
+/// progress) a take-over of an interrupted one.
+async fn replay(api: &Api, db: &Db, user: &str, key: &str, hash: &str) -> Result<Replay, Problem> {
+    let patience = Duration::from_millis(api.config.wait_ms + 2_000);
+    let started = Instant::now();
+    loop {
+        let row: Option<(String, i64, Option<i64>, Option<String>, i64)> = sqlx::query_as(
+            "SELECT request_hash, order_id, response_status, response_body, updated_at FROM order_requests \
+             WHERE user_id = $1 AND idempotency_key = $2",
+        )
+        .bind(user)
+        .bind(key)
+        .fetch_optional(db.pool())
+        .await
+        .map_err(StoreError::from)?;
+        let Some((stored_hash, order_id, status, body, updated_at)) = row else {
+            return Err(Problem::internal("the idempotency record vanished"));
+        };
+        if stored_hash != hash {
+            return Err(unprocessable(
+                "idempotency_key_reused",
+                "this Idempotency-Key was already used with a different request body",
+            ));
+        }
+        if let (Some(status), Some(body)) = (status, body) {
+            return Ok(Replay::Answered(Answer {
+                status: status as u16,
+                body: serde_json::from_str(&body).unwrap_or_default(),
+            }));
+        }
+        let idle = store::now_ms() - updated_at;
+        if idle > patience.as_millis() as i64 {
+            return Ok(Replay::TakeOver(order_id));
+        }
+        if started.elapsed() > patience {
+            return Err(Problem::conflict("in_progress", "a request with this Idempotency-Key is still in progress"));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn price_of(api: &Api, db: &Db, sku: &str) -> Result<Option<(String, i64)>, StoreError> {
+    if let Some(hit) = api.prices.get(sku).await {
+        return Ok(hit);
+    }
+    let row: Option<(String, i64)> = sqlx::query_as("SELECT name, price FROM catalog WHERE sku = $1")
+        .bind(sku)
+        .fetch_optional(db.pool())
+        .await?;
+    api.prices.insert(sku.to_owned(), row.clone()).await;
+    Ok(row)
+}
+
+/// The reason code in a coordinator reason ("branch 1 rejected the try: out_of_stock: …").
+fn reason_code(reason: &str) -> String {
+    if let Some(rest) = reason.split("rejected the try: ").nth(1) {
+        return rest.split(':').next().unwrap_or("rejected").trim().to_owned();
+    }
+    if reason.contains("deadline") {
+        return "timeout".into();
+    }
+    if reason.contains("try failed") {
+        return "unavailable".into();
+    }
+    "cancelled".into()
+}
+
+async fn execute(api: &Api, db: &Db, user: &str, order_id: i64, body: &NewOrderBody) -> Answer {
+    let (_name, price) = match price_of(api, db, &body.sku).await {
+        Ok(Some(p)) => p,
+        Ok(None) => return Answer::problem(&unprocessable("unknown_sku", format!("no product {:?} in the catalog", body.sku))),
+        Err(e) => return Answer::problem(&Problem::from(e)),
+    };
+    let Some(amount) = price.checked_mul(body.quantity).filter(|a| *a <= tcc::check::MAX_UNITS) else {
+        return Answer::problem(&unprocessable("amount_too_large", "the order's amount is too large"));
+    };
+    let order_payload = prost::Message::encode_to_vec(&proto::pay::v1::OrderBranch {
+        order_id: order_id as u64,
+        user_id: user.to_owned(),
+        sku: body.sku.clone(),
+        quantity: body.quantity,
+        amount,
+    });
+    let payment_payload = prost::Message::encode_to_vec(&proto::pay::v1::PaymentBranch {
+        account_id: user.to_owned(),
+        amount,
+        merchant_id: api.config.merchant_id.clone(),
+    });
+    let inventory_payload = prost::Message::encode_to_vec(&proto::pay::v1::InventoryBranch {
+        sku: body.sku.clone(),
+        quantity: body.quantity,
+    });
+    let branch = |id: &str, url: &str, payload: Vec<u8>| pb::BranchSpec {
+        branch_id: id.into(),
+        participant: url.into(),
+        payload,
+        depends_on: vec![],
+    };
+    let request = pb::ExecuteRequest {
+        mode: pb::Mode::Tcc as i32,
+        idempotency_key: format!("order:{order_id}"),
+        branches: vec![
+            branch("order", &api.config.order_url, order_payload),
+            branch("payment", &api.config.payment_url, payment_payload),
+            branch("inventory", &api.config.inventory_url, inventory_payload),
+        ],
+        timeout_ms: api.config.transaction_timeout_ms,
+        branch_timeout_ms: 0,
+        wait_ms: api.config.wait_ms,
+        concurrent: false,
+    };
+    let outcome = match api.coordinator.clone().execute(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            tracing::warn!(order_id, error = %status, "the coordinator did not answer");
+            return Answer::problem(&Problem::unavailable(format!(
+                "the order could not be placed right now ({}); retry with the same Idempotency-Key",
+                status.message()
+            )));
+        }
+    };
+    let (status, reason) = match outcome.status() {
+        pb::Status::Confirming | pb::Status::Succeeded => ("confirmed", None),
+        pb::Status::Cancelling | pb::Status::Failed => ("cancelled", Some(reason_code(&outcome.reason))),
+        _ => ("pending", None),
+    };
+    let view = OrderView {
+        order_id: order_id.to_string(),
+        gid: Some(outcome.gid.to_string()),
+        status: status.into(),
+        reason,
+        sku: body.sku.clone(),
+        quantity: body.quantity,
+        amount,
+    };
+    Answer {
+        status: 201,
+        body: serde_json::to_value(view).unwrap_or_default(),
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct OrderRow {
+    id: i64,
+    gid: i64,
+    sku: String,
+    quantity: i64,
+    amount: i64,
+    status: String,
+}
+
+impl From<OrderRow> for OrderView {
+    fn from(o: OrderRow) -> Self {
+        OrderView {
+            order_id: o.id.to_string(),
+            gid: Some(o.gid.to_string()),
+            status: o.status.to_lowercase(),
+            reason: None,
+            sku: o.sku,
+            quantity: o.quantity,
+            amount: o.amount,
+        }
+    }
+}
+
+/// `GET /api/v1/orders/{id}`: the caller's own order; anyone else's is a 404.
+async fn get_order(caller: Caller, db: web::Data<Db>, id: web::Path<String>) -> Result<HttpResponse, Problem> {
+    let not_found = || Problem::not_found(format!("no order {}", id.as_str()));
+    let Some(order_id) = id.parse::<i64>().ok().filter(|v| *v > 0) else {
+        return Err(not_found());
+    };
+    let row: Option<OrderRow> = sqlx::query_as(
+        "SELECT id, gid, sku, quantity, amount, status FROM orders WHERE id = $1 AND user_id = $2",
+    )
+    .bind(order_id)
+    .bind(&caller.user_id)
+    .fetch_optional(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    if let Some(row) = row {
+        return Ok(HttpResponse::Ok().json(OrderView::from(row)));
+    }
+    // Placed but not reached by its Try yet (or the coordinator was down): the stored answer
+    // knows it.
+    let stored: Option<Option<String>> = sqlx::query_scalar(
+        "SELECT response_body FROM order_requests WHERE order_id = $1 AND user_id = $2",
+    )
+    .bind(order_id)
+    .bind(&caller.user_id)
+    .fetch_optional(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    match stored {
+        Some(Some(body)) => {
+            let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if value.get("order_id").is_some() {
+                return Ok(HttpResponse::Ok().json(value));
+            }
+            Err(not_found())
+        }
+        Some(None) => Ok(HttpResponse::Ok().json(json!({ "order_id": order_id.to_string(), "status": "pending" }))),
+        None => Err(not_found()),
+    }
+}
+
+/// `GET /api/v1/orders?limit=20&after=<order id>`: the caller's orders, newest first.
+async fn list_orders(caller: Caller, db: web::Data<Db>, page: web::Query<host::Page>) -> Result<HttpResponse, Problem> {
+    let before = if page.after.is_empty() {
+        i64::MAX
+    } else {
+        page.after
+            .parse::<i64>()
+            .map_err(|_| Problem::bad_request("after must be an order id"))?
+    };
+    let rows: Vec<OrderRow> = sqlx::query_as(
+        "SELECT id, gid, sku, quantity, amount, status FROM orders WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
+    )
+    .bind(&caller.user_id)
+    .bind(before)
+    .bind(page.limit())
+    .fetch_all(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let next = page.next_after(&rows, |o| o.id.to_string());
+    let orders: Vec<OrderView> = rows.into_iter().map(OrderView::from).collect();
+    Ok(HttpResponse::Ok().json(json!({ "orders": orders, "next_after": next })))
+}
+
+#[derive(Debug, Deserialize)]
+struct CatalogItem {
+    name: String,
+    price: i64,
+}
+
+/// `PUT /admin/catalog/{sku}` `{"name": "...", "price": n}`.
+async fn put_catalog_item(
+    api: web::Data<Api>,
+    db: web::Data<Db>,
+    sku: web::Path<String>,
+    body: web::Json<CatalogItem>,
+) -> Result<HttpResponse, Problem> {
+    tcc::check::id("sku", &sku).map_err(|r| Problem::bad_request(r.message))?;
+    tcc::check::units("price", body.price).map_err(|r| Problem::bad_request(r.message))?;
+    if body.name.trim().is_empty() || body.name.len() > 200 {
+        return Err(Problem::bad_request("name must be 1 to 200 characters"));
+    }
+    sqlx::query(
+        "INSERT INTO catalog (sku, name, price, updated_at) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (sku) DO UPDATE SET name = excluded.name, price = excluded.price, updated_at = excluded.updated_at",
+    )
+    .bind(sku.as_str())
+    .bind(body.name.trim())
+    .bind(body.price)
+    .bind(store::now_ms())
+    .execute(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    api.prices.invalidate(sku.as_str()).await;
+    Ok(HttpResponse::Ok().json(json!({ "sku": sku.as_str(), "name": body.name.trim(), "price": body.price })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coordinator_reasons_become_short_codes() {
+        assert_eq!(reason_code("branch 1 rejected the try: insufficient_funds: account \"alice\" has less"), "insufficient_funds");
+        assert_eq!(reason_code("branch 2 rejected the try: out_of_stock: 3 of \"mug\" asked"), "out_of_stock");
+        assert_eq!(reason_code("branch 1 try failed: Unavailable: connection refused"), "unavailable");
+        assert_eq!(reason_code("the global deadline passed before every branch was prepared"), "timeout");
+    }
+
+    #[test]
+    fn the_request_hash_depends_on_sku_and_quantity() {
+        let a = request_hash(&NewOrderBody { sku: "mug".into(), quantity: 1 });
+        assert_eq!(a, request_hash(&NewOrderBody { sku: "mug".into(), quantity: 1 }));
+        assert_ne!(a, request_hash(&NewOrderBody { sku: "mug".into(), quantity: 2 }));
+        assert_ne!(a, request_hash(&NewOrderBody { sku: "mu".into(), quantity: 1 }));
+    }
+}
