@@ -62,7 +62,8 @@ impl Default for ApiConfig {
     }
 }
 
-type CoordinatorClient = pb::coordinator_client::CoordinatorClient<InterceptedService<Channel, TracePropagation>>;
+type CoordinatorClient =
+    pb::coordinator_client::CoordinatorClient<InterceptedService<Channel, TracePropagation>>;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -75,13 +76,16 @@ pub struct Api {
 
 impl std::fmt::Debug for Api {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Api").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Api")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 impl Api {
     pub fn new(config: ApiConfig) -> Result<Api, host::ConfigError> {
-        let ids = ids::Snowflake::new(config.node_id).map_err(|e| host::ConfigError(e.to_string()))?;
+        let ids =
+            ids::Snowflake::new(config.node_id).map_err(|e| host::ConfigError(e.to_string()))?;
         let channel = tonic::transport::Endpoint::from_shared(config.coordinator_url.clone())
             .map_err(|e| host::ConfigError(format!("coordinator_url: {e}")))?
             .connect_timeout(Duration::from_secs(2))
@@ -90,7 +94,10 @@ impl Api {
             .connect_lazy();
         Ok(Api {
             ids,
-            coordinator: pb::coordinator_client::CoordinatorClient::with_interceptor(channel, TracePropagation),
+            coordinator: pb::coordinator_client::CoordinatorClient::with_interceptor(
+                channel,
+                TracePropagation,
+            ),
             prices: moka::future::Cache::builder()
                 .max_capacity(10_000)
                 .time_to_live(Duration::from_secs(30))
@@ -145,7 +152,9 @@ fn idempotency_key(req: &HttpRequest) -> Result<String, Problem> {
         .trim()
         .to_owned();
     if key.is_empty() || key.len() > 200 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(Problem::bad_request("the Idempotency-Key must be 1 to 200 visible ASCII characters"));
+        return Err(Problem::bad_request(
+            "the Idempotency-Key must be 1 to 200 visible ASCII characters",
+        ));
     }
     Ok(key)
 }
@@ -177,7 +186,9 @@ impl Answer {
     }
 
     fn into_response(self, replayed: bool) -> HttpResponse {
-        let mut res = HttpResponse::build(StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR));
+        let mut res = HttpResponse::build(
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+        );
         if self.status >= 400 {
             res.content_type("application/problem+json");
         }
@@ -200,10 +211,17 @@ async fn place_order(
     let body = body.into_inner();
     tcc::check::id("sku", &body.sku).map_err(|r| Problem::bad_request(r.message))?;
     if !(1..=api.config.max_quantity).contains(&body.quantity) {
-        return Err(Problem::bad_request(format!("quantity must be between 1 and {}", api.config.max_quantity)));
+        return Err(Problem::bad_request(format!(
+            "quantity must be between 1 and {}",
+            api.config.max_quantity
+        )));
     }
     let hash = request_hash(&body);
-    let order_id = api.ids.next_id().map_err(|e| Problem::unavailable(e.to_string()))?.as_i64();
+    let order_id = api
+        .ids
+        .next_id()
+        .map_err(|e| Problem::unavailable(e.to_string()))?
+        .as_i64();
     let now = store::now_ms();
     let fresh = sqlx::query(
         "INSERT INTO order_requests (user_id, idempotency_key, request_hash, order_id, response_status, response_body, \
@@ -285,7 +303,10 @@ async fn replay(api: &Api, db: &Db, user: &str, key: &str, hash: &str) -> Result
             return Ok(Replay::TakeOver(order_id));
         }
         if started.elapsed() > patience {
-            return Err(Problem::conflict("in_progress", "a request with this Idempotency-Key is still in progress"));
+            return Err(Problem::conflict(
+                "in_progress",
+                "a request with this Idempotency-Key is still in progress",
+            ));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -295,10 +316,11 @@ async fn price_of(api: &Api, db: &Db, sku: &str) -> Result<Option<(String, i64)>
     if let Some(hit) = api.prices.get(sku).await {
         return Ok(hit);
     }
-    let row: Option<(String, i64)> = sqlx::query_as("SELECT name, price FROM catalog WHERE sku = $1")
-        .bind(sku)
-        .fetch_optional(db.pool())
-        .await?;
+    let row: Option<(String, i64)> =
+        sqlx::query_as("SELECT name, price FROM catalog WHERE sku = $1")
+            .bind(sku)
+            .fetch_optional(db.pool())
+            .await?;
     api.prices.insert(sku.to_owned(), row.clone()).await;
     Ok(row)
 }
@@ -306,7 +328,12 @@ async fn price_of(api: &Api, db: &Db, sku: &str) -> Result<Option<(String, i64)>
 /// The reason code in a coordinator reason ("branch 1 rejected the try: out_of_stock: …").
 fn reason_code(reason: &str) -> String {
     if let Some(rest) = reason.split("rejected the try: ").nth(1) {
-        return rest.split(':').next().unwrap_or("rejected").trim().to_owned();
+        return rest
+            .split(':')
+            .next()
+            .unwrap_or("rejected")
+            .trim()
+            .to_owned();
     }
     if reason.contains("deadline") {
         return "timeout".into();
@@ -320,11 +347,22 @@ fn reason_code(reason: &str) -> String {
 async fn execute(api: &Api, db: &Db, user: &str, order_id: i64, body: &NewOrderBody) -> Answer {
     let (_name, price) = match price_of(api, db, &body.sku).await {
         Ok(Some(p)) => p,
-        Ok(None) => return Answer::problem(&unprocessable("unknown_sku", format!("no product {:?} in the catalog", body.sku))),
+        Ok(None) => {
+            return Answer::problem(&unprocessable(
+                "unknown_sku",
+                format!("no product {:?} in the catalog", body.sku),
+            ))
+        }
         Err(e) => return Answer::problem(&Problem::from(e)),
     };
-    let Some(amount) = price.checked_mul(body.quantity).filter(|a| *a <= tcc::check::MAX_UNITS) else {
-        return Answer::problem(&unprocessable("amount_too_large", "the order's amount is too large"));
+    let Some(amount) = price
+        .checked_mul(body.quantity)
+        .filter(|a| *a <= tcc::check::MAX_UNITS)
+    else {
+        return Answer::problem(&unprocessable(
+            "amount_too_large",
+            "the order's amount is too large",
+        ));
     };
     let order_payload = prost::Message::encode_to_vec(&proto::pay::v1::OrderBranch {
         order_id: order_id as u64,
@@ -373,7 +411,9 @@ async fn execute(api: &Api, db: &Db, user: &str, order_id: i64, body: &NewOrderB
     };
     let (status, reason) = match outcome.status() {
         pb::Status::Confirming | pb::Status::Succeeded => ("confirmed", None),
-        pb::Status::Cancelling | pb::Status::Failed => ("cancelled", Some(reason_code(&outcome.reason))),
+        pb::Status::Cancelling | pb::Status::Failed => {
+            ("cancelled", Some(reason_code(&outcome.reason)))
+        }
         _ => ("pending", None),
     };
     let view = OrderView {
@@ -416,7 +456,11 @@ impl From<OrderRow> for OrderView {
 }
 
 /// `GET /api/v1/orders/{id}`: the caller's own order; anyone else's is a 404.
-async fn get_order(caller: Caller, db: web::Data<Db>, id: web::Path<String>) -> Result<HttpResponse, Problem> {
+async fn get_order(
+    caller: Caller,
+    db: web::Data<Db>,
+    id: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
     let not_found = || Problem::not_found(format!("no order {}", id.as_str()));
     let Some(order_id) = id.parse::<i64>().ok().filter(|v| *v > 0) else {
         return Err(not_found());
@@ -450,13 +494,18 @@ async fn get_order(caller: Caller, db: web::Data<Db>, id: web::Path<String>) -> 
             }
             Err(not_found())
         }
-        Some(None) => Ok(HttpResponse::Ok().json(json!({ "order_id": order_id.to_string(), "status": "pending" }))),
+        Some(None) => Ok(HttpResponse::Ok()
+            .json(json!({ "order_id": order_id.to_string(), "status": "pending" }))),
         None => Err(not_found()),
     }
 }
 
 /// `GET /api/v1/orders?limit=20&after=<order id>`: the caller's orders, newest first.
-async fn list_orders(caller: Caller, db: web::Data<Db>, page: web::Query<host::Page>) -> Result<HttpResponse, Problem> {
+async fn list_orders(
+    caller: Caller,
+    db: web::Data<Db>,
+    page: web::Query<host::Page>,
+) -> Result<HttpResponse, Problem> {
     let before = if page.after.is_empty() {
         i64::MAX
     } else {
@@ -508,7 +557,8 @@ async fn put_catalog_item(
     .await
     .map_err(StoreError::from)?;
     api.prices.invalidate(sku.as_str()).await;
-    Ok(HttpResponse::Ok().json(json!({ "sku": sku.as_str(), "name": body.name.trim(), "price": body.price })))
+    Ok(HttpResponse::Ok()
+        .json(json!({ "sku": sku.as_str(), "name": body.name.trim(), "price": body.price })))
 }
 
 #[cfg(test)]
@@ -517,17 +567,52 @@ mod tests {
 
     #[test]
     fn coordinator_reasons_become_short_codes() {
-        assert_eq!(reason_code("branch 1 rejected the try: insufficient_funds: account \"alice\" has less"), "insufficient_funds");
-        assert_eq!(reason_code("branch 2 rejected the try: out_of_stock: 3 of \"mug\" asked"), "out_of_stock");
-        assert_eq!(reason_code("branch 1 try failed: Unavailable: connection refused"), "unavailable");
-        assert_eq!(reason_code("the global deadline passed before every branch was prepared"), "timeout");
+        assert_eq!(
+            reason_code(
+                "branch 1 rejected the try: insufficient_funds: account \"alice\" has less"
+            ),
+            "insufficient_funds"
+        );
+        assert_eq!(
+            reason_code("branch 2 rejected the try: out_of_stock: 3 of \"mug\" asked"),
+            "out_of_stock"
+        );
+        assert_eq!(
+            reason_code("branch 1 try failed: Unavailable: connection refused"),
+            "unavailable"
+        );
+        assert_eq!(
+            reason_code("the global deadline passed before every branch was prepared"),
+            "timeout"
+        );
     }
 
     #[test]
     fn the_request_hash_depends_on_sku_and_quantity() {
-        let a = request_hash(&NewOrderBody { sku: "mug".into(), quantity: 1 });
-        assert_eq!(a, request_hash(&NewOrderBody { sku: "mug".into(), quantity: 1 }));
-        assert_ne!(a, request_hash(&NewOrderBody { sku: "mug".into(), quantity: 2 }));
-        assert_ne!(a, request_hash(&NewOrderBody { sku: "mu".into(), quantity: 1 }));
+        let a = request_hash(&NewOrderBody {
+            sku: "mug".into(),
+            quantity: 1,
+        });
+        assert_eq!(
+            a,
+            request_hash(&NewOrderBody {
+                sku: "mug".into(),
+                quantity: 1
+            })
+        );
+        assert_ne!(
+            a,
+            request_hash(&NewOrderBody {
+                sku: "mug".into(),
+                quantity: 2
+            })
+        );
+        assert_ne!(
+            a,
+            request_hash(&NewOrderBody {
+                sku: "mu".into(),
+                quantity: 1
+            })
+        );
     }
 }

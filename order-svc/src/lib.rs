@@ -45,7 +45,10 @@ pub fn load_config() -> Result<Config, ConfigError> {
 
 /// Opens the database, runs migrations, and starts the gRPC and HTTP servers.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::StartError> {
-    let authenticator = actix_web::web::Data::new(auth::Authenticator::from_config(&config.jwt, &config.participant.common)?);
+    let authenticator = actix_web::web::Data::new(auth::Authenticator::from_config(
+        &config.jwt,
+        &config.participant.common,
+    )?);
     let api = actix_web::web::Data::new(api::Api::new(config.api.clone())?);
     tcc::service::start(
         tcc::service::Participant {

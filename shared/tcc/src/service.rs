@@ -51,7 +51,9 @@ pub struct Participant<H> {
 
 impl<H> std::fmt::Debug for Participant<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Participant").field("name", &self.name).finish_non_exhaustive()
+        f.debug_struct("Participant")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
 }
 

@@ -1,0 +1,415 @@
+//! The whole platform in one command: `cargo run --release -p platform`.
+//!
+//! Starts the coordinator, order-svc, payment-svc and inventory-svc as four separate processes
+//! (this binary re-executed as `platform serve <service>`), each with its own SQLite file under
+//! `./data`, talking over loopback exactly as in production. On first start it seeds demo
+//! accounts, a merchant, stock and a catalog; it prints the ports and a ready-to-paste `curl`
+//! with a fresh token. A service that dies (try `kill -9` on one) is restarted after a few
+//! seconds, and the coordinator's recovery finishes what was in flight. Ctrl-C stops everything
+//! cleanly; a restart keeps the data; `--reset` starts over.
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Parser)]
+#[command(about = "Run the tcc-pay platform locally")]
+struct Cli {
+    /// Folder for the databases, logs and dev secrets.
+    #[arg(long, default_value = "data")]
+    data: PathBuf,
+    /// Delete the data folder first.
+    #[arg(long)]
+    reset: bool,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Run one service in this process (configured by its environment variables).
+    Serve {
+        #[arg(value_enum)]
+        service: Which,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Which {
+    Coordinator,
+    Order,
+    Payment,
+    Inventory,
+}
+
+impl Which {
+    const ALL: [Which; 4] = [
+        Which::Coordinator,
+        Which::Payment,
+        Which::Inventory,
+        Which::Order,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Which::Coordinator => "coordinator",
+            Which::Order => "order",
+            Which::Payment => "payment",
+            Which::Inventory => "inventory",
+        }
+    }
+
+    fn env_prefix(self) -> &'static str {
+        match self {
+            Which::Coordinator => "COORDINATOR_",
+            Which::Order => "ORDER_",
+            Which::Payment => "PAYMENT_",
+            Which::Inventory => "INVENTORY_",
+        }
+    }
+
+    /// (HTTP, gRPC) ports: the services' own defaults.
+    fn ports(self) -> (u16, u16) {
+        match self {
+            Which::Coordinator => (8090, 50050),
+            Which::Order => (8080, 50051),
+            Which::Payment => (8081, 50052),
+            Which::Inventory => (8082, 50053),
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    if let Some(Cmd::Serve { service }) = cli.command {
+        return serve(service).await;
+    }
+    match run(cli).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("platform: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// `platform serve <service>`: exactly what the service's own binary does.
+async fn serve(which: Which) -> std::process::ExitCode {
+    let name = format!("{}-svc", which.name());
+    match which {
+        Which::Coordinator => {
+            host::app::run_main("coordinator", |shutdown| async move {
+                coordinator::start(coordinator::Config::load()?, shutdown).await
+            })
+            .await
+        }
+        Which::Payment => {
+            host::app::run_main(&name, |shutdown| async move {
+                payment_svc::start(payment_svc::load_config()?, shutdown).await
+            })
+            .await
+        }
+        Which::Inventory => {
+            host::app::run_main(&name, |shutdown| async move {
+                inventory_svc::start(inventory_svc::load_config()?, shutdown).await
+            })
+            .await
+        }
+        Which::Order => {
+            host::app::run_main(&name, |shutdown| async move {
+                order_svc::start(order_svc::load_config()?, shutdown).await
+            })
+            .await
+        }
+    }
+}
+
+struct Supervised {
+    which: Which,
+    child: Option<Child>,
+    died_at: Option<Instant>,
+}
+
+fn spawn(which: Which, data: &Path, admin_token: &str) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let logs = data.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(logs.join(format!("{}.log", which.name())))?;
+    let p = which.env_prefix();
+    Command::new(exe)
+        .args(["serve", which.name()])
+        .env(format!("{p}DATA_DIR"), data)
+        .env(
+            format!("{p}DATABASE_URL"),
+            format!(
+                "sqlite://{}",
+                data.join(format!("{}.db", which.name())).display()
+            ),
+        )
+        .env(format!("{p}ADMIN_TOKEN"), admin_token)
+        .env(
+            "LOG_FORMAT",
+            std::env::var("LOG_FORMAT").unwrap_or_else(|_| "json".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Ctrl-C reaches the platform only; it stops the services in order.
+        .process_group(0)
+        .spawn()
+}
+
+fn read_or_create_secret(path: &Path, prefix: &str) -> std::io::Result<String> {
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        if !existing.trim().is_empty() {
+            return Ok(existing.trim().to_owned());
+        }
+    }
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let token = format!("{prefix}-{}", hex::encode(rand::random::<[u8; 24]>()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{token}")?;
+    Ok(token)
+}
+
+async fn wait_ready(which: Which, child: &mut Child, data: &Path) -> Result<(), String> {
+    let url = format!("http://127.0.0.1:{}/readyz", which.ports().0);
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "{} exited with {status} while starting; see {}",
+                which.name(),
+                data.join("logs")
+                    .join(format!("{}.log", which.name()))
+                    .display()
+            ));
+        }
+        if client
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{} was not ready within 60 s", which.name()));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn admin(
+    client: &reqwest::Client,
+    token: &str,
+    method: reqwest::Method,
+    url: String,
+    body: serde_json::Value,
+) -> Result<(), String> {
+    let res = client
+        .request(method, &url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if res.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{url}: {} {}",
+            res.status(),
+            res.text().await.unwrap_or_default()
+        ))
+    }
+}
+
+/// Demo data, on first start only.
+async fn seed(data: &Path, token: &str) -> Result<bool, String> {
+    let marker = data.join(".seeded");
+    if marker.exists() {
+        return Ok(false);
+    }
+    let client = reqwest::Client::new();
+    let put = reqwest::Method::PUT;
+    for (id, cents) in [
+        ("alice", 10_000),
+        ("bob", 2_500),
+        ("carol", 0),
+        ("merchant", 0),
+    ] {
+        admin(
+            &client,
+            token,
+            put.clone(),
+            format!("http://127.0.0.1:8081/admin/accounts/{id}"),
+            serde_json::json!({ "available": cents }),
+        )
+        .await?;
+    }
+    for (sku, name, price, stock) in [
+        ("coffee", "Bag of coffee", 450, 100),
+        ("mug", "Enamel mug", 1_200, 10),
+        ("vinyl", "Rare vinyl record", 9_900, 1),
+    ] {
+        admin(
+            &client,
+            token,
+            put.clone(),
+            format!("http://127.0.0.1:8082/admin/skus/{sku}"),
+            serde_json::json!({ "available": stock }),
+        )
+        .await?;
+        admin(
+            &client,
+            token,
+            put.clone(),
+            format!("http://127.0.0.1:8080/admin/catalog/{sku}"),
+            serde_json::json!({ "name": name, "price": price }),
+        )
+        .await?;
+    }
+    std::fs::write(&marker, "seeded\n").map_err(|e| e.to_string())?;
+    Ok(true)
+}
+
+async fn run(cli: Cli) -> Result<(), String> {
+    if cli.reset && cli.data.exists() {
+        std::fs::remove_dir_all(&cli.data).map_err(|e| format!("--reset: {e}"))?;
+    }
+    std::fs::create_dir_all(&cli.data).map_err(|e| e.to_string())?;
+    let data = std::fs::canonicalize(&cli.data).map_err(|e| e.to_string())?;
+    let admin_token =
+        read_or_create_secret(&data.join("admin-token"), "dev-admin").map_err(|e| e.to_string())?;
+
+    let mut services: Vec<Supervised> = Vec::new();
+    for which in Which::ALL {
+        let mut child = spawn(which, &data, &admin_token)
+            .map_err(|e| format!("start {}: {e}", which.name()))?;
+        if let Err(e) = wait_ready(which, &mut child, &data).await {
+            let _ = child.kill();
+            for s in &mut services {
+                if let Some(c) = s.child.as_mut() {
+                    let _ = c.kill();
+                }
+            }
+            return Err(e);
+        }
+        services.push(Supervised {
+            which,
+            child: Some(child),
+            died_at: None,
+        });
+    }
+    let seeded = seed(&data, &admin_token).await?;
+
+    let order_config = order_svc::default_config();
+    let mut common = order_config.participant.common.clone();
+    common.data_dir = data.clone();
+    let auth = order_svc::auth::Authenticator::from_config(&order_config.jwt, &common)
+        .map_err(|e| e.to_string())?;
+    let alice = auth.mint("alice", Duration::from_secs(24 * 3600));
+    println!(
+        "tcc-pay is running (data in {}{}).",
+        data.display(),
+        if seeded { ", demo data seeded" } else { "" }
+    );
+    println!();
+    println!("  service       HTTP                    gRPC    pid");
+    for s in &services {
+        let (h, g) = s.which.ports();
+        println!(
+            "  {:<12}  http://127.0.0.1:{h:<6}  {g:<6}  {}",
+            s.which.name(),
+            s.child.as_ref().map(Child::id).unwrap_or_default()
+        );
+    }
+    println!();
+    println!("  logs:        {}/logs/<service>.log", data.display());
+    println!("  admin token: {}/admin-token", data.display());
+    println!("  demo users:  alice ($100.00), bob ($25.00), carol ($0); products: coffee $4.50, mug $12.00, vinyl $99.00 (1 in stock)");
+    println!();
+    println!("Place an order as alice (token valid 24 h; more with `cargo run -p order-svc -- token --sub bob`):");
+    println!();
+    println!("  TOKEN={alice}");
+    println!(
+        "  curl -s -X POST localhost:8080/api/v1/orders -H \"Authorization: Bearer $TOKEN\" \\"
+    );
+    println!("       -H 'Idempotency-Key: my-first-order' -H 'content-type: application/json' \\");
+    println!("       -d '{{\"sku\": \"coffee\", \"quantity\": 2}}'");
+    println!("  curl -s localhost:8090/api/v1/transactions          # the coordinator's log");
+    println!();
+    println!("Ctrl-C stops everything; the data stays (--reset starts over).");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => break,
+            _ = term.recv() => break,
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
+        for s in &mut services {
+            if let Some(child) = s.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    println!("{} exited ({status}); restarting it in 3 s", s.which.name());
+                    s.child = None;
+                    s.died_at = Some(Instant::now());
+                }
+            } else if s
+                .died_at
+                .is_some_and(|t| t.elapsed() > Duration::from_secs(3))
+            {
+                match spawn(s.which, &data, &admin_token) {
+                    Ok(child) => {
+                        println!("{} restarted (pid {})", s.which.name(), child.id());
+                        s.child = Some(child);
+                        s.died_at = None;
+                    }
+                    Err(e) => println!("could not restart {}: {e}", s.which.name()),
+                }
+            }
+        }
+    }
+    println!("stopping…");
+    // The order API first, the coordinator last, so in-flight work can finish.
+    for s in services.iter_mut().rev() {
+        if let Some(mut child) = s.child.take() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                match child.try_wait() {
+                    Ok(Some(_)) => break,
+                    _ if Instant::now() > deadline => {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    _ => tokio::time::sleep(Duration::from_millis(20)).await,
+                }
+            }
+        }
+    }
+    println!("stopped.");
+    Ok(())
+}
