@@ -274,7 +274,8 @@ async fn replay(api: &Api, db: &Db, user: &str, key: &str, hash: &str) -> Result
     let patience = Duration::from_millis(api.config.wait_ms + 2_000);
     let started = Instant::now();
     loop {
-        let row: Option<(String, i64, Option<i64>, Option<String>, i64)> = sqlx::query_as(
+        type Row = (String, i64, Option<i64>, Option<String>, i64);
+        let row: Option<Row> = sqlx::query_as(
             "SELECT request_hash, order_id, response_status, response_body, updated_at FROM order_requests \
              WHERE user_id = $1 AND idempotency_key = $2",
         )
