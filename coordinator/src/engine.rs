@@ -362,9 +362,12 @@ impl Engine {
                 self.config.max_timeout.as_millis()
             ));
         }
-        let branch_timeout = req
-            .branch_timeout
-            .unwrap_or(self.config.default_branch_timeout);
+        // The default never outlives half a claim (see below); an explicit value must not.
+        let branch_timeout = req.branch_timeout.unwrap_or_else(|| {
+            self.config
+                .default_branch_timeout
+                .min(self.config.lease / 2)
+        });
         if branch_timeout > timeout {
             return invalid("branch_timeout_ms must not exceed timeout_ms".into());
         }

@@ -355,6 +355,7 @@ pub async fn claim_due(
     .await?;
     let mut claimed = Vec::with_capacity(candidates.len());
     for gid in candidates {
+        let mut writer = db.begin().await?;
         let won = sqlx::query(
             "UPDATE global_txns SET owner = $1, lease_until = $2 WHERE gid = $3 \
              AND status IN ('prepared', 'confirming', 'cancelling') \
@@ -365,10 +366,11 @@ pub async fn claim_due(
         .bind(gid)
         .bind(now)
         .bind(format!("{stale_owner_prefix}%"))
-        .execute(db.pool())
+        .execute(&mut *writer)
         .await?
         .rows_affected()
             == 1;
+        writer.commit().await?;
         if won {
             claimed.push(gid);
         }
@@ -378,13 +380,15 @@ pub async fn claim_due(
 
 /// Makes an unfinished transaction due now; returns its status (None: no such transaction).
 pub async fn retry_now(db: &Db, gid: i64) -> Result<Option<Status>, StoreError> {
+    let mut writer = db.begin().await?;
     sqlx::query(
         "UPDATE global_txns SET next_attempt_at = $1 WHERE gid = $2 AND status IN ('prepared', 'confirming', 'cancelling')",
     )
     .bind(store::now_ms())
     .bind(gid)
-    .execute(db.pool())
+    .execute(&mut *writer)
     .await?;
+    writer.commit().await?;
     Ok(status_of(db, gid).await?.map(|(s, _)| s))
 }
 

@@ -223,6 +223,8 @@ async fn place_order(
         .map_err(|e| Problem::unavailable(e.to_string()))?
         .as_i64();
     let now = store::now_ms();
+    // Writes go through the database's writer queue (SQLite admits one writer at a time).
+    let mut writer = db.begin().await?;
     let fresh = sqlx::query(
         "INSERT INTO order_requests (user_id, idempotency_key, request_hash, order_id, response_status, response_body, \
          created_at, updated_at) VALUES ($1, $2, $3, $4, NULL, NULL, $5, $5) ON CONFLICT DO NOTHING",
@@ -232,11 +234,12 @@ async fn place_order(
     .bind(&hash)
     .bind(order_id)
     .bind(now)
-    .execute(db.pool())
+    .execute(&mut *writer)
     .await
     .map_err(StoreError::from)?
     .rows_affected()
         == 1;
+    writer.commit().await.map_err(StoreError::from)?;
     let order_id = if fresh {
         order_id
     } else {
@@ -248,6 +251,7 @@ async fn place_order(
         }
     };
     let answer = execute(&api, &db, &caller.user_id, order_id, &body).await;
+    let mut writer = db.begin().await?;
     sqlx::query(
         "UPDATE order_requests SET response_status = $1, response_body = $2, updated_at = $3 \
          WHERE user_id = $4 AND idempotency_key = $5",
@@ -257,9 +261,10 @@ async fn place_order(
     .bind(store::now_ms())
     .bind(&caller.user_id)
     .bind(&key)
-    .execute(db.pool())
+    .execute(&mut *writer)
     .await
     .map_err(StoreError::from)?;
+    writer.commit().await.map_err(StoreError::from)?;
     Ok(answer.into_response(false))
 }
 
@@ -402,6 +407,14 @@ async fn execute(api: &Api, db: &Db, user: &str, order_id: i64, body: &NewOrderB
     };
     let outcome = match api.coordinator.clone().execute(request).await {
         Ok(r) => r.into_inner(),
+        Err(status) if !proto::is_transient(&status) => {
+            // The coordinator refused a request this service built: a bug, not the client's.
+            tracing::error!(order_id, error = %status, "the coordinator refused the transaction");
+            return Answer::problem(&Problem::internal(format!(
+                "the coordinator refused the order: {}",
+                status.message()
+            )));
+        }
         Err(status) => {
             tracing::warn!(order_id, error = %status, "the coordinator did not answer");
             return Answer::problem(&Problem::unavailable(format!(
@@ -546,6 +559,7 @@ async fn put_catalog_item(
     if body.name.trim().is_empty() || body.name.len() > 200 {
         return Err(Problem::bad_request("name must be 1 to 200 characters"));
     }
+    let mut writer = db.begin().await?;
     sqlx::query(
         "INSERT INTO catalog (sku, name, price, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (sku) DO UPDATE SET name = excluded.name, price = excluded.price, updated_at = excluded.updated_at",
@@ -554,9 +568,10 @@ async fn put_catalog_item(
     .bind(body.name.trim())
     .bind(body.price)
     .bind(store::now_ms())
-    .execute(db.pool())
+    .execute(&mut *writer)
     .await
     .map_err(StoreError::from)?;
+    writer.commit().await.map_err(StoreError::from)?;
     api.prices.invalidate(sku.as_str()).await;
     Ok(HttpResponse::Ok()
         .json(json!({ "sku": sku.as_str(), "name": body.name.trim(), "price": body.price })))

@@ -184,10 +184,12 @@ pub async fn call<H: Handler>(
 /// its row is gone would run again. Retention is therefore measured in days, far beyond the
 /// coordinator's retry horizon.
 pub async fn purge(db: &Db, before_ms: i64) -> Result<u64, StoreError> {
+    let mut writer = db.begin().await?;
     let r = sqlx::query("DELETE FROM tcc_barrier WHERE created_at < $1")
         .bind(before_ms)
-        .execute(db.pool())
+        .execute(&mut *writer)
         .await?;
+    writer.commit().await?;
     Ok(r.rows_affected())
 }
 

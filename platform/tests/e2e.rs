@@ -1,0 +1,674 @@
+//! End to end: the four services as real processes (`platform serve <service>`), each with its
+//! own database (SQLite files, or PostgreSQL databases), orders through the public API, and
+//! DESIGN §5's invariants checked across the four databases at the end of every test.
+use futures::future::join_all;
+use order_svc::auth::{Authenticator, JwtConfig};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use testkit::{both_backends, free_port, Service, ServiceSpec, TestDb};
+
+const ADMIN: &str = "e2e-admin-token-0123456789";
+const JWT_SECRET: &str = "e2e-jwt-secret-0123456789-0123456789";
+
+#[allow(dead_code)] // `order` and `inventory` keep their processes alive
+struct Platform {
+    coordinator: Service,
+    order: Service,
+    payment: Service,
+    inventory: Service,
+    urls: HashMap<&'static str, String>,
+    http: reqwest::Client,
+    _dbs: Vec<TestDb>,
+    _dir: tempfile_guard::Dir,
+}
+
+mod tempfile_guard {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn spec(
+    name: &str,
+    dir: &std::path::Path,
+    prefix: &str,
+    db: &TestDb,
+    http: u16,
+    grpc: u16,
+) -> ServiceSpec {
+    ServiceSpec::new(name, env!("CARGO_BIN_EXE_platform"), dir)
+        .arg("serve")
+        .arg(name)
+        .env(format!("{prefix}HTTP_ADDR"), format!("127.0.0.1:{http}"))
+        .env(format!("{prefix}GRPC_ADDR"), format!("127.0.0.1:{grpc}"))
+        .env(format!("{prefix}DATABASE_URL"), db.url())
+        .env(format!("{prefix}DATA_DIR"), dir.join(name))
+        .env(format!("{prefix}ADMIN_TOKEN"), ADMIN)
+        .env("RUST_LOG", "warn")
+        .env("LOG_FORMAT", "json")
+        .ready_url(format!("http://127.0.0.1:{http}/readyz"))
+}
+
+impl Platform {
+    async fn start(first: TestDb, payment_up: bool) -> Platform {
+        let dir =
+            std::env::temp_dir().join(format!("e2e-{}-{}", std::process::id(), rand_suffix()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dbs = vec![
+            first.sibling().await,
+            first.sibling().await,
+            first.sibling().await,
+            first,
+        ];
+        let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
+        let [c, o, p, i] = [ports[0], ports[1], ports[2], ports[3]];
+        let coordinator = Service::start(
+            spec("coordinator", &dir, "COORDINATOR_", &dbs[0], c.0, c.1)
+                .env("COORDINATOR_LEASE_MS", "3000")
+                .env("COORDINATOR_RECOVERY_INTERVAL_MS", "50")
+                .env("COORDINATOR_RETRY_INITIAL_MS", "20")
+                .env("COORDINATOR_RETRY_MAX_MS", "300"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let order = Service::start(
+            spec("order", &dir, "ORDER_", &dbs[1], o.0, o.1)
+                .env("ORDER_JWT__SECRET", JWT_SECRET)
+                .env(
+                    "ORDER_API__COORDINATOR_URL",
+                    format!("http://127.0.0.1:{}", c.1),
+                )
+                .env("ORDER_API__ORDER_URL", format!("http://127.0.0.1:{}", o.1))
+                .env(
+                    "ORDER_API__PAYMENT_URL",
+                    format!("http://127.0.0.1:{}", p.1),
+                )
+                .env(
+                    "ORDER_API__INVENTORY_URL",
+                    format!("http://127.0.0.1:{}", i.1),
+                )
+                .env("ORDER_API__WAIT_MS", "3000")
+                .env("ORDER_API__TRANSACTION_TIMEOUT_MS", "3000"),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        let payment_spec = spec("payment", &dir, "PAYMENT_", &dbs[2], p.0, p.1);
+        let payment = if payment_up {
+            Service::start(payment_spec)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        } else {
+            // Started (to seed it) and stopped again by the test that wants it down.
+            Service::start(payment_spec)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let inventory = Service::start(spec("inventory", &dir, "INVENTORY_", &dbs[3], i.0, i.1))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let urls = HashMap::from([
+            ("coordinator", format!("http://127.0.0.1:{}", c.0)),
+            ("order", format!("http://127.0.0.1:{}", o.0)),
+            ("payment", format!("http://127.0.0.1:{}", p.0)),
+            ("inventory", format!("http://127.0.0.1:{}", i.0)),
+        ]);
+        let platform = Platform {
+            coordinator,
+            order,
+            payment,
+            inventory,
+            urls,
+            http: reqwest::Client::new(),
+            _dbs: dbs,
+            _dir: tempfile_guard::Dir(dir),
+        };
+        platform.seed().await;
+        platform
+    }
+
+    fn url(&self, service: &str, path: &str) -> String {
+        format!("{}{path}", self.urls[service])
+    }
+
+    async fn admin(
+        &self,
+        method: Method,
+        service: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .request(method, self.url(service, path))
+            .bearer_auth(ADMIN);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn seed(&self) {
+        for (id, cents) in [("alice", 10_000), ("bob", 1_000), ("merchant", 0)] {
+            let (s, b) = self
+                .admin(
+                    Method::PUT,
+                    "payment",
+                    &format!("/admin/accounts/{id}"),
+                    Some(json!({ "available": cents })),
+                )
+                .await;
+            assert!(s.is_success(), "{b}");
+        }
+        for (sku, price, stock) in [("coffee", 450, 100), ("vinyl", 9_900, 1)] {
+            let (s, b) = self
+                .admin(
+                    Method::PUT,
+                    "inventory",
+                    &format!("/admin/skus/{sku}"),
+                    Some(json!({ "available": stock })),
+                )
+                .await;
+            assert!(s.is_success(), "{b}");
+            let (s, b) = self
+                .admin(
+                    Method::PUT,
+                    "order",
+                    &format!("/admin/catalog/{sku}"),
+                    Some(json!({ "name": sku, "price": price })),
+                )
+                .await;
+            assert!(s.is_success(), "{b}");
+        }
+    }
+
+    fn token(user: &str) -> String {
+        let config = JwtConfig::default();
+        Authenticator::new(JWT_SECRET.as_bytes(), &config).mint(user, Duration::from_secs(600))
+    }
+
+    async fn order(&self, user: &str, key: impl Into<String>, body: Value) -> (StatusCode, Value) {
+        let key: String = key.into();
+        let res = self
+            .http
+            .post(self.url("order", "/api/v1/orders"))
+            .bearer_auth(Self::token(user))
+            .header("Idempotency-Key", key.as_str())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn get_order(&self, user: &str, id: &str) -> (StatusCode, Value) {
+        let res = self
+            .http
+            .get(self.url("order", &format!("/api/v1/orders/{id}")))
+            .bearer_auth(Self::token(user))
+            .send()
+            .await
+            .unwrap();
+        let status = res.status();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn balance(&self, user: &str) -> i64 {
+        self.admin(
+            Method::GET,
+            "payment",
+            &format!("/admin/accounts/{user}"),
+            None,
+        )
+        .await
+        .1["available"]
+            .as_i64()
+            .unwrap()
+    }
+
+    /// DESIGN §5, once the system is quiet: money and stock conserved with nothing held, every
+    /// global transaction terminal, and all four parties agreeing on each one.
+    async fn assert_invariants(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let txns = loop {
+            let (_, list) = self
+                .admin(
+                    Method::GET,
+                    "coordinator",
+                    "/api/v1/transactions?limit=500",
+                    None,
+                )
+                .await;
+            let txns = list["transactions"].as_array().cloned().unwrap_or_default();
+            if txns
+                .iter()
+                .all(|t| t["status"] == "succeeded" || t["status"] == "failed")
+            {
+                break txns;
+            }
+            assert!(Instant::now() < deadline, "transactions still open: {list}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        let (_, money) = self
+            .admin(Method::GET, "payment", "/admin/audit", None)
+            .await;
+        assert_eq!(money["consistent"], true, "{money}");
+        assert_eq!(money["frozen"], 0, "{money}");
+        let (_, stock) = self
+            .admin(Method::GET, "inventory", "/admin/audit", None)
+            .await;
+        assert_eq!(stock["consistent"], true, "{stock}");
+        assert_eq!(stock["reserved"], 0, "{stock}");
+        for t in &txns {
+            let gid = t["gid"].as_str().unwrap();
+            let (_, orders) = self
+                .admin(
+                    Method::GET,
+                    "order",
+                    &format!("/admin/transactions/{gid}/orders"),
+                    None,
+                )
+                .await;
+            let (_, holds) = self
+                .admin(Method::GET, "payment", &format!("/admin/holds/{gid}"), None)
+                .await;
+            let (_, res) = self
+                .admin(
+                    Method::GET,
+                    "inventory",
+                    &format!("/admin/reservations/{gid}"),
+                    None,
+                )
+                .await;
+            let order = orders["orders"][0]["status"].as_str().unwrap_or("none");
+            let hold = holds["holds"][0]["status"].as_str().unwrap_or("none");
+            let reservation = res["reservations"][0]["status"].as_str().unwrap_or("none");
+            if t["status"] == "succeeded" {
+                assert_eq!(
+                    (order, hold, reservation),
+                    ("CONFIRMED", "captured", "sold"),
+                    "gid {gid}"
+                );
+            } else {
+                assert_eq!(order, "CANCELLED", "gid {gid}");
+                assert!(
+                    matches!(hold, "none" | "released"),
+                    "gid {gid}: hold {hold}"
+                );
+                assert!(
+                    matches!(reservation, "none" | "released"),
+                    "gid {gid}: reservation {reservation}"
+                );
+            }
+        }
+        let (_, o) = self.admin(Method::GET, "order", "/admin/audit", None).await;
+        assert_eq!(o["pending"], 0, "{o}");
+    }
+}
+
+fn rand_suffix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+}
+
+async fn an_order_is_confirmed_and_reads_back_for_its_owner_only(db: TestDb) {
+    let p = Platform::start(db, true).await;
+    let (status, body) = p
+        .order("alice", "k1", json!({"sku": "coffee", "quantity": 2}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["status"], "confirmed");
+    assert_eq!(body["amount"], 900);
+    let id = body["order_id"].as_str().unwrap().to_owned();
+    p.assert_invariants().await;
+    let (status, read) = p.get_order("alice", &id).await;
+    assert_eq!(
+        (status.as_u16(), read["status"].as_str()),
+        (200, Some("confirmed")),
+        "{read}"
+    );
+    let (status, _) = p.get_order("bob", &id).await;
+    assert_eq!(status, 404, "bob cannot see alice's order");
+    assert_eq!(p.balance("alice").await, 10_000 - 900);
+    assert_eq!(p.balance("merchant").await, 900);
+}
+
+async fn insufficient_funds_cancels_and_leaves_balances_unchanged(db: TestDb) {
+    let p = Platform::start(db, true).await;
+    let (status, body) = p
+        .order("bob", "k1", json!({"sku": "coffee", "quantity": 3}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["status"].as_str(), body["reason"].as_str()),
+        (Some("cancelled"), Some("insufficient_funds")),
+        "{body}"
+    );
+    p.assert_invariants().await;
+    assert_eq!(p.balance("bob").await, 1_000);
+    assert_eq!(p.balance("merchant").await, 0);
+}
+
+async fn out_of_stock_cancels(db: TestDb) {
+    let p = Platform::start(db, true).await;
+    let (_, first) = p
+        .order("alice", "k1", json!({"sku": "vinyl", "quantity": 1}))
+        .await;
+    assert_eq!(first["status"], "confirmed", "{first}");
+    // Enough money for a second one: only the stock is short.
+    let (s, b) = p
+        .admin(
+            Method::POST,
+            "payment",
+            "/admin/accounts/alice/deposits",
+            Some(json!({"amount": 20_000})),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    let (_, second) = p
+        .order("alice", "k2", json!({"sku": "vinyl", "quantity": 1}))
+        .await;
+    assert_eq!(
+        (second["status"].as_str(), second["reason"].as_str()),
+        (Some("cancelled"), Some("out_of_stock")),
+        "{second}"
+    );
+    p.assert_invariants().await;
+    assert_eq!(p.balance("alice").await, 30_000 - 9_900);
+}
+
+async fn payment_down_during_the_try_cancels_and_recovers_when_it_returns(db: TestDb) {
+    let mut p = Platform::start(db, false).await;
+    p.payment.kill();
+    let (status, body) = p
+        .order("alice", "k1", json!({"sku": "coffee", "quantity": 1}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(
+        (body["status"].as_str(), body["reason"].as_str()),
+        (Some("cancelled"), Some("unavailable")),
+        "{body}"
+    );
+    // The Cancel to payment-svc waits for it; once it is back, everything settles.
+    p.payment.restart().await.unwrap();
+    p.assert_invariants().await;
+    assert_eq!(p.balance("alice").await, 10_000);
+}
+
+async fn payment_killed_with_orders_in_flight_and_restarted_ends_consistent(db: TestDb) {
+    let mut p = Platform::start(db, true).await;
+    let answers = join_all((0..12).map(|i| {
+        p.order(
+            "alice",
+            format!("k{i}"),
+            json!({"sku": "coffee", "quantity": 1}),
+        )
+    }))
+    .await;
+    // Kill payment-svc right after the decisions: Confirms still on their way must be retried.
+    p.payment.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    p.payment.restart().await.unwrap();
+    p.assert_invariants().await;
+    let confirmed = answers
+        .iter()
+        .filter(|(_, b)| b["status"] == "confirmed")
+        .count() as i64;
+    assert!(confirmed > 0);
+    assert_eq!(p.balance("merchant").await, confirmed * 450);
+    for (_, b) in &answers {
+        if b["status"] == "confirmed" {
+            let (_, read) = p.get_order("alice", b["order_id"].as_str().unwrap()).await;
+            assert_eq!(read["status"], "confirmed", "{read}");
+        }
+    }
+}
+
+async fn coordinator_killed_with_orders_in_flight_and_restarted_leaves_every_order_terminal(
+    db: TestDb,
+) {
+    let mut p = Platform::start(db, true).await;
+    let first = join_all((0..8).map(|i| {
+        p.order(
+            "alice",
+            format!("k{i}"),
+            json!({"sku": "coffee", "quantity": 1}),
+        )
+    }))
+    .await;
+    assert!(first.iter().all(|(s, _)| *s == 201));
+    // Orders keep coming while the coordinator dies.
+    let pid = p.coordinator.pid().unwrap() as i32;
+    let more = join_all((16..24).map(|i| {
+        p.order(
+            "alice",
+            format!("k{i}"),
+            json!({"sku": "coffee", "quantity": 1}),
+        )
+    }));
+    let killer = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    let (late, _) = tokio::join!(more, killer);
+    p.coordinator.restart().await.unwrap();
+    // Requests that got no answer are retried with their keys and get one.
+    for (i, (status, _)) in (16..24).zip(late) {
+        if status != 201 {
+            let (status, body) = p
+                .order(
+                    "alice",
+                    format!("k{i}"),
+                    json!({"sku": "coffee", "quantity": 1}),
+                )
+                .await;
+            assert!(
+                status == 201 || status == 409 || status == 503,
+                "{status} {body}"
+            );
+        }
+    }
+    p.assert_invariants().await;
+    let (_, o) = p.admin(Method::GET, "order", "/admin/audit", None).await;
+    let merchant = p.balance("merchant").await;
+    assert_eq!(
+        merchant,
+        o["confirmed"].as_i64().unwrap() * 450,
+        "money follows the confirmed orders"
+    );
+}
+
+async fn one_key_sent_twenty_times_at_once_creates_one_order(db: TestDb) {
+    let p = Platform::start(db, true).await;
+    let answers = join_all(
+        (0..20).map(|_| p.order("alice", "same", json!({"sku": "coffee", "quantity": 1}))),
+    )
+    .await;
+    let ids: std::collections::HashSet<String> = answers
+        .iter()
+        .map(|(s, b)| {
+            assert_eq!(*s, 201, "{b}");
+            b["order_id"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1);
+    let (status, body) = p
+        .order("alice", "same", json!({"sku": "coffee", "quantity": 2}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    p.assert_invariants().await;
+    let (_, o) = p.admin(Method::GET, "order", "/admin/audit", None).await;
+    assert_eq!(o["confirmed"], 1);
+    assert_eq!(p.balance("alice").await, 10_000 - 450);
+}
+
+async fn bad_requests_get_4xx_problems_and_change_nothing(db: TestDb) {
+    let p = Platform::start(db, true).await;
+    let post = |headers: Vec<(&'static str, String)>, body: String| {
+        let mut req = p
+            .http
+            .post(p.url("order", "/api/v1/orders"))
+            .header("content-type", "application/json")
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status();
+            let ct = res
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let challenge = res
+                .headers()
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (status, ct, challenge)
+        }
+    };
+    let auth = (
+        "authorization",
+        format!("Bearer {}", Platform::token("alice")),
+    );
+    let key = ("idempotency-key", "k".to_owned());
+    let good = json!({"sku": "coffee", "quantity": 1}).to_string();
+    type Case = (&'static str, Vec<(&'static str, String)>, String, u16);
+    let cases: Vec<Case> = vec![
+        (
+            "malformed JSON",
+            vec![auth.clone(), key.clone()],
+            "{\"sku\": ".into(),
+            400,
+        ),
+        (
+            "unknown field",
+            vec![auth.clone(), key.clone()],
+            json!({"sku": "coffee", "quantity": 1, "x": 1}).to_string(),
+            400,
+        ),
+        (
+            "oversize body",
+            vec![auth.clone(), key.clone()],
+            format!("{{\"sku\": \"{}\", \"quantity\": 1}}", "a".repeat(40_000)),
+            413,
+        ),
+        ("no idempotency key", vec![auth.clone()], good.clone(), 400),
+        (
+            "zero quantity",
+            vec![auth.clone(), ("idempotency-key", "k0".into())],
+            json!({"sku": "coffee", "quantity": 0}).to_string(),
+            400,
+        ),
+        (
+            "unknown sku",
+            vec![auth.clone(), ("idempotency-key", "k1".into())],
+            json!({"sku": "tea", "quantity": 1}).to_string(),
+            422,
+        ),
+        ("no token", vec![key.clone()], good.clone(), 401),
+    ];
+    for (what, headers, body, want) in cases {
+        let (status, ct, _) = post(headers, body).await;
+        assert_eq!(status.as_u16(), want, "{what}");
+        assert_eq!(ct.as_deref(), Some("application/problem+json"), "{what}");
+    }
+    // Every kind of bad token: 401 with a challenge.
+    let secret = JWT_SECRET.as_bytes();
+    let now = jsonwebtoken_now();
+    let claims = |exp: u64, iss: &str| json!({"sub": "alice", "iss": iss, "aud": "tcc-pay-orders", "exp": exp, "nbf": now - 5, "iat": now - 5});
+    let sign = |alg, c: Value, s: &[u8]| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(alg),
+            &c,
+            &jsonwebtoken::EncodingKey::from_secret(s),
+        )
+        .unwrap()
+    };
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+    let tokens = vec![
+        (
+            "alg none",
+            format!(
+                "{}.{}.",
+                b64(r#"{"alg":"none","typ":"JWT"}"#),
+                b64(&claims(now + 600, "tcc-pay-dev").to_string())
+            ),
+        ),
+        (
+            "HS512",
+            sign(
+                jsonwebtoken::Algorithm::HS512,
+                claims(now + 600, "tcc-pay-dev"),
+                secret,
+            ),
+        ),
+        (
+            "bad signature",
+            sign(
+                jsonwebtoken::Algorithm::HS256,
+                claims(now + 600, "tcc-pay-dev"),
+                b"not-the-secret-not-the-secret-xx",
+            ),
+        ),
+        (
+            "expired",
+            sign(
+                jsonwebtoken::Algorithm::HS256,
+                claims(now - 3600, "tcc-pay-dev"),
+                secret,
+            ),
+        ),
+        (
+            "wrong issuer",
+            sign(
+                jsonwebtoken::Algorithm::HS256,
+                claims(now + 600, "someone"),
+                secret,
+            ),
+        ),
+    ];
+    for (what, token) in tokens {
+        let (status, ct, challenge) = post(
+            vec![("authorization", format!("Bearer {token}")), key.clone()],
+            good.clone(),
+        )
+        .await;
+        assert_eq!(status, 401, "{what}");
+        assert_eq!(ct.as_deref(), Some("application/problem+json"), "{what}");
+        assert!(challenge.is_some_and(|c| c.starts_with("Bearer")), "{what}");
+    }
+    p.assert_invariants().await;
+    assert_eq!(p.balance("alice").await, 10_000);
+}
+
+fn jsonwebtoken_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+both_backends!(
+    an_order_is_confirmed_and_reads_back_for_its_owner_only,
+    insufficient_funds_cancels_and_leaves_balances_unchanged,
+    out_of_stock_cancels,
+    payment_down_during_the_try_cancels_and_recovers_when_it_returns,
+    payment_killed_with_orders_in_flight_and_restarted_ends_consistent,
+    coordinator_killed_with_orders_in_flight_and_restarted_leaves_every_order_terminal,
+    one_key_sent_twenty_times_at_once_creates_one_order,
+    bad_requests_get_4xx_problems_and_change_nothing,
+);
