@@ -30,6 +30,41 @@ enum Command {
     /// TCC global transactions per second through the coordinator binary, with three no-op
     /// participants over loopback.
     Coordinator(CoordinatorArgs),
+    /// Orders per second through the public API of a running platform.
+    Orders(OrdersArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct OrdersArgs {
+    /// order-svc's HTTP address.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// A bearer token for the buyer (the platform prints one); or give `--jwt-secret` to buy as
+    /// `--users` different users (one hot account row serialises a single buyer's orders).
+    #[arg(long)]
+    token: Option<String>,
+    /// The buyer (the token's subject), funded before the run.
+    #[arg(long, default_value = "alice")]
+    user: String,
+    /// order-svc's JWT secret (the platform's is in data/order.jwt-secret): mint tokens for
+    /// `--users` buyers `load-0`, `load-1`, ….
+    #[arg(long)]
+    jwt_secret: Option<String>,
+    #[arg(long, default_value_t = 1)]
+    users: u64,
+    /// The admin token, to fund the buyer and restock before the run.
+    #[arg(long)]
+    admin_token: String,
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    payment_url: String,
+    #[arg(long, default_value = "http://127.0.0.1:8082")]
+    inventory_url: String,
+    #[arg(long, default_value = "coffee")]
+    sku: String,
+    #[arg(long, default_value_t = 16)]
+    concurrency: u64,
+    #[arg(long, default_value_t = 2_000)]
+    count: u64,
 }
 
 #[derive(Debug, clap::Args)]
@@ -89,6 +124,7 @@ async fn main() {
     match cli.command {
         Command::Participant(args) => participant(args).await,
         Command::Coordinator(args) => coordinator(args).await,
+        Command::Orders(args) => orders(args).await,
     }
 }
 
@@ -409,4 +445,159 @@ async fn coordinator(args: CoordinatorArgs) {
         },
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+async fn orders(args: OrdersArgs) {
+    let http = reqwest::Client::new();
+    let run_tag = format!("run-{}", std::process::id());
+    // The buyers and their tokens.
+    let buyers: Vec<(String, String)> = match (&args.jwt_secret, &args.token) {
+        (Some(secret), _) => (0..args.users.max(1))
+            .map(|i| {
+                let user = format!("load-{i}");
+                let token = mint(secret, &user);
+                (user, token)
+            })
+            .collect(),
+        (None, Some(token)) => vec![(args.user.clone(), token.clone())],
+        (None, None) => panic!("give --token or --jwt-secret"),
+    };
+    // Enough money and stock that every order can succeed.
+    for (user, _) in &buyers {
+        let created = http
+            .put(format!("{}/admin/accounts/{user}", args.payment_url))
+            .bearer_auth(&args.admin_token)
+            .json(&serde_json::json!({ "available": 0 }))
+            .send()
+            .await
+            .expect("payment-svc reachable");
+        assert!(
+            created.status().is_success(),
+            "creating {user} failed: {}",
+            created.status()
+        );
+        let funded = http
+            .post(format!(
+                "{}/admin/accounts/{user}/deposits",
+                args.payment_url
+            ))
+            .bearer_auth(&args.admin_token)
+            .json(&serde_json::json!({ "amount": 1_000_000_000_000_i64 }))
+            .send()
+            .await
+            .expect("payment-svc reachable");
+        assert!(
+            funded.status().is_success(),
+            "funding failed: {}",
+            funded.status()
+        );
+    }
+    let buyers = Arc::new(buyers);
+    let restocked = http
+        .post(format!(
+            "{}/admin/skus/{}/restocks",
+            args.inventory_url, args.sku
+        ))
+        .bearer_auth(&args.admin_token)
+        .json(&serde_json::json!({ "quantity": args.count as i64 + 100 }))
+        .send()
+        .await
+        .expect("inventory-svc reachable");
+    assert!(
+        restocked.status().is_success(),
+        "restocking failed: {}",
+        restocked.status()
+    );
+
+    let next = Arc::new(AtomicU64::new(0));
+    let hist = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
+    ));
+    let outcomes = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
+    let t0 = Instant::now();
+    let tasks = (0..args.concurrency).map(|_| {
+        let (http, next, hist, outcomes, buyers) = (
+            http.clone(),
+            next.clone(),
+            hist.clone(),
+            outcomes.clone(),
+            buyers.clone(),
+        );
+        let (url, sku, tag, count) = (
+            args.url.clone(),
+            args.sku.clone(),
+            run_tag.clone(),
+            args.count,
+        );
+        async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= count {
+                    break;
+                }
+                let t = Instant::now();
+                let (_, token) = &buyers[(i % buyers.len() as u64) as usize];
+                let res = http
+                    .post(format!("{url}/api/v1/orders"))
+                    .bearer_auth(token)
+                    .header("Idempotency-Key", format!("{tag}-{i}"))
+                    .json(&serde_json::json!({ "sku": sku, "quantity": 1 }))
+                    .send()
+                    .await;
+                let outcome = match res {
+                    Ok(r) => {
+                        let status = r.status();
+                        let body: serde_json::Value = r.json().await.unwrap_or_default();
+                        match body["status"].as_str() {
+                            Some(s) => s.to_owned(),
+                            None => format!("http {status}"),
+                        }
+                    }
+                    Err(e) => format!("error: {e}"),
+                };
+                hist.lock()
+                    .unwrap()
+                    .record(t.elapsed().as_micros() as u64)
+                    .unwrap();
+                *outcomes.lock().unwrap().entry(outcome).or_default() += 1;
+            }
+        }
+    });
+    join_all(tasks).await;
+    let elapsed = t0.elapsed();
+    let h = hist.lock().unwrap().clone();
+    let report = serde_json::json!({
+        "what": "POST /api/v1/orders, one coffee each, unique Idempotency-Keys",
+        "run_tag": run_tag,
+        "concurrency": args.concurrency,
+        "buyers": buyers.len(),
+        "orders": args.count,
+        "orders_per_second": args.count as f64 / elapsed.as_secs_f64(),
+        "latency_ms": {
+            "p50": h.value_at_quantile(0.50) as f64 / 1000.0,
+            "p90": h.value_at_quantile(0.90) as f64 / 1000.0,
+            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
+            "max": h.max() as f64 / 1000.0,
+        },
+        "outcomes": *outcomes.lock().unwrap(),
+    });
+    println!("{}", serde_json::to_string_pretty(&report).unwrap());
+}
+
+/// An HS256 token for `user` with order-svc's default issuer and audience.
+fn mint(secret: &str, user: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claims = serde_json::json!({
+        "sub": user, "iss": "tcc-pay-dev", "aud": "tcc-pay-orders",
+        "exp": now + 3600, "nbf": now, "iat": now,
+    });
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .expect("HS256 signing")
 }
