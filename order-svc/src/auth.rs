@@ -10,7 +10,6 @@ use host::{CommonConfig, ConfigError, Problem};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::time::Duration;
 
 /// JWT settings (env `ORDER_JWT__SECRET`, `ORDER_JWT__ISSUER`, …).
@@ -146,28 +145,8 @@ impl Authenticator {
                 "jwt.secret must be configured in production mode (generated dev secrets are refused)".into(),
             ));
         }
-        let path = common.data_dir.join("order.jwt-secret");
-        if let Ok(existing) = std::fs::read_to_string(&path) {
-            let existing = existing.trim();
-            if !existing.is_empty() {
-                return Ok(Authenticator::new(existing.as_bytes(), config));
-            }
-        }
-        std::fs::create_dir_all(&common.data_dir)
-            .map_err(|e| ConfigError(format!("create {}: {e}", common.data_dir.display())))?;
-        let secret = format!("dev-only-{}", hex::encode(rand::random::<[u8; 32]>()));
-        let mut file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| ConfigError(format!("write {}: {e}", path.display())))?
-        };
-        writeln!(file, "{secret}").map_err(|e| ConfigError(e.to_string()))?;
-        tracing::info!(path = %path.display(), "generated a dev-only JWT secret");
+        let secret =
+            host::config::dev_secret(&common.data_dir.join("order.jwt-secret"), "dev-only")?;
         Ok(Authenticator::new(secret.as_bytes(), config))
     }
 

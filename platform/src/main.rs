@@ -165,25 +165,6 @@ fn spawn(which: Which, data: &Path, admin_token: &str) -> std::io::Result<Child>
         .spawn()
 }
 
-fn read_or_create_secret(path: &Path, prefix: &str) -> std::io::Result<String> {
-    if let Ok(existing) = std::fs::read_to_string(path) {
-        if !existing.trim().is_empty() {
-            return Ok(existing.trim().to_owned());
-        }
-    }
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let token = format!("{prefix}-{}", hex::encode(rand::random::<[u8; 24]>()));
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    writeln!(f, "{token}")?;
-    Ok(token)
-}
-
 async fn wait_ready(which: Which, child: &mut Child, data: &Path) -> Result<(), String> {
     let url = format!("http://127.0.0.1:{}/readyz", which.ports().0);
     let client = reqwest::Client::builder()
@@ -296,8 +277,8 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     std::fs::create_dir_all(&cli.data).map_err(|e| e.to_string())?;
     let data = std::fs::canonicalize(&cli.data).map_err(|e| e.to_string())?;
-    let admin_token =
-        read_or_create_secret(&data.join("admin-token"), "dev-admin").map_err(|e| e.to_string())?;
+    let admin_token = host::config::dev_secret(&data.join("admin-token"), "dev-admin")
+        .map_err(|e| e.to_string())?;
 
     let mut services: Vec<Supervised> = Vec::new();
     for which in Which::ALL {

@@ -73,6 +73,34 @@ impl CommonConfig {
     }
 }
 
+/// A dev-only secret kept in `path`: read if it exists, else generated (`<prefix>-<48 hex>`)
+/// and written with mode 0600. Callers refuse this in production mode.
+pub fn dev_secret(path: &std::path::Path, prefix: &str) -> Result<String, ConfigError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let existing = existing.trim();
+        if !existing.is_empty() {
+            return Ok(existing.to_owned());
+        }
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| ConfigError(format!("create {}: {e}", dir.display())))?;
+    }
+    let secret = format!("{prefix}-{}", hex::encode(rand::random::<[u8; 24]>()));
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| ConfigError(format!("write {}: {e}", path.display())))?;
+    writeln!(file, "{secret}").map_err(|e| ConfigError(e.to_string()))?;
+    tracing::info!(path = %path.display(), "generated a dev-only secret");
+    Ok(secret)
+}
+
 /// Configuration that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]

@@ -5,7 +5,6 @@ use crate::metrics::Metrics;
 use crate::problem::Problem;
 use actix_web::{web, HttpRequest, HttpResponse};
 use std::future::Future;
-use std::io::Write;
 use tokio::sync::watch;
 
 /// Fires once on SIGTERM or Ctrl-C (or when [`Shutdown::trigger`] is called).
@@ -132,28 +131,7 @@ impl AdminToken {
             ));
         }
         let path = common.data_dir.join(format!("{service}.admin-token"));
-        if let Ok(existing) = std::fs::read_to_string(&path) {
-            let existing = existing.trim().to_owned();
-            if !existing.is_empty() {
-                return Ok(AdminToken(existing));
-            }
-        }
-        std::fs::create_dir_all(&common.data_dir)
-            .map_err(|e| ConfigError(format!("create {}: {e}", common.data_dir.display())))?;
-        let token = format!("dev-{}", hex::encode(rand::random::<[u8; 24]>()));
-        let mut file = {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| ConfigError(format!("write {}: {e}", path.display())))?
-        };
-        writeln!(file, "{token}").map_err(|e| ConfigError(e.to_string()))?;
-        tracing::info!(path = %path.display(), "generated a dev admin token");
-        Ok(AdminToken(token))
+        crate::config::dev_secret(&path, "dev").map(AdminToken)
     }
 
     /// Checks `Authorization: Bearer <token>` in constant time.
