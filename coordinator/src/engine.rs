@@ -132,6 +132,14 @@ impl Clients {
             .insert(addr.to_owned(), client.clone());
         Ok(client)
     }
+
+    /// Drops the cached channel to `addr`, so the next call connects afresh.
+    fn forget(&self, addr: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(addr);
+    }
 }
 
 /// A participant endpoint with connect timeout and HTTP/2 keepalive.
@@ -160,7 +168,7 @@ pub struct Engine {
     ids: ids::Snowflake,
     config: EngineConfig,
     owner: String,
-    clients: Clients,
+    clients: Arc<Clients>,
     waiters: Mutex<HashMap<i64, watch::Sender<Decision>>>,
     keys: moka::future::Cache<String, (i64, String)>,
     metrics: CoordinatorMetrics,
@@ -192,7 +200,7 @@ impl Engine {
             ids,
             owner,
             config,
-            clients: Clients::default(),
+            clients: Arc::default(),
             waiters: Mutex::new(HashMap::new()),
             keys: moka::future::Cache::builder()
                 .max_capacity(100_000)
@@ -264,7 +272,9 @@ impl Engine {
         let gid = new.gid;
         // The driver starts from what was just written instead of reading it back.
         let stored = Stored::recorded(&new, &self.owner);
-        tokio::spawn(async move { engine.drive_stored(stored).await });
+        // Driving continues the caller's trace, so one order is one trace across the services.
+        let caller = tracing::Span::current();
+        tokio::spawn(async move { engine.drive_stored(stored).await }.instrument(caller));
         let (status, reason) = if wait.is_zero() {
             (Status::Prepared, None)
         } else {
@@ -583,6 +593,7 @@ impl Engine {
     ) -> impl std::future::Future<Output = (usize, CallResult, Attempt)> + Send + 'static {
         let branch = &stored.branches[idx];
         let client = self.clients.get(&branch.participant);
+        let (clients, addr) = (self.clients.clone(), branch.participant.clone());
         let request = proto::v1::BranchRequest {
             gid: stored.gid as u64,
             branch_id: branch.branch_id.clone(),
@@ -609,6 +620,11 @@ impl Engine {
                             timeout.as_millis()
                         )),
                         Ok(Err(status)) => {
+                            if status.code() == tonic::Code::Unavailable {
+                                // The transport failed: start the next call from a fresh
+                                // channel rather than trusting this one to reconnect.
+                                clients.forget(&addr);
+                            }
                             CallResult::Error(format!("{:?}: {}", status.code(), status.message()))
                         }
                         Ok(Ok(resp)) => {

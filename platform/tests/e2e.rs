@@ -56,6 +56,19 @@ fn spec(
 
 impl Platform {
     async fn start(first: TestDb, payment_up: bool) -> Platform {
+        Platform::start_with(first, payment_up, None).await
+    }
+
+    /// `otlp`: an OTLP endpoint every service exports its spans to.
+    async fn start_with(first: TestDb, payment_up: bool, otlp: Option<&str>) -> Platform {
+        let spec =
+            |name: &str, dir: &std::path::Path, prefix: &str, db: &TestDb, http: u16, grpc: u16| {
+                let s = spec(name, dir, prefix, db, http, grpc);
+                match otlp {
+                    Some(endpoint) => s.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                    None => s,
+                }
+            };
         let dir =
             std::env::temp_dir().join(format!("e2e-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -253,7 +266,22 @@ impl Platform {
             {
                 break txns;
             }
-            assert!(Instant::now() < deadline, "transactions still open: {list}");
+            if Instant::now() >= deadline {
+                let gid = txns
+                    .iter()
+                    .find(|t| t["status"] != "succeeded" && t["status"] != "failed")
+                    .unwrap()["gid"]
+                    .clone();
+                let (_, detail) = self
+                    .admin(
+                        Method::GET,
+                        "coordinator",
+                        &format!("/api/v1/transactions/{}", gid.as_str().unwrap()),
+                        None,
+                    )
+                    .await;
+                panic!("transactions still open: {list}\n{detail}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         };
         let (_, money) = self
@@ -672,3 +700,99 @@ both_backends!(
     one_key_sent_twenty_times_at_once_creates_one_order,
     bad_requests_get_4xx_problems_and_change_nothing,
 );
+
+mod trace_collector {
+    use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+        TraceService, TraceServiceServer,
+    };
+    use opentelemetry_proto::tonic::collector::trace::v1::{
+        ExportTraceServiceRequest, ExportTraceServiceResponse,
+    };
+    use std::sync::{Arc, Mutex};
+
+    /// (trace id, service name, span name) of a received span.
+    pub type Span = (Vec<u8>, String, String);
+
+    /// Every span received.
+    #[derive(Default, Clone)]
+    pub struct Collector {
+        pub spans: Arc<Mutex<Vec<Span>>>,
+    }
+
+    #[tonic::async_trait]
+    impl TraceService for Collector {
+        async fn export(
+            &self,
+            request: tonic::Request<ExportTraceServiceRequest>,
+        ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+            let mut spans = self.spans.lock().unwrap();
+            for rs in request.into_inner().resource_spans {
+                let service = rs
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                    .and_then(|a| a.value.as_ref())
+                    .map(|v| format!("{:?}", v.value))
+                    .unwrap_or_default();
+                for ss in rs.scope_spans {
+                    for s in ss.spans {
+                        spans.push((s.trace_id, service.clone(), s.name));
+                    }
+                }
+            }
+            Ok(tonic::Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }))
+        }
+    }
+
+    pub async fn start() -> (Collector, String) {
+        let collector = Collector::default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(TraceServiceServer::new(collector.clone()))
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+        );
+        (collector, format!("http://{addr}"))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_order_is_one_trace_across_the_four_services() {
+    let (collector, endpoint) = trace_collector::start().await;
+    let mut p = Platform::start_with(TestDb::sqlite(), true, Some(&endpoint)).await;
+    let (status, body) = p
+        .order("alice", "traced", json!({"sku": "coffee", "quantity": 1}))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    p.assert_invariants().await;
+    // SIGTERM flushes every service's span exporter.
+    for s in [
+        &mut p.order,
+        &mut p.coordinator,
+        &mut p.payment,
+        &mut p.inventory,
+    ] {
+        let exit = s.terminate(Duration::from_secs(15)).expect("clean exit");
+        assert!(exit.success());
+    }
+    let spans = collector.spans.lock().unwrap().clone();
+    let order_span = spans
+        .iter()
+        .find(|(_, service, name)| service.contains("order-svc") && name == "POST /api/v1/orders")
+        .unwrap_or_else(|| panic!("no order request span among {} spans", spans.len()));
+    let trace = &order_span.0;
+    let services: std::collections::BTreeSet<String> = spans
+        .iter()
+        .filter(|(t, _, _)| t == trace)
+        .map(|(_, s, _)| s.clone())
+        .collect();
+    for want in ["order-svc", "coordinator", "payment-svc", "inventory-svc"] {
+        assert!(
+            services.iter().any(|s| s.contains(want)),
+            "{want} missing from the order's trace: {services:?}"
+        );
+    }
+}

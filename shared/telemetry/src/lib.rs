@@ -45,8 +45,11 @@ pub enum LogFormat {
 pub struct TelemetryConfig {
     /// `service.name` of exported spans, and a field of every log line.
     pub service_name: String,
-    /// An `EnvFilter` directive string, e.g. `info,sqlx=warn`.
+    /// An `EnvFilter` directive string for log lines, e.g. `info,sqlx=warn`.
     pub filter: String,
+    /// An `EnvFilter` directive string for exported spans, separate so that quiet logs do not
+    /// silence tracing (`OTEL_TRACES_FILTER`, default `info`).
+    pub traces_filter: String,
     pub log_format: LogFormat,
     /// OTLP gRPC endpoint, e.g. `http://localhost:4317`; `None`: export nothing.
     pub otlp_endpoint: Option<String>,
@@ -65,6 +68,7 @@ impl TelemetryConfig {
         TelemetryConfig {
             service_name: service_name.into(),
             filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            traces_filter: std::env::var("OTEL_TRACES_FILTER").unwrap_or_else(|_| "info".into()),
             log_format,
             otlp_endpoint: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
                 .ok()
@@ -142,6 +146,8 @@ fn install(
 ) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_new(&config.filter)
         .map_err(|e| TelemetryError::Filter(config.filter.clone(), e.to_string()))?;
+    let traces_filter = EnvFilter::try_new(&config.traces_filter)
+        .map_err(|e| TelemetryError::Filter(config.traces_filter.clone(), e.to_string()))?;
     let provider = builder
         .with_resource(
             Resource::builder()
@@ -167,9 +173,12 @@ fn install(
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(true).boxed(),
     };
     tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
-        .with(tracing_opentelemetry::layer().with_tracer(tracer))
+        .with(fmt.with_filter(filter))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(traces_filter),
+        )
         .try_init()
         .map_err(|e| TelemetryError::AlreadySet(e.to_string()))?;
     Ok(TelemetryGuard { provider })
@@ -184,6 +193,7 @@ mod tests {
         let config = TelemetryConfig {
             service_name: "x".into(),
             filter: "info,=[".into(),
+            traces_filter: "info".into(),
             log_format: LogFormat::Json,
             otlp_endpoint: None,
         };

@@ -41,6 +41,7 @@ async fn spans_are_exported_to_the_otlp_endpoint_with_the_service_name() {
     let config = TelemetryConfig {
         service_name: "payment-svc".into(),
         filter: "warn".into(),
+        traces_filter: "info".into(),
         log_format: LogFormat::Json,
         otlp_endpoint: Some(format!("http://{addr}")),
     };

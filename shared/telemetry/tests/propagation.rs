@@ -19,6 +19,7 @@ fn exporter() -> &'static InMemorySpanExporter {
             let config = TelemetryConfig {
                 service_name: "propagation-test".into(),
                 filter: "warn,telemetry=info,propagation=info".into(),
+                traces_filter: "info".into(),
                 log_format: LogFormat::Json,
                 otlp_endpoint: None,
             };
