@@ -222,23 +222,33 @@ impl Db {
     /// Starts a transaction that will write: `BEGIN IMMEDIATE` on SQLite, after this process's
     /// earlier writers (FIFO); `BEGIN` on PostgreSQL.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
-        match &self.writer {
-            Some(writer) => {
-                let turn = writer
+        let turn = match &self.writer {
+            Some(writer) => Some(
+                writer
                     .clone()
                     .acquire_owned()
                     .await
-                    .map_err(|_| StoreError::Unavailable("the database is closing".into()))?;
-                let tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-                Ok(WriteTx {
-                    tx,
-                    _turn: Some(turn),
-                })
+                    .map_err(|_| StoreError::Unavailable("the database is closing".into()))?,
+            ),
+            None => None,
+        };
+        let statement = match self.backend {
+            Backend::Sqlite => Some("BEGIN IMMEDIATE".into()),
+            Backend::Postgres => None,
+        };
+        loop {
+            let conn = self.pool.acquire().await?;
+            if conn.is_in_transaction() {
+                // A task cancelled in the middle of a transaction (a client that hung up) can
+                // leave its connection in the pool with the rollback still pending; such a
+                // connection refuses to begin and, on SQLite, may still hold the write lock.
+                // Close it; the pool opens a fresh one.
+                tracing::warn!("closing a pooled connection left inside a transaction");
+                let _ = conn.close().await;
+                continue;
             }
-            None => Ok(WriteTx {
-                tx: self.pool.begin().await?,
-                _turn: None,
-            }),
+            let tx = Transaction::begin(conn, statement.clone()).await?;
+            return Ok(WriteTx { tx, _turn: turn });
         }
     }
 

@@ -428,3 +428,48 @@ fn migration_sets_with_a_shared_version_are_refused() {
         "{err}"
     );
 }
+
+async fn a_transaction_abandoned_by_a_cancelled_task_does_not_poison_the_pool(db: TestDb) {
+    // One connection, so the abandoned one is the one the next writer gets.
+    let mut cfg = DbConfig::new(db.url());
+    cfg.max_connections = 1;
+    let db = Db::connect(&cfg).await.unwrap();
+    db.migrate(&MIGRATOR).await.unwrap();
+    seed_account(&db, 1, "alice", 0).await;
+    for i in 0..20_i64 {
+        let d = db.clone();
+        let task = tokio::spawn(async move {
+            let mut tx = d.begin().await.unwrap();
+            sqlx::query("UPDATE accounts SET available = available + 1000 WHERE id = $1")
+                .bind(1_i64)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            std::future::pending::<()>().await;
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        task.abort();
+        let _ = task.await;
+        let mut tx = db
+            .begin()
+            .await
+            .unwrap_or_else(|e| panic!("round {i}: {e}"));
+        sqlx::query("UPDATE accounts SET available = available + 1 WHERE id = $1")
+            .bind(1_i64)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        tx.commit().await.unwrap();
+    }
+    let available: i64 = sqlx::query_scalar("SELECT available FROM accounts WHERE id = $1")
+        .bind(1_i64)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        available, 20,
+        "the abandoned updates were rolled back, the committed ones kept"
+    );
+}
+
+both_backends!(a_transaction_abandoned_by_a_cancelled_task_does_not_poison_the_pool);

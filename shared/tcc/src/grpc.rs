@@ -21,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{Db, StoreError};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 type OpLabels = [(&'static str, &'static str); 1];
 type CallLabels = [(&'static str, &'static str); 2];
@@ -211,6 +212,13 @@ impl<H: Handler> proto::v1::participant_server::Participant for ParticipantServi
         &self,
         request: Request<BranchRequest>,
     ) -> Result<Response<BranchResponse>, Status> {
-        self.handle(request.into_inner()).await.map(Response::new)
+        // Run to the end in a task of its own: when the caller gives up (a timeout) tonic drops
+        // this future, and a local transaction must not be abandoned half-way.
+        let this = self.clone();
+        let span = tracing::Span::current();
+        tokio::spawn(async move { this.handle(request.into_inner()).await }.instrument(span))
+            .await
+            .map_err(|e| Status::internal(format!("the branch call panicked: {e}")))?
+            .map(Response::new)
     }
 }

@@ -11,13 +11,31 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A TCP port on 127.0.0.1 that was free a moment ago. Another process can take it before it is
-/// used; callers that bind it themselves should prefer port 0.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for a service a test starts later.
+///
+/// Not from the kernel's ephemeral range (`bind(0)`): those ports are also handed out as the
+/// local ports of outgoing connections, so a port released by `bind(0)` can be taken by some
+/// client socket before the service binds it (seen as "Address already in use" under load).
+/// Ports come from 20000–32767 instead, each handed out once per test process, starting at a
+/// point derived from the process id so that concurrent test processes rarely meet.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_768;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        (std::process::id() * 7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (LOW + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {LOW} and {}", LOW + SPAN - 1)
 }
 
 /// How to start a service binary.
