@@ -480,7 +480,6 @@ impl Engine {
             engine: &self,
             stored,
             attempts: Vec::new(),
-            retry_later: false,
         };
         let first_event = if run.stored.txn.status == Status::Prepared
             && store::now_ms() >= run.stored.deadline_at
@@ -678,7 +677,6 @@ struct Run<'e> {
     engine: &'e Arc<Engine>,
     stored: Stored,
     attempts: Vec<Attempt>,
-    retry_later: bool,
 }
 
 impl Run<'_> {
@@ -723,7 +721,9 @@ impl Run<'_> {
                         second.push(fut);
                     }
                 }
-                Effect::RetryLater => self.retry_later = true,
+                // Nothing to do now: a drive that ends short of a terminal status is written back
+                // with a backoff delay (see `finish`).
+                Effect::RetryLater => {}
             }
         }
         Ok(true)

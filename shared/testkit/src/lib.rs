@@ -26,7 +26,6 @@ pub mod scripted;
 pub use postgres::postgres_available;
 pub use process::{free_port, Service, ServiceSpec};
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Which database a [`TestDb`] is.
@@ -42,7 +41,7 @@ pub struct TestDb {
     url: String,
     backend: Backend,
     /// Keeps the SQLite folder alive for as long as the test holds the database.
-    dir: Option<tempfile::TempDir>,
+    _dir: Option<tempfile::TempDir>,
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -68,7 +67,7 @@ impl TestDb {
         TestDb {
             url,
             backend: Backend::Sqlite,
-            dir: Some(dir),
+            _dir: Some(dir),
         }
     }
 
@@ -79,7 +78,7 @@ impl TestDb {
             Ok(url) => Some(TestDb {
                 url,
                 backend: Backend::Postgres,
-                dir: None,
+                _dir: None,
             }),
             Err(reason) => {
                 if std::env::var("REQUIRE_POSTGRES").is_ok_and(|v| v == "1") {
@@ -100,11 +99,6 @@ impl TestDb {
         self.backend
     }
 
-    /// A folder that lives as long as this database: the SQLite folder, or a new temporary one.
-    pub fn scratch_dir(&self) -> Option<&Path> {
-        self.dir.as_ref().map(|d| d.path())
-    }
-
     /// Another fresh database of the same backend (for tests that need one per service).
     pub async fn sibling(&self) -> TestDb {
         match self.backend {
@@ -122,17 +116,6 @@ pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
         .prefix(prefix)
         .tempdir()
         .expect("create a temporary folder")
-}
-
-/// The folder of the workspace's `target/<profile>` for finding built binaries from tests that
-/// do not have `CARGO_BIN_EXE_*` for them (binaries of other packages).
-pub fn target_bin_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test-binary>
-    exe.parent()
-        .and_then(Path::parent)
-        .map(Path::to_path_buf)
-        .expect("test binary lives in target/<profile>/deps")
 }
 
 /// Declares two tests that run one async test body on a fresh SQLite database and on a fresh
