@@ -11,7 +11,7 @@ use prost::Message;
 use proto::v1::{Op, Outcome};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Instant;
 use testkit::participant::ParticipantProcess;
 use testkit::TestDb;
@@ -198,54 +198,30 @@ async fn participant(args: ParticipantArgs) {
         Which::Order => {}
     }
 
-    let next = Arc::new(AtomicU64::new(1));
-    let hist = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
-    ));
     let warmup = args.pairs / 10;
-    let run = |limit: u64, record: bool| {
-        let tasks = (0..args.concurrency).map(|_| {
-            let (api, next, hist, which) =
-                (p.api.clone(), next.clone(), hist.clone(), args.service);
-            tokio::spawn(async move {
-                loop {
-                    let gid = next.fetch_add(1, Ordering::Relaxed);
-                    if gid > limit {
-                        break;
-                    }
-                    let t = Instant::now();
-                    let body = payload(which, gid);
-                    for op in [Op::Try, Op::Confirm] {
-                        let r = api
-                            .call(gid, "bench", op, &body)
-                            .await
-                            .expect("call answered");
-                        assert_eq!(
-                            r.outcome(),
-                            Outcome::Success,
-                            "{op:?} {gid}: {} {}",
-                            r.code,
-                            r.message
-                        );
-                    }
-                    if record {
-                        hist.lock()
-                            .unwrap()
-                            .record(t.elapsed().as_micros() as u64)
-                            .unwrap();
-                    }
-                }
-            })
-        });
-        join_all(tasks)
+    let pair = |gid: u64| {
+        let (api, which) = (p.api.clone(), args.service);
+        async move {
+            let body = payload(which, gid);
+            for op in [Op::Try, Op::Confirm] {
+                let r = api
+                    .call(gid, "bench", op, &body)
+                    .await
+                    .expect("call answered");
+                assert_eq!(
+                    r.outcome(),
+                    Outcome::Success,
+                    "{op:?} {gid}: {} {}",
+                    r.code,
+                    r.message
+                );
+            }
+        }
     };
-    run(warmup, false).await;
-    // Workers leaving the warm-up each took one gid past it; start the measured run there.
-    next.store(warmup + 1, Ordering::Relaxed);
+    closed_loop(args.concurrency, 1..warmup + 1, pair).await;
     let t0 = Instant::now();
-    run(total, true).await;
+    let h = closed_loop(args.concurrency, warmup + 1..total + 1, pair).await;
     let elapsed = t0.elapsed();
-    let h = hist.lock().unwrap().clone();
     let measured = h.len();
     let audit = p.admin_get("/admin/audit").await;
     let backend = match args.backend {
@@ -259,12 +235,7 @@ async fn participant(args: ParticipantArgs) {
         "pairs": measured,
         "seconds": elapsed.as_secs_f64(),
         "pairs_per_second": measured as f64 / elapsed.as_secs_f64(),
-        "pair_latency_ms": {
-            "p50": h.value_at_quantile(0.50) as f64 / 1000.0,
-            "p90": h.value_at_quantile(0.90) as f64 / 1000.0,
-            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
-            "max": h.max() as f64 / 1000.0,
-        },
+        "pair_latency_ms": latency_ms(&h),
         "audit": audit,
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
@@ -348,55 +319,22 @@ async fn coordinator(args: CoordinatorArgs) {
     };
     let warmup = args.txns / 10;
     let total = warmup + args.txns;
-    let next = Arc::new(AtomicU64::new(0));
-    let executed = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
-    ));
-    let run = |limit: u64, record: bool| {
-        let tasks = (0..args.concurrency).map(|_| {
-            let (client, next, hist, executed) =
-                (client.clone(), next.clone(), hist.clone(), executed.clone());
-            let request = &request;
-            let mut client = client;
-            async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= limit {
-                        break;
-                    }
-                    let t = Instant::now();
-                    let r = client
-                        .execute(request(i))
-                        .await
-                        .expect("execute")
-                        .into_inner();
-                    assert!(
-                        matches!(r.status(), pb::Status::Confirming | pb::Status::Succeeded),
-                        "transaction {i}: {r:?}"
-                    );
-                    executed.fetch_add(1, Ordering::Relaxed);
-                    if record {
-                        hist.lock()
-                            .unwrap()
-                            .record(t.elapsed().as_micros() as u64)
-                            .unwrap();
-                    }
-                }
-            }
-        });
-        join_all(tasks)
+    let execute = |i: u64| {
+        let (mut client, request) = (client.clone(), request(i));
+        async move {
+            let r = client.execute(request).await.expect("execute").into_inner();
+            assert!(
+                matches!(r.status(), pb::Status::Confirming | pb::Status::Succeeded),
+                "transaction {i}: {r:?}"
+            );
+        }
     };
-    run(warmup, false).await;
-    let warm = executed.load(Ordering::Relaxed);
-    // Workers leaving the warm-up each took one index past it; start the measured run there.
-    next.store(warmup, Ordering::Relaxed);
+    closed_loop(args.concurrency, 0..warmup, execute).await;
     let commits_before = commits(db.url().to_owned()).await;
     let t0 = Instant::now();
-    run(total, true).await;
+    let h = closed_loop(args.concurrency, warmup..total, execute).await;
     let decided = t0.elapsed();
-    let all = executed.load(Ordering::Relaxed);
-    let measured_count = all - warm;
+    let measured_count = h.len();
     // Wait until every transaction is terminal.
     let http_client = reqwest::Client::new();
     loop {
@@ -411,7 +349,7 @@ async fn coordinator(args: CoordinatorArgs) {
             .await
             .unwrap();
         let done = counts["counts"]["succeeded"].as_i64().unwrap_or(0);
-        if done as u64 >= all {
+        if done as u64 >= total {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -420,7 +358,6 @@ async fn coordinator(args: CoordinatorArgs) {
     // PostgreSQL publishes its counters about once a second.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     let commits_after = commits(db.url().to_owned()).await;
-    let h = hist.lock().unwrap().clone();
     let measured = measured_count as f64;
     let backend = match args.backend {
         Backend::Sqlite => format!("sqlite(synchronous={})", args.synchronous),
@@ -433,12 +370,7 @@ async fn coordinator(args: CoordinatorArgs) {
         "transactions": measured_count,
         "decided_per_second": measured / decided.as_secs_f64(),
         "completed_per_second": measured / finished.as_secs_f64(),
-        "execute_latency_ms": {
-            "p50": h.value_at_quantile(0.50) as f64 / 1000.0,
-            "p90": h.value_at_quantile(0.90) as f64 / 1000.0,
-            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
-            "max": h.max() as f64 / 1000.0,
-        },
+        "execute_latency_ms": latency_ms(&h),
         "database_transactions_per_global_transaction": match (commits_before, commits_after) {
             (Some(b), Some(a)) => serde_json::json!((a - b) as f64 / measured),
             _ => serde_json::Value::Null,
@@ -492,7 +424,7 @@ async fn orders(args: OrdersArgs) {
             funded.status()
         );
     }
-    let buyers = Arc::new(buyers);
+
     let restocked = http
         .post(format!(
             "{}/admin/skus/{}/restocks",
@@ -509,63 +441,36 @@ async fn orders(args: OrdersArgs) {
         restocked.status()
     );
 
-    let next = Arc::new(AtomicU64::new(0));
-    let hist = Arc::new(Mutex::new(
-        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap(),
-    ));
-    let outcomes = Arc::new(Mutex::new(std::collections::BTreeMap::<String, u64>::new()));
-    let t0 = Instant::now();
-    let tasks = (0..args.concurrency).map(|_| {
-        let (http, next, hist, outcomes, buyers) = (
-            http.clone(),
-            next.clone(),
-            hist.clone(),
-            outcomes.clone(),
-            buyers.clone(),
-        );
-        let (url, sku, tag, count) = (
-            args.url.clone(),
-            args.sku.clone(),
-            run_tag.clone(),
-            args.count,
-        );
+    let outcomes = Mutex::new(std::collections::BTreeMap::<String, u64>::new());
+    let place = |i: u64| {
+        let (http, buyers, outcomes) = (&http, &buyers, &outcomes);
+        let (url, sku, tag) = (&args.url, &args.sku, &run_tag);
         async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    break;
-                }
-                let t = Instant::now();
-                let (_, token) = &buyers[(i % buyers.len() as u64) as usize];
-                let res = http
-                    .post(format!("{url}/api/v1/orders"))
-                    .bearer_auth(token)
-                    .header("Idempotency-Key", format!("{tag}-{i}"))
-                    .json(&serde_json::json!({ "sku": sku, "quantity": 1 }))
-                    .send()
-                    .await;
-                let outcome = match res {
-                    Ok(r) => {
-                        let status = r.status();
-                        let body: serde_json::Value = r.json().await.unwrap_or_default();
-                        match body["status"].as_str() {
-                            Some(s) => s.to_owned(),
-                            None => format!("http {status}"),
-                        }
+            let (_, token) = &buyers[(i % buyers.len() as u64) as usize];
+            let res = http
+                .post(format!("{url}/api/v1/orders"))
+                .bearer_auth(token)
+                .header("Idempotency-Key", format!("{tag}-{i}"))
+                .json(&serde_json::json!({ "sku": sku, "quantity": 1 }))
+                .send()
+                .await;
+            let outcome = match res {
+                Ok(r) => {
+                    let status = r.status();
+                    let body: serde_json::Value = r.json().await.unwrap_or_default();
+                    match body["status"].as_str() {
+                        Some(s) => s.to_owned(),
+                        None => format!("http {status}"),
                     }
-                    Err(e) => format!("error: {e}"),
-                };
-                hist.lock()
-                    .unwrap()
-                    .record(t.elapsed().as_micros() as u64)
-                    .unwrap();
-                *outcomes.lock().unwrap().entry(outcome).or_default() += 1;
-            }
+                }
+                Err(e) => format!("error: {e}"),
+            };
+            *outcomes.lock().unwrap().entry(outcome).or_default() += 1;
         }
-    });
-    join_all(tasks).await;
+    };
+    let t0 = Instant::now();
+    let h = closed_loop(args.concurrency, 0..args.count, place).await;
     let elapsed = t0.elapsed();
-    let h = hist.lock().unwrap().clone();
     let report = serde_json::json!({
         "what": "POST /api/v1/orders, one coffee each, unique Idempotency-Keys",
         "run_tag": run_tag,
@@ -573,12 +478,7 @@ async fn orders(args: OrdersArgs) {
         "buyers": buyers.len(),
         "orders": args.count,
         "orders_per_second": args.count as f64 / elapsed.as_secs_f64(),
-        "latency_ms": {
-            "p50": h.value_at_quantile(0.50) as f64 / 1000.0,
-            "p90": h.value_at_quantile(0.90) as f64 / 1000.0,
-            "p99": h.value_at_quantile(0.99) as f64 / 1000.0,
-            "max": h.max() as f64 / 1000.0,
-        },
+        "latency_ms": latency_ms(&h),
         "outcomes": *outcomes.lock().unwrap(),
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
@@ -600,4 +500,43 @@ fn mint(secret: &str, user: &str) -> String {
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
     .expect("HS256 signing")
+}
+
+/// Calls `op(i)` for every `i` in `range` from `concurrency` workers, each sending its next call
+/// when the previous one is answered (closed loop); returns the latencies in microseconds.
+async fn closed_loop<F, Fut>(concurrency: u64, range: std::ops::Range<u64>, op: F) -> Histogram<u64>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let next = AtomicU64::new(range.start);
+    let workers = (0..concurrency.max(1)).map(|_| async {
+        let mut hist =
+            Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+        loop {
+            let i = next.fetch_add(1, Ordering::Relaxed);
+            if i >= range.end {
+                return hist;
+            }
+            let t = Instant::now();
+            op(i).await;
+            hist.saturating_record(t.elapsed().as_micros() as u64);
+        }
+    });
+    let mut all = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+    for h in join_all(workers).await {
+        all.add(&h).expect("same bounds");
+    }
+    all
+}
+
+/// p50, p90, p99 and max of a histogram in microseconds, as milliseconds.
+fn latency_ms(h: &Histogram<u64>) -> serde_json::Value {
+    let ms = |us: u64| us as f64 / 1000.0;
+    serde_json::json!({
+        "p50": ms(h.value_at_quantile(0.50)),
+        "p90": ms(h.value_at_quantile(0.90)),
+        "p99": ms(h.value_at_quantile(0.99)),
+        "max": ms(h.max()),
+    })
 }
