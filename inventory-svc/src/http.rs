@@ -16,6 +16,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/skus/{id}", web::put().to(create_sku))
             .route("/skus/{id}", web::get().to(get_sku))
             .route("/skus/{id}/restocks", web::post().to(restock))
+            .route("/reservations", web::get().to(list_reservations))
             .route("/reservations/{gid}", web::get().to(reservations_of))
             .route("/audit", web::get().to(audit)),
     );
@@ -189,6 +190,38 @@ async fn reservations_of(
     .await
     .map_err(StoreError::from)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "gid": gid, "reservations": rows })))
+}
+
+/// A reservation with the global transaction it belongs to, as the full listing shows it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct GidReservation {
+    #[serde(with = "host::page::id_string")]
+    gid: i64,
+    branch_id: String,
+    sku: String,
+    quantity: i64,
+    status: String,
+}
+
+/// `GET /admin/reservations?after=<gid>/<branch>&limit=`: every reservation, oldest transaction
+/// first; what a cross-service audit reads to compare each transaction's parties.
+async fn list_reservations(
+    db: web::Data<Db>,
+    page: web::Query<host::Page>,
+) -> Result<HttpResponse, Problem> {
+    let (gid, branch) = page.gid_branch_after()?;
+    let rows: Vec<GidReservation> = sqlx::query_as(
+        "SELECT gid, branch_id, sku, quantity, status FROM reservations \
+         WHERE gid > $1 OR (gid = $1 AND branch_id > $2) ORDER BY gid, branch_id LIMIT $3",
+    )
+    .bind(gid)
+    .bind(branch)
+    .bind(page.limit())
+    .fetch_all(db.pool())
+    .await
+    .map_err(StoreError::from)?;
+    let next = page.next_after(&rows, |r| format!("{}/{}", r.gid, r.branch_id));
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "reservations": rows, "next_after": next })))
 }
 
 /// The stock invariants of DESIGN §5 as this service sees them.

@@ -21,9 +21,9 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
 
 #[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
 pub struct Order {
-    #[serde(with = "as_string")]
+    #[serde(with = "host::page::id_string")]
     pub id: i64,
-    #[serde(with = "as_string")]
+    #[serde(with = "host::page::id_string")]
     pub gid: i64,
     pub user_id: String,
     pub sku: String,
@@ -32,19 +32,6 @@ pub struct Order {
     pub status: String,
     pub created_at: i64,
     pub updated_at: i64,
-}
-
-/// 63-bit ids travel as strings so JavaScript clients do not round them.
-mod as_string {
-    use serde::{Deserialize, Deserializer, Serializer};
-    pub fn serialize<S: Serializer>(v: &i64, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(v)
-    }
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
 }
 
 const COLUMNS: &str = "id, gid, user_id, sku, quantity, amount, status, created_at, updated_at";
@@ -119,18 +106,28 @@ async fn list_orders(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "orders": orders, "next_after": next })))
 }
 
-/// Orders by status.
+/// Orders by status, and the exactly-once bookkeeping of the public API (DESIGN §5.4).
 #[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Audit {
     pub pending: i64,
     pub confirmed: i64,
     pub cancelled: i64,
+    /// Idempotency keys seen by `POST /api/v1/orders`.
+    pub requests: i64,
+    /// Keys whose request has no stored answer yet (in flight, or interrupted and not retried).
+    pub unanswered_requests: i64,
+    /// Orders no idempotency key points at: created by something other than the public API.
+    pub orders_without_request: i64,
+    /// Orders two or more keys point at: must be 0.
+    pub orders_with_several_requests: i64,
 }
 
+/// `GET /admin/audit`: one read transaction.
 async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
+    let mut tx = db.begin().await?;
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, CAST(COUNT(*) AS BIGINT) FROM orders GROUP BY status")
-            .fetch_all(db.pool())
+            .fetch_all(&mut *tx)
             .await
             .map_err(StoreError::from)?;
     let count = |s: &str| {
@@ -139,9 +136,36 @@ async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
             .map(|(_, n)| *n)
             .unwrap_or(0)
     };
+    let (requests, unanswered): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COUNT(*) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN response_status IS NULL THEN 1 ELSE 0 END), 0) AS BIGINT) \
+         FROM order_requests",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    let without: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM orders o \
+         WHERE NOT EXISTS (SELECT 1 FROM order_requests r WHERE r.order_id = o.id)",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    let several: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM \
+         (SELECT order_id FROM order_requests GROUP BY order_id HAVING COUNT(*) > 1) shared_orders",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    tx.rollback().await.map_err(StoreError::from)?;
     Ok(HttpResponse::Ok().json(Audit {
         pending: count("PENDING"),
         confirmed: count("CONFIRMED"),
         cancelled: count("CANCELLED"),
+        requests,
+        unanswered_requests: unanswered,
+        orders_without_request: without,
+        orders_with_several_requests: several,
     }))
 }

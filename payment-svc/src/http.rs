@@ -16,6 +16,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/accounts/{id}", web::put().to(create_account))
             .route("/accounts/{id}", web::get().to(get_account))
             .route("/accounts/{id}/deposits", web::post().to(deposit))
+            .route("/holds", web::get().to(list_holds))
             .route("/holds/{gid}", web::get().to(holds_of))
             .route("/audit", web::get().to(audit)),
     );
@@ -193,6 +194,39 @@ async fn holds_of(db: web::Data<Db>, gid: web::Path<String>) -> Result<HttpRespo
     .await
     .map_err(store::StoreError::from)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "gid": gid, "holds": holds })))
+}
+
+/// A hold with the global transaction it belongs to, as the full listing shows it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+struct GidHold {
+    #[serde(with = "host::page::id_string")]
+    gid: i64,
+    branch_id: String,
+    account_id: String,
+    merchant_id: String,
+    amount: i64,
+    status: String,
+}
+
+/// `GET /admin/holds?after=<gid>/<branch>&limit=`: every hold, oldest transaction first; what a
+/// cross-service audit reads to compare each transaction's parties.
+async fn list_holds(
+    db: web::Data<Db>,
+    page: web::Query<host::Page>,
+) -> Result<HttpResponse, Problem> {
+    let (gid, branch) = page.gid_branch_after()?;
+    let holds: Vec<GidHold> = sqlx::query_as(
+        "SELECT gid, branch_id, account_id, merchant_id, amount, status FROM holds \
+         WHERE gid > $1 OR (gid = $1 AND branch_id > $2) ORDER BY gid, branch_id LIMIT $3",
+    )
+    .bind(gid)
+    .bind(branch)
+    .bind(page.limit())
+    .fetch_all(db.pool())
+    .await
+    .map_err(store::StoreError::from)?;
+    let next = page.next_after(&holds, |h| format!("{}/{}", h.gid, h.branch_id));
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "holds": holds, "next_after": next })))
 }
 
 /// The money invariants of DESIGN §5 as this service sees them.

@@ -6,7 +6,7 @@ use order_svc::auth::{Authenticator, JwtConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use testkit::{both_backends, free_port, Service, ServiceSpec, TestDb};
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
@@ -246,98 +246,20 @@ impl Platform {
             .unwrap()
     }
 
-    /// DESIGN §5, once the system is quiet: money and stock conserved with nothing held, every
-    /// global transaction terminal, and all four parties agreeing on each one.
+    /// DESIGN §5, once the system is quiet (waiting up to 30 s): the `audit` crate's checks
+    /// across the four services, the same ones `load-tests audit` prints.
     async fn assert_invariants(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let txns = loop {
-            let (_, list) = self
-                .admin(
-                    Method::GET,
-                    "coordinator",
-                    "/api/v1/transactions?limit=500",
-                    None,
-                )
-                .await;
-            let txns = list["transactions"].as_array().cloned().unwrap_or_default();
-            if txns
-                .iter()
-                .all(|t| t["status"] == "succeeded" || t["status"] == "failed")
-            {
-                break txns;
-            }
-            if Instant::now() >= deadline {
-                let gid = txns
-                    .iter()
-                    .find(|t| t["status"] != "succeeded" && t["status"] != "failed")
-                    .unwrap()["gid"]
-                    .clone();
-                let (_, detail) = self
-                    .admin(
-                        Method::GET,
-                        "coordinator",
-                        &format!("/api/v1/transactions/{}", gid.as_str().unwrap()),
-                        None,
-                    )
-                    .await;
-                panic!("transactions still open: {list}\n{detail}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        let endpoints = audit::Endpoints {
+            coordinator: self.urls["coordinator"].clone(),
+            order: self.urls["order"].clone(),
+            payment: self.urls["payment"].clone(),
+            inventory: self.urls["inventory"].clone(),
+            admin_token: ADMIN.into(),
         };
-        let (_, money) = self
-            .admin(Method::GET, "payment", "/admin/audit", None)
-            .await;
-        assert_eq!(money["consistent"], true, "{money}");
-        assert_eq!(money["frozen"], 0, "{money}");
-        let (_, stock) = self
-            .admin(Method::GET, "inventory", "/admin/audit", None)
-            .await;
-        assert_eq!(stock["consistent"], true, "{stock}");
-        assert_eq!(stock["reserved"], 0, "{stock}");
-        for t in &txns {
-            let gid = t["gid"].as_str().unwrap();
-            let (_, orders) = self
-                .admin(
-                    Method::GET,
-                    "order",
-                    &format!("/admin/transactions/{gid}/orders"),
-                    None,
-                )
-                .await;
-            let (_, holds) = self
-                .admin(Method::GET, "payment", &format!("/admin/holds/{gid}"), None)
-                .await;
-            let (_, res) = self
-                .admin(
-                    Method::GET,
-                    "inventory",
-                    &format!("/admin/reservations/{gid}"),
-                    None,
-                )
-                .await;
-            let order = orders["orders"][0]["status"].as_str().unwrap_or("none");
-            let hold = holds["holds"][0]["status"].as_str().unwrap_or("none");
-            let reservation = res["reservations"][0]["status"].as_str().unwrap_or("none");
-            if t["status"] == "succeeded" {
-                assert_eq!(
-                    (order, hold, reservation),
-                    ("CONFIRMED", "captured", "sold"),
-                    "gid {gid}"
-                );
-            } else {
-                assert_eq!(order, "CANCELLED", "gid {gid}");
-                assert!(
-                    matches!(hold, "none" | "released"),
-                    "gid {gid}: hold {hold}"
-                );
-                assert!(
-                    matches!(reservation, "none" | "released"),
-                    "gid {gid}: reservation {reservation}"
-                );
-            }
-        }
-        let (_, o) = self.admin(Method::GET, "order", "/admin/audit", None).await;
-        assert_eq!(o["pending"], 0, "{o}");
+        let report = audit::run(&endpoints, Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("audit: {e}"));
+        assert!(report.ok, "{report}");
     }
 }
 
