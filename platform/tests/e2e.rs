@@ -7,7 +7,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::Duration;
-use testkit::{both_backends, free_port, Service, ServiceSpec, TestDb};
+use testkit::{both_backends, Service, TestDb};
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
 const JWT_SECRET: &str = "e2e-jwt-secret-0123456789-0123456789";
@@ -21,124 +21,34 @@ struct Platform {
     urls: HashMap<&'static str, String>,
     http: reqwest::Client,
     _dbs: Vec<TestDb>,
-    _dir: tempfile_guard::Dir,
-}
-
-mod tempfile_guard {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-fn spec(
-    name: &str,
-    dir: &std::path::Path,
-    prefix: &str,
-    db: &TestDb,
-    http: u16,
-    grpc: u16,
-) -> ServiceSpec {
-    ServiceSpec::new(name, env!("CARGO_BIN_EXE_platform"), dir)
-        .arg("serve")
-        .arg(name)
-        .env(format!("{prefix}HTTP_ADDR"), format!("127.0.0.1:{http}"))
-        .env(format!("{prefix}GRPC_ADDR"), format!("127.0.0.1:{grpc}"))
-        .env(format!("{prefix}DATABASE_URL"), db.url())
-        .env(format!("{prefix}DATA_DIR"), dir.join(name))
-        .env(format!("{prefix}ADMIN_TOKEN"), ADMIN)
-        .env("RUST_LOG", "warn")
-        .env("LOG_FORMAT", "json")
-        .ready_url(format!("http://127.0.0.1:{http}/readyz"))
+    _dir: tempfile::TempDir,
 }
 
 impl Platform {
-    async fn start(first: TestDb, payment_up: bool) -> Platform {
-        Platform::start_with(first, payment_up, None).await
+    async fn start(first: TestDb) -> Platform {
+        Platform::start_with(first, None).await
     }
 
     /// `otlp`: an OTLP endpoint every service exports its spans to.
-    async fn start_with(first: TestDb, payment_up: bool, otlp: Option<&str>) -> Platform {
-        let spec =
-            |name: &str, dir: &std::path::Path, prefix: &str, db: &TestDb, http: u16, grpc: u16| {
-                let s = spec(name, dir, prefix, db, http, grpc);
-                match otlp {
-                    Some(endpoint) => s.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
-                    None => s,
-                }
-            };
-        let dir =
-            std::env::temp_dir().join(format!("e2e-{}-{}", std::process::id(), rand_suffix()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let dbs = vec![
-            first.sibling().await,
-            first.sibling().await,
-            first.sibling().await,
+    async fn start_with(first: TestDb, otlp: Option<&str>) -> Platform {
+        let mut options = testkit::platform::PlatformOptions::new(ADMIN, JWT_SECRET);
+        options.otlp = otlp.map(str::to_owned);
+        let p = testkit::platform::Platform::start(
+            std::path::Path::new(env!("CARGO_BIN_EXE_platform")),
             first,
-        ];
-        let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
-        let [c, o, p, i] = [ports[0], ports[1], ports[2], ports[3]];
-        let coordinator = Service::start(
-            spec("coordinator", &dir, "COORDINATOR_", &dbs[0], c.0, c.1)
-                .env("COORDINATOR_LEASE_MS", "3000")
-                .env("COORDINATOR_RECOVERY_INTERVAL_MS", "50")
-                .env("COORDINATOR_RETRY_INITIAL_MS", "20")
-                .env("COORDINATOR_RETRY_MAX_MS", "300"),
+            &options,
         )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-        let order = Service::start(
-            spec("order", &dir, "ORDER_", &dbs[1], o.0, o.1)
-                .env("ORDER_JWT__SECRET", JWT_SECRET)
-                .env(
-                    "ORDER_API__COORDINATOR_URL",
-                    format!("http://127.0.0.1:{}", c.1),
-                )
-                .env("ORDER_API__ORDER_URL", format!("http://127.0.0.1:{}", o.1))
-                .env(
-                    "ORDER_API__PAYMENT_URL",
-                    format!("http://127.0.0.1:{}", p.1),
-                )
-                .env(
-                    "ORDER_API__INVENTORY_URL",
-                    format!("http://127.0.0.1:{}", i.1),
-                )
-                .env("ORDER_API__WAIT_MS", "3000")
-                .env("ORDER_API__TRANSACTION_TIMEOUT_MS", "3000"),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        let payment_spec = spec("payment", &dir, "PAYMENT_", &dbs[2], p.0, p.1);
-        let payment = if payment_up {
-            Service::start(payment_spec)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-        } else {
-            // Started (to seed it) and stopped again by the test that wants it down.
-            Service::start(payment_spec)
-                .await
-                .unwrap_or_else(|e| panic!("{e}"))
-        };
-        let inventory = Service::start(spec("inventory", &dir, "INVENTORY_", &dbs[3], i.0, i.1))
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
-        let urls = HashMap::from([
-            ("coordinator", format!("http://127.0.0.1:{}", c.0)),
-            ("order", format!("http://127.0.0.1:{}", o.0)),
-            ("payment", format!("http://127.0.0.1:{}", p.0)),
-            ("inventory", format!("http://127.0.0.1:{}", i.0)),
-        ]);
         let platform = Platform {
-            coordinator,
-            order,
-            payment,
-            inventory,
-            urls,
+            coordinator: p.coordinator,
+            order: p.order,
+            payment: p.payment,
+            inventory: p.inventory,
+            urls: p.urls,
             http: reqwest::Client::new(),
-            _dbs: dbs,
-            _dir: tempfile_guard::Dir(dir),
+            _dbs: p.dbs,
+            _dir: p.dir,
         };
         platform.seed().await;
         platform
@@ -263,15 +173,8 @@ impl Platform {
     }
 }
 
-fn rand_suffix() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-}
-
 async fn an_order_is_confirmed_and_reads_back_for_its_owner_only(db: TestDb) {
-    let p = Platform::start(db, true).await;
+    let p = Platform::start(db).await;
     let (status, body) = p
         .order("alice", "k1", json!({"sku": "coffee", "quantity": 2}))
         .await;
@@ -293,7 +196,7 @@ async fn an_order_is_confirmed_and_reads_back_for_its_owner_only(db: TestDb) {
 }
 
 async fn insufficient_funds_cancels_and_leaves_balances_unchanged(db: TestDb) {
-    let p = Platform::start(db, true).await;
+    let p = Platform::start(db).await;
     let (status, body) = p
         .order("bob", "k1", json!({"sku": "coffee", "quantity": 3}))
         .await;
@@ -309,7 +212,7 @@ async fn insufficient_funds_cancels_and_leaves_balances_unchanged(db: TestDb) {
 }
 
 async fn out_of_stock_cancels(db: TestDb) {
-    let p = Platform::start(db, true).await;
+    let p = Platform::start(db).await;
     let (_, first) = p
         .order("alice", "k1", json!({"sku": "vinyl", "quantity": 1}))
         .await;
@@ -337,7 +240,7 @@ async fn out_of_stock_cancels(db: TestDb) {
 }
 
 async fn payment_down_during_the_try_cancels_and_recovers_when_it_returns(db: TestDb) {
-    let mut p = Platform::start(db, false).await;
+    let mut p = Platform::start(db).await;
     p.payment.kill();
     let (status, body) = p
         .order("alice", "k1", json!({"sku": "coffee", "quantity": 1}))
@@ -355,7 +258,7 @@ async fn payment_down_during_the_try_cancels_and_recovers_when_it_returns(db: Te
 }
 
 async fn payment_killed_with_orders_in_flight_and_restarted_ends_consistent(db: TestDb) {
-    let mut p = Platform::start(db, true).await;
+    let mut p = Platform::start(db).await;
     let answers = join_all((0..12).map(|i| {
         p.order(
             "alice",
@@ -386,7 +289,7 @@ async fn payment_killed_with_orders_in_flight_and_restarted_ends_consistent(db: 
 async fn coordinator_killed_with_orders_in_flight_and_restarted_leaves_every_order_terminal(
     db: TestDb,
 ) {
-    let mut p = Platform::start(db, true).await;
+    let mut p = Platform::start(db).await;
     let first = join_all((0..8).map(|i| {
         p.order(
             "alice",
@@ -441,7 +344,7 @@ async fn coordinator_killed_with_orders_in_flight_and_restarted_leaves_every_ord
 }
 
 async fn one_key_sent_twenty_times_at_once_creates_one_order(db: TestDb) {
-    let p = Platform::start(db, true).await;
+    let p = Platform::start(db).await;
     let answers = join_all(
         (0..20).map(|_| p.order("alice", "same", json!({"sku": "coffee", "quantity": 1}))),
     )
@@ -465,7 +368,7 @@ async fn one_key_sent_twenty_times_at_once_creates_one_order(db: TestDb) {
 }
 
 async fn bad_requests_get_4xx_problems_and_change_nothing(db: TestDb) {
-    let p = Platform::start(db, true).await;
+    let p = Platform::start(db).await;
     let post = |headers: Vec<(&'static str, String)>, body: String| {
         let mut req = p
             .http
@@ -684,7 +587,7 @@ mod trace_collector {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_order_is_one_trace_across_the_four_services() {
     let (collector, endpoint) = trace_collector::start().await;
-    let mut p = Platform::start_with(TestDb::sqlite(), true, Some(&endpoint)).await;
+    let mut p = Platform::start_with(TestDb::sqlite(), Some(&endpoint)).await;
     let (status, body) = p
         .order("alice", "traced", json!({"sku": "coffee", "quantity": 1}))
         .await;

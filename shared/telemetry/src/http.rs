@@ -26,9 +26,13 @@ impl Extractor for ActixHeaders<'_> {
     }
 }
 
+/// A request header naming the load-test run (or any experiment) a request belongs to; recorded
+/// as the span attribute `run.tag`, so a run's logs and traces can be searched for.
+pub const RUN_TAG: &str = "x-run-tag";
+
 /// Middleware (for `actix_web::middleware::from_fn`) that runs each request in a server span
 /// continuing the caller's `traceparent`, named `METHOD /route/{pattern}`, with the status code
-/// recorded.
+/// and the `X-Run-Tag` header (if any) recorded.
 pub async fn trace_requests(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
@@ -52,7 +56,11 @@ pub async fn trace_requests(
         url.path = %req.path(),
         http.response.status_code = Empty,
         trace_id = Empty,
+        run.tag = Empty,
     );
+    if let Some(tag) = req.headers().get(RUN_TAG).and_then(|v| v.to_str().ok()) {
+        span.record("run.tag", tag);
+    }
     continue_trace(&span, parent);
     let response = next.call(req).instrument(span.clone()).await;
     match &response {

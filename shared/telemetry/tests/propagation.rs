@@ -102,7 +102,7 @@ async fn an_http_server_span_is_the_child_of_the_calling_client_span() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_http_request_without_traceparent_starts_a_new_trace() {
+async fn an_http_request_without_traceparent_starts_a_new_trace_tagged_with_its_run() {
     exporter();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -120,13 +120,22 @@ async fn an_http_request_without_traceparent_starts_a_new_trace() {
     .run();
     let handle = server.handle();
     tokio::spawn(server);
-    reqwest::get(format!("http://127.0.0.1:{port}/fresh"))
+    reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{port}/fresh"))
+        .header(telemetry::http::RUN_TAG, "lt-42")
+        .send()
         .await
         .unwrap();
     handle.stop(true).await;
     let server = finished("GET /fresh").pop().expect("server span exported");
     assert_eq!(server.parent_span_id, SpanId::INVALID);
     assert_ne!(server.span_context.trace_id(), TraceId::INVALID);
+    let tag = server
+        .attributes
+        .iter()
+        .find(|kv| kv.key.as_str() == "run.tag")
+        .map(|kv| kv.value.to_string());
+    assert_eq!(tag.as_deref(), Some("lt-42"), "{:?}", server.attributes);
 }
 
 struct Echo;

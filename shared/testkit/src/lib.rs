@@ -19,6 +19,7 @@
 //!   restart it, read its log.
 
 pub mod participant;
+pub mod platform;
 mod postgres;
 mod process;
 pub mod scripted;

@@ -1,0 +1,163 @@
+//! `chaos`: the course lab's experiment as one command. A platform of its own (the four
+//! services as `platform serve …` processes on fresh databases), orders through the public API
+//! with failing and duplicate shares and client retries, and meanwhile one service after another
+//! SIGKILLed, left down a moment and restarted. Then the audit: every transaction terminal,
+//! money and stock conserved, all parties agreeing, one order per key.
+
+use crate::bench::Backend;
+use crate::run::{self, RunArgs};
+use crate::target::{parse_duration, Target};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use testkit::platform::{Platform, PlatformOptions, SERVICES};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ChaosArgs {
+    /// SQLite files, or fresh databases on the PostgreSQL server of DATABASE_URL (or a throwaway
+    /// local cluster when it is unset).
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub backend: Backend,
+    /// Services to kill, in turn (coordinator, order, payment, inventory).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "payment,coordinator,inventory,order"
+    )]
+    pub kill: Vec<String>,
+    /// Time between kills.
+    #[arg(long, value_parser = parse_duration, default_value = "3s")]
+    pub interval: Duration,
+    /// How long a killed service stays down before it is restarted.
+    #[arg(long, value_parser = parse_duration, default_value = "500ms")]
+    pub down: Duration,
+    /// How long the load runs.
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub duration: Duration,
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: u64,
+    #[arg(long, default_value_t = 0.1)]
+    pub fail_share: f64,
+    #[arg(long, default_value_t = 0.1)]
+    pub duplicate_share: f64,
+    /// Times a client resends an order (same key) after a transport error or a 5xx.
+    #[arg(long, default_value_t = 8)]
+    pub retries: u32,
+    /// How long the audit waits for in-flight transactions to finish.
+    #[arg(long, value_parser = parse_duration, default_value = "60s")]
+    pub settle: Duration,
+    /// Folder with the `platform` binary (default: beside this binary).
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+    /// Write the run's report as JSON here.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// A throwaway secret for this platform only.
+fn token() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+pub async fn chaos(args: ChaosArgs) -> Result<bool, String> {
+    for name in &args.kill {
+        if !SERVICES.contains(&name.as_str()) {
+            return Err(format!(
+                "--kill: {name:?} is not one of {}",
+                SERVICES.join(", ")
+            ));
+        }
+    }
+    let bin = match &args.bin_dir {
+        Some(d) => d.join("platform"),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("platform"),
+    };
+    if !bin.exists() {
+        return Err(format!(
+            "{} is missing: build it with `cargo build --release -p platform -p load-tests`",
+            bin.display()
+        ));
+    }
+    let db = match args.backend {
+        Backend::Sqlite => testkit::TestDb::sqlite(),
+        Backend::Postgres => testkit::TestDb::postgres()
+            .await
+            .ok_or("no PostgreSQL: set DATABASE_URL or install PostgreSQL")?,
+    };
+    let options = PlatformOptions::new(&token(), &token());
+    let mut platform = Platform::start(&bin, db, &options).await?;
+    eprintln!(
+        "chaos: platform up ({:?}) in {}",
+        args.backend,
+        platform.dir.path().display()
+    );
+    let target = Target {
+        order_url: platform.urls["order"].clone(),
+        payment_url: platform.urls["payment"].clone(),
+        inventory_url: platform.urls["inventory"].clone(),
+        coordinator_url: platform.urls["coordinator"].clone(),
+        data: platform.dir.path().to_owned(),
+        admin_token: Some(options.admin_token.clone()),
+        jwt_secret: Some(options.jwt_secret.clone()),
+    };
+    target
+        .admin(
+            &reqwest::Client::new(),
+            reqwest::Method::PUT,
+            format!("{}/admin/catalog/coffee", target.order_url),
+            serde_json::json!({ "name": "coffee", "price": 450 }),
+        )
+        .await?;
+    let run_args = RunArgs {
+        target: target.clone(),
+        concurrency: Some(args.concurrency),
+        rate: None,
+        duration: args.duration,
+        count: None,
+        warmup: Duration::ZERO,
+        users: 64,
+        sku: "coffee".into(),
+        fail_share: args.fail_share,
+        duplicate_share: args.duplicate_share,
+        retries: args.retries,
+        tag: Some(format!("chaos-{}", std::process::id())),
+        max_in_flight: 4096,
+        out: args.out.clone(),
+        quiet: true,
+    };
+    let load = tokio::spawn(run::run(run_args));
+    let start = Instant::now();
+    let mut kills = 0;
+    while start.elapsed() + args.interval < args.duration && !load.is_finished() {
+        tokio::time::sleep(args.interval).await;
+        let name = &args.kill[kills % args.kill.len()];
+        let service = platform.service(name).expect("checked above");
+        service.kill();
+        let killed_at = start.elapsed();
+        tokio::time::sleep(args.down).await;
+        let t = Instant::now();
+        service
+            .restart()
+            .await
+            .map_err(|e| format!("restarting {name}: {e}"))?;
+        kills += 1;
+        eprintln!(
+            "chaos: {:>5.1}s SIGKILL {name}, restarted after {:.0} ms down + {:.0} ms to ready",
+            killed_at.as_secs_f64(),
+            args.down.as_secs_f64() * 1000.0,
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+    }
+    let exactly_once = load
+        .await
+        .map_err(|e| format!("the load panicked: {e}"))??;
+    eprintln!("chaos: {kills} kills; auditing");
+    let report = audit::run(&target.endpoints()?, args.settle)
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("{report}");
+    Ok(exactly_once && report.ok)
+}

@@ -1,0 +1,706 @@
+//! `run`: orders through the public API (`POST /api/v1/orders`) the way customers send them —
+//! real JWTs, unique idempotency keys, a share of orders meant to fail and a share sent twice —
+//! closed loop (a fixed number in flight) or open loop (a fixed arrival rate, latency counted
+//! from the scheduled send time so a slow server cannot hide its queue).
+//!
+//! Every answer is classified against what the order was meant to do; a duplicate answered with
+//! another order than its original is an exactly-once violation and fails the run.
+
+use crate::target::{parse_duration, Target};
+use hdrhistogram::Histogram;
+use order_svc::api::OrderView;
+use reqwest::Method;
+use serde_json::json;
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// Closed loop: this many orders in flight, each sender sending its next order when the
+    /// previous one is answered. The default when `--rate` is not given.
+    #[arg(long, conflicts_with = "rate")]
+    pub concurrency: Option<u64>,
+    /// Open loop: orders per second, each sent at its scheduled time whether or not earlier ones
+    /// were answered; latency counts from the scheduled time.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// How long to measure (after the warm-up).
+    #[arg(long, value_parser = parse_duration, default_value = "20s")]
+    pub duration: Duration,
+    /// Stop after this many orders instead of after `--duration`.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Load sent first and not measured (connections, caches, SQLite pages).
+    #[arg(long, value_parser = parse_duration, default_value = "2s")]
+    pub warmup: Duration,
+    /// Buyers `load-0` … `load-N-1`, funded before the run (one hot account row would serialise
+    /// every order).
+    #[arg(long, default_value_t = 64)]
+    pub users: u64,
+    /// The SKU every order buys (restocked before the run).
+    #[arg(long, default_value = "coffee")]
+    pub sku: String,
+    /// Share of orders meant to fail: half from buyers with no money (insufficient_funds), half
+    /// for a SKU with no stock (out_of_stock).
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_share: f64,
+    /// Share of orders sent twice with the same key: half replayed after the answer, half as
+    /// concurrent twins. Both answers must name the same order.
+    #[arg(long, default_value_t = 0.0)]
+    pub duplicate_share: f64,
+    /// Times an order is resent with the same key after a transport error or a 5xx (as a real
+    /// client would; its latency then includes the retries).
+    #[arg(long, default_value_t = 0)]
+    pub retries: u32,
+    /// The run's tag: prefixes every Idempotency-Key and travels as `X-Run-Tag`, recorded on
+    /// order-svc's request spans (`run.tag`), so the run's logs and traces can be found.
+    #[arg(long)]
+    pub tag: Option<String>,
+    /// Open loop only: orders in flight beyond this are not sent and counted as `not_sent`.
+    #[arg(long, default_value_t = 4096)]
+    pub max_in_flight: u64,
+    /// Write the report as JSON here too.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// No progress line.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// What an order is meant to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Normal,
+    InsufficientFunds,
+    OutOfStock,
+    Replay,
+    Twin,
+}
+
+impl Kind {
+    fn expected(self) -> &'static str {
+        match self {
+            Kind::InsufficientFunds => "cancelled:insufficient_funds",
+            Kind::OutOfStock => "cancelled:out_of_stock",
+            _ => "confirmed",
+        }
+    }
+}
+
+const BROKE_BUYERS: u64 = 4;
+const SOLD_OUT_SKU: &str = "load-sold-out";
+
+/// A deterministic spread of kinds over order numbers (a hash, so shares hold in any window).
+fn kind_of(i: u64, fail_share: f64, duplicate_share: f64) -> Kind {
+    let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    let r = (x >> 11) as f64 / (1u64 << 53) as f64;
+    let half = x & 1 == 0;
+    if r < fail_share {
+        if half {
+            Kind::InsufficientFunds
+        } else {
+            Kind::OutOfStock
+        }
+    } else if r < fail_share + duplicate_share {
+        if half {
+            Kind::Replay
+        } else {
+            Kind::Twin
+        }
+    } else {
+        Kind::Normal
+    }
+}
+
+#[derive(Default)]
+struct Stats {
+    latency: Option<Histogram<u64>>,
+    by_outcome: BTreeMap<String, Histogram<u64>>,
+    outcomes: BTreeMap<String, u64>,
+    unexpected: BTreeMap<String, u64>,
+    kinds: BTreeMap<&'static str, u64>,
+    duplicates_sent: u64,
+    duplicates_replayed: u64,
+    duplicate_mismatches: u64,
+    mismatch_examples: Vec<String>,
+    not_sent: u64,
+}
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 120_000_000, 3).expect("histogram bounds")
+}
+
+impl Stats {
+    fn record(&mut self, kind: Kind, outcome: &str, micros: u64) {
+        self.latency
+            .get_or_insert_with(histogram)
+            .saturating_record(micros);
+        self.by_outcome
+            .entry(outcome.to_owned())
+            .or_insert_with(histogram)
+            .saturating_record(micros);
+        *self.outcomes.entry(outcome.to_owned()).or_default() += 1;
+        *self
+            .kinds
+            .entry(match kind {
+                Kind::Normal => "normal",
+                Kind::InsufficientFunds => "insufficient_funds",
+                Kind::OutOfStock => "out_of_stock",
+                Kind::Replay => "replayed",
+                Kind::Twin => "twins",
+            })
+            .or_default() += 1;
+        if outcome != kind.expected() {
+            *self
+                .unexpected
+                .entry(format!("{} → {outcome}", kind.expected()))
+                .or_default() += 1;
+        }
+    }
+
+    fn answered(&self) -> u64 {
+        self.latency.as_ref().map(|h| h.len()).unwrap_or(0)
+    }
+}
+
+/// What one request got back.
+struct Reply {
+    outcome: String,
+    order_id: Option<String>,
+    replayed: bool,
+}
+
+struct Shared {
+    http: reqwest::Client,
+    url: String,
+    tag: String,
+    sku: String,
+    tokens: HashMap<String, String>,
+    users: u64,
+    fail_share: f64,
+    duplicate_share: f64,
+    stats: Mutex<Stats>,
+    answered: AtomicU64,
+    in_flight: AtomicU64,
+    errors: AtomicU64,
+    retries: u32,
+    retried: AtomicU64,
+}
+
+impl Shared {
+    async fn send(&self, user: &str, key: &str, sku: &str) -> Reply {
+        let res = self
+            .http
+            .post(format!("{}/api/v1/orders", self.url))
+            .bearer_auth(&self.tokens[user])
+            .header("Idempotency-Key", key)
+            .header(telemetry::http::RUN_TAG, &self.tag)
+            .json(&json!({ "sku": sku, "quantity": 1 }))
+            .send()
+            .await;
+        let res = match res {
+            Ok(r) => r,
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                let what = if e.is_timeout() {
+                    "timeout"
+                } else if e.is_connect() {
+                    "connect"
+                } else {
+                    "transport"
+                };
+                return Reply {
+                    outcome: format!("error:{what}"),
+                    order_id: None,
+                    replayed: false,
+                };
+            }
+        };
+        let status = res.status();
+        let replayed = res.headers().contains_key("idempotent-replayed");
+        let body = res.bytes().await.unwrap_or_default();
+        match serde_json::from_slice::<OrderView>(&body) {
+            Ok(o) if status.is_success() => Reply {
+                outcome: match o.reason {
+                    Some(r) if o.status == "cancelled" => format!("cancelled:{r}"),
+                    _ => o.status,
+                },
+                order_id: Some(o.order_id),
+                replayed,
+            },
+            _ => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                let problem: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let code = problem["type"]
+                    .as_str()
+                    .or(problem["title"].as_str())
+                    .unwrap_or("")
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("")
+                    .to_owned();
+                Reply {
+                    outcome: format!("http:{}:{code}", status.as_u16()),
+                    order_id: None,
+                    replayed,
+                }
+            }
+        }
+    }
+
+    /// [`Shared::send`], resent with the same key after a transport error or a 5xx.
+    async fn send_retrying(&self, user: &str, key: &str, sku: &str) -> Reply {
+        let mut attempt = 0;
+        loop {
+            let reply = self.send(user, key, sku).await;
+            let retryable =
+                reply.outcome.starts_with("error:") || reply.outcome.starts_with("http:5");
+            if !retryable || attempt >= self.retries {
+                return reply;
+            }
+            attempt += 1;
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            let backoff = Duration::from_millis(100 << attempt.min(5));
+            tokio::time::sleep(backoff).await;
+        }
+    }
+
+    /// Places order `i` (with its duplicate, if it is meant to have one) and records it.
+    async fn place(&self, key_prefix: &str, i: u64, scheduled: Instant) {
+        let kind = kind_of(i, self.fail_share, self.duplicate_share);
+        let user = match kind {
+            Kind::InsufficientFunds => format!("load-broke-{}", i % BROKE_BUYERS),
+            _ => format!("load-{}", i % self.users),
+        };
+        let sku = match kind {
+            Kind::OutOfStock => SOLD_OUT_SKU,
+            _ => self.sku.as_str(),
+        };
+        let key = format!("{}-{key_prefix}{i}", self.tag);
+        let (first, second) = match kind {
+            Kind::Twin => {
+                let (a, b) = tokio::join!(
+                    self.send_retrying(&user, &key, sku),
+                    self.send_retrying(&user, &key, sku)
+                );
+                (a, Some(b))
+            }
+            Kind::Replay => {
+                let a = self.send_retrying(&user, &key, sku).await;
+                let b = self.send_retrying(&user, &key, sku).await;
+                (a, Some(b))
+            }
+            _ => (self.send_retrying(&user, &key, sku).await, None),
+        };
+        let micros = scheduled.elapsed().as_micros() as u64;
+        let mut stats = self.stats.lock().expect("stats lock");
+        stats.record(kind, &first.outcome, micros);
+        if let Some(second) = second {
+            stats.duplicates_sent += 1;
+            if second.replayed || first.replayed {
+                stats.duplicates_replayed += 1;
+            }
+            let both_answered = first.order_id.is_some() && second.order_id.is_some();
+            if both_answered && first.order_id != second.order_id {
+                stats.duplicate_mismatches += 1;
+                if stats.mismatch_examples.len() < 5 {
+                    stats.mismatch_examples.push(format!(
+                        "key {key}: orders {:?} and {:?}",
+                        first.order_id, second.order_id
+                    ));
+                }
+            }
+            if both_answered && first.outcome != second.outcome {
+                *stats
+                    .unexpected
+                    .entry(format!(
+                        "duplicate answered {} then {}",
+                        first.outcome, second.outcome
+                    ))
+                    .or_default() += 1;
+            }
+        }
+        drop(stats);
+        self.answered.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Buyers funded, stock restocked, the sold-out SKU priced and empty.
+async fn set_up(args: &RunArgs, http: &reqwest::Client, orders: u64) -> Result<(), String> {
+    let t = &args.target;
+    let put = Method::PUT;
+    for k in 0..args.users {
+        let user = format!("load-{k}");
+        t.admin(
+            http,
+            put.clone(),
+            format!("{}/admin/accounts/{user}", t.payment_url),
+            json!({ "available": 0 }),
+        )
+        .await?;
+        t.admin(
+            http,
+            Method::POST,
+            format!("{}/admin/accounts/{user}/deposits", t.payment_url),
+            json!({ "amount": 1_000_000_000_000_i64 }),
+        )
+        .await?;
+    }
+    for k in 0..BROKE_BUYERS {
+        t.admin(
+            http,
+            put.clone(),
+            format!("{}/admin/accounts/load-broke-{k}", t.payment_url),
+            json!({ "available": 0 }),
+        )
+        .await?;
+    }
+    t.admin(
+        http,
+        put.clone(),
+        format!("{}/admin/skus/{}", t.inventory_url, args.sku),
+        json!({ "available": 0 }),
+    )
+    .await?;
+    t.admin(
+        http,
+        Method::POST,
+        format!("{}/admin/skus/{}/restocks", t.inventory_url, args.sku),
+        json!({ "quantity": orders as i64 }),
+    )
+    .await?;
+    t.admin(
+        http,
+        put.clone(),
+        format!("{}/admin/skus/{SOLD_OUT_SKU}", t.inventory_url),
+        json!({ "available": 0 }),
+    )
+    .await?;
+    t.admin(
+        http,
+        put,
+        format!("{}/admin/catalog/{SOLD_OUT_SKU}", t.order_url),
+        json!({ "name": "sold out (load-tests)", "price": 100 }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// How the load is offered.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Closed(u64),
+    Open(f64),
+}
+
+/// Sends orders `key_prefix0…` until `until` or `count`; returns the seconds it took.
+async fn drive(
+    shared: &Arc<Shared>,
+    mode: Mode,
+    key_prefix: &'static str,
+    until: Duration,
+    count: Option<u64>,
+    max_in_flight: u64,
+) -> f64 {
+    let start = Instant::now();
+    let limit = count.unwrap_or(u64::MAX);
+    match mode {
+        Mode::Closed(n) => {
+            let next = Arc::new(AtomicU64::new(0));
+            let mut workers = tokio::task::JoinSet::new();
+            for _ in 0..n.max(1) {
+                let (shared, next) = (shared.clone(), next.clone());
+                workers.spawn(async move {
+                    loop {
+                        if start.elapsed() >= until && count.is_none() {
+                            return;
+                        }
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= limit {
+                            return;
+                        }
+                        shared.place(key_prefix, i, Instant::now()).await;
+                    }
+                });
+            }
+            while workers.join_next().await.is_some() {}
+        }
+        Mode::Open(rate) => {
+            let mut tasks = tokio::task::JoinSet::new();
+            let mut i = 0_u64;
+            loop {
+                let scheduled = start + Duration::from_secs_f64(i as f64 / rate);
+                if i >= limit || (count.is_none() && scheduled - start >= until) {
+                    break;
+                }
+                tokio::time::sleep_until(scheduled.into()).await;
+                while tasks.try_join_next().is_some() {}
+                if shared.in_flight.load(Ordering::Relaxed) >= max_in_flight {
+                    shared.stats.lock().expect("stats lock").not_sent += 1;
+                } else {
+                    let shared = shared.clone();
+                    shared.in_flight.fetch_add(1, Ordering::Relaxed);
+                    tasks.spawn(async move {
+                        shared.place(key_prefix, i, scheduled).await;
+                        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                i += 1;
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+    start.elapsed().as_secs_f64()
+}
+
+/// A progress line on stderr each second (a bar on a terminal, a line every 5 s otherwise).
+fn progress(
+    shared: Arc<Shared>,
+    total: Option<u64>,
+    duration: Duration,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let tty = std::io::stderr().is_terminal();
+        let start = Instant::now();
+        let mut last = (0_u64, Instant::now());
+        let mut tick = 0_u64;
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tick += 1;
+            let done = shared.answered.load(Ordering::Relaxed);
+            let now_rate = (done - last.0) as f64 / last.1.elapsed().as_secs_f64();
+            last = (done, Instant::now());
+            let fraction = match total {
+                Some(t) => done as f64 / t.max(1) as f64,
+                None => start.elapsed().as_secs_f64() / duration.as_secs_f64().max(0.001),
+            }
+            .min(1.0);
+            let width = 24;
+            let filled = (fraction * width as f64) as usize;
+            let line = format!(
+                "[{}{}] {:>5.1}s {:>8} orders {:>7.0}/s now, {} in flight, {} errors",
+                "#".repeat(filled),
+                "-".repeat(width - filled),
+                start.elapsed().as_secs_f64(),
+                done,
+                now_rate,
+                shared.in_flight.load(Ordering::Relaxed),
+                shared.errors.load(Ordering::Relaxed),
+            );
+            if tty {
+                eprint!("\r{line}");
+                let _ = std::io::stderr().flush();
+            } else if tick % 5 == 0 {
+                eprintln!("{line}");
+            }
+        }
+    })
+}
+
+fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
+    crate::measure::latency_ms(h)
+}
+
+/// Runs the load and prints (and writes) the report; `Err` for a set-up failure, `Ok(false)`
+/// when the run saw an exactly-once violation.
+pub async fn run(args: RunArgs) -> Result<bool, String> {
+    if !(0.0..=1.0).contains(&(args.fail_share + args.duplicate_share))
+        || args.fail_share < 0.0
+        || args.duplicate_share < 0.0
+    {
+        return Err("--fail-share and --duplicate-share must be ≥ 0 and sum to at most 1".into());
+    }
+    let mode = match (args.rate, args.concurrency) {
+        (Some(r), _) if r > 0.0 && r.is_finite() => Mode::Open(r),
+        (Some(_), _) => return Err("--rate must be a positive number of orders per second".into()),
+        (None, c) => Mode::Closed(c.unwrap_or(8)),
+    };
+    let tag = args.tag.clone().unwrap_or_else(|| {
+        format!(
+            "lt-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        )
+    });
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .build()
+        .map_err(|e| e.to_string())?;
+    // Enough stock that no order meant to succeed runs out: a generous bound on what the
+    // platform can take in the run's time.
+    let horizon = (args.duration + args.warmup).as_secs_f64() + 1.0;
+    let planned = match (args.count, mode) {
+        (Some(n), _) => n,
+        (None, Mode::Open(r)) => (r * horizon) as u64,
+        (None, Mode::Closed(_)) => (5_000.0 * horizon) as u64,
+    };
+    set_up(&args, &http, planned * 2 + 1_000).await?;
+
+    let secret = args.target.jwt_secret()?;
+    let auth = order_svc::auth::Authenticator::new(
+        secret.as_bytes(),
+        &order_svc::auth::JwtConfig::default(),
+    );
+    let ttl = Duration::from_secs(24 * 3600);
+    let tokens: HashMap<String, String> = (0..args.users)
+        .map(|k| format!("load-{k}"))
+        .chain((0..BROKE_BUYERS).map(|k| format!("load-broke-{k}")))
+        .map(|u| {
+            let t = auth.mint(&u, ttl);
+            (u, t)
+        })
+        .collect();
+    let new_shared = || {
+        Arc::new(Shared {
+            http: http.clone(),
+            url: args.target.order_url.clone(),
+            tag: tag.clone(),
+            sku: args.sku.clone(),
+            tokens: tokens.clone(),
+            users: args.users.max(1),
+            fail_share: args.fail_share,
+            duplicate_share: args.duplicate_share,
+            stats: Mutex::new(Stats::default()),
+            answered: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            retries: args.retries,
+            retried: AtomicU64::new(0),
+        })
+    };
+    let describe = match mode {
+        Mode::Closed(n) => format!("closed loop, {n} in flight"),
+        Mode::Open(r) => format!("open loop, {r} orders/s"),
+    };
+    eprintln!(
+        "run {tag}: {describe}, {}, against {} (warm-up {:?})",
+        match args.count {
+            Some(n) => format!("{n} orders"),
+            None => format!("{:?}", args.duration),
+        },
+        args.target.order_url,
+        args.warmup
+    );
+    if !args.warmup.is_zero() {
+        let warm = new_shared();
+        drive(&warm, mode, "w", args.warmup, None, args.max_in_flight).await;
+    }
+    let shared = new_shared();
+    let bar = (!args.quiet).then(|| progress(shared.clone(), args.count, args.duration));
+    let seconds = drive(
+        &shared,
+        mode,
+        "",
+        args.duration,
+        args.count,
+        args.max_in_flight,
+    )
+    .await;
+    if let Some(bar) = bar {
+        bar.abort();
+        eprintln!();
+    }
+    let stats = shared.stats.lock().expect("stats lock");
+    let answered = stats.answered();
+    let report = json!({
+        "what": "POST /api/v1/orders through the public API",
+        "tag": tag,
+        "target": args.target.order_url,
+        "mode": match mode { Mode::Closed(_) => "closed", Mode::Open(_) => "open" },
+        "concurrency": match mode { Mode::Closed(n) => json!(n), Mode::Open(_) => json!(null) },
+        "rate": match mode { Mode::Open(r) => json!(r), Mode::Closed(_) => json!(null) },
+        "buyers": args.users,
+        "fail_share": args.fail_share,
+        "duplicate_share": args.duplicate_share,
+        "seconds": seconds,
+        "orders": answered,
+        "orders_per_second": answered as f64 / seconds,
+        "latency_ms": stats.latency.as_ref().map(percentiles),
+        "latency_ms_by_outcome": stats.by_outcome.iter().map(|(k, h)| (k.clone(), percentiles(h))).collect::<BTreeMap<_, _>>(),
+        "outcomes": stats.outcomes,
+        "kinds": stats.kinds,
+        "unexpected": stats.unexpected,
+        "duplicates": {
+            "sent": stats.duplicates_sent,
+            "replayed": stats.duplicates_replayed,
+            "answered_with_another_order": stats.duplicate_mismatches,
+            "examples": stats.mismatch_examples,
+        },
+        "not_sent": stats.not_sent,
+        "errors": shared.errors.load(Ordering::Relaxed),
+        "retried": shared.retried.load(Ordering::Relaxed),
+    });
+    print_summary(&report);
+    if let Some(out) = &args.out {
+        std::fs::write(out, serde_json::to_string_pretty(&report).expect("json"))
+            .map_err(|e| format!("writing {}: {e}", out.display()))?;
+        eprintln!("report written to {}", out.display());
+    }
+    Ok(stats.duplicate_mismatches == 0)
+}
+
+fn print_summary(r: &serde_json::Value) {
+    let l = &r["latency_ms"];
+    println!(
+        "{} orders in {:.1} s: {:.1} orders/s; latency p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+        r["orders"],
+        r["seconds"].as_f64().unwrap_or(0.0),
+        r["orders_per_second"].as_f64().unwrap_or(0.0),
+        l["p50"],
+        l["p90"],
+        l["p99"],
+        l["max"]
+    );
+    println!("outcomes: {}", r["outcomes"]);
+    if r["unexpected"].as_object().is_some_and(|m| !m.is_empty()) {
+        println!("unexpected: {}", r["unexpected"]);
+    }
+    let d = &r["duplicates"];
+    println!(
+        "duplicates: {} sent, {} replayed, {} answered with another order",
+        d["sent"], d["replayed"], d["answered_with_another_order"]
+    );
+    if r["not_sent"].as_u64().unwrap_or(0) > 0 {
+        println!("not sent (over --max-in-flight): {}", r["not_sent"]);
+    }
+    if r["retried"].as_u64().unwrap_or(0) > 0 || r["errors"].as_u64().unwrap_or(0) > 0 {
+        println!(
+            "errors: {} requests failed, {} resent",
+            r["errors"], r["retried"]
+        );
+    }
+    println!("tag: {} (Idempotency-Key prefix and X-Run-Tag)", r["tag"]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_follow_the_requested_shares() {
+        let n = 100_000;
+        let mut counts = HashMap::new();
+        for i in 0..n {
+            *counts.entry(kind_of(i, 0.2, 0.1)).or_insert(0_u64) += 1;
+        }
+        let share = |k: Kind| counts.get(&k).copied().unwrap_or(0) as f64 / n as f64;
+        assert!((share(Kind::InsufficientFunds) - 0.10).abs() < 0.01);
+        assert!((share(Kind::OutOfStock) - 0.10).abs() < 0.01);
+        assert!((share(Kind::Replay) - 0.05).abs() < 0.01);
+        assert!((share(Kind::Twin) - 0.05).abs() < 0.01);
+        assert!((share(Kind::Normal) - 0.70).abs() < 0.01);
+        assert!((0..1000).all(|i| kind_of(i, 0.0, 0.0) == Kind::Normal));
+    }
+}

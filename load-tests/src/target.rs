@@ -1,0 +1,127 @@
+//! The platform under test: where its four services answer and the secrets to talk to them. By
+//! default the one-command platform on this machine (`cargo run --release -p platform`), whose
+//! admin token and JWT secret are read from its data folder.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct Target {
+    /// order-svc's HTTP address (the public API).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub order_url: String,
+    #[arg(long, default_value = "http://127.0.0.1:8081")]
+    pub payment_url: String,
+    #[arg(long, default_value = "http://127.0.0.1:8082")]
+    pub inventory_url: String,
+    #[arg(long, default_value = "http://127.0.0.1:8090")]
+    pub coordinator_url: String,
+    /// The platform's data folder: `admin-token` and `order.jwt-secret` are read from it unless
+    /// given below.
+    #[arg(long, default_value = "data")]
+    pub data: PathBuf,
+    /// The admin bearer token the four services share.
+    #[arg(long)]
+    pub admin_token: Option<String>,
+    /// order-svc's HS256 secret, to sign the buyers' tokens.
+    #[arg(long)]
+    pub jwt_secret: Option<String>,
+}
+
+impl Target {
+    fn secret(&self, given: &Option<String>, file: &str, flag: &str) -> Result<String, String> {
+        if let Some(s) = given {
+            return Ok(s.clone());
+        }
+        let path = self.data.join(file);
+        std::fs::read_to_string(&path)
+            .map(|s| s.trim().to_owned())
+            .map_err(|e| {
+                format!(
+                    "no {flag} given and {} is unreadable ({e}): start the platform or pass {flag}",
+                    path.display()
+                )
+            })
+    }
+
+    pub fn admin_token(&self) -> Result<String, String> {
+        self.secret(&self.admin_token, "admin-token", "--admin-token")
+    }
+
+    pub fn jwt_secret(&self) -> Result<String, String> {
+        self.secret(&self.jwt_secret, "order.jwt-secret", "--jwt-secret")
+    }
+
+    pub fn endpoints(&self) -> Result<audit::Endpoints, String> {
+        Ok(audit::Endpoints {
+            coordinator: self.coordinator_url.clone(),
+            order: self.order_url.clone(),
+            payment: self.payment_url.clone(),
+            inventory: self.inventory_url.clone(),
+            admin_token: self.admin_token()?,
+        })
+    }
+
+    /// An admin call that must succeed (setting up accounts, stock and prices).
+    pub async fn admin(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        url: String,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, String> {
+        let res = http
+            .request(method.clone(), &url)
+            .bearer_auth(self.admin_token()?)
+            .timeout(Duration::from_secs(30))
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| format!("{method} {url}: {e}"))?;
+        let status = res.status();
+        let body: serde_json::Value = res.json().await.unwrap_or_default();
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{method} {url}: {status} {body}"))
+        }
+    }
+}
+
+/// `30s`, `2m`, `500ms`, `1h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !(c.is_ascii_digit() || c == '.')) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "s"),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration like 30s, 2m or 500ms"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("{s:?}: the unit must be ms, s, m or h")),
+    };
+    if !(secs.is_finite() && secs >= 0.0) {
+        return Err(format!("{s:?} is not a duration"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_with_their_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}
