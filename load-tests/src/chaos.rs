@@ -48,6 +48,9 @@ pub struct ChaosArgs {
     /// Folder with the `platform` binary (default: beside this binary).
     #[arg(long)]
     pub bin_dir: Option<PathBuf>,
+    /// Keep the platform's folder (service logs, SQLite files) for inspection.
+    #[arg(long)]
+    pub keep: bool,
     /// Write the run's report as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -103,6 +106,7 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, String> {
         admin_token: Some(options.admin_token.clone()),
         jwt_secret: Some(options.jwt_secret.clone()),
     };
+    // The platform's seed: a price for coffee (run creates the buyers, the merchant and stock).
     target
         .admin(
             &reqwest::Client::new(),
@@ -119,6 +123,7 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, String> {
         count: None,
         warmup: Duration::ZERO,
         users: 64,
+        merchant: "merchant".into(),
         sku: "coffee".into(),
         fail_share: args.fail_share,
         duplicate_share: args.duplicate_share,
@@ -151,13 +156,23 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, String> {
             t.elapsed().as_secs_f64() * 1000.0
         );
     }
-    let exactly_once = load
+    let report = load
         .await
         .map_err(|e| format!("the load panicked: {e}"))??;
+    let exactly_once = run::exactly_once(&report);
+    let confirmed = report["outcomes"]["confirmed"].as_u64().unwrap_or(0);
+    if confirmed == 0 {
+        eprintln!("chaos: no order was confirmed, so the experiment proves nothing");
+    }
     eprintln!("chaos: {kills} kills; auditing");
-    let report = audit::run(&target.endpoints()?, args.settle)
+    let audit = audit::run(&target.endpoints()?, args.settle)
         .await
         .map_err(|e| e.to_string())?;
-    println!("{report}");
-    Ok(exactly_once && report.ok)
+    println!("{audit}");
+    if args.keep {
+        // The services stop (dropped); their logs and databases stay.
+        let Platform { dir, .. } = platform;
+        eprintln!("chaos: kept {}", dir.keep().display());
+    }
+    Ok(exactly_once && confirmed > 0 && audit.ok)
 }

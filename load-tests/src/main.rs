@@ -75,7 +75,7 @@ async fn audit(args: AuditArgs) -> Result<bool, String> {
 async fn main() {
     let cli = Cli::parse();
     let verdict = match cli.command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(args).await.map(|r| run::exactly_once(&r)),
         Command::Audit(args) => audit(args).await,
         Command::Baseline(args) => baseline::baseline(args).await,
         Command::Chaos(args) => chaos::chaos(args).await,

@@ -43,6 +43,9 @@ pub struct RunArgs {
     /// every order).
     #[arg(long, default_value_t = 64)]
     pub users: u64,
+    /// The account order-svc pays every order to (created if missing).
+    #[arg(long, default_value = "merchant")]
+    pub merchant: String,
     /// The SKU every order buys (restocked before the run).
     #[arg(long, default_value = "coffee")]
     pub sku: String,
@@ -127,6 +130,8 @@ struct Stats {
     by_outcome: BTreeMap<String, Histogram<u64>>,
     outcomes: BTreeMap<String, u64>,
     unexpected: BTreeMap<String, u64>,
+    /// A few idempotency keys per unexpected outcome, to find in the services' logs.
+    unexpected_keys: BTreeMap<String, Vec<String>>,
     kinds: BTreeMap<&'static str, u64>,
     duplicates_sent: u64,
     duplicates_replayed: u64,
@@ -140,7 +145,7 @@ fn histogram() -> Histogram<u64> {
 }
 
 impl Stats {
-    fn record(&mut self, kind: Kind, outcome: &str, micros: u64) {
+    fn record(&mut self, kind: Kind, key: &str, outcome: &str, micros: u64) {
         self.latency
             .get_or_insert_with(histogram)
             .saturating_record(micros);
@@ -160,10 +165,12 @@ impl Stats {
             })
             .or_default() += 1;
         if outcome != kind.expected() {
-            *self
-                .unexpected
-                .entry(format!("{} → {outcome}", kind.expected()))
-                .or_default() += 1;
+            let what = format!("{} → {outcome}", kind.expected());
+            let keys = self.unexpected_keys.entry(what.clone()).or_default();
+            if keys.len() < 3 {
+                keys.push(key.to_owned());
+            }
+            *self.unexpected.entry(what).or_default() += 1;
         }
     }
 
@@ -262,8 +269,10 @@ impl Shared {
         let mut attempt = 0;
         loop {
             let reply = self.send(user, key, sku).await;
-            let retryable =
-                reply.outcome.starts_with("error:") || reply.outcome.starts_with("http:5");
+            // Transport errors and 5xx, and 409 (the same key still in progress elsewhere).
+            let retryable = reply.outcome.starts_with("error:")
+                || reply.outcome.starts_with("http:5")
+                || reply.outcome.starts_with("http:409");
             if !retryable || attempt >= self.retries {
                 return reply;
             }
@@ -303,7 +312,7 @@ impl Shared {
         };
         let micros = scheduled.elapsed().as_micros() as u64;
         let mut stats = self.stats.lock().expect("stats lock");
-        stats.record(kind, &first.outcome, micros);
+        stats.record(kind, &key, &first.outcome, micros);
         if let Some(second) = second {
             stats.duplicates_sent += 1;
             if second.replayed || first.replayed {
@@ -338,6 +347,13 @@ impl Shared {
 async fn set_up(args: &RunArgs, http: &reqwest::Client, orders: u64) -> Result<(), String> {
     let t = &args.target;
     let put = Method::PUT;
+    t.admin(
+        http,
+        put.clone(),
+        format!("{}/admin/accounts/{}", t.payment_url, args.merchant),
+        json!({ "available": 0 }),
+    )
+    .await?;
     for k in 0..args.users {
         let user = format!("load-{k}");
         t.admin(
@@ -510,9 +526,8 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
     crate::measure::latency_ms(h)
 }
 
-/// Runs the load and prints (and writes) the report; `Err` for a set-up failure, `Ok(false)`
-/// when the run saw an exactly-once violation.
-pub async fn run(args: RunArgs) -> Result<bool, String> {
+/// Runs the load, prints (and writes) the report and returns it; `Err` for a set-up failure.
+pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
     if !(0.0..=1.0).contains(&(args.fail_share + args.duplicate_share))
         || args.fail_share < 0.0
         || args.duplicate_share < 0.0
@@ -632,6 +647,7 @@ pub async fn run(args: RunArgs) -> Result<bool, String> {
         "outcomes": stats.outcomes,
         "kinds": stats.kinds,
         "unexpected": stats.unexpected,
+        "unexpected_keys": stats.unexpected_keys,
         "duplicates": {
             "sent": stats.duplicates_sent,
             "replayed": stats.duplicates_replayed,
@@ -648,7 +664,12 @@ pub async fn run(args: RunArgs) -> Result<bool, String> {
             .map_err(|e| format!("writing {}: {e}", out.display()))?;
         eprintln!("report written to {}", out.display());
     }
-    Ok(stats.duplicate_mismatches == 0)
+    Ok(report)
+}
+
+/// Whether every duplicate was answered with its original order (DESIGN §5.4 seen by clients).
+pub fn exactly_once(report: &serde_json::Value) -> bool {
+    report["duplicates"]["answered_with_another_order"] == 0
 }
 
 fn print_summary(r: &serde_json::Value) {

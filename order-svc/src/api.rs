@@ -251,14 +251,18 @@ async fn place_order(
         }
     };
     let answer = execute(&api, &db, &caller.user_id, order_id, &body).await;
+    // A 5xx says "we do not know yet" (the coordinator did not answer, a database hiccup): the
+    // order may still be placed, so it is not the key's answer. The request is released instead,
+    // and a retry with the key takes over at once, with the same order id, and learns the truth.
+    let transient = answer.status >= 500;
     let mut writer = db.begin().await?;
     sqlx::query(
         "UPDATE order_requests SET response_status = $1, response_body = $2, updated_at = $3 \
          WHERE user_id = $4 AND idempotency_key = $5",
     )
-    .bind(i64::from(answer.status))
-    .bind(answer.body.to_string())
-    .bind(store::now_ms())
+    .bind((!transient).then_some(i64::from(answer.status)))
+    .bind((!transient).then(|| answer.body.to_string()))
+    .bind(if transient { RELEASED } else { store::now_ms() })
     .bind(&caller.user_id)
     .bind(&key)
     .execute(&mut *writer)
@@ -267,6 +271,10 @@ async fn place_order(
     writer.commit().await.map_err(StoreError::from)?;
     Ok(answer.into_response(false))
 }
+
+/// `updated_at` of a request whose attempt ended without an answer: the next request with its
+/// key takes over immediately instead of waiting for it to look abandoned.
+const RELEASED: i64 = 0;
 
 enum Replay {
     Answered(Answer),

@@ -19,9 +19,14 @@ struct Cli {
     /// Folder for the databases, logs and dev secrets.
     #[arg(long, default_value = "data")]
     data: PathBuf,
-    /// Delete the data folder first.
+    /// Delete the data folder first (and, with `--postgres`, drop the four databases).
     #[arg(long)]
     reset: bool,
+    /// Keep the four databases on this PostgreSQL server instead of SQLite files in the data
+    /// folder: `tcc_coordinator`, `tcc_order`, `tcc_payment` and `tcc_inventory`, created when
+    /// missing. E.g. `postgres://postgres@127.0.0.1:5432/postgres`.
+    #[arg(long)]
+    postgres: Option<String>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -132,7 +137,79 @@ struct Supervised {
     died_at: Option<Instant>,
 }
 
-fn spawn(which: Which, data: &Path, admin_token: &str) -> std::io::Result<Child> {
+/// Where each service keeps its data: a SQLite file in the data folder, or its own database on a
+/// PostgreSQL server.
+#[derive(Debug, Clone)]
+enum Storage {
+    Sqlite(PathBuf),
+    Postgres(reqwest::Url),
+}
+
+impl Storage {
+    fn url(&self, which: Which) -> String {
+        match self {
+            Storage::Sqlite(data) => format!(
+                "sqlite://{}",
+                data.join(format!("{}.db", which.name())).display()
+            ),
+            Storage::Postgres(server) => {
+                let mut url = server.clone();
+                url.set_path(&format!("tcc_{}", which.name()));
+                url.to_string()
+            }
+        }
+    }
+
+    /// Creates the four PostgreSQL databases that are missing (dropping them first on reset).
+    async fn prepare(&self, reset: bool) -> Result<(), String> {
+        let Storage::Postgres(server) = self else {
+            return Ok(());
+        };
+        use sqlx::Connection;
+        let mut admin = sqlx::PgConnection::connect(server.as_str())
+            .await
+            .map_err(|e| format!("--postgres {server}: {e}"))?;
+        for which in Which::ALL {
+            let name = format!("tcc_{}", which.name());
+            if reset {
+                sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut admin)
+                    .await
+                    .map_err(|e| format!("dropping {name}: {e}"))?;
+            }
+            let exists: bool =
+                sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+                    .bind(&name)
+                    .fetch_one(&mut admin)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            if !exists {
+                sqlx::query(&format!("CREATE DATABASE {name}"))
+                    .execute(&mut admin)
+                    .await
+                    .map_err(|e| format!("creating {name}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Storage::Sqlite(data) => format!("SQLite files in {}", data.display()),
+            Storage::Postgres(server) => format!(
+                "PostgreSQL databases tcc_* on {}",
+                server.host_str().unwrap_or("?")
+            ),
+        }
+    }
+}
+
+fn spawn(
+    which: Which,
+    data: &Path,
+    storage: &Storage,
+    admin_token: &str,
+) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe()?;
     let logs = data.join("logs");
@@ -145,13 +222,7 @@ fn spawn(which: Which, data: &Path, admin_token: &str) -> std::io::Result<Child>
     Command::new(exe)
         .args(["serve", which.name()])
         .env(format!("{p}DATA_DIR"), data)
-        .env(
-            format!("{p}DATABASE_URL"),
-            format!(
-                "sqlite://{}",
-                data.join(format!("{}.db", which.name())).display()
-            ),
-        )
+        .env(format!("{p}DATABASE_URL"), storage.url(which))
         .env(format!("{p}ADMIN_TOKEN"), admin_token)
         .env(
             "LOG_FORMAT",
@@ -223,8 +294,11 @@ async fn admin(
 }
 
 /// Demo data, on first start only.
-async fn seed(data: &Path, token: &str) -> Result<bool, String> {
-    let marker = data.join(".seeded");
+async fn seed(data: &Path, storage: &Storage, token: &str) -> Result<bool, String> {
+    let marker = data.join(match storage {
+        Storage::Sqlite(_) => ".seeded",
+        Storage::Postgres(_) => ".seeded-postgres",
+    });
     if marker.exists() {
         return Ok(false);
     }
@@ -277,12 +351,22 @@ async fn run(cli: Cli) -> Result<(), String> {
     }
     std::fs::create_dir_all(&cli.data).map_err(|e| e.to_string())?;
     let data = std::fs::canonicalize(&cli.data).map_err(|e| e.to_string())?;
+    let storage = match &cli.postgres {
+        None => Storage::Sqlite(data.clone()),
+        Some(url) => Storage::Postgres(
+            reqwest::Url::parse(url)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "postgres" | "postgresql"))
+                .ok_or_else(|| format!("--postgres {url:?} is not a postgres:// URL"))?,
+        ),
+    };
+    storage.prepare(cli.reset).await?;
     let admin_token = host::config::dev_secret(&data.join("admin-token"), "dev-admin")
         .map_err(|e| e.to_string())?;
 
     let mut services: Vec<Supervised> = Vec::new();
     for which in Which::ALL {
-        let mut child = spawn(which, &data, &admin_token)
+        let mut child = spawn(which, &data, &storage, &admin_token)
             .map_err(|e| format!("start {}: {e}", which.name()))?;
         if let Err(e) = wait_ready(which, &mut child, &data).await {
             let _ = child.kill();
@@ -299,7 +383,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             died_at: None,
         });
     }
-    let seeded = seed(&data, &admin_token).await?;
+    let seeded = seed(&data, &storage, &admin_token).await?;
 
     let order_config = order_svc::default_config();
     let mut common = order_config.participant.common.clone();
@@ -308,8 +392,8 @@ async fn run(cli: Cli) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
     let alice = auth.mint("alice", Duration::from_secs(24 * 3600));
     println!(
-        "tcc-pay is running (data in {}{}).",
-        data.display(),
+        "tcc-pay is running ({}{}).",
+        storage.describe(),
         if seeded { ", demo data seeded" } else { "" }
     );
     println!();
@@ -358,7 +442,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .died_at
                 .is_some_and(|t| t.elapsed() > Duration::from_secs(3))
             {
-                match spawn(s.which, &data, &admin_token) {
+                match spawn(s.which, &data, &storage, &admin_token) {
                     Ok(child) => {
                         println!("{} restarted (pid {})", s.which.name(), child.id());
                         s.child = Some(child);

@@ -239,6 +239,30 @@ async fn out_of_stock_cancels(db: TestDb) {
     assert_eq!(p.balance("alice").await, 30_000 - 9_900);
 }
 
+/// A 503 ("the coordinator did not answer") is not the key's answer: once the coordinator is
+/// back, a retry with the same key places the order (same order id), instead of replaying 503.
+async fn a_retry_after_a_503_with_the_same_key_places_the_order(db: TestDb) {
+    let mut p = Platform::start(db).await;
+    p.coordinator.kill();
+    let body = json!({"sku": "coffee", "quantity": 1});
+    let (status, first) = p.order("alice", "retry-me", body.clone()).await;
+    assert_eq!(status, 503, "{first}");
+    assert_eq!(
+        first["type"].as_str().map(|t| t.ends_with("unavailable")),
+        Some(true),
+        "{first}"
+    );
+    p.coordinator.restart().await.unwrap();
+    let (status, second) = p.order("alice", "retry-me", body.clone()).await;
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(second["status"], "confirmed", "{second}");
+    // And from now on that is the key's answer.
+    let (status, third) = p.order("alice", "retry-me", body).await;
+    assert_eq!((status.as_u16(), &third), (201, &second));
+    assert_eq!(p.balance("alice").await, 10_000 - 450);
+    p.assert_invariants().await;
+}
+
 async fn payment_down_during_the_try_cancels_and_recovers_when_it_returns(db: TestDb) {
     let mut p = Platform::start(db).await;
     p.payment.kill();
@@ -520,6 +544,7 @@ both_backends!(
     insufficient_funds_cancels_and_leaves_balances_unchanged,
     out_of_stock_cancels,
     payment_down_during_the_try_cancels_and_recovers_when_it_returns,
+    a_retry_after_a_503_with_the_same_key_places_the_order,
     payment_killed_with_orders_in_flight_and_restarted_ends_consistent,
     coordinator_killed_with_orders_in_flight_and_restarted_leaves_every_order_terminal,
     one_key_sent_twenty_times_at_once_creates_one_order,

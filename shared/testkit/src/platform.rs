@@ -38,6 +38,8 @@ pub struct Platform {
     pub inventory: Service,
     /// HTTP base URL per service name.
     pub urls: std::collections::HashMap<&'static str, String>,
+    /// gRPC endpoint per service name.
+    pub grpc_urls: std::collections::HashMap<&'static str, String>,
     /// The databases, in [`SERVICES`] order.
     pub dbs: Vec<TestDb>,
     pub dir: tempfile::TempDir,
@@ -98,7 +100,9 @@ impl Platform {
         let urls = (0..4)
             .map(|i| (SERVICES[i], format!("http://127.0.0.1:{}", ports[i].0)))
             .collect();
+        let grpc_urls = (0..4).map(|i| (SERVICES[i], grpc(i))).collect();
         Ok(Platform {
+            grpc_urls,
             coordinator,
             order,
             payment,

@@ -1,0 +1,223 @@
+//! The `load-tests` binary against a real platform (the four services as processes, on SQLite
+//! and on PostgreSQL): `run` then `audit` pass on a healthy platform and `audit` fails on a broken
+//! one; `chaos` kills and restarts every service under load and still audits clean.
+use prost::Message;
+use proto::v1::participant_client::ParticipantClient;
+use proto::v1::{BranchRequest, Op};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::Output;
+use testkit::platform::{Platform, PlatformOptions};
+use testkit::{both_backends, TestDb};
+
+const ADMIN: &str = "cli-test-admin-token-0123456789";
+const JWT: &str = "cli-test-jwt-secret-0123456789-0123456789";
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_load-tests"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+async fn load_tests(args: &[&str]) -> Output {
+    load_tests_with(args, None).await
+}
+
+/// With `database_url`: the server `chaos --backend postgres` creates its databases on.
+async fn load_tests_with(args: &[&str], database_url: Option<&str>) -> Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_load-tests"));
+    command.args(args);
+    if let Some(url) = database_url {
+        command.env("DATABASE_URL", url);
+    }
+    command.output().await.expect("load-tests runs")
+}
+
+fn target_args(p: &Platform) -> Vec<String> {
+    vec![
+        "--order-url".into(),
+        p.urls["order"].clone(),
+        "--payment-url".into(),
+        p.urls["payment"].clone(),
+        "--inventory-url".into(),
+        p.urls["inventory"].clone(),
+        "--coordinator-url".into(),
+        p.urls["coordinator"].clone(),
+        "--admin-token".into(),
+        ADMIN.into(),
+        "--jwt-secret".into(),
+        JWT.into(),
+    ]
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(db: TestDb) {
+    let p = Platform::start(
+        &bin_dir().join("platform"),
+        db,
+        &PlatformOptions::new(ADMIN, JWT),
+    )
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let priced = http
+        .put(format!("{}/admin/catalog/coffee", p.urls["order"]))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "coffee", "price": 450}))
+        .send()
+        .await
+        .unwrap();
+    assert!(priced.status().is_success());
+    let out = p.dir.path().join("run.json");
+    let mut args: Vec<String> = [
+        "run",
+        "--count",
+        "200",
+        "--concurrency",
+        "4",
+        "--warmup",
+        "0s",
+        "--users",
+        "8",
+        "--fail-share",
+        "0.2",
+        "--duplicate-share",
+        "0.2",
+        "--quiet",
+        "--out",
+    ]
+    .map(String::from)
+    .to_vec();
+    args.push(out.display().to_string());
+    args.extend(target_args(&p));
+    let run = load_tests(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(run.status.success(), "{}", text(&run));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["orders"], 200, "{report}");
+    assert_eq!(report["unexpected"], json!({}), "{report}");
+    let outcomes = &report["outcomes"];
+    let count = |k: &str| outcomes[k].as_u64().unwrap_or(0);
+    assert_eq!(
+        count("confirmed")
+            + count("cancelled:insufficient_funds")
+            + count("cancelled:out_of_stock"),
+        200,
+        "{report}"
+    );
+    assert!(count("cancelled:insufficient_funds") > 0 && count("cancelled:out_of_stock") > 0);
+    assert!(
+        report["duplicates"]["sent"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    assert_eq!(report["duplicates"]["answered_with_another_order"], 0);
+    assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+
+    let mut audit_args = vec!["audit", "--settle", "10s"];
+    let target = target_args(&p);
+    audit_args.extend(target.iter().map(String::as_str));
+    let audit = load_tests(&audit_args).await;
+    assert!(audit.status.success(), "{}", text(&audit));
+    assert!(
+        String::from_utf8_lossy(&audit.stdout).contains("all invariants hold"),
+        "{}",
+        text(&audit)
+    );
+
+    // Money frozen by a Try no coordinator ever started: the audit must say so and exit 1.
+    let mut payment = ParticipantClient::connect(p.grpc_urls["payment"].clone())
+        .await
+        .unwrap();
+    let answer = payment
+        .branch(BranchRequest {
+            gid: 42,
+            branch_id: "rogue".into(),
+            op: Op::Try as i32,
+            payload: proto::pay::v1::PaymentBranch {
+                account_id: "load-0".into(),
+                amount: 100,
+                merchant_id: "merchant".into(),
+            }
+            .encode_to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(answer.outcome(), proto::v1::Outcome::Success, "{answer:?}");
+    let mut audit_args = vec!["audit", "--settle", "1s"];
+    audit_args.extend(target.iter().map(String::as_str));
+    let audit = load_tests(&audit_args).await;
+    assert_eq!(audit.status.code(), Some(1), "{}", text(&audit));
+    let stdout = String::from_utf8_lossy(&audit.stdout);
+    assert!(stdout.contains("FAIL no money is left frozen"), "{stdout}");
+    assert!(
+        stdout.contains("FAIL nothing happened outside a global transaction"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("INVARIANTS VIOLATED"), "{stdout}");
+}
+
+async fn chaos_kills_every_service_under_load_and_the_audit_still_holds(db: TestDb) {
+    let backend = if db.url().starts_with("sqlite") {
+        "sqlite"
+    } else {
+        "postgres"
+    };
+    let bin = bin_dir();
+    let out = std::env::temp_dir().join(format!("chaos-{}-{backend}.json", std::process::id()));
+    let chaos = load_tests_with(
+        &[
+            "chaos",
+            "--backend",
+            backend,
+            "--duration",
+            "8s",
+            "--interval",
+            "1500ms",
+            "--down",
+            "300ms",
+            "--concurrency",
+            "4",
+            "--bin-dir",
+            bin.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        (backend == "postgres").then(|| db.url()),
+    )
+    .await;
+    assert!(chaos.status.success(), "{}", text(&chaos));
+    let stderr = String::from_utf8_lossy(&chaos.stderr);
+    for service in ["payment", "coordinator", "inventory", "order"] {
+        assert!(
+            stderr.contains(&format!("SIGKILL {service}")),
+            "{service} was not killed: {}",
+            text(&chaos)
+        );
+    }
+    assert!(
+        String::from_utf8_lossy(&chaos.stdout).contains("all invariants hold"),
+        "{}",
+        text(&chaos)
+    );
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let _ = std::fs::remove_file(&out);
+    assert!(
+        report["outcomes"]["confirmed"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+    assert_eq!(report["duplicates"]["answered_with_another_order"], 0);
+}
+
+both_backends!(
+    run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit,
+    chaos_kills_every_service_under_load_and_the_audit_still_holds,
+);
