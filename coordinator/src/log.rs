@@ -128,6 +128,24 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Config(format!("unknown {what} {value:?} in the log"))
 }
 
+/// `n` rows of `cols` placeholders each, numbered from `$1`, formatted by `row`.
+fn rows(n: usize, cols: usize, row: impl Fn(&[String]) -> String) -> String {
+    rows_from(1, n, cols, row)
+}
+
+/// `n` rows of `cols` placeholders each, numbered from `$first`, formatted by `row`.
+fn rows_from(first: usize, n: usize, cols: usize, row: impl Fn(&[String]) -> String) -> String {
+    (0..n)
+        .map(|r| {
+            let p: Vec<String> = (0..cols)
+                .map(|c| format!("${}", first + r * cols + c))
+                .collect();
+            row(&p)
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Records a new transaction, owned by `owner` for `lease_ms`. A unique violation means the
 /// idempotency key is taken.
 pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result<(), StoreError> {
@@ -151,21 +169,35 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
     .bind(now + lease_ms)
     .execute(&mut *tx)
     .await?;
+    // One statement for all branches: each statement is a round trip and an executor run.
+    let sql = format!(
+        "INSERT INTO branches (gid, idx, branch_id, participant, payload, depends_on, phase1, phase2, attempts, last_error) \
+         VALUES {}",
+        rows(new.branches.len(), 8, |p| format!(
+            "({}, {}, {}, {}, {}, {}, {}, {}, 0, NULL)",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+        ))
+    );
+    let mut insert = sqlx::query(&sql);
     for (idx, b) in new.branches.iter().enumerate() {
-        sqlx::query(
-            "INSERT INTO branches (gid, idx, branch_id, participant, payload, depends_on, phase1, phase2, attempts, last_error) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 0, NULL)",
-        )
-        .bind(new.gid)
-        .bind(idx as i64)
-        .bind(&b.branch_id)
-        .bind(&b.participant)
-        .bind(b.payload.clone())
-        .bind(b.depends_on.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(","))
-        .bind(First::NotStarted.as_str())
-        .bind(Second::NotNeeded.as_str())
-        .execute(&mut *tx)
-        .await?;
+        insert = insert
+            .bind(new.gid)
+            .bind(idx as i64)
+            .bind(&b.branch_id)
+            .bind(&b.participant)
+            .bind(b.payload.clone())
+            .bind(
+                b.depends_on
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            )
+            .bind(First::NotStarted.as_str())
+            .bind(Second::NotNeeded.as_str());
+    }
+    if !new.branches.is_empty() {
+        insert.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(())
@@ -298,35 +330,47 @@ pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<bool, StoreError> 
         tx.rollback().await?;
         return Ok(false);
     }
-    for (idx, (state, b)) in c.txn.branches.iter().zip(c.branches).enumerate() {
-        sqlx::query(
-            "UPDATE branches SET phase1 = $1, phase2 = $2, attempts = $3, last_error = $4 WHERE gid = $5 AND idx = $6",
-        )
-        .bind(state.first.as_str())
-        .bind(state.second.as_str())
-        .bind(b.attempts)
-        .bind(b.last_error.clone())
-        .bind(c.gid)
-        .bind(idx as i64)
-        .execute(&mut *tx)
-        .await?;
+    // All branches in one UPDATE … FROM (VALUES …) (PostgreSQL, SQLite ≥ 3.33; VALUES columns
+    // are column1… in both), and all new attempts in one INSERT.
+    if !c.branches.is_empty() {
+        let sql = format!(
+            "UPDATE branches SET phase1 = v.column2, phase2 = v.column3, attempts = v.column4, last_error = v.column5 \
+             FROM (VALUES {}) AS v WHERE branches.gid = $1 AND branches.idx = v.column1",
+            rows_from(2, c.branches.len(), 5, |p| format!(
+                "({}, {}, {}, {}, {})",
+                p[0], p[1], p[2], p[3], p[4]
+            ))
+        );
+        let mut update = sqlx::query(&sql).bind(c.gid);
+        for (idx, (state, b)) in c.txn.branches.iter().zip(c.branches).enumerate() {
+            update = update
+                .bind(idx as i64)
+                .bind(state.first.as_str())
+                .bind(state.second.as_str())
+                .bind(b.attempts)
+                .bind(b.last_error.clone());
+        }
+        update.execute(&mut *tx).await?;
     }
-    for a in c.new_attempts {
-        sqlx::query(
-            "INSERT INTO attempts (id, gid, idx, op, started_at, duration_us, outcome, error, owner) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        )
-        .bind(store::random_id())
-        .bind(c.gid)
-        .bind(a.idx)
-        .bind(&a.op)
-        .bind(a.started_at)
-        .bind(a.duration_us)
-        .bind(&a.outcome)
-        .bind(a.error.clone())
-        .bind(&a.owner)
-        .execute(&mut *tx)
-        .await?;
+    if !c.new_attempts.is_empty() {
+        let sql = format!(
+            "INSERT INTO attempts (id, gid, idx, op, started_at, duration_us, outcome, error, owner) VALUES {}",
+            rows(c.new_attempts.len(), 9, |p| format!("({})", p.join(", ")))
+        );
+        let mut insert = sqlx::query(&sql);
+        for a in c.new_attempts {
+            insert = insert
+                .bind(store::random_id())
+                .bind(c.gid)
+                .bind(a.idx)
+                .bind(&a.op)
+                .bind(a.started_at)
+                .bind(a.duration_us)
+                .bind(&a.outcome)
+                .bind(a.error.clone())
+                .bind(&a.owner);
+        }
+        insert.execute(&mut *tx).await?;
     }
     tx.commit().await?;
     Ok(true)
@@ -486,4 +530,21 @@ pub async fn recovery_lag_ms(db: &Db) -> Result<i64, StoreError> {
     .fetch_one(db.pool())
     .await?;
     Ok(oldest.map(|t| (now - t).max(0)).unwrap_or(0))
+}
+
+#[cfg(test)]
+mod placeholder_tests {
+    use super::*;
+
+    #[test]
+    fn rows_number_their_placeholders_on_from_the_first() {
+        assert_eq!(
+            rows_from(2, 2, 3, |p| format!("({})", p.join(", "))),
+            "($2, $3, $4), ($5, $6, $7)"
+        );
+        assert_eq!(
+            rows(1, 2, |p| format!("({}, 0)", p.join(", "))),
+            "($1, $2, 0)"
+        );
+    }
 }
