@@ -285,6 +285,12 @@ impl Shared {
 
     /// Places order `i` (with its duplicate, if it is meant to have one) and records it.
     async fn place(&self, key_prefix: &str, i: u64, scheduled: Instant) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.place_counted(key_prefix, i, scheduled).await;
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    async fn place_counted(&self, key_prefix: &str, i: u64, scheduled: Instant) {
         let kind = kind_of(i, self.fail_share, self.duplicate_share);
         let user = match kind {
             Kind::InsufficientFunds => format!("load-broke-{}", i % BROKE_BUYERS),
@@ -464,11 +470,7 @@ async fn drive(
                     shared.stats.lock().expect("stats lock").not_sent += 1;
                 } else {
                     let shared = shared.clone();
-                    shared.in_flight.fetch_add(1, Ordering::Relaxed);
-                    tasks.spawn(async move {
-                        shared.place(key_prefix, i, scheduled).await;
-                        shared.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    });
+                    tasks.spawn(async move { shared.place(key_prefix, i, scheduled).await });
                 }
                 i += 1;
             }
