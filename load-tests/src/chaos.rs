@@ -133,7 +133,9 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, String> {
         out: args.out.clone(),
         quiet: true,
     };
-    let load = tokio::spawn(run::run(run_args));
+    // Set up before the first kill: chaos is for the orders, not for the set-up.
+    let prepared = run::prepare(&run_args).await?;
+    let load = tokio::spawn(run::load(run_args, prepared));
     let start = Instant::now();
     let mut kills = 0;
     while start.elapsed() + args.interval < args.duration && !load.is_finished() {

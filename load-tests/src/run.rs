@@ -530,6 +530,20 @@ fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
 
 /// Runs the load, prints (and writes) the report and returns it; `Err` for a set-up failure.
 pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
+    let prepared = prepare(&args).await?;
+    load(args, prepared).await
+}
+
+/// A run ready to send: arguments checked, buyers funded, stock in place, tokens signed.
+pub struct Prepared {
+    mode: Mode,
+    tag: String,
+    http: reqwest::Client,
+    tokens: HashMap<String, String>,
+}
+
+/// Checks the arguments and sets the platform up for the run.
+pub async fn prepare(args: &RunArgs) -> Result<Prepared, String> {
     if !(0.0..=1.0).contains(&(args.fail_share + args.duplicate_share))
         || args.fail_share < 0.0
         || args.duplicate_share < 0.0
@@ -563,7 +577,7 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
         (None, Mode::Open(r)) => (r * horizon) as u64,
         (None, Mode::Closed(_)) => (5_000.0 * horizon) as u64,
     };
-    set_up(&args, &http, planned * 2 + 1_000).await?;
+    set_up(args, &http, planned * 2 + 1_000).await?;
 
     let secret = args.target.jwt_secret()?;
     let auth = order_svc::auth::Authenticator::new(
@@ -579,6 +593,22 @@ pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
             (u, t)
         })
         .collect();
+    Ok(Prepared {
+        mode,
+        tag,
+        http,
+        tokens,
+    })
+}
+
+/// Sends the load of a prepared run, prints (and writes) the report and returns it.
+pub async fn load(args: RunArgs, prepared: Prepared) -> Result<serde_json::Value, String> {
+    let Prepared {
+        mode,
+        tag,
+        http,
+        tokens,
+    } = prepared;
     let new_shared = || {
         Arc::new(Shared {
             http: http.clone(),

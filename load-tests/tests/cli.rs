@@ -179,7 +179,7 @@ async fn chaos_kills_every_service_under_load_and_the_audit_still_holds(db: Test
             "--backend",
             backend,
             "--duration",
-            "8s",
+            "12s",
             "--interval",
             "1500ms",
             "--down",

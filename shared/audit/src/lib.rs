@@ -379,7 +379,11 @@ pub fn judge(s: &Snapshot) -> Report {
             }
         }
     }
-    let terminal_count = s.transactions.iter().filter(|t| terminal(&t.status)).count();
+    let terminal_count = s
+        .transactions
+        .iter()
+        .filter(|t| terminal(&t.status))
+        .count();
     checks.push(check(
         "order, payment and stock agree with the coordinator on every transaction",
         format!(
