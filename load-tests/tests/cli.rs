@@ -221,3 +221,139 @@ both_backends!(
     run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit,
     chaos_kills_every_service_under_load_and_the_audit_still_holds,
 );
+
+/// Ports for a one-command platform beside everything else: HTTP below the test ports
+/// (20000-), gRPC above the kernel's ephemeral range (-60999).
+fn port_offset(variant: u16) -> u16 {
+    10_950 + (std::process::id() % 95) as u16 * 10 + variant
+}
+
+/// The README's run command (`platform`, here on its own ports and folder, on SQLite files or
+/// `--postgres`), then `run` and `audit` with their defaults reading its data folder; a service
+/// SIGKILLed is restarted by the platform, and SIGTERM stops everything cleanly.
+async fn the_one_command_platform_takes_a_run_and_an_audit_and_restarts_a_killed_service(
+    db: TestDb,
+) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let postgres = !db.url().starts_with("sqlite");
+    let offset = port_offset(if postgres { 5 } else { 0 });
+    let dir = testkit::temp_dir("one-command-");
+    let data = dir.path().join("data");
+    let mut command = tokio::process::Command::new(bin_dir().join("platform"));
+    command
+        .arg("--data")
+        .arg(&data)
+        .arg("--port-offset")
+        .arg(offset.to_string())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    if postgres {
+        command.arg("--postgres").arg(db.url());
+    }
+    let mut platform = command.spawn().expect("platform starts");
+    let mut lines = BufReader::new(platform.stdout.take().unwrap()).lines();
+    let mut banner = Vec::new();
+    let started = tokio::time::timeout(std::time::Duration::from_secs(120), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            banner.push(line.clone());
+            if line.starts_with("Ctrl-C stops everything") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(started, Ok(true), "platform banner: {banner:#?}");
+    let url = |port: u16| format!("http://127.0.0.1:{}", port + offset);
+    let targets = [
+        "--order-url".to_owned(),
+        url(8080),
+        "--payment-url".into(),
+        url(8081),
+        "--inventory-url".into(),
+        url(8082),
+        "--coordinator-url".into(),
+        url(8090),
+        "--data".into(),
+        data.display().to_string(),
+    ];
+    let with_targets = |args: &[&str]| {
+        let mut all: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        all.extend(targets.iter().cloned());
+        all
+    };
+    let out = dir.path().join("run.json");
+    let run_args = with_targets(&[
+        "run",
+        "--count",
+        "150",
+        "--concurrency",
+        "4",
+        "--warmup",
+        "0s",
+        "--users",
+        "8",
+        "--fail-share",
+        "0.2",
+        "--duplicate-share",
+        "0.2",
+        "--quiet",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let run = load_tests(&run_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(run.status.success(), "{}", text(&run));
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(report["orders"], 150, "{report}");
+    assert_eq!(report["unexpected"], json!({}), "{report}");
+
+    // SIGKILL payment-svc (pid from the banner); the platform brings it back.
+    let pid: i32 = banner
+        .iter()
+        .find(|l| l.trim_start().starts_with("payment "))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no payment pid in {banner:#?}"));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let restarted = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.starts_with("payment restarted") {
+                return true;
+            }
+        }
+        false
+    })
+    .await;
+    assert_eq!(restarted, Ok(true), "payment-svc was not restarted");
+
+    let audit_args = with_targets(&["audit", "--settle", "30s"]);
+    let audit = load_tests(&audit_args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    assert!(audit.status.success(), "{}", text(&audit));
+    assert!(
+        String::from_utf8_lossy(&audit.stdout).contains("all invariants hold"),
+        "{}",
+        text(&audit)
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(platform.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), platform.wait())
+        .await
+        .expect("the platform stops within 60 s")
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    let mut rest = Vec::new();
+    while let Ok(Some(line)) = lines.next_line().await {
+        rest.push(line);
+    }
+    assert!(rest.iter().any(|l| l == "stopped."), "{rest:#?}");
+}
+
+both_backends!(the_one_command_platform_takes_a_run_and_an_audit_and_restarts_a_killed_service);

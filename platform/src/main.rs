@@ -9,7 +9,7 @@
 //! cleanly; a restart keeps the data; `--reset` starts over.
 
 use clap::{Parser, Subcommand, ValueEnum};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,10 @@ struct Cli {
     /// missing. E.g. `postgres://postgres@127.0.0.1:5432/postgres`.
     #[arg(long)]
     postgres: Option<String>,
+    /// Added to every port (HTTP 8080-8082 and 8090, gRPC 50050-50053), to run a second
+    /// platform beside the first (the tests do).
+    #[arg(long, default_value_t = 0)]
+    port_offset: u16,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -75,7 +79,7 @@ impl Which {
     }
 
     /// (HTTP, gRPC) ports: the services' own defaults.
-    fn ports(self) -> (u16, u16) {
+    fn default_ports(self) -> (u16, u16) {
         match self {
             Which::Coordinator => (8090, 50050),
             Which::Order => (8080, 50051),
@@ -204,13 +208,33 @@ impl Storage {
     }
 }
 
-fn spawn(
-    which: Which,
-    data: &Path,
-    storage: &Storage,
-    admin_token: &str,
-) -> std::io::Result<Child> {
+/// What every service of this platform is started with.
+struct Layout {
+    data: PathBuf,
+    storage: Storage,
+    admin_token: String,
+    port_offset: u16,
+}
+
+impl Layout {
+    /// (HTTP, gRPC) ports of a service.
+    fn ports(&self, which: Which) -> (u16, u16) {
+        let (h, g) = which.default_ports();
+        (h + self.port_offset, g + self.port_offset)
+    }
+
+    fn http(&self, which: Which) -> String {
+        format!("http://127.0.0.1:{}", self.ports(which).0)
+    }
+
+    fn grpc(&self, which: Which) -> String {
+        format!("http://127.0.0.1:{}", self.ports(which).1)
+    }
+}
+
+fn spawn(which: Which, layout: &Layout) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
+    let (data, storage) = (&layout.data, &layout.storage);
     let exe = std::env::current_exe()?;
     let logs = data.join("logs");
     std::fs::create_dir_all(&logs)?;
@@ -219,11 +243,25 @@ fn spawn(
         .append(true)
         .open(logs.join(format!("{}.log", which.name())))?;
     let p = which.env_prefix();
-    Command::new(exe)
+    let (http, grpc) = layout.ports(which);
+    let mut command = Command::new(exe);
+    if which == Which::Order {
+        command
+            .env(
+                "ORDER_API__COORDINATOR_URL",
+                layout.grpc(Which::Coordinator),
+            )
+            .env("ORDER_API__ORDER_URL", layout.grpc(Which::Order))
+            .env("ORDER_API__PAYMENT_URL", layout.grpc(Which::Payment))
+            .env("ORDER_API__INVENTORY_URL", layout.grpc(Which::Inventory));
+    }
+    command
         .args(["serve", which.name()])
+        .env(format!("{p}HTTP_ADDR"), format!("127.0.0.1:{http}"))
+        .env(format!("{p}GRPC_ADDR"), format!("127.0.0.1:{grpc}"))
         .env(format!("{p}DATA_DIR"), data)
         .env(format!("{p}DATABASE_URL"), storage.url(which))
-        .env(format!("{p}ADMIN_TOKEN"), admin_token)
+        .env(format!("{p}ADMIN_TOKEN"), &layout.admin_token)
         .env(
             "LOG_FORMAT",
             std::env::var("LOG_FORMAT").unwrap_or_else(|_| "json".into()),
@@ -236,8 +274,8 @@ fn spawn(
         .spawn()
 }
 
-async fn wait_ready(which: Which, child: &mut Child, data: &Path) -> Result<(), String> {
-    let url = format!("http://127.0.0.1:{}/readyz", which.ports().0);
+async fn wait_ready(which: Which, child: &mut Child, layout: &Layout) -> Result<(), String> {
+    let (url, data) = (format!("{}/readyz", layout.http(which)), &layout.data);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
@@ -294,8 +332,9 @@ async fn admin(
 }
 
 /// Demo data, on first start only.
-async fn seed(data: &Path, storage: &Storage, token: &str) -> Result<bool, String> {
-    let marker = data.join(match storage {
+async fn seed(layout: &Layout) -> Result<bool, String> {
+    let token = layout.admin_token.as_str();
+    let marker = layout.data.join(match layout.storage {
         Storage::Sqlite(_) => ".seeded",
         Storage::Postgres(_) => ".seeded-postgres",
     });
@@ -314,7 +353,7 @@ async fn seed(data: &Path, storage: &Storage, token: &str) -> Result<bool, Strin
             &client,
             token,
             put.clone(),
-            format!("http://127.0.0.1:8081/admin/accounts/{id}"),
+            format!("{}/admin/accounts/{id}", layout.http(Which::Payment)),
             serde_json::json!({ "available": cents }),
         )
         .await?;
@@ -328,7 +367,7 @@ async fn seed(data: &Path, storage: &Storage, token: &str) -> Result<bool, Strin
             &client,
             token,
             put.clone(),
-            format!("http://127.0.0.1:8082/admin/skus/{sku}"),
+            format!("{}/admin/skus/{sku}", layout.http(Which::Inventory)),
             serde_json::json!({ "available": stock }),
         )
         .await?;
@@ -336,7 +375,7 @@ async fn seed(data: &Path, storage: &Storage, token: &str) -> Result<bool, Strin
             &client,
             token,
             put.clone(),
-            format!("http://127.0.0.1:8080/admin/catalog/{sku}"),
+            format!("{}/admin/catalog/{sku}", layout.http(Which::Order)),
             serde_json::json!({ "name": name, "price": price }),
         )
         .await?;
@@ -363,12 +402,18 @@ async fn run(cli: Cli) -> Result<(), String> {
     storage.prepare(cli.reset).await?;
     let admin_token = host::config::dev_secret(&data.join("admin-token"), "dev-admin")
         .map_err(|e| e.to_string())?;
+    let layout = Layout {
+        data: data.clone(),
+        storage,
+        admin_token,
+        port_offset: cli.port_offset,
+    };
 
     let mut services: Vec<Supervised> = Vec::new();
     for which in Which::ALL {
-        let mut child = spawn(which, &data, &storage, &admin_token)
-            .map_err(|e| format!("start {}: {e}", which.name()))?;
-        if let Err(e) = wait_ready(which, &mut child, &data).await {
+        let mut child =
+            spawn(which, &layout).map_err(|e| format!("start {}: {e}", which.name()))?;
+        if let Err(e) = wait_ready(which, &mut child, &layout).await {
             let _ = child.kill();
             for s in &mut services {
                 if let Some(c) = s.child.as_mut() {
@@ -383,7 +428,7 @@ async fn run(cli: Cli) -> Result<(), String> {
             died_at: None,
         });
     }
-    let seeded = seed(&data, &storage, &admin_token).await?;
+    let seeded = seed(&layout).await?;
 
     let order_config = order_svc::default_config();
     let mut common = order_config.participant.common.clone();
@@ -393,13 +438,13 @@ async fn run(cli: Cli) -> Result<(), String> {
     let alice = auth.mint("alice", Duration::from_secs(24 * 3600));
     println!(
         "tcc-pay is running ({}{}).",
-        storage.describe(),
+        layout.storage.describe(),
         if seeded { ", demo data seeded" } else { "" }
     );
     println!();
     println!("  service       HTTP                    gRPC    pid");
     for s in &services {
-        let (h, g) = s.which.ports();
+        let (h, g) = layout.ports(s.which);
         println!(
             "  {:<12}  http://127.0.0.1:{h:<6}  {g:<6}  {}",
             s.which.name(),
@@ -415,11 +460,15 @@ async fn run(cli: Cli) -> Result<(), String> {
     println!();
     println!("  TOKEN={alice}");
     println!(
-        "  curl -s -X POST localhost:8080/api/v1/orders -H \"Authorization: Bearer $TOKEN\" \\"
+        "  curl -s -X POST {}/api/v1/orders -H \"Authorization: Bearer $TOKEN\" \\",
+        layout.http(Which::Order)
     );
     println!("       -H 'Idempotency-Key: my-first-order' -H 'content-type: application/json' \\");
     println!("       -d '{{\"sku\": \"coffee\", \"quantity\": 2}}'");
-    println!("  curl -s localhost:8090/api/v1/transactions          # the coordinator's log");
+    println!(
+        "  curl -s {}/api/v1/transactions          # the coordinator's log",
+        layout.http(Which::Coordinator)
+    );
     println!();
     println!("Ctrl-C stops everything; the data stays (--reset starts over).");
 
@@ -442,7 +491,7 @@ async fn run(cli: Cli) -> Result<(), String> {
                 .died_at
                 .is_some_and(|t| t.elapsed() > Duration::from_secs(3))
             {
-                match spawn(s.which, &data, &storage, &admin_token) {
+                match spawn(s.which, &layout) {
                     Ok(child) => {
                         println!("{} restarted (pid {})", s.which.name(), child.id());
                         s.child = Some(child);
