@@ -77,7 +77,7 @@ impl Target {
             .json(&body)
             .send()
             .await
-            .map_err(|e| format!("{method} {url}: {e}"))?;
+            .map_err(|e| format!("{method} {url}: {}", audit::with_causes(&e)))?;
         let status = res.status();
         let body: serde_json::Value = res.json().await.unwrap_or_default();
         if status.is_success() {

@@ -26,11 +26,12 @@ pub struct Endpoints {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
-    #[error("{service} did not answer {path}: {source}")]
+    #[error("{service} did not answer {path}: {detail}")]
     Unreachable {
         service: &'static str,
         path: String,
-        source: reqwest::Error,
+        /// The error with its causes ("connection refused" is three levels down in reqwest).
+        detail: String,
     },
     #[error("{service} answered {path} with {status}: {body}")]
     Refused {
@@ -608,16 +609,16 @@ impl Client<'_> {
             .timeout(Duration::from_secs(30))
             .send()
             .await
-            .map_err(|source| AuditError::Unreachable {
+            .map_err(|e| AuditError::Unreachable {
                 service,
                 path: path.into(),
-                source,
+                detail: with_causes(&e),
             })?;
         let status = res.status();
-        let body = res.text().await.map_err(|source| AuditError::Unreachable {
+        let body = res.text().await.map_err(|e| AuditError::Unreachable {
             service,
             path: path.into(),
-            source,
+            detail: with_causes(&e),
         })?;
         if !status.is_success() {
             return Err(AuditError::Refused {
@@ -678,6 +679,20 @@ impl Client<'_> {
             }
         }
     }
+}
+
+/// An error and its chain of causes, `: `-separated.
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let next = c.to_string();
+        if !text.contains(&next) {
+            text = format!("{text}: {next}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Percent-encodes a cursor for a query string (cursors hold `/` and branch ids).
