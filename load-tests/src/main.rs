@@ -5,6 +5,7 @@
 //! - `audit`: DESIGN §5 across the four services; exits 1 on any violation.
 //! - `baseline`: the same writes in one local transaction on one database: the price of
 //!   distribution is `run` ÷ `baseline`, measured side by side.
+//! - `compare`: `run` and `baseline` alternately, several rounds, medians and their ratio.
 //! - `chaos`: a platform of its own, SIGKILLed and restarted service by service under load, then
 //!   audited.
 //! - `participant`, `coordinator`: one binary at a time, to see where the time goes.
@@ -15,6 +16,7 @@
 mod baseline;
 mod bench;
 mod chaos;
+mod compare;
 mod measure;
 mod run;
 mod target;
@@ -38,6 +40,8 @@ enum Command {
     Audit(AuditArgs),
     /// The same business writes as one local transaction on one database.
     Baseline(baseline::BaselineArgs),
+    /// `run` and `baseline` in alternation, side by side: medians and the ratio.
+    Compare(compare::CompareArgs),
     /// Start a platform, run orders while SIGKILLing and restarting services, then audit.
     Chaos(chaos::ChaosArgs),
     /// Try+confirm pairs per second against one participant binary.
@@ -77,7 +81,8 @@ async fn main() {
     let verdict = match cli.command {
         Command::Run(args) => run::run(args).await.map(|r| run::exactly_once(&r)),
         Command::Audit(args) => audit(args).await,
-        Command::Baseline(args) => baseline::baseline(args).await,
+        Command::Baseline(args) => baseline::baseline(args).await.map(|r| baseline::passed(&r)),
+        Command::Compare(args) => compare::compare(args).await,
         Command::Chaos(args) => chaos::chaos(args).await,
         Command::Participant(args) => {
             bench::participant(args).await;

@@ -61,6 +61,8 @@ fn text(o: &Output) -> String {
 }
 
 async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(db: TestDb) {
+    // The server the platform's databases are on, for compare's baseline.
+    let server = (!db.url().starts_with("sqlite")).then(|| db.url().to_owned());
     let p = Platform::start(
         &bin_dir().join("platform"),
         db,
@@ -130,6 +132,31 @@ async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(
         String::from_utf8_lossy(&audit.stdout).contains("all invariants hold"),
         "{}",
         text(&audit)
+    );
+
+    // compare: baseline and run side by side (one short round), both consistent.
+    let mut compare_args = vec![
+        "compare",
+        "--rounds",
+        "1",
+        "--duration",
+        "2s",
+        "--concurrency",
+        "2",
+        "--backend",
+        if server.is_none() {
+            "sqlite"
+        } else {
+            "postgres"
+        },
+    ];
+    compare_args.extend(target.iter().map(String::as_str));
+    let compare = load_tests_with(&compare_args, server.as_deref()).await;
+    assert!(compare.status.success(), "{}", text(&compare));
+    assert!(
+        String::from_utf8_lossy(&compare.stdout).contains("median of 1 rounds at concurrency 2"),
+        "{}",
+        text(&compare)
     );
 
     // Money frozen by a Try no coordinator ever started: the audit must say so and exit 1.
