@@ -353,16 +353,19 @@ async fn an_operator_retry_makes_a_waiting_transaction_due_now(db: TestDb) {
         &db,
         dir.path(),
         "coordinator",
+        // Delays are full jitter, drawn from [0, cap]: with a one-day cap the chance that the
+        // automatic retry comes within the test's 500 ms is about 6 in a million (with the one
+        // minute it had, 1 in 120: it failed CI once).
         &[
-            ("COORDINATOR_RETRY_INITIAL_MS", "60000"),
-            ("COORDINATOR_RETRY_MAX_MS", "60000"),
+            ("COORDINATOR_RETRY_INITIAL_MS", "86400000"),
+            ("COORDINATOR_RETRY_MAX_MS", "86400000"),
         ],
     )
     .await;
     let (a, b) = (Scripted::start().await, Scripted::start().await);
     b.on(Op::Confirm, [Behavior::Unavailable, Behavior::Succeed]);
     let r = c.execute(tcc("k-retry", &[&a, &b])).await.unwrap();
-    // The first confirm round failed; the next one is a minute away.
+    // The first confirm round failed; the next one is (almost surely) hours away.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(c.get(r.gid).await.status(), pb::Status::Confirming);
     let res = reqwest::Client::new()
