@@ -6,6 +6,7 @@
 //! Every answer is classified against what the order was meant to do; a duplicate answered with
 //! another order than its original is an exactly-once violation and fails the run.
 
+use crate::measure::latency_ms;
 use crate::target::{parse_duration, Target};
 use hdrhistogram::Histogram;
 use order_svc::api::OrderView;
@@ -524,10 +525,6 @@ fn progress(
     })
 }
 
-fn percentiles(h: &Histogram<u64>) -> serde_json::Value {
-    crate::measure::latency_ms(h)
-}
-
 /// Runs the load, prints (and writes) the report and returns it; `Err` for a set-up failure.
 pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
     let prepared = prepare(&args).await?;
@@ -674,8 +671,8 @@ pub async fn load(args: RunArgs, prepared: Prepared) -> Result<serde_json::Value
         "seconds": seconds,
         "orders": answered,
         "orders_per_second": answered as f64 / seconds,
-        "latency_ms": stats.latency.as_ref().map(percentiles),
-        "latency_ms_by_outcome": stats.by_outcome.iter().map(|(k, h)| (k.clone(), percentiles(h))).collect::<BTreeMap<_, _>>(),
+        "latency_ms": stats.latency.as_ref().map(latency_ms),
+        "latency_ms_by_outcome": stats.by_outcome.iter().map(|(k, h)| (k.clone(), latency_ms(h))).collect::<BTreeMap<_, _>>(),
         "outcomes": stats.outcomes,
         "kinds": stats.kinds,
         "unexpected": stats.unexpected,

@@ -5,23 +5,29 @@ use futures::future::join_all;
 use order_svc::auth::{Authenticator, JwtConfig};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use std::collections::HashMap;
 use std::time::Duration;
-use testkit::{both_backends, Service, TestDb};
+use testkit::{both_backends, TestDb};
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
 const JWT_SECRET: &str = "e2e-jwt-secret-0123456789-0123456789";
 
-#[allow(dead_code)] // `order` and `inventory` keep their processes alive
+/// The test platform (four services, their databases and folder), with a client and the seed.
 struct Platform {
-    coordinator: Service,
-    order: Service,
-    payment: Service,
-    inventory: Service,
-    urls: HashMap<&'static str, String>,
+    services: testkit::platform::Platform,
     http: reqwest::Client,
-    _dbs: Vec<TestDb>,
-    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Platform {
+    type Target = testkit::platform::Platform;
+    fn deref(&self) -> &Self::Target {
+        &self.services
+    }
+}
+
+impl std::ops::DerefMut for Platform {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.services
+    }
 }
 
 impl Platform {
@@ -33,7 +39,7 @@ impl Platform {
     async fn start_with(first: TestDb, otlp: Option<&str>) -> Platform {
         let mut options = testkit::platform::PlatformOptions::new(ADMIN, JWT_SECRET);
         options.otlp = otlp.map(str::to_owned);
-        let p = testkit::platform::Platform::start(
+        let services = testkit::platform::Platform::start(
             std::path::Path::new(env!("CARGO_BIN_EXE_platform")),
             first,
             &options,
@@ -41,14 +47,8 @@ impl Platform {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         let platform = Platform {
-            coordinator: p.coordinator,
-            order: p.order,
-            payment: p.payment,
-            inventory: p.inventory,
-            urls: p.urls,
+            services,
             http: reqwest::Client::new(),
-            _dbs: p.dbs,
-            _dir: p.dir,
         };
         platform.seed().await;
         platform
@@ -619,12 +619,8 @@ async fn one_order_is_one_trace_across_the_four_services() {
     assert_eq!(status, 201, "{body}");
     p.assert_invariants().await;
     // SIGTERM flushes every service's span exporter.
-    for s in [
-        &mut p.order,
-        &mut p.coordinator,
-        &mut p.payment,
-        &mut p.inventory,
-    ] {
+    for name in ["order", "coordinator", "payment", "inventory"] {
+        let s = p.service(name).unwrap();
         let exit = s.terminate(Duration::from_secs(15)).expect("clean exit");
         assert!(exit.success());
     }
