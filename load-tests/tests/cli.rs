@@ -356,6 +356,19 @@ async fn the_one_command_platform_takes_a_run_and_an_audit_and_restarts_a_killed
     })
     .await;
     assert_eq!(restarted, Ok(true), "payment-svc was not restarted");
+    // "restarted" is said at spawn; wait until it answers.
+    let ready = format!("{}/readyz", url(8081));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !reqwest::get(&ready)
+        .await
+        .is_ok_and(|r| r.status().is_success())
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "payment-svc not ready 30 s after its restart"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let audit_args = with_targets(&["audit", "--settle", "30s"]);
     let audit = load_tests(&audit_args.iter().map(String::as_str).collect::<Vec<_>>()).await;

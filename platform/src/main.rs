@@ -104,8 +104,32 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Set by the supervisor on the services it starts: its pid.
+const PARENT_ENV: &str = "TCC_PLATFORM_PARENT";
+
+/// A service started by the supervisor stops with it, however it ends: a `kill -9` of the
+/// platform must not leave four orphans holding the ports (they are in their own process group,
+/// so no terminal signal reaches them). Linux's parent-death signal does it, set from here
+/// because the workspace forbids the `unsafe` a pre-exec hook needs.
+fn follow_the_supervisor() {
+    let Some(parent) = std::env::var(PARENT_ENV)
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
+        return;
+    };
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM) {
+        eprintln!("platform serve: cannot follow the supervisor ({e})");
+    }
+    // It may have died before the signal was armed.
+    if nix::unistd::getppid().as_raw() != parent {
+        std::process::exit(0);
+    }
+}
+
 /// `platform serve <service>`: exactly what the service's own binary does.
 async fn serve(which: Which) -> std::process::ExitCode {
+    follow_the_supervisor();
     let name = format!("{}-svc", which.name());
     match which {
         Which::Coordinator => {
@@ -269,6 +293,7 @@ fn spawn(which: Which, layout: &Layout) -> std::io::Result<Child> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
+        .env(PARENT_ENV, std::process::id().to_string())
         // Ctrl-C reaches the platform only; it stops the services in order.
         .process_group(0)
         .spawn()
