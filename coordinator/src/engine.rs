@@ -9,6 +9,10 @@
 //!
 //! Commits per happy TCC transaction: 3 (record, decision, outcome); the attempts of each phase
 //! are written with the checkpoint that ends it.
+//!
+//! One drive per transaction: a drive holds a claim (owner, epoch) that every write checks, and
+//! renews it before sending calls that could outlive it; this process never claims a
+//! transaction it is still driving.
 
 use crate::log::{self, Attempt, Checkpoint, NewBranch, NewTxn, Stored};
 use crate::machine::{CallResult, Effect, Event, Mode, Op, Status, Txn};
@@ -16,7 +20,7 @@ use crate::metrics::CoordinatorMetrics;
 use futures::stream::{FuturesUnordered, StreamExt};
 use proto::v1::participant_client::ParticipantClient;
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use store::{Db, StoreError};
@@ -42,6 +46,9 @@ pub struct EngineConfig {
     pub recovery_interval: Duration,
     pub recovery_batch: i64,
     pub max_wait: Duration,
+    /// How far the clock may be behind the largest gid in the log at start-up: waited out when
+    /// below, refused when above (see [`ids::Snowflake::resume_after`]).
+    pub max_clock_behind: Duration,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +65,7 @@ impl Default for EngineConfig {
             recovery_interval: Duration::from_millis(200),
             recovery_batch: 100,
             max_wait: Duration::from_secs(60),
+            max_clock_behind: Duration::from_secs(10),
         }
     }
 }
@@ -170,6 +178,8 @@ pub struct Engine {
     owner: String,
     clients: Arc<Clients>,
     waiters: Mutex<HashMap<i64, watch::Sender<Decision>>>,
+    /// The transactions this process is driving right now.
+    driving: Arc<Mutex<HashSet<i64>>>,
     keys: moka::future::Cache<String, (i64, String)>,
     metrics: CoordinatorMetrics,
     failpoint: Option<String>,
@@ -184,12 +194,25 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    pub fn new(
+    /// An engine on `db`: its gids resume above the largest gid in the log (waiting, within
+    /// `max_clock_behind`, for a clock that is behind it).
+    pub async fn new(
         db: Db,
         config: EngineConfig,
         metrics: CoordinatorMetrics,
     ) -> Result<Arc<Engine>, EngineError> {
-        let ids = ids::Snowflake::new(config.node_id)?;
+        let mut ids = ids::Snowflake::new(config.node_id)?;
+        if let Some(high_water) = log::max_gid(&db).await? {
+            ids = ids.resume_after(ids::Gid::from_i64(high_water)?);
+        }
+        let behind = ids.behind_ms(config.max_clock_behind.as_millis() as u64)?;
+        if behind > 0 {
+            tracing::warn!(
+                behind_ms = behind,
+                "the clock is behind the largest gid in the log; waiting for it to pass"
+            );
+            tokio::time::sleep(Duration::from_millis(behind + 1)).await;
+        }
         let owner = format!(
             "{}:{}",
             config.node_id,
@@ -202,6 +225,7 @@ impl Engine {
             config,
             clients: Arc::default(),
             waiters: Mutex::new(HashMap::new()),
+            driving: Arc::default(),
             keys: moka::future::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))
@@ -245,8 +269,8 @@ impl Engine {
             }
         }
         let mut rx = self.subscribe(new.gid);
-        match log::insert(&self.db, &new, &self.owner, self.lease_ms()).await {
-            Ok(()) => {}
+        let lease_until = match log::insert(&self.db, &new, &self.owner, self.lease_ms()).await {
+            Ok(lease_until) => lease_until,
             Err(StoreError::UniqueViolation { .. }) if new.idempotency_key.is_some() => {
                 self.unsubscribe(new.gid);
                 let key = new.idempotency_key.clone().unwrap_or_default();
@@ -260,7 +284,7 @@ impl Engine {
                 self.unsubscribe(new.gid);
                 return Err(e.into());
             }
-        }
+        };
         if let Some(key) = &new.idempotency_key {
             self.keys
                 .insert(key.clone(), (new.gid, new.request_hash.clone()))
@@ -271,7 +295,7 @@ impl Engine {
         let engine = self.clone();
         let gid = new.gid;
         // The driver starts from what was just written instead of reading it back.
-        let stored = Stored::recorded(&new, &self.owner);
+        let stored = Stored::recorded(&new, &self.owner, lease_until);
         // Driving continues the caller's trace, so one order is one trace across the services.
         let caller = tracing::Span::current();
         tokio::spawn(async move { engine.drive_stored(stored).await }.instrument(caller));
@@ -441,7 +465,7 @@ impl Engine {
         for (b, deps) in branches.iter_mut().zip(effective) {
             b.depends_on = deps;
         }
-        let request_hash = request_hash(mode, req.concurrent, timeout, branch_timeout, &branches);
+        let request_hash = request_hash(mode, req);
         Ok(NewTxn {
             gid: self.ids.next_id()?.as_i64(),
             mode,
@@ -454,18 +478,26 @@ impl Engine {
         })
     }
 
-    /// Drives one transaction this instance owns (as read from the log) until nothing is
+    /// Drives one transaction this instance claimed (as read from the log) until nothing is
     /// outstanding.
-    pub async fn drive(self: Arc<Self>, gid: i64) {
-        match log::load(&self.db, gid).await {
+    async fn drive(self: Arc<Self>, claim: log::Claim) {
+        match log::load(&self.db, claim.gid).await {
+            // Claimed again since (by another instance): not ours to drive.
+            Ok(Some(stored)) if stored.epoch != claim.epoch => {}
             Ok(Some(stored)) => self.drive_stored(stored).await,
             Ok(None) => {}
-            Err(e) => tracing::warn!(gid, error = %e, "cannot load; recovery will pick it up"),
+            Err(e) => {
+                tracing::warn!(gid = claim.gid, error = %e, "cannot load; recovery will pick it up")
+            }
         }
     }
 
     async fn drive_stored(self: Arc<Self>, stored: Stored) {
         let gid = stored.gid;
+        let Some(_driving) = Driving::enter(&self.driving, gid) else {
+            // Never two drives of one transaction in one process.
+            return;
+        };
         let span = tracing::info_span!("drive", gid = %gid);
         if let Err(e) = self.clone().drive_inner(stored).instrument(span).await {
             tracing::warn!(gid, error = %e, "driving failed; recovery will pick it up");
@@ -478,6 +510,8 @@ impl Engine {
         }
         let mut run = Run {
             engine: &self,
+            durable: stored.txn.status,
+            lease_until: stored.lease_until,
             stored,
             attempts: Vec::new(),
         };
@@ -535,18 +569,20 @@ impl Engine {
     /// Claims due transactions and drives each; returns how many were claimed.
     pub async fn recover_once(self: &Arc<Self>) -> Result<usize, StoreError> {
         let prefix = format!("{}:", self.config.node_id);
+        let driving = self.driving.clone();
         let claimed = log::claim_due(
             &self.db,
             &self.owner,
             &prefix,
             self.lease_ms(),
             self.config.recovery_batch,
+            |gid| Driving::busy(&driving, gid),
         )
         .await?;
-        for gid in &claimed {
+        for claim in &claimed {
             let engine = self.clone();
-            let gid = *gid;
-            tokio::spawn(async move { engine.drive(gid).await });
+            let claim = *claim;
+            tokio::spawn(async move { engine.drive(claim).await });
         }
         if !claimed.is_empty() {
             tracing::info!(count = claimed.len(), "recovering transactions");
@@ -672,10 +708,45 @@ impl Engine {
 type CallFuture =
     std::pin::Pin<Box<dyn std::future::Future<Output = (usize, CallResult, Attempt)> + Send>>;
 
+/// A transaction this process is driving; leaving the set when dropped.
+struct Driving {
+    set: Arc<Mutex<HashSet<i64>>>,
+    gid: i64,
+}
+
+impl Driving {
+    fn enter(set: &Arc<Mutex<HashSet<i64>>>, gid: i64) -> Option<Driving> {
+        set.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(gid)
+            .then(|| Driving {
+                set: set.clone(),
+                gid,
+            })
+    }
+
+    fn busy(set: &Mutex<HashSet<i64>>, gid: i64) -> bool {
+        set.lock().unwrap_or_else(|e| e.into_inner()).contains(&gid)
+    }
+}
+
+impl Drop for Driving {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.gid);
+    }
+}
+
 /// The state of one drive.
 struct Run<'e> {
     engine: &'e Arc<Engine>,
     stored: Stored,
+    /// The status the log holds (what the next checkpoint expects to replace).
+    durable: Status,
+    /// Until when (Unix ms) the claim holds, as last written.
+    lease_until: i64,
     attempts: Vec<Attempt>,
 }
 
@@ -713,6 +784,9 @@ impl Run<'_> {
                     }
                 }
                 Effect::Call { branch, op } => {
+                    if !self.renew_lease_if_short().await? {
+                        return Ok(false);
+                    }
                     let fut: CallFuture =
                         Box::pin(self.engine.call(&self.stored, branch, op).await);
                     if matches!(op, Op::Try | Op::Action) {
@@ -729,13 +803,25 @@ impl Run<'_> {
         Ok(true)
     }
 
+    /// A call may take up to the branch timeout: when the claim would run out before that, it
+    /// is renewed first (a checkpoint), so no call outlives the claim it was sent under.
+    async fn renew_lease_if_short(&mut self) -> Result<bool, StoreError> {
+        const MARGIN_MS: i64 = 200;
+        if store::now_ms() + self.stored.branch_timeout_ms + MARGIN_MS < self.lease_until {
+            return Ok(true);
+        }
+        self.checkpoint(None).await
+    }
+
     async fn checkpoint(&mut self, release_until: Option<i64>) -> Result<bool, StoreError> {
         let attempts = std::mem::take(&mut self.attempts);
-        let ok = log::checkpoint(
+        let written = log::checkpoint(
             &self.engine.db,
             Checkpoint {
                 gid: self.stored.gid,
                 owner: &self.engine.owner,
+                epoch: self.stored.epoch,
+                from: self.durable,
                 txn: &self.stored.txn,
                 branches: &self.stored.branches,
                 new_attempts: &attempts,
@@ -744,13 +830,20 @@ impl Run<'_> {
             },
         )
         .await?;
-        if !ok {
-            tracing::warn!(
-                gid = self.stored.gid,
-                "another instance took this transaction over; stopping"
-            );
+        match written {
+            Some(lease_until) => {
+                self.durable = self.stored.txn.status;
+                self.lease_until = lease_until;
+                Ok(true)
+            }
+            None => {
+                tracing::warn!(
+                    gid = self.stored.gid,
+                    "the claim on this transaction was taken over; stopping"
+                );
+                Ok(false)
+            }
         }
-        Ok(ok)
     }
 
     /// Writes back what is left: nothing for a terminal transaction (beyond buffered attempts),
@@ -786,26 +879,29 @@ fn proto_op(op: Op) -> proto::v1::Op {
     }
 }
 
-fn request_hash(
-    mode: Mode,
-    concurrent: bool,
-    timeout: Duration,
-    branch_timeout: Duration,
-    branches: &[NewBranch],
-) -> String {
+/// The hash that tells a replay from another request under the same idempotency key: of what
+/// the caller sent, and nothing this instance adds (its default timeouts, the lease that clamps
+/// them), so a key interrupted by a restart with another configuration still replays.
+fn request_hash(mode: Mode, req: &ExecuteRequest) -> String {
     let mut h = Sha256::new();
-    h.update(log::mode_str(mode).as_bytes());
-    h.update([u8::from(concurrent)]);
-    h.update((timeout.as_millis() as u64).to_be_bytes());
-    h.update((branch_timeout.as_millis() as u64).to_be_bytes());
-    for b in branches {
-        for field in [b.branch_id.as_bytes(), b.participant.as_bytes(), &b.payload] {
-            h.update((field.len() as u64).to_be_bytes());
-            h.update(field);
-        }
+    let field = |h: &mut Sha256, bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(&mut h, log::mode_str(mode).as_bytes());
+    h.update([u8::from(req.concurrent)]);
+    for sent in [req.timeout, req.branch_timeout] {
+        // 0: not sent (the instance's default applies).
+        h.update((sent.map_or(0, |d| d.as_millis() as u64)).to_be_bytes());
+    }
+    h.update((req.branches.len() as u64).to_be_bytes());
+    for b in &req.branches {
+        field(&mut h, b.branch_id.as_bytes());
+        field(&mut h, b.participant.as_bytes());
+        field(&mut h, &b.payload);
         h.update((b.depends_on.len() as u64).to_be_bytes());
         for d in &b.depends_on {
-            h.update((*d as u64).to_be_bytes());
+            field(&mut h, d.as_bytes());
         }
     }
     hex::encode(h.finalize())

@@ -91,6 +91,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let metrics = Metrics::new();
     let coordinator_metrics = metrics.register(metrics::CoordinatorMetrics::new);
     let engine = engine::Engine::new(db.clone(), config.engine(), coordinator_metrics)
+        .await
         .map_err(|e| ConfigError(e.to_string()))?;
     engine.spawn_recovery(shutdown.clone().wait());
     let grpc = grpc::CoordinatorService::new(engine.clone()).into_server();

@@ -1,8 +1,12 @@
 //! The coordinator's durable log: global transactions, their branches, and every call attempt.
 //!
-//! Writes that authorise side effects are fenced by ownership: an instance updates a
-//! transaction only while `owner` is itself, so an instance whose lease was taken over cannot
-//! overwrite the new owner's decisions.
+//! Writes that authorise side effects are fenced by the claim: every claim takes a new `epoch`,
+//! and a driver writes only while `owner` and `epoch` are still those of its claim and the
+//! status is still the one it last made durable. A driver whose lease lapsed and was claimed
+//! again (by another instance, or by this one) cannot overwrite the new driver's decisions,
+//! and no status ever changes other than by the state machine's table from what is stored.
+//! Leases are timed after the writer queue (SQLite admits one writer at a time), so a claim
+//! never commits already expired.
 
 use crate::machine::{Branch, First, Mode, Second, Status, Txn};
 use sqlx::Row;
@@ -43,12 +47,17 @@ pub struct Stored {
     pub attempts: i64,
     pub branch_timeout_ms: i64,
     pub owner: Option<String>,
+    /// The claim's fencing token (see the module docs).
+    pub epoch: i64,
+    /// Until when (Unix ms) the claim holds.
+    pub lease_until: i64,
     pub branches: Vec<StoredBranch>,
 }
 
 impl Stored {
-    /// The state [`insert`] wrote for `new`, owned by `owner`: what a fresh read would return.
-    pub fn recorded(new: &NewTxn, owner: &str) -> Stored {
+    /// The state [`insert`] wrote for `new`, owned by `owner` until `lease_until`: what a fresh
+    /// read would return.
+    pub fn recorded(new: &NewTxn, owner: &str, lease_until: i64) -> Stored {
         let now = store::now_ms();
         Stored {
             gid: new.gid,
@@ -70,6 +79,8 @@ impl Stored {
             attempts: 0,
             branch_timeout_ms: new.branch_timeout_ms,
             owner: Some(owner.to_owned()),
+            epoch: FIRST_EPOCH,
+            lease_until,
             branches: new
                 .branches
                 .iter()
@@ -146,15 +157,19 @@ fn rows_from(first: usize, n: usize, cols: usize, row: impl Fn(&[String]) -> Str
         .join(", ")
 }
 
-/// Records a new transaction, owned by `owner` for `lease_ms`. A unique violation means the
-/// idempotency key is taken.
-pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result<(), StoreError> {
-    let now = store::now_ms();
+/// The epoch of the claim a new transaction is recorded with.
+pub const FIRST_EPOCH: i64 = 1;
+
+/// Records a new transaction, owned by `owner` for `lease_ms` with [`FIRST_EPOCH`]; returns
+/// until when the claim holds. A unique violation means the idempotency key (or the gid) is
+/// taken.
+pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result<i64, StoreError> {
     let mut tx = db.begin().await?;
+    let now = store::now_ms();
     sqlx::query(
         "INSERT INTO global_txns (gid, mode, status, idempotency_key, request_hash, reason, concurrent, branch_timeout_ms, \
-         created_at, updated_at, deadline_at, next_attempt_at, attempts, owner, lease_until) \
-         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $8, $9, $8, 0, $10, $11)",
+         created_at, updated_at, deadline_at, next_attempt_at, attempts, owner, lease_until, epoch) \
+         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $8, $9, $8, 0, $10, $11, $12)",
     )
     .bind(new.gid)
     .bind(mode_str(new.mode))
@@ -167,6 +182,7 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
     .bind(new.deadline_at)
     .bind(owner)
     .bind(now + lease_ms)
+    .bind(FIRST_EPOCH)
     .execute(&mut *tx)
     .await?;
     // One statement for all branches: each statement is a round trip and an executor run.
@@ -200,7 +216,7 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
         insert.execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(now + lease_ms)
 }
 
 /// The transaction recorded under an idempotency key: (gid, request hash).
@@ -209,6 +225,16 @@ pub async fn find_by_key(db: &Db, key: &str) -> Result<Option<(i64, String)>, St
         sqlx::query_as("SELECT gid, request_hash FROM global_txns WHERE idempotency_key = $1")
             .bind(key)
             .fetch_optional(db.pool())
+            .await?,
+    )
+}
+
+/// The largest gid ever recorded: the Snowflake generator's high-water mark at start-up, so
+/// a restart with a clock behind its predecessor's never hands out a gid again.
+pub async fn max_gid(db: &Db) -> Result<Option<i64>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT CAST(MAX(gid) AS BIGINT) FROM global_txns")
+            .fetch_one(db.pool())
             .await?,
     )
 }
@@ -228,7 +254,7 @@ pub async fn status_of(db: &Db, gid: i64) -> Result<Option<(Status, Option<Strin
 pub async fn load(db: &Db, gid: i64) -> Result<Option<Stored>, StoreError> {
     let Some(row) = sqlx::query(
         "SELECT mode, status, idempotency_key, reason, concurrent, branch_timeout_ms, created_at, updated_at, deadline_at, \
-         next_attempt_at, attempts, owner FROM global_txns WHERE gid = $1",
+         next_attempt_at, attempts, owner, epoch, lease_until FROM global_txns WHERE gid = $1",
     )
     .bind(gid)
     .fetch_optional(db.pool())
@@ -284,6 +310,8 @@ pub async fn load(db: &Db, gid: i64) -> Result<Option<Stored>, StoreError> {
         attempts: row.try_get("attempts")?,
         branch_timeout_ms: row.try_get("branch_timeout_ms")?,
         owner: row.try_get("owner")?,
+        epoch: row.try_get("epoch")?,
+        lease_until: row.try_get("lease_until")?,
         branches,
     }))
 }
@@ -293,6 +321,10 @@ pub async fn load(db: &Db, gid: i64) -> Result<Option<Stored>, StoreError> {
 pub struct Checkpoint<'a> {
     pub gid: i64,
     pub owner: &'a str,
+    /// The epoch of the claim this driver holds.
+    pub epoch: i64,
+    /// The status this driver last made durable: the write happens only if it is still stored.
+    pub from: Status,
     pub txn: &'a Txn,
     pub branches: &'a [StoredBranch],
     pub new_attempts: &'a [Attempt],
@@ -302,17 +334,20 @@ pub struct Checkpoint<'a> {
 }
 
 /// Writes the transaction's state and the buffered attempts in one local transaction, only if
-/// `owner` still owns it. Returns false when another instance has taken it over.
-pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<bool, StoreError> {
-    let now = store::now_ms();
+/// the claim (`owner`, `epoch`) still holds and the stored status is `from`. Returns until when
+/// the claim now holds (0 when released), or `None` when the transaction was claimed again (by
+/// another instance or this one) or changed under it.
+pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<Option<i64>, StoreError> {
     let mut tx = db.begin().await?;
+    // After the writer queue: the lease counts from when this write can commit.
+    let now = store::now_ms();
     let (owner, lease_until, next_attempt_at, round) = match c.release_until {
         Some(at) => (None, 0, at, 1),
         None => (Some(c.owner), now + c.lease_ms, now, 0),
     };
     let updated = sqlx::query(
         "UPDATE global_txns SET status = $1, reason = $2, updated_at = $3, owner = $4, lease_until = $5, \
-         next_attempt_at = $6, attempts = attempts + $7 WHERE gid = $8 AND owner = $9",
+         next_attempt_at = $6, attempts = attempts + $7 WHERE gid = $8 AND owner = $9 AND epoch = $10 AND status = $11",
     )
     .bind(c.txn.status.as_str())
     .bind(c.txn.reason.clone())
@@ -323,12 +358,14 @@ pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<bool, StoreError> 
     .bind(round)
     .bind(c.gid)
     .bind(c.owner)
+    .bind(c.epoch)
+    .bind(c.from.as_str())
     .execute(&mut *tx)
     .await?
     .rows_affected();
     if updated == 0 {
         tx.rollback().await?;
-        return Ok(false);
+        return Ok(None);
     }
     // All branches in one UPDATE … FROM (VALUES …) (PostgreSQL, SQLite ≥ 3.33; VALUES columns
     // are column1… in both), and all new attempts in one INSERT.
@@ -373,19 +410,28 @@ pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<bool, StoreError> 
         insert.execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(true)
+    Ok(Some(lease_until))
+}
+
+/// A won claim: the transaction and the claim's fencing token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    pub gid: i64,
+    pub epoch: i64,
 }
 
 /// Claims up to `limit` unfinished transactions that are due and not leased (or leased by a
-/// dead earlier incarnation of this node, `stale_owner_prefix`), for `lease_ms`. Each claim is
-/// a conditional update, so two instances never claim the same transaction.
+/// dead earlier incarnation of this node, `stale_owner_prefix`), for `lease_ms`, skipping those
+/// `busy` says this process is still driving. Each claim is a conditional update that takes a
+/// new epoch, so two claims of one transaction never share a fencing token.
 pub async fn claim_due(
     db: &Db,
     owner: &str,
     stale_owner_prefix: &str,
     lease_ms: i64,
     limit: i64,
-) -> Result<Vec<i64>, StoreError> {
+    busy: impl Fn(i64) -> bool,
+) -> Result<Vec<Claim>, StoreError> {
     let now = store::now_ms();
     let candidates: Vec<i64> = sqlx::query_scalar(
         "SELECT gid FROM global_txns WHERE status IN ('prepared', 'confirming', 'cancelling') AND next_attempt_at <= $1 \
@@ -398,25 +444,25 @@ pub async fn claim_due(
     .fetch_all(db.pool())
     .await?;
     let mut claimed = Vec::with_capacity(candidates.len());
-    for gid in candidates {
+    for gid in candidates.into_iter().filter(|gid| !busy(*gid)) {
         let mut writer = db.begin().await?;
-        let won = sqlx::query(
-            "UPDATE global_txns SET owner = $1, lease_until = $2 WHERE gid = $3 \
+        // After the writer queue: a claim never commits with a lease that already ran out.
+        let now = store::now_ms();
+        let epoch: Option<i64> = sqlx::query_scalar(
+            "UPDATE global_txns SET owner = $1, lease_until = $2, epoch = epoch + 1 WHERE gid = $3 \
              AND status IN ('prepared', 'confirming', 'cancelling') \
-             AND (lease_until < $4 OR (owner LIKE $5 AND owner <> $1))",
+             AND (lease_until < $4 OR (owner LIKE $5 AND owner <> $1)) RETURNING epoch",
         )
         .bind(owner)
         .bind(now + lease_ms)
         .bind(gid)
         .bind(now)
         .bind(format!("{stale_owner_prefix}%"))
-        .execute(&mut *writer)
-        .await?
-        .rows_affected()
-            == 1;
+        .fetch_optional(&mut *writer)
+        .await?;
         writer.commit().await?;
-        if won {
-            claimed.push(gid);
+        if let Some(epoch) = epoch {
+            claimed.push(Claim { gid, epoch });
         }
     }
     Ok(claimed)

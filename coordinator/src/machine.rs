@@ -12,6 +12,13 @@
 //! Saga: Actions in dependency order (by default each branch depends on the one before it);
 //! a transient error is retried; a FAILURE (or the deadline) → `Cancelling`, and every branch
 //! whose Action succeeded or was attempted is compensated one at a time in reverse order.
+//! Every batch of Actions is logged as in flight ([`Effect::Persist`]) **before** it is sent:
+//! after a crash the log never says `not_started` of an Action that may have run, so a
+//! rollback compensates everything that could have taken effect (a Compensate whose Action
+//! never arrived is a null compensation at the participant, harmless).
+//!
+//! A rollback or a second phase with nothing left to do ends at once (`Failed` / `Succeeded`):
+//! no status is ever left without a way forward.
 
 use std::fmt;
 
@@ -312,21 +319,52 @@ impl Txn {
     fn resume(&mut self) -> Vec<Effect> {
         match self.status {
             Status::Prepared => {
-                let op = self.first_op();
                 let runnable: Vec<usize> = (0..self.branches.len())
                     .filter(|&i| self.runnable(i))
                     .collect();
-                runnable
-                    .into_iter()
-                    .map(|branch| {
-                        self.branches[branch].first = First::InFlight;
-                        Effect::Call { branch, op }
-                    })
-                    .collect()
+                self.send_first(runnable)
             }
-            Status::Confirming | Status::Cancelling => self.second_calls(),
+            Status::Confirming | Status::Cancelling => {
+                if self.branches.iter().any(|b| b.second == Second::Pending) {
+                    self.second_calls()
+                } else {
+                    // Decided, with nothing (left) to confirm or undo: the end.
+                    self.finish_second_phase();
+                    vec![Effect::Persist]
+                }
+            }
             Status::Succeeded | Status::Failed => Vec::new(),
         }
+    }
+
+    /// Marks `branches` in flight and sends their first-phase call. A Saga logs that first
+    /// (its rollback must know every Action that may have run); a TCC rollback cancels every
+    /// branch anyway, so its Tries go out at once.
+    fn send_first(&mut self, branches: Vec<usize>) -> Vec<Effect> {
+        if branches.is_empty() {
+            return Vec::new();
+        }
+        let op = self.first_op();
+        let mut effects = Vec::with_capacity(branches.len() + 1);
+        if self.mode == Mode::Saga {
+            effects.push(Effect::Persist);
+        }
+        for branch in branches {
+            self.branches[branch].first = First::InFlight;
+            effects.push(Effect::Call { branch, op });
+        }
+        effects
+    }
+
+    /// The second phase is complete: `Succeeded` after Confirms, `Failed` after Cancels or
+    /// Compensates.
+    fn finish_second_phase(&mut self) {
+        let to = if self.status == Status::Confirming {
+            Status::Succeeded
+        } else {
+            Status::Failed
+        };
+        self.set_status(to);
     }
 
     /// Whether the first phase of `i` should be (re)sent now.
@@ -379,6 +417,10 @@ impl Txn {
                 (Mode::Saga, _) => Second::Pending,
             };
         }
+        if self.branches.iter().all(|b| b.second == Second::NotNeeded) {
+            // Nothing can have taken effect: rolled back already.
+            self.finish_second_phase();
+        }
         let mut effects = vec![Effect::Persist];
         effects.extend(self.second_calls());
         effects
@@ -428,16 +470,10 @@ impl Txn {
                     self.set_status(Status::Succeeded);
                     return vec![Effect::Persist];
                 }
-                let op = self.first_op();
                 let next: Vec<usize> = (0..self.branches.len())
                     .filter(|&i| self.branches[i].first == First::NotStarted && self.runnable(i))
                     .collect();
-                next.into_iter()
-                    .map(|b| {
-                        self.branches[b].first = First::InFlight;
-                        Effect::Call { branch: b, op }
-                    })
-                    .collect()
+                self.send_first(next)
             }
             CallResult::Failure { code, message } => {
                 self.branches[branch].first = First::Rejected;
@@ -462,12 +498,7 @@ impl Txn {
             CallResult::Success => {
                 self.branches[branch].second = Second::Done;
                 if self.branches.iter().all(|b| b.second != Second::Pending) {
-                    let to = if self.status == Status::Confirming {
-                        Status::Succeeded
-                    } else {
-                        Status::Failed
-                    };
-                    self.set_status(to);
+                    self.finish_second_phase();
                     vec![Effect::Persist]
                 } else if self.mode == Mode::Saga {
                     self.second_calls()
@@ -769,6 +800,57 @@ mod tests {
             "branch 1 was in flight: compensate it first"
         );
         assert_eq!(t.branches[2].second, Second::NotNeeded);
+    }
+
+    #[test]
+    fn a_saga_logs_each_batch_of_actions_as_in_flight_before_sending_it() {
+        let mut t = saga(2);
+        let effects = t.step(Event::Resume);
+        assert_eq!(effects[0], Effect::Persist, "logged first: {effects:?}");
+        assert_eq!(calls(&effects), vec![(0, Op::Action)]);
+        assert_eq!(t.branches[0].first, First::InFlight);
+        let effects = t.step(ok(0));
+        assert_eq!(effects[0], Effect::Persist, "logged first: {effects:?}");
+        assert_eq!(calls(&effects), vec![(1, Op::Action)]);
+    }
+
+    #[test]
+    fn a_saga_recovered_past_its_deadline_compensates_every_action_the_log_says_may_have_run() {
+        // As the log reads after a crash while step 1 was in flight: step 0 succeeded, step 1
+        // in flight (logged before it was sent), step 2 never started.
+        let mut t = saga(3);
+        t.step(Event::Resume);
+        t.step(ok(0));
+        let mut recovered = t.clone();
+        let effects = recovered.step(Event::Deadline);
+        assert_eq!(recovered.status, Status::Cancelling);
+        assert_eq!(effects[0], Effect::Persist);
+        assert_eq!(calls(&effects), vec![(1, Op::Compensate)]);
+        assert_eq!(calls(&recovered.step(ok2(1))), vec![(0, Op::Compensate)]);
+        assert_eq!(recovered.step(ok2(0)), vec![Effect::Persist]);
+        assert_eq!(recovered.status, Status::Failed);
+    }
+
+    #[test]
+    fn a_rollback_with_nothing_to_undo_ends_failed_at_once() {
+        let mut t = saga(3);
+        assert_eq!(t.step(Event::Deadline), vec![Effect::Persist]);
+        assert_eq!(t.status, Status::Failed);
+        assert!(t.reason.is_some());
+    }
+
+    #[test]
+    fn a_decided_transaction_with_nothing_pending_is_finished_by_the_next_resume() {
+        // A log written before rollbacks finished at once: `cancelling` with nothing pending.
+        let mut t = saga(2);
+        t.status = Status::Cancelling;
+        assert_eq!(t.step(Event::Resume), vec![Effect::Persist]);
+        assert_eq!(t.status, Status::Failed);
+        let mut c = tcc(2);
+        c.status = Status::Confirming;
+        c.branches.iter_mut().for_each(|b| b.second = Second::Done);
+        assert_eq!(c.step(Event::Resume), vec![Effect::Persist]);
+        assert_eq!(c.status, Status::Succeeded);
     }
 
     #[test]

@@ -382,6 +382,116 @@ async fn an_operator_retry_makes_a_waiting_transaction_due_now(db: TestDb) {
     assert_eq!(t.status(), pb::Status::Succeeded);
 }
 
+fn saga(key: &str, parts: &[&Scripted]) -> pb::ExecuteRequest {
+    pb::ExecuteRequest {
+        mode: pb::Mode::Saga as i32,
+        ..tcc(key, parts)
+    }
+}
+
+/// The calls a participant received, in order, as (branch, op).
+fn call_order(p: &Scripted) -> Vec<(String, Op)> {
+    p.calls().into_iter().map(|c| (c.branch_id, c.op)).collect()
+}
+
+async fn a_saga_killed_mid_step_and_recovered_past_its_deadline_compensates_what_ran(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let mut c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let p = Scripted::start().await;
+    // Step 0's Action takes effect; step 1's never answers; the coordinator dies meanwhile.
+    p.on(Op::Action, [Behavior::Succeed, Behavior::Hang]);
+    let mut req = saga("saga-crash", &[&p, &p, &p]);
+    req.timeout_ms = 1_500;
+    req.branch_timeout_ms = 1_000;
+    let call = tokio::spawn({
+        let client = c.client.clone();
+        async move { client.clone().execute(req).await }
+    });
+    assert!(p.wait_for(Op::Action, 2, Duration::from_secs(10)).await);
+    c.service.kill();
+    let _ = call.await;
+    // Restarted past the deadline: recovery must roll back what may have run.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.service.restart().await.unwrap();
+    let gid = c.list_all().await[0].gid;
+    let t = c.wait_terminal(gid, Duration::from_secs(10)).await;
+    assert_eq!(t.status(), pb::Status::Failed, "{t:?}");
+    assert_eq!(
+        call_order(&p),
+        vec![
+            ("b0".into(), Op::Action),
+            ("b1".into(), Op::Action),
+            ("b1".into(), Op::Compensate),
+            ("b0".into(), Op::Compensate),
+        ],
+        "every Action that may have run is compensated, in reverse, once"
+    );
+    assert!(
+        p.applied(gid, "b0", Op::Compensate),
+        "step 0's effect undone"
+    );
+    let undo_1 = &p.calls_of(gid, Op::Compensate)[0];
+    assert_eq!(
+        undo_1.effect,
+        Some(testkit::scripted::Effect::NullCompensation),
+        "step 1's Action never took effect: its Compensate is a null compensation"
+    );
+    // Terminal means finished: nothing is claimed again.
+    let attempts = c.get(gid).await.attempts;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(c.get(gid).await.attempts, attempts);
+}
+
+async fn a_saga_whose_steps_outlast_the_lease_is_driven_once_by_one_claim(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    // Claims hold 3 s; five steps of 0.9 s each take 4.5 s.
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let p = Scripted::start().await;
+    p.on(
+        Op::Action,
+        (0..5).map(|_| Behavior::Delay(Duration::from_millis(900))),
+    );
+    let mut req = saga("saga-long", &[&p, &p, &p, &p, &p]);
+    req.timeout_ms = 30_000;
+    req.wait_ms = 0;
+    let r = c.execute(req).await.unwrap();
+    let t = c.wait_terminal(r.gid, Duration::from_secs(20)).await;
+    assert_eq!(t.status(), pb::Status::Succeeded, "{t:?}");
+    let actions: Vec<String> = p
+        .calls_of(r.gid, Op::Action)
+        .into_iter()
+        .map(|c| c.branch_id)
+        .collect();
+    assert_eq!(
+        actions,
+        ["b0", "b1", "b2", "b3", "b4"],
+        "each step sent once: no second drive took over"
+    );
+    // One drive: the timeline's calls never overlap in time.
+    let detail: serde_json::Value =
+        reqwest::get(format!("{}/api/v1/transactions/{}", c.http_url, r.gid))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let mut spans: Vec<(f64, f64)> = detail["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["timeline"].as_array().unwrap().clone())
+        .map(|a| {
+            let start = a["started_at_ms"].as_f64().unwrap();
+            (start, start + a["duration_ms"].as_f64().unwrap())
+        })
+        .collect();
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    assert_eq!(spans.len(), 5, "{detail}");
+    for w in spans.windows(2) {
+        assert!(w[0].1 <= w[1].0 + 1.0, "overlapping calls: {spans:?}");
+    }
+}
+
 both_backends!(
     all_tries_succeeding_ends_succeeded_with_each_op_taking_effect_once,
     one_rejected_try_cancels_every_branch_including_a_try_that_had_not_arrived,
@@ -395,4 +505,6 @@ both_backends!(
     sigkill_after_the_decision_before_any_confirm_then_restart_succeeds,
     sigkill_during_the_confirms_then_restart_succeeds,
     an_operator_retry_makes_a_waiting_transaction_due_now,
+    a_saga_killed_mid_step_and_recovered_past_its_deadline_compensates_what_ran,
+    a_saga_whose_steps_outlast_the_lease_is_driven_once_by_one_claim,
 );

@@ -17,6 +17,13 @@
 //! [`IdError::ClockMovedBackwards`] rather than risk a duplicate. When the 4,096 ids of one
 //! millisecond are used up the generator waits for the next millisecond.
 //!
+//! Across restarts the last millisecond used is not in memory any more: a process restarted with
+//! a clock behind its predecessor's would make the same ids again. So every service that keeps
+//! its ids reads its high-water mark back from its own storage at start-up (the largest id it
+//! ever stored: every id is stored before anyone sees it) and hands it to
+//! [`Snowflake::resume_after`]; [`Snowflake::behind_ms`] then says how long to wait (or, past a
+//! limit, to refuse to start) until the clock has passed it.
+//!
 //! [`Gid`] serialises as a decimal *string* so that JavaScript clients (53-bit numbers) never
 //! round it.
 
@@ -55,6 +62,8 @@ pub enum IdError {
     TimestampOverflow,
     #[error("not a valid global transaction id: {0:?}")]
     Parse(String),
+    #[error("the clock is {behind_ms} ms behind the largest id already stored (limit {limit_ms} ms); refusing to start rather than risk a duplicate id")]
+    BehindHighWater { behind_ms: u64, limit_ms: u64 },
 }
 
 /// A source of wall-clock time in Unix milliseconds. Injected so tests can step it back.
@@ -219,6 +228,31 @@ impl Snowflake {
 
     pub fn node(&self) -> u16 {
         self.node as u16
+    }
+
+    /// Never hands out an id at or below the time and sequence of `high_water` (an id read back
+    /// from storage; from any node: that is only more careful).
+    pub fn resume_after(self, high_water: Gid) -> Self {
+        let raw = high_water.as_u64();
+        let packed = ((raw >> (NODE_BITS + SEQUENCE_BITS)) << SEQUENCE_BITS) | (raw & MAX_SEQUENCE);
+        self.last.fetch_max(packed, Ordering::AcqRel);
+        self
+    }
+
+    /// How many milliseconds the clock is behind the last id used or resumed after (0 when it is
+    /// past it). A start-up waits this long before making ids, or refuses to start when it is
+    /// over `limit_ms` ([`IdError::BehindHighWater`]).
+    pub fn behind_ms(&self, limit_ms: u64) -> Result<u64, IdError> {
+        let now = self.clock.now_ms().saturating_sub(EPOCH_MS);
+        let last_ms = self.last.load(Ordering::Acquire) >> SEQUENCE_BITS;
+        let behind_ms = last_ms.saturating_sub(now);
+        if behind_ms > limit_ms {
+            return Err(IdError::BehindHighWater {
+                behind_ms,
+                limit_ms,
+            });
+        }
+        Ok(behind_ms)
     }
 
     /// The next id: unique for this generator and strictly greater than every id it made before.
@@ -403,6 +437,38 @@ mod tests {
         assert!(last.unix_ms > T0);
         assert_eq!(last.sequence, 0);
         assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn a_generator_restarted_with_its_clock_behind_never_repeats_an_id_of_its_predecessor() {
+        let t0 = EPOCH_MS + 50_000;
+        let before = Snowflake::with_clock(3, ManualClock::at(t0)).unwrap();
+        let first: Vec<Gid> = (0..3).map(|_| before.next_id().unwrap()).collect();
+        // A restart whose clock stepped back to the predecessor's first reading makes exactly
+        // the same three ids when nothing tells it where its predecessor stopped.
+        let naive = Snowflake::with_clock(3, ManualClock::at(t0)).unwrap();
+        let repeated: Vec<Gid> = (0..3).map(|_| naive.next_id().unwrap()).collect();
+        assert_eq!(repeated, first, "the failure this guards against");
+        // Resumed after the largest id stored, with its clock 400 ms behind it: it says how
+        // long to wait, refuses past a limit, and counts on above the mark.
+        let after = Snowflake::with_clock(3, ManualClock::at(t0 - 400))
+            .unwrap()
+            .resume_after(*first.iter().max().unwrap());
+        assert_eq!(after.behind_ms(1_000), Ok(400));
+        assert_eq!(
+            after.behind_ms(100),
+            Err(IdError::BehindHighWater {
+                behind_ms: 400,
+                limit_ms: 100
+            })
+        );
+        for _ in 0..10 {
+            let id = after.next_id().unwrap();
+            assert!(
+                id > *first.iter().max().unwrap(),
+                "{id} repeats or precedes"
+            );
+        }
     }
 
     #[test]

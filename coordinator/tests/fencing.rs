@@ -1,0 +1,150 @@
+//! The log's fence, on SQLite and PostgreSQL: a driver whose claim lapsed and was claimed again
+//! (here by the same instance, the case an owner-only fence let through) can no longer write;
+//! no status is replaced unless it is the one the writer last made durable; and recovery never
+//! claims a transaction this process is still driving.
+use coordinator::log::{self, Checkpoint, NewBranch, NewTxn};
+use coordinator::machine::{Mode, Status, Txn};
+use std::time::Duration;
+use store::{Db, DbConfig};
+use testkit::{both_backends, TestDb};
+
+const OWNER: &str = "7:aaaa";
+
+async fn log_with_one_transaction(db: &TestDb, lease_ms: i64) -> (Db, log::Stored) {
+    let db = Db::connect(&DbConfig::new(db.url())).await.unwrap();
+    db.migrate(&coordinator::MIGRATOR).await.unwrap();
+    let new = NewTxn {
+        gid: 42,
+        mode: Mode::Tcc,
+        idempotency_key: Some("fence".into()),
+        request_hash: "h".into(),
+        concurrent: false,
+        branch_timeout_ms: 10,
+        deadline_at: store::now_ms() + 60_000,
+        branches: vec![NewBranch {
+            branch_id: "b0".into(),
+            participant: "http://127.0.0.1:9".into(),
+            payload: vec![],
+            depends_on: vec![],
+        }],
+    };
+    let lease_until = log::insert(&db, &new, OWNER, lease_ms).await.unwrap();
+    (db, log::Stored::recorded(&new, OWNER, lease_until))
+}
+
+fn decided(stored: &log::Stored, status: Status) -> Txn {
+    Txn {
+        status,
+        ..stored.txn.clone()
+    }
+}
+
+async fn write(db: &Db, stored: &log::Stored, epoch: i64, from: Status, txn: &Txn) -> bool {
+    log::checkpoint(
+        db,
+        Checkpoint {
+            gid: stored.gid,
+            owner: OWNER,
+            epoch,
+            from,
+            txn,
+            branches: &stored.branches,
+            new_attempts: &[],
+            release_until: None,
+            lease_ms: 60_000,
+        },
+    )
+    .await
+    .unwrap()
+    .is_some()
+}
+
+async fn a_lapsed_claim_cannot_write_after_the_same_instance_claimed_again(db: TestDb) {
+    let (db, first) = log_with_one_transaction(&db, 20).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The same instance (same owner name) claims it again once the lease has lapsed.
+    let claims = log::claim_due(&db, OWNER, "7:", 60_000, 10, |_| false)
+        .await
+        .unwrap();
+    assert_eq!(claims.len(), 1);
+    let second_epoch = claims[0].epoch;
+    assert!(second_epoch > first.epoch);
+    // The second drive decides to cancel …
+    assert!(
+        write(
+            &db,
+            &first,
+            second_epoch,
+            Status::Prepared,
+            &decided(&first, Status::Cancelling)
+        )
+        .await
+    );
+    // … and the first drive, still holding the old claim, must not turn that into confirming.
+    assert!(
+        !write(
+            &db,
+            &first,
+            first.epoch,
+            Status::Prepared,
+            &decided(&first, Status::Confirming)
+        )
+        .await,
+        "a lapsed claim wrote"
+    );
+    assert_eq!(
+        log::status_of(&db, 42).await.unwrap().unwrap().0,
+        Status::Cancelling
+    );
+}
+
+async fn a_status_is_replaced_only_from_the_status_the_writer_read(db: TestDb) {
+    let (db, stored) = log_with_one_transaction(&db, 60_000).await;
+    assert!(
+        write(
+            &db,
+            &stored,
+            stored.epoch,
+            Status::Prepared,
+            &decided(&stored, Status::Cancelling)
+        )
+        .await
+    );
+    // The same claim, writing as if it had never seen its own decision: refused.
+    assert!(
+        !write(
+            &db,
+            &stored,
+            stored.epoch,
+            Status::Prepared,
+            &decided(&stored, Status::Confirming)
+        )
+        .await,
+        "a status was replaced by a writer that had not read it"
+    );
+    assert!(
+        write(
+            &db,
+            &stored,
+            stored.epoch,
+            Status::Cancelling,
+            &decided(&stored, Status::Failed)
+        )
+        .await
+    );
+}
+
+async fn recovery_never_claims_a_transaction_this_process_is_driving(db: TestDb) {
+    let (db, _) = log_with_one_transaction(&db, 20).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let claims = log::claim_due(&db, OWNER, "7:", 60_000, 10, |gid| gid == 42)
+        .await
+        .unwrap();
+    assert!(claims.is_empty(), "{claims:?}");
+}
+
+both_backends!(
+    a_lapsed_claim_cannot_write_after_the_same_instance_claimed_again,
+    a_status_is_replaced_only_from_the_status_the_writer_read,
+    recovery_never_claims_a_transaction_this_process_is_driving,
+);
