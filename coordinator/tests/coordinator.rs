@@ -382,6 +382,36 @@ async fn an_operator_retry_makes_a_waiting_transaction_due_now(db: TestDb) {
     assert_eq!(t.status(), pb::Status::Succeeded);
 }
 
+async fn a_key_replays_after_a_restart_with_other_default_timeouts(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let mut c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let a = Scripted::start().await;
+    let mut req = tcc("defaults", &[&a]);
+    // Left to the instance's defaults: they are not part of what the caller sent.
+    req.branch_timeout_ms = 0;
+    req.timeout_ms = 0;
+    let first = c.execute(req.clone()).await.unwrap();
+    c.service.kill();
+    let spec = c.service.spec().clone();
+    c.service = Service::start(ServiceSpec {
+        env: spec
+            .env
+            .into_iter()
+            .chain([
+                ("COORDINATOR_DEFAULT_BRANCH_TIMEOUT_MS".into(), "700".into()),
+                ("COORDINATOR_DEFAULT_TIMEOUT_MS".into(), "5000".into()),
+            ])
+            .collect(),
+        log_path: dir.path().join("restarted.log"),
+        ..spec
+    })
+    .await
+    .unwrap();
+    let again = c.execute(req).await.unwrap();
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(again.gid, first.gid);
+}
+
 fn saga(key: &str, parts: &[&Scripted]) -> pb::ExecuteRequest {
     pb::ExecuteRequest {
         mode: pb::Mode::Saga as i32,
@@ -507,4 +537,5 @@ both_backends!(
     an_operator_retry_makes_a_waiting_transaction_due_now,
     a_saga_killed_mid_step_and_recovered_past_its_deadline_compensates_what_ran,
     a_saga_whose_steps_outlast_the_lease_is_driven_once_by_one_claim,
+    a_key_replays_after_a_restart_with_other_default_timeouts,
 );

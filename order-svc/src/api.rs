@@ -9,7 +9,14 @@
 //! response are stored; the same key again returns the stored response, the same key with
 //! another body is a 422, and concurrent requests with one key wait for the first one's answer.
 //! The coordinator call itself carries the key `order:<order id>`, so a retried call can never
-//! start a second transaction.
+//! start a second transaction; and the coordinator request is built once, stored with the key
+//! before the first call, and resent byte for byte by a retry that takes the key over, so a
+//! price or configuration changed in between can never turn the retry into "a different
+//! request" (it would be refused forever while the first attempt's order stands).
+//!
+//! Order ids are Snowflake ids that resume above the largest order id stored (read at the first
+//! order), so a restart with a clock that stepped back never repeats one; the storage refuses a
+//! repeated order id loudly (a unique index).
 
 use crate::auth::Caller;
 use actix_web::http::StatusCode;
@@ -22,6 +29,7 @@ use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use store::{Db, StoreError};
 use telemetry::grpc::TracePropagation;
+use tokio::sync::OnceCell;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
@@ -69,7 +77,8 @@ type CoordinatorClient =
 #[derive(Clone)]
 pub struct Api {
     config: ApiConfig,
-    ids: ids::Snowflake,
+    /// Resumed above the largest stored order id at the first order (see [`Api::ids`]).
+    ids: std::sync::Arc<OnceCell<ids::Snowflake>>,
     coordinator: CoordinatorClient,
     prices: moka::future::Cache<String, Option<(String, i64)>>,
 }
@@ -84,8 +93,12 @@ impl std::fmt::Debug for Api {
 
 impl Api {
     pub fn new(config: ApiConfig) -> Result<Api, host::ConfigError> {
-        let ids =
-            ids::Snowflake::new(config.node_id).map_err(|e| host::ConfigError(e.to_string()))?;
+        if config.node_id > ids::MAX_NODE {
+            return Err(host::ConfigError(format!(
+                "api.node_id must be 0..={}",
+                ids::MAX_NODE
+            )));
+        }
         let channel = tonic::transport::Endpoint::from_shared(config.coordinator_url.clone())
             .map_err(|e| host::ConfigError(format!("coordinator_url: {e}")))?
             .connect_timeout(Duration::from_secs(2))
@@ -93,7 +106,7 @@ impl Api {
             .tcp_nodelay(true)
             .connect_lazy();
         Ok(Api {
-            ids,
+            ids: std::sync::Arc::default(),
             coordinator: pb::coordinator_client::CoordinatorClient::with_interceptor(
                 channel,
                 TracePropagation,
@@ -104,6 +117,41 @@ impl Api {
                 .build(),
             config,
         })
+    }
+}
+
+/// How far the clock may be behind the largest stored order id: waited out below, refused above.
+const MAX_CLOCK_BEHIND_MS: u64 = 10_000;
+
+impl Api {
+    /// The order id generator, resumed above the largest order id stored (every order id is
+    /// stored with its key before anyone sees it), after waiting for a clock that is behind it.
+    async fn ids(&self, db: &Db) -> Result<&ids::Snowflake, Problem> {
+        self.ids
+            .get_or_try_init(|| async {
+                let mut ids = ids::Snowflake::new(self.config.node_id)
+                    .map_err(|e| Problem::unavailable(e.to_string()))?;
+                let high_water: Option<i64> =
+                    sqlx::query_scalar("SELECT CAST(MAX(order_id) AS BIGINT) FROM order_requests")
+                        .fetch_one(db.pool())
+                        .await
+                        .map_err(StoreError::from)?;
+                if let Some(high_water) = high_water {
+                    let gid = ids::Gid::from_i64(high_water)
+                        .map_err(|e| Problem::internal(e.to_string()))?;
+                    ids = ids.resume_after(gid);
+                }
+                let behind = ids.behind_ms(MAX_CLOCK_BEHIND_MS).map_err(|e| {
+                    tracing::error!(error = %e, "order ids cannot be made safely");
+                    Problem::unavailable("order ids cannot be made right now: the clock is far behind the last order")
+                })?;
+                if behind > 0 {
+                    tracing::warn!(behind_ms = behind, "the clock is behind the largest order id; waiting");
+                    tokio::time::sleep(Duration::from_millis(behind + 1)).await;
+                }
+                Ok(ids)
+            })
+            .await
     }
 }
 
@@ -218,21 +266,34 @@ async fn place_order(
     }
     let hash = request_hash(&body);
     let order_id = api
-        .ids
+        .ids(&db)
+        .await?
         .next_id()
         .map_err(|e| Problem::unavailable(e.to_string()))?
         .as_i64();
+    // Priced and built before the key is stored, and stored with it: what a retry resends.
+    // A client error (unknown SKU, too large) is the key's answer right away.
+    let planned = checkout(&api, &db, &caller.user_id, order_id, &body).await?;
+    let (txn_request, early_answer) = match &planned {
+        Ok(c) => (Some(prost::Message::encode_to_vec(&c.request)), None),
+        Err(answer) => (None, Some(answer)),
+    };
     let now = store::now_ms();
     // Writes go through the database's writer queue (SQLite admits one writer at a time).
     let mut writer = db.begin().await?;
+    // Only the key may conflict: a repeated order id is a unique violation, loudly.
     let fresh = sqlx::query(
         "INSERT INTO order_requests (user_id, idempotency_key, request_hash, order_id, response_status, response_body, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, NULL, NULL, $5, $5) ON CONFLICT DO NOTHING",
+         txn_request, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+         ON CONFLICT (user_id, idempotency_key) DO NOTHING",
     )
     .bind(&caller.user_id)
     .bind(&key)
     .bind(&hash)
     .bind(order_id)
+    .bind(early_answer.map(|a| i64::from(a.status)))
+    .bind(early_answer.map(|a| a.body.to_string()))
+    .bind(txn_request)
     .bind(now)
     .execute(&mut *writer)
     .await
@@ -240,20 +301,43 @@ async fn place_order(
     .rows_affected()
         == 1;
     writer.commit().await.map_err(StoreError::from)?;
-    let order_id = if fresh {
-        order_id
+    let checkout = if fresh {
+        match planned {
+            Ok(c) => c,
+            Err(answer) => return Ok(answer.into_response(false)),
+        }
     } else {
         match replay(&api, &db, &caller.user_id, &key, &hash).await? {
             Replay::Answered(answer) => return Ok(answer.into_response(true)),
-            // The first request with this key was interrupted: carry on with its order id (the
-            // coordinator call is idempotent on it).
-            Replay::TakeOver(order_id) => order_id,
+            // The first request with this key was interrupted: resend exactly what it sent
+            // (the coordinator call is idempotent on its order id).
+            Replay::TakeOver {
+                txn_request: Some(bytes),
+                ..
+            } => Checkout::decode(&bytes)?,
+            // A row from before requests were stored: build it again for its order id.
+            Replay::TakeOver {
+                order_id,
+                txn_request: None,
+            } => match checkout(&api, &db, &caller.user_id, order_id, &body).await? {
+                Ok(c) => c,
+                Err(answer) => return Ok(answer_key(&db, &caller.user_id, &key, answer).await?),
+            },
         }
     };
-    let answer = execute(&api, &db, &caller.user_id, order_id, &body).await;
-    // A 5xx says "we do not know yet" (the coordinator did not answer, a database hiccup): the
-    // order may still be placed, so it is not the key's answer. The request is released instead,
-    // and a retry with the key takes over at once, with the same order id, and learns the truth.
+    let answer = execute(&api, checkout).await;
+    Ok(answer_key(&db, &caller.user_id, &key, answer).await?)
+}
+
+/// Stores `answer` as the key's response and returns it, or, for a 5xx ("we do not know yet":
+/// the coordinator did not answer, a database hiccup), releases the key instead: the order may
+/// still be placed, and a retry with the key takes over at once and learns the truth.
+async fn answer_key(
+    db: &Db,
+    user: &str,
+    key: &str,
+    answer: Answer,
+) -> Result<HttpResponse, StoreError> {
     let transient = answer.status >= 500;
     let mut writer = db.begin().await?;
     sqlx::query(
@@ -263,12 +347,11 @@ async fn place_order(
     .bind((!transient).then_some(i64::from(answer.status)))
     .bind((!transient).then(|| answer.body.to_string()))
     .bind(if transient { RELEASED } else { store::now_ms() })
-    .bind(&caller.user_id)
-    .bind(&key)
+    .bind(user)
+    .bind(key)
     .execute(&mut *writer)
-    .await
-    .map_err(StoreError::from)?;
-    writer.commit().await.map_err(StoreError::from)?;
+    .await?;
+    writer.commit().await?;
     Ok(answer.into_response(false))
 }
 
@@ -278,7 +361,10 @@ const RELEASED: i64 = 0;
 
 enum Replay {
     Answered(Answer),
-    TakeOver(i64),
+    TakeOver {
+        order_id: i64,
+        txn_request: Option<Vec<u8>>,
+    },
 }
 
 /// The same key again: the stored answer, a conflict, or (after waiting for a request in
@@ -287,9 +373,16 @@ async fn replay(api: &Api, db: &Db, user: &str, key: &str, hash: &str) -> Result
     let patience = Duration::from_millis(api.config.wait_ms + 2_000);
     let started = Instant::now();
     loop {
-        type Row = (String, i64, Option<i64>, Option<String>, i64);
+        type Row = (
+            String,
+            i64,
+            Option<i64>,
+            Option<String>,
+            i64,
+            Option<Vec<u8>>,
+        );
         let row: Option<Row> = sqlx::query_as(
-            "SELECT request_hash, order_id, response_status, response_body, updated_at FROM order_requests \
+            "SELECT request_hash, order_id, response_status, response_body, updated_at, txn_request FROM order_requests \
              WHERE user_id = $1 AND idempotency_key = $2",
         )
         .bind(user)
@@ -297,7 +390,7 @@ async fn replay(api: &Api, db: &Db, user: &str, key: &str, hash: &str) -> Result
         .fetch_optional(db.pool())
         .await
         .map_err(StoreError::from)?;
-        let Some((stored_hash, order_id, status, body, updated_at)) = row else {
+        let Some((stored_hash, order_id, status, body, updated_at, txn_request)) = row else {
             return Err(Problem::internal("the idempotency record vanished"));
         };
         if stored_hash != hash {
@@ -314,7 +407,10 @@ async fn replay(api: &Api, db: &Db, user: &str, key: &str, hash: &str) -> Result
         }
         let idle = store::now_ms() - updated_at;
         if idle > patience.as_millis() as i64 {
-            return Ok(Replay::TakeOver(order_id));
+            return Ok(Replay::TakeOver {
+                order_id,
+                txn_request,
+            });
         }
         if started.elapsed() > patience {
             return Err(Problem::conflict(
@@ -358,33 +454,64 @@ fn reason_code(reason: &str) -> String {
     "cancelled".into()
 }
 
-async fn execute(api: &Api, db: &Db, user: &str, order_id: i64, body: &NewOrderBody) -> Answer {
-    let (_name, price) = match price_of(api, db, &body.sku).await {
-        Ok(Some(p)) => p,
-        Ok(None) => {
-            return Answer::problem(&unprocessable(
-                "unknown_sku",
-                format!("no product {:?} in the catalog", body.sku),
-            ))
-        }
-        Err(e) => return Answer::problem(&Problem::from(e)),
+/// One order's global transaction, as built for its first attempt (and stored with its key).
+struct Checkout {
+    request: pb::ExecuteRequest,
+    /// The order branch's payload: what the answer shows.
+    order: proto::pay::v1::OrderBranch,
+}
+
+impl Checkout {
+    /// A stored request, as a retry resends it.
+    fn decode(bytes: &[u8]) -> Result<Checkout, Problem> {
+        let corrupt = || Problem::internal("the stored order request cannot be read");
+        let request: pb::ExecuteRequest = prost::Message::decode(bytes).map_err(|e| {
+            tracing::error!(error = %e, "stored txn_request does not decode");
+            corrupt()
+        })?;
+        let order = request
+            .branches
+            .iter()
+            .find(|b| b.branch_id == ORDER_BRANCH)
+            .and_then(|b| prost::Message::decode(b.payload.as_slice()).ok())
+            .ok_or_else(corrupt)?;
+        Ok(Checkout { request, order })
+    }
+}
+
+const ORDER_BRANCH: &str = "order";
+
+/// Prices the order and builds its global transaction: `Ok(Err(answer))` for a client error
+/// (the key's answer), `Err` when the catalog cannot be read now.
+async fn checkout(
+    api: &Api,
+    db: &Db,
+    user: &str,
+    order_id: i64,
+    body: &NewOrderBody,
+) -> Result<Result<Checkout, Answer>, Problem> {
+    let Some((_name, price)) = price_of(api, db, &body.sku).await? else {
+        return Ok(Err(Answer::problem(&unprocessable(
+            "unknown_sku",
+            format!("no product {:?} in the catalog", body.sku),
+        ))));
     };
     let Some(amount) = price
         .checked_mul(body.quantity)
         .filter(|a| *a <= tcc::check::MAX_UNITS)
     else {
-        return Answer::problem(&unprocessable(
+        return Ok(Err(Answer::problem(&unprocessable(
             "amount_too_large",
             "the order's amount is too large",
-        ));
+        ))));
     };
-    let order_payload = prost::Message::encode_to_vec(&proto::pay::v1::OrderBranch {
+    let order = proto::pay::v1::OrderBranch {
         order_id: order_id as u64,
         user_id: user.to_owned(),
         sku: body.sku.clone(),
         quantity: body.quantity,
         amount,
-    });
+    };
     let payment_payload = prost::Message::encode_to_vec(&proto::pay::v1::PaymentBranch {
         account_id: user.to_owned(),
         amount,
@@ -404,7 +531,11 @@ async fn execute(api: &Api, db: &Db, user: &str, order_id: i64, body: &NewOrderB
         mode: pb::Mode::Tcc as i32,
         idempotency_key: format!("order:{order_id}"),
         branches: vec![
-            branch("order", &api.config.order_url, order_payload),
+            branch(
+                ORDER_BRANCH,
+                &api.config.order_url,
+                prost::Message::encode_to_vec(&order),
+            ),
             branch("payment", &api.config.payment_url, payment_payload),
             branch("inventory", &api.config.inventory_url, inventory_payload),
         ],
@@ -413,6 +544,15 @@ async fn execute(api: &Api, db: &Db, user: &str, order_id: i64, body: &NewOrderB
         wait_ms: api.config.wait_ms,
         concurrent: false,
     };
+    Ok(Ok(Checkout { request, order }))
+}
+
+/// Sends the order's global transaction (as built by [`checkout`]) and answers with its outcome.
+async fn execute(api: &Api, checkout: Checkout) -> Answer {
+    let Checkout { mut request, order } = checkout;
+    let order_id = order.order_id;
+    // How long to wait is this attempt's business, not part of the request's identity.
+    request.wait_ms = api.config.wait_ms;
     let outcome = match api.coordinator.clone().execute(request).await {
         Ok(r) => r.into_inner(),
         Err(status) if !proto::is_transient(&status) => {
@@ -443,9 +583,9 @@ async fn execute(api: &Api, db: &Db, user: &str, order_id: i64, body: &NewOrderB
         gid: Some(outcome.gid.to_string()),
         status: status.into(),
         reason,
-        sku: body.sku.clone(),
-        quantity: body.quantity,
-        amount,
+        sku: order.sku,
+        quantity: order.quantity,
+        amount: order.amount,
     };
     Answer {
         status: 201,

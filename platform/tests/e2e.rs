@@ -263,6 +263,118 @@ async fn a_retry_after_a_503_with_the_same_key_places_the_order(db: TestDb) {
     p.assert_invariants().await;
 }
 
+/// The coordinator dies right after deciding an order; meanwhile the price changes. The retry
+/// with the same key must resend exactly what the first attempt sent (the coordinator would
+/// refuse a rebuilt request as "a different request" forever) and answer with the order that
+/// was really placed, at the price the buyer was charged.
+async fn a_retry_after_the_price_changed_answers_with_the_order_as_first_placed(db: TestDb) {
+    let mut p = Platform::start(db).await;
+    let normal = p.coordinator.spec().clone();
+    p.coordinator.kill();
+    let dying = testkit::ServiceSpec {
+        env: normal
+            .env
+            .iter()
+            .cloned()
+            .chain([("COORDINATOR_FAILPOINT".into(), "after_decision".into())])
+            .collect(),
+        log_path: p.dir.path().join("coordinator-failpoint.log"),
+        ..normal.clone()
+    };
+    p.coordinator = testkit::Service::start(dying).await.unwrap();
+    let body = json!({"sku": "coffee", "quantity": 1});
+    let (status, first) = p.order("alice", "price-change", body.clone()).await;
+    assert_eq!(
+        status, 503,
+        "the coordinator died after its decision: {first}"
+    );
+    let (s, b) = p
+        .admin(
+            Method::PUT,
+            "order",
+            "/admin/catalog/coffee",
+            Some(json!({"name": "coffee", "price": 500})),
+        )
+        .await;
+    assert!(s.is_success(), "{b}");
+    p.coordinator = testkit::Service::start(normal).await.unwrap();
+    let (status, second) = p.order("alice", "price-change", body.clone()).await;
+    assert_eq!(status, 201, "{second}");
+    assert_eq!(
+        (second["status"].as_str(), second["amount"].as_i64()),
+        (Some("confirmed"), Some(450)),
+        "{second}"
+    );
+    let (status, third) = p.order("alice", "price-change", body).await;
+    assert_eq!(
+        (status.as_u16(), &third),
+        (201, &second),
+        "the key's answer"
+    );
+    p.assert_invariants().await;
+    assert_eq!(p.balance("alice").await, 10_000 - 450, "charged once");
+}
+
+/// Order ids resume above the largest one stored: a restart whose clock is behind it waits
+/// (or, far behind, refuses) instead of handing out an order id again.
+async fn order_ids_never_repeat_after_a_restart_with_the_clock_behind(db: TestDb) {
+    let mut p = Platform::start(db).await;
+    let order_db = store::Db::connect(&store::DbConfig::new(p.dbs[1].url()))
+        .await
+        .unwrap();
+    // A predecessor's order id from `ahead_ms` in this clock's future (its clock was ahead).
+    let plant = |ahead_ms: i64| {
+        let order_db = order_db.clone();
+        async move {
+            let ms = (store::now_ms() + ahead_ms) as u64 - ids::EPOCH_MS;
+            let id = (ms << (ids::NODE_BITS + ids::SEQUENCE_BITS)) as i64;
+            let mut w = order_db.begin().await.unwrap();
+            sqlx::query("DELETE FROM order_requests WHERE user_id = 'predecessor'")
+                .execute(&mut *w)
+                .await
+                .unwrap();
+            sqlx::query(
+                "INSERT INTO order_requests (user_id, idempotency_key, request_hash, order_id, response_status, \
+                 response_body, created_at, updated_at) VALUES ('predecessor', 'k', 'h', $1, 422, '{}', 0, 0)",
+            )
+            .bind(id)
+            .execute(&mut *w)
+            .await
+            .unwrap();
+            w.commit().await.unwrap();
+            id
+        }
+    };
+    // An hour behind: refused, clearly, and nothing stored.
+    plant(3_600_000).await;
+    p.order.restart().await.unwrap();
+    let (status, refused) = p
+        .order("alice", "clock-1", json!({"sku": "coffee", "quantity": 1}))
+        .await;
+    assert_eq!(status, 503, "{refused}");
+    assert!(
+        refused["detail"].as_str().unwrap().contains("clock"),
+        "{refused}"
+    );
+    // Three seconds behind: waited out, and the new id is above the predecessor's.
+    let high_water = plant(3_000).await;
+    p.order.restart().await.unwrap();
+    let (status, placed) = p
+        .order("alice", "clock-2", json!({"sku": "coffee", "quantity": 1}))
+        .await;
+    assert_eq!(status, 201, "{placed}");
+    assert_eq!(placed["status"], "confirmed", "{placed}");
+    let id: i64 = placed["order_id"].as_str().unwrap().parse().unwrap();
+    assert!(id > high_water, "order id {id} is not above {high_water}");
+    let mut w = order_db.begin().await.unwrap();
+    sqlx::query("DELETE FROM order_requests WHERE user_id = 'predecessor'")
+        .execute(&mut *w)
+        .await
+        .unwrap();
+    w.commit().await.unwrap();
+    p.assert_invariants().await;
+}
+
 async fn payment_down_during_the_try_cancels_and_recovers_when_it_returns(db: TestDb) {
     let mut p = Platform::start(db).await;
     p.payment.kill();
@@ -549,6 +661,8 @@ both_backends!(
     coordinator_killed_with_orders_in_flight_and_restarted_leaves_every_order_terminal,
     one_key_sent_twenty_times_at_once_creates_one_order,
     bad_requests_get_4xx_problems_and_change_nothing,
+    a_retry_after_the_price_changed_answers_with_the_order_as_first_placed,
+    order_ids_never_repeat_after_a_restart_with_the_clock_behind,
 );
 
 mod trace_collector {

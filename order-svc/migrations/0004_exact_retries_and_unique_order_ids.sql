@@ -1,0 +1,10 @@
+-- The coordinator request an order's first attempt built (protobuf `tcc.v1.ExecuteRequest`),
+-- stored with the key before the coordinator is called: a retry that takes the key over resends
+-- exactly it, whatever the catalog or the configuration say by then. NULL: answered without
+-- a transaction (a client error), or a row written before this column existed.
+ALTER TABLE order_requests ADD COLUMN txn_request BYTEA;
+
+-- One order id, one key: a repeated Snowflake id is refused loudly instead of joining two
+-- requests to one coordinator key.
+DROP INDEX order_requests_order;
+CREATE UNIQUE INDEX order_requests_order ON order_requests (order_id);
