@@ -265,7 +265,7 @@ impl Engine {
         let wait = req.wait.min(self.config.max_wait);
         if let Some(key) = &new.idempotency_key {
             if let Some((gid, hash)) = self.keys.get(key).await {
-                return self.replay(gid, &hash, &new, wait).await;
+                return self.replay(gid, &hash, &new, &req, wait).await;
             }
         }
         let mut rx = self.subscribe(new.gid);
@@ -278,7 +278,7 @@ impl Engine {
                     .await?
                     .ok_or_else(|| EngineError::Store(StoreError::NotFound))?;
                 self.keys.insert(key, (gid, hash.clone())).await;
-                return self.replay(gid, &hash, &new, wait).await;
+                return self.replay(gid, &hash, &new, &req, wait).await;
             }
             Err(e) => {
                 self.unsubscribe(new.gid);
@@ -320,9 +320,12 @@ impl Engine {
         gid: i64,
         hash: &str,
         new: &NewTxn,
+        req: &ExecuteRequest,
         wait: Duration,
     ) -> Result<ExecuteOutcome, EngineError> {
-        if hash != new.request_hash {
+        let same = hash == new.request_hash
+            || (!hash.starts_with(HASH_VERSION) && hash == self.legacy_request_hash(req, new));
+        if !same {
             return Err(EngineError::KeyReused(
                 new.idempotency_key.clone().unwrap_or_default(),
             ));
@@ -879,6 +882,10 @@ fn proto_op(op: Op) -> proto::v1::Op {
     }
 }
 
+/// Marks hashes made by [`request_hash`]; a stored hash without it was made by the previous
+/// rule ([`Engine::legacy_request_hash`]).
+const HASH_VERSION: &str = "v2:";
+
 /// The hash that tells a replay from another request under the same idempotency key: of what
 /// the caller sent, and nothing this instance adds (its default timeouts, the lease that clamps
 /// them), so a key interrupted by a restart with another configuration still replays.
@@ -904,5 +911,35 @@ fn request_hash(mode: Mode, req: &ExecuteRequest) -> String {
             field(&mut h, d.as_bytes());
         }
     }
-    hex::encode(h.finalize())
+    format!("{HASH_VERSION}{}", hex::encode(h.finalize()))
+}
+
+impl Engine {
+    /// The hash a key recorded before [`HASH_VERSION`] carries: over the timeouts as this
+    /// instance resolves them, and the branches with their effective dependencies. Keys in
+    /// flight across the upgrade still replay (unless the defaults changed with it).
+    fn legacy_request_hash(&self, req: &ExecuteRequest, new: &NewTxn) -> String {
+        let timeout = req.timeout.unwrap_or(self.config.default_timeout);
+        let branch_timeout = req.branch_timeout.unwrap_or_else(|| {
+            self.config
+                .default_branch_timeout
+                .min(self.config.lease / 2)
+        });
+        let mut h = Sha256::new();
+        h.update(log::mode_str(new.mode).as_bytes());
+        h.update([u8::from(new.concurrent)]);
+        h.update((timeout.as_millis() as u64).to_be_bytes());
+        h.update((branch_timeout.as_millis() as u64).to_be_bytes());
+        for b in &new.branches {
+            for field in [b.branch_id.as_bytes(), b.participant.as_bytes(), &b.payload] {
+                h.update((field.len() as u64).to_be_bytes());
+                h.update(field);
+            }
+            h.update((b.depends_on.len() as u64).to_be_bytes());
+            for d in &b.depends_on {
+                h.update((*d as u64).to_be_bytes());
+            }
+        }
+        hex::encode(h.finalize())
+    }
 }

@@ -10,15 +10,15 @@
 //! compensation at the participant). Confirm and Cancel are retried until they succeed.
 //!
 //! Saga: Actions in dependency order (by default each branch depends on the one before it);
-//! a transient error is retried; a FAILURE (or the deadline) → `Cancelling`, and every branch
-//! whose Action succeeded or was attempted is compensated one at a time in reverse order.
-//! Every batch of Actions is logged as in flight ([`Effect::Persist`]) **before** it is sent:
-//! after a crash the log never says `not_started` of an Action that may have run, so a
-//! rollback compensates everything that could have taken effect (a Compensate whose Action
-//! never arrived is a null compensation at the participant, harmless).
+//! a transient error is retried; a FAILURE (or the deadline) → `Cancelling`, and **every**
+//! branch is compensated, one at a time in reverse order. Which Actions ran is not known for
+//! sure: Actions go out without a commit each, so after a crash (or a lost write) the log may say
+//! `not_started` of one that took effect. A Compensate whose Action never arrived is a null
+//! compensation at the participant (it succeeds, and its barrier row makes a late Action do
+//! nothing), so compensating everything is always safe and never misses an effect.
 //!
-//! A rollback or a second phase with nothing left to do ends at once (`Failed` / `Succeeded`):
-//! no status is ever left without a way forward.
+//! A second phase with nothing left to do ends at once (`Failed` / `Succeeded`): no status is
+//! ever left without a way forward.
 
 use std::fmt;
 
@@ -325,6 +325,15 @@ impl Txn {
                 self.send_first(runnable)
             }
             Status::Confirming | Status::Cancelling => {
+                if self.mode == Mode::Saga && self.status == Status::Cancelling {
+                    // A log written before every Saga branch was compensated may say a branch
+                    // needs none although its Action ran: undo it too (null compensation if not).
+                    for b in &mut self.branches {
+                        if b.second == Second::NotNeeded {
+                            b.second = Second::Pending;
+                        }
+                    }
+                }
                 if self.branches.iter().any(|b| b.second == Second::Pending) {
                     self.second_calls()
                 } else {
@@ -337,23 +346,16 @@ impl Txn {
         }
     }
 
-    /// Marks `branches` in flight and sends their first-phase call. A Saga logs that first
-    /// (its rollback must know every Action that may have run); a TCC rollback cancels every
-    /// branch anyway, so its Tries go out at once.
+    /// Marks `branches` in flight and sends their first-phase call.
     fn send_first(&mut self, branches: Vec<usize>) -> Vec<Effect> {
-        if branches.is_empty() {
-            return Vec::new();
-        }
         let op = self.first_op();
-        let mut effects = Vec::with_capacity(branches.len() + 1);
-        if self.mode == Mode::Saga {
-            effects.push(Effect::Persist);
-        }
-        for branch in branches {
-            self.branches[branch].first = First::InFlight;
-            effects.push(Effect::Call { branch, op });
-        }
-        effects
+        branches
+            .into_iter()
+            .map(|branch| {
+                self.branches[branch].first = First::InFlight;
+                Effect::Call { branch, op }
+            })
+            .collect()
     }
 
     /// The second phase is complete: `Succeeded` after Confirms, `Failed` after Cancels or
@@ -408,18 +410,11 @@ impl Txn {
     fn roll_back(&mut self, reason: String) -> Vec<Effect> {
         self.set_status(Status::Cancelling);
         self.reason = Some(reason);
+        // Every branch is undone: a Try or Action may have arrived even if no answer did (or
+        // the log does not know it was sent); the barrier turns the others into null
+        // compensations.
         for b in &mut self.branches {
-            b.second = match (self.mode, b.first) {
-                // TCC cancels every branch: a Try may have arrived even if no answer did.
-                (Mode::Tcc, _) => Second::Pending,
-                // Saga compensates what succeeded or was attempted.
-                (Mode::Saga, First::NotStarted) => Second::NotNeeded,
-                (Mode::Saga, _) => Second::Pending,
-            };
-        }
-        if self.branches.iter().all(|b| b.second == Second::NotNeeded) {
-            // Nothing can have taken effect: rolled back already.
-            self.finish_second_phase();
+            b.second = Second::Pending;
         }
         let mut effects = vec![Effect::Persist];
         effects.extend(self.second_calls());
@@ -755,7 +750,7 @@ mod tests {
     }
 
     #[test]
-    fn a_saga_failure_compensates_attempted_and_completed_steps_in_reverse_order() {
+    fn a_saga_failure_compensates_every_step_in_reverse_order() {
         let mut t = saga(4);
         t.step(Event::Resume);
         t.step(ok(0));
@@ -763,9 +758,9 @@ mod tests {
         let effects = t.step(rejected(2));
         assert_eq!(effects[0], Effect::Persist);
         assert_eq!(t.status, Status::Cancelling);
-        // Branch 3 never started: nothing to compensate there.
-        assert_eq!(t.branches[3].second, Second::NotNeeded);
-        assert_eq!(calls(&effects), vec![(2, Op::Compensate)]);
+        // Branch 3 never started: its Compensate is a null compensation, harmless.
+        assert_eq!(calls(&effects), vec![(3, Op::Compensate)]);
+        assert_eq!(calls(&t.step(ok2(3))), vec![(2, Op::Compensate)]);
         assert_eq!(calls(&t.step(ok2(2))), vec![(1, Op::Compensate)]);
         assert_eq!(calls(&t.step(ok2(1))), vec![(0, Op::Compensate)]);
         assert_eq!(t.step(ok2(0)), vec![Effect::Persist]);
@@ -788,69 +783,42 @@ mod tests {
     }
 
     #[test]
-    fn a_saga_past_its_deadline_compensates_what_ran() {
+    fn a_saga_recovered_past_its_deadline_compensates_every_step_whatever_the_log_says() {
+        // After a crash the log may say nothing ran although step 0's Action took effect.
         let mut t = saga(3);
-        t.step(Event::Resume);
-        t.step(ok(0));
         let effects = t.step(Event::Deadline);
         assert_eq!(t.status, Status::Cancelling);
-        assert_eq!(
-            calls(&effects),
-            vec![(1, Op::Compensate)],
-            "branch 1 was in flight: compensate it first"
-        );
-        assert_eq!(t.branches[2].second, Second::NotNeeded);
-    }
-
-    #[test]
-    fn a_saga_logs_each_batch_of_actions_as_in_flight_before_sending_it() {
-        let mut t = saga(2);
-        let effects = t.step(Event::Resume);
-        assert_eq!(effects[0], Effect::Persist, "logged first: {effects:?}");
-        assert_eq!(calls(&effects), vec![(0, Op::Action)]);
-        assert_eq!(t.branches[0].first, First::InFlight);
-        let effects = t.step(ok(0));
-        assert_eq!(effects[0], Effect::Persist, "logged first: {effects:?}");
-        assert_eq!(calls(&effects), vec![(1, Op::Action)]);
-    }
-
-    #[test]
-    fn a_saga_recovered_past_its_deadline_compensates_every_action_the_log_says_may_have_run() {
-        // As the log reads after a crash while step 1 was in flight: step 0 succeeded, step 1
-        // in flight (logged before it was sent), step 2 never started.
-        let mut t = saga(3);
-        t.step(Event::Resume);
-        t.step(ok(0));
-        let mut recovered = t.clone();
-        let effects = recovered.step(Event::Deadline);
-        assert_eq!(recovered.status, Status::Cancelling);
         assert_eq!(effects[0], Effect::Persist);
-        assert_eq!(calls(&effects), vec![(1, Op::Compensate)]);
-        assert_eq!(calls(&recovered.step(ok2(1))), vec![(0, Op::Compensate)]);
-        assert_eq!(recovered.step(ok2(0)), vec![Effect::Persist]);
-        assert_eq!(recovered.status, Status::Failed);
+        assert_eq!(calls(&effects), vec![(2, Op::Compensate)]);
+        assert_eq!(calls(&t.step(ok2(2))), vec![(1, Op::Compensate)]);
+        assert_eq!(calls(&t.step(ok2(1))), vec![(0, Op::Compensate)]);
+        assert_eq!(t.step(ok2(0)), vec![Effect::Persist]);
+        assert_eq!(t.status, Status::Failed);
     }
 
     #[test]
-    fn a_rollback_with_nothing_to_undo_ends_failed_at_once() {
-        let mut t = saga(3);
-        assert_eq!(t.step(Event::Deadline), vec![Effect::Persist]);
+    fn a_saga_logged_cancelling_with_nothing_pending_is_compensated_not_closed() {
+        // What the previous version wrote after a crash: cancelling, no branch marked for undo.
+        let mut t = saga(2);
+        t.status = Status::Cancelling;
+        assert_eq!(calls(&t.step(Event::Resume)), vec![(1, Op::Compensate)]);
+        assert_eq!(calls(&t.step(ok2(1))), vec![(0, Op::Compensate)]);
+        assert_eq!(t.step(ok2(0)), vec![Effect::Persist]);
         assert_eq!(t.status, Status::Failed);
-        assert!(t.reason.is_some());
     }
 
     #[test]
     fn a_decided_transaction_with_nothing_pending_is_finished_by_the_next_resume() {
-        // A log written before rollbacks finished at once: `cancelling` with nothing pending.
-        let mut t = saga(2);
-        t.status = Status::Cancelling;
-        assert_eq!(t.step(Event::Resume), vec![Effect::Persist]);
-        assert_eq!(t.status, Status::Failed);
         let mut c = tcc(2);
         c.status = Status::Confirming;
         c.branches.iter_mut().for_each(|b| b.second = Second::Done);
         assert_eq!(c.step(Event::Resume), vec![Effect::Persist]);
         assert_eq!(c.status, Status::Succeeded);
+        let mut t = saga(2);
+        t.status = Status::Cancelling;
+        t.branches.iter_mut().for_each(|b| b.second = Second::Done);
+        assert_eq!(t.step(Event::Resume), vec![Effect::Persist]);
+        assert_eq!(t.status, Status::Failed);
     }
 
     #[test]

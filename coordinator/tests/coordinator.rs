@@ -158,6 +158,7 @@ async fn a_saga_failure_compensates_in_reverse_order(db: TestDb) {
             ("b0".into(), Op::Action),
             ("b1".into(), Op::Action),
             ("b2".into(), Op::Action),
+            ("b3".into(), Op::Compensate),
             ("b2".into(), Op::Compensate),
             ("b1".into(), Op::Compensate),
             ("b0".into(), Op::Compensate),
@@ -166,6 +167,11 @@ async fn a_saga_failure_compensates_in_reverse_order(db: TestDb) {
     assert!(
         !p.applied(r.gid, "b3", Op::Action),
         "the step after the failure never ran"
+    );
+    assert_eq!(
+        p.calls_of(r.gid, Op::Compensate)[0].effect,
+        Some(testkit::scripted::Effect::NullCompensation),
+        "so its Compensate is a null compensation"
     );
 }
 
@@ -412,6 +418,55 @@ async fn a_key_replays_after_a_restart_with_other_default_timeouts(db: TestDb) {
     assert_eq!(again.gid, first.gid);
 }
 
+/// The request hash as the previous version stored it (copied from it): timeouts as the
+/// instance resolved them (lease 3 s: branch timeout 1.5 s by default), branch dependencies as
+/// indices.
+fn previous_version_hash(
+    req: &pb::ExecuteRequest,
+    timeout_ms: u64,
+    branch_timeout_ms: u64,
+) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"tcc");
+    h.update([u8::from(req.concurrent)]);
+    h.update(timeout_ms.to_be_bytes());
+    h.update(branch_timeout_ms.to_be_bytes());
+    for b in &req.branches {
+        for field in [b.branch_id.as_bytes(), b.participant.as_bytes(), &b.payload] {
+            h.update((field.len() as u64).to_be_bytes());
+            h.update(field);
+        }
+        h.update(0u64.to_be_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+async fn a_key_recorded_by_the_previous_version_still_replays(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let mut c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let a = Scripted::start().await;
+    let mut req = tcc("upgrade", &[&a]);
+    req.branch_timeout_ms = 0;
+    let first = c.execute(req.clone()).await.unwrap();
+    c.service.kill();
+    // As the previous version would have stored it.
+    let log = store::Db::connect(&store::DbConfig::new(db.url()))
+        .await
+        .unwrap();
+    let mut w = log.begin().await.unwrap();
+    sqlx::query("UPDATE global_txns SET request_hash = $1")
+        .bind(previous_version_hash(&req, 10_000, 1_500))
+        .execute(&mut *w)
+        .await
+        .unwrap();
+    w.commit().await.unwrap();
+    c.service.restart().await.unwrap();
+    let again = c.execute(req).await.unwrap();
+    assert!(again.replayed, "{again:?}");
+    assert_eq!(again.gid, first.gid);
+}
+
 fn saga(key: &str, parts: &[&Scripted]) -> pb::ExecuteRequest {
     pb::ExecuteRequest {
         mode: pb::Mode::Saga as i32,
@@ -451,21 +506,23 @@ async fn a_saga_killed_mid_step_and_recovered_past_its_deadline_compensates_what
         vec![
             ("b0".into(), Op::Action),
             ("b1".into(), Op::Action),
+            ("b2".into(), Op::Compensate),
             ("b1".into(), Op::Compensate),
             ("b0".into(), Op::Compensate),
         ],
-        "every Action that may have run is compensated, in reverse, once"
+        "every step is compensated, in reverse, once"
     );
     assert!(
         p.applied(gid, "b0", Op::Compensate),
         "step 0's effect undone"
     );
-    let undo_1 = &p.calls_of(gid, Op::Compensate)[0];
-    assert_eq!(
-        undo_1.effect,
-        Some(testkit::scripted::Effect::NullCompensation),
-        "step 1's Action never took effect: its Compensate is a null compensation"
-    );
+    for (undo, branch) in p.calls_of(gid, Op::Compensate).iter().zip(["b2", "b1"]) {
+        assert_eq!(
+            undo.effect,
+            Some(testkit::scripted::Effect::NullCompensation),
+            "{branch}'s Action never took effect: its Compensate is a null compensation"
+        );
+    }
     // Terminal means finished: nothing is claimed again.
     let attempts = c.get(gid).await.attempts;
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -538,4 +595,5 @@ both_backends!(
     a_saga_killed_mid_step_and_recovered_past_its_deadline_compensates_what_ran,
     a_saga_whose_steps_outlast_the_lease_is_driven_once_by_one_claim,
     a_key_replays_after_a_restart_with_other_default_timeouts,
+    a_key_recorded_by_the_previous_version_still_replays,
 );

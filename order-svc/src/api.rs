@@ -265,15 +265,68 @@ async fn place_order(
         )));
     }
     let hash = request_hash(&body);
+    let user = caller.user_id.as_str();
+    // A key seen before is answered from what it stored: no new id, no pricing, so neither a
+    // clock behind nor a catalog hiccup stands between a client and its answer.
+    let first = if key_exists(&db, user, &key).await? {
+        None
+    } else {
+        first_attempt(&api, &db, user, &key, &hash, &body).await?
+    };
+    let checkout = match first {
+        Some(Ok(checkout)) => checkout,
+        Some(Err(answer)) => return Ok(answer.into_response(false)),
+        None => match replay(&api, &db, user, &key, &hash).await? {
+            Replay::Answered(answer) => return Ok(answer.into_response(true)),
+            // The first request with this key was interrupted: resend exactly what it sent
+            // (the coordinator call is idempotent on its order id).
+            Replay::TakeOver {
+                txn_request: Some(bytes),
+                ..
+            } => Checkout::decode(&bytes)?,
+            // A row from before requests were stored: build it again for its order id.
+            Replay::TakeOver {
+                order_id,
+                txn_request: None,
+            } => match checkout(&api, &db, user, order_id, &body).await? {
+                Ok(c) => c,
+                Err(answer) => return Ok(answer_key(&db, user, &key, answer).await?),
+            },
+        },
+    };
+    let answer = execute(&api, checkout).await;
+    Ok(answer_key(&db, user, &key, answer).await?)
+}
+
+async fn key_exists(db: &Db, user: &str, key: &str) -> Result<bool, StoreError> {
+    let found: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM order_requests WHERE user_id = $1 AND idempotency_key = $2",
+    )
+    .bind(user)
+    .bind(key)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(found.is_some())
+}
+
+/// The key's first attempt: a new order id, the order priced and its global transaction built,
+/// all stored with the key before anything is sent. `Some(Ok)`: send it; `Some(Err)`: the
+/// key's answer already (a client error); `None`: another request took the key first.
+async fn first_attempt(
+    api: &Api,
+    db: &Db,
+    user: &str,
+    key: &str,
+    hash: &str,
+    body: &NewOrderBody,
+) -> Result<Option<Result<Checkout, Answer>>, Problem> {
     let order_id = api
-        .ids(&db)
+        .ids(db)
         .await?
         .next_id()
         .map_err(|e| Problem::unavailable(e.to_string()))?
         .as_i64();
-    // Priced and built before the key is stored, and stored with it: what a retry resends.
-    // A client error (unknown SKU, too large) is the key's answer right away.
-    let planned = checkout(&api, &db, &caller.user_id, order_id, &body).await?;
+    let planned = checkout(api, db, user, order_id, body).await?;
     let (txn_request, early_answer) = match &planned {
         Ok(c) => (Some(prost::Message::encode_to_vec(&c.request)), None),
         Err(answer) => (None, Some(answer)),
@@ -287,9 +340,9 @@ async fn place_order(
          txn_request, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
          ON CONFLICT (user_id, idempotency_key) DO NOTHING",
     )
-    .bind(&caller.user_id)
-    .bind(&key)
-    .bind(&hash)
+    .bind(user)
+    .bind(key)
+    .bind(hash)
     .bind(order_id)
     .bind(early_answer.map(|a| i64::from(a.status)))
     .bind(early_answer.map(|a| a.body.to_string()))
@@ -301,32 +354,7 @@ async fn place_order(
     .rows_affected()
         == 1;
     writer.commit().await.map_err(StoreError::from)?;
-    let checkout = if fresh {
-        match planned {
-            Ok(c) => c,
-            Err(answer) => return Ok(answer.into_response(false)),
-        }
-    } else {
-        match replay(&api, &db, &caller.user_id, &key, &hash).await? {
-            Replay::Answered(answer) => return Ok(answer.into_response(true)),
-            // The first request with this key was interrupted: resend exactly what it sent
-            // (the coordinator call is idempotent on its order id).
-            Replay::TakeOver {
-                txn_request: Some(bytes),
-                ..
-            } => Checkout::decode(&bytes)?,
-            // A row from before requests were stored: build it again for its order id.
-            Replay::TakeOver {
-                order_id,
-                txn_request: None,
-            } => match checkout(&api, &db, &caller.user_id, order_id, &body).await? {
-                Ok(c) => c,
-                Err(answer) => return Ok(answer_key(&db, &caller.user_id, &key, answer).await?),
-            },
-        }
-    };
-    let answer = execute(&api, checkout).await;
-    Ok(answer_key(&db, &caller.user_id, &key, answer).await?)
+    Ok(fresh.then_some(planned))
 }
 
 /// Stores `answer` as the key's response and returns it, or, for a 5xx ("we do not know yet":

@@ -467,6 +467,19 @@ pub fn judge(s: &Snapshot) -> Report {
         bad,
     ));
     checks.push(check(
+        "every idempotency key got its answer",
+        format!("{} keys unanswered", b.unanswered_requests),
+        if b.unanswered_requests == 0 {
+            vec![]
+        } else {
+            vec![format!(
+                "{} keys never got an answer: their clients gave up after a 5xx and do not know \
+                 whether they paid (a retry with the same key answers them)",
+                b.unanswered_requests
+            )]
+        },
+    ));
+    checks.push(check(
         "no order is left pending",
         format!("{} pending", b.pending),
         if b.pending == 0 {
@@ -788,7 +801,7 @@ mod tests {
     fn a_healthy_snapshot_passes_every_check() {
         let r = judge(&healthy());
         assert!(r.ok, "{r}");
-        assert_eq!(r.checks.len(), 10);
+        assert_eq!(r.checks.len(), 11);
     }
 
     #[test]
@@ -888,6 +901,13 @@ mod tests {
         let mut s = healthy();
         s.order_books.orders_without_request = 1;
         assert_eq!(failed(&s), ["one idempotency key, one order"]);
+    }
+
+    #[test]
+    fn a_key_left_without_its_answer_is_caught() {
+        let mut s = healthy();
+        s.order_books.unanswered_requests = 1;
+        assert_eq!(failed(&s), ["every idempotency key got its answer"]);
     }
 
     #[test]
