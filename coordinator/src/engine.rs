@@ -15,7 +15,7 @@
 //! transaction it is still driving.
 
 use crate::log::{self, Attempt, Checkpoint, NewBranch, NewTxn, Stored};
-use crate::machine::{CallResult, Effect, Event, Mode, Op, Status, Txn};
+use crate::machine::{CallResult, Effect, Event, Mode, Op, Rollback, Status, Txn};
 use crate::metrics::CoordinatorMetrics;
 use futures::stream::{FuturesUnordered, StreamExt};
 use proto::v1::participant_client::ParticipantClient;
@@ -49,6 +49,8 @@ pub struct EngineConfig {
     /// How far the clock may be behind the largest gid in the log at start-up: waited out when
     /// below, refused when above (see [`ids::Snowflake::resume_after`]).
     pub max_clock_behind: Duration,
+    /// A node id lease not renewed for this long is free (see [`store::node`]).
+    pub node_lease: Duration,
 }
 
 impl Default for EngineConfig {
@@ -66,6 +68,7 @@ impl Default for EngineConfig {
             recovery_batch: 100,
             max_wait: Duration::from_secs(60),
             max_clock_behind: Duration::from_secs(10),
+            node_lease: Duration::from_secs(3),
         }
     }
 }
@@ -96,7 +99,8 @@ pub struct ExecuteRequest {
 pub struct ExecuteOutcome {
     pub gid: i64,
     pub status: Status,
-    pub reason: Option<String>,
+    /// Why it is rolled back, with the id of the branch that caused it.
+    pub reason: Option<(Rollback, Option<String>)>,
     pub replayed: bool,
 }
 
@@ -114,10 +118,15 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Id(#[from] ids::IdError),
+    #[error(transparent)]
+    Node(#[from] store::node::NodeError),
+    /// This instance no longer holds its node id: it makes no gids until it is restarted.
+    #[error("this coordinator lost its node id lease; it accepts no new transactions")]
+    NodeLost,
 }
 
 /// What an Execute waiting for its transaction learns: the status and, if rolled back, why.
-type Decision = (Status, Option<String>);
+type Decision = (Status, Option<Rollback>);
 
 type Client = ParticipantClient<InterceptedService<Channel, TracePropagation>>;
 
@@ -174,6 +183,8 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
 pub struct Engine {
     db: Db,
     ids: ids::Snowflake,
+    /// The node id of `ids`, leased so no live instance shares it.
+    node: store::node::NodeLease,
     config: EngineConfig,
     owner: String,
     clients: Arc<Clients>,
@@ -202,6 +213,13 @@ impl Engine {
         metrics: CoordinatorMetrics,
     ) -> Result<Arc<Engine>, EngineError> {
         let mut ids = ids::Snowflake::new(config.node_id)?;
+        let owner = format!(
+            "{}:{}",
+            config.node_id,
+            hex::encode(rand::random::<[u8; 4]>())
+        );
+        let node =
+            store::node::NodeLease::acquire(&db, config.node_id, &owner, config.node_lease).await?;
         if let Some(high_water) = log::max_gid(&db).await? {
             ids = ids.resume_after(ids::Gid::from_i64(high_water)?);
         }
@@ -213,14 +231,10 @@ impl Engine {
             );
             tokio::time::sleep(Duration::from_millis(behind + 1)).await;
         }
-        let owner = format!(
-            "{}:{}",
-            config.node_id,
-            hex::encode(rand::random::<[u8; 4]>())
-        );
         Ok(Arc::new(Engine {
             db,
             ids,
+            node,
             owner,
             config,
             clients: Arc::default(),
@@ -261,6 +275,9 @@ impl Engine {
         self: &Arc<Self>,
         req: ExecuteRequest,
     ) -> Result<ExecuteOutcome, EngineError> {
+        if !self.node.is_held() {
+            return Err(EngineError::NodeLost);
+        }
         let new = self.validate(&req)?;
         let wait = req.wait.min(self.config.max_wait);
         if let Some(key) = &new.idempotency_key {
@@ -310,7 +327,7 @@ impl Engine {
         Ok(ExecuteOutcome {
             gid,
             status,
-            reason,
+            reason: reason.map(|r| with_branch_id(r, &new)),
             replayed: false,
         })
     }
@@ -336,10 +353,11 @@ impl Engine {
                 .await?
                 .ok_or(EngineError::NotFound(gid))?;
             if status != Status::Prepared || Instant::now() >= deadline {
+                // A replay's request is the recorded one (same hash): same branches.
                 return Ok(ExecuteOutcome {
                     gid,
                     status,
-                    reason,
+                    reason: reason.map(|r| with_branch_id(r, new)),
                     replayed: true,
                 });
             }
@@ -363,7 +381,7 @@ impl Engine {
             .remove(&gid);
     }
 
-    fn notify(&self, gid: i64, status: Status, reason: &Option<String>) {
+    fn notify(&self, gid: i64, status: Status, reason: &Option<Rollback>) {
         if let Some(tx) = self
             .waiters
             .lock()
@@ -517,6 +535,7 @@ impl Engine {
             lease_until: stored.lease_until,
             stored,
             attempts: Vec::new(),
+            first_in_flight: Vec::new(),
         };
         let first_event = if run.stored.txn.status == Status::Prepared
             && store::now_ms() >= run.stored.deadline_at
@@ -556,8 +575,9 @@ impl Engine {
             let effects = run.stored.txn.step(event);
             if run.stored.txn.status != Status::Prepared && !first_calls.is_empty() {
                 // Decided: Tries still in flight are abandoned (the barrier absorbs them if
-                // they arrive after their Cancel).
+                // they arrive after their Cancel); the timeline still shows each of them.
                 first_calls = FuturesUnordered::new();
+                run.abandon_first_calls();
             }
             if !run
                 .apply(effects, &mut first_calls, &mut second_calls)
@@ -591,6 +611,14 @@ impl Engine {
             tracing::info!(count = claimed.len(), "recovering transactions");
         }
         Ok(claimed.len())
+    }
+
+    /// Renews this instance's node id lease until `stop` resolves.
+    pub fn spawn_node_heartbeat(
+        &self,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) {
+        self.node.spawn_heartbeat(stop);
     }
 
     /// Runs [`Engine::recover_once`] every `recovery_interval` until `stop` resolves.
@@ -686,19 +714,19 @@ impl Engine {
             };
             let elapsed = t.elapsed();
             let (outcome, error) = match &result {
-                CallResult::Success => ("success", None),
+                CallResult::Success => (log::Outcome::Success, None),
                 CallResult::Failure { code, message } => {
-                    ("failure", Some(format!("{code}: {message}")))
+                    (log::Outcome::Failure, Some(format!("{code}: {message}")))
                 }
-                CallResult::Error(e) => ("error", Some(e.clone())),
+                CallResult::Error(e) => (log::Outcome::Error, Some(e.clone())),
             };
-            metrics.branch_call(op, outcome, elapsed);
+            metrics.branch_call(op, outcome.as_str(), elapsed);
             let attempt = Attempt {
                 idx: idx as i64,
-                op: op.as_str().to_owned(),
+                op,
                 started_at,
                 duration_us: elapsed.as_micros() as i64,
-                outcome: outcome.to_owned(),
+                outcome,
                 error,
                 owner,
             };
@@ -751,10 +779,16 @@ struct Run<'e> {
     /// Until when (Unix ms) the claim holds, as last written.
     lease_until: i64,
     attempts: Vec<Attempt>,
+    /// First-phase calls sent and not answered yet: (branch, op, sent at, clock).
+    first_in_flight: Vec<(usize, Op, i64, Instant)>,
 }
 
 impl Run<'_> {
     fn record(&mut self, attempt: Attempt) {
+        if matches!(attempt.op, Op::Try | Op::Action) {
+            self.first_in_flight
+                .retain(|(idx, ..)| *idx as i64 != attempt.idx);
+        }
         let b = &mut self.stored.branches[attempt.idx as usize];
         b.attempts += 1;
         b.last_error = attempt.error.clone();
@@ -793,6 +827,8 @@ impl Run<'_> {
                     let fut: CallFuture =
                         Box::pin(self.engine.call(&self.stored, branch, op).await);
                     if matches!(op, Op::Try | Op::Action) {
+                        self.first_in_flight
+                            .push((branch, op, store::now_ms(), Instant::now()));
                         first.push(fut);
                     } else {
                         second.push(fut);
@@ -804,6 +840,22 @@ impl Run<'_> {
             }
         }
         Ok(true)
+    }
+
+    /// The decision came before these first-phase calls answered: each goes into the timeline
+    /// as abandoned (what it did at the participant, if it arrives, the barrier decides).
+    fn abandon_first_calls(&mut self) {
+        for (idx, op, started_at, t) in std::mem::take(&mut self.first_in_flight) {
+            self.record(Attempt {
+                idx: idx as i64,
+                op,
+                started_at,
+                duration_us: t.elapsed().as_micros() as i64,
+                outcome: log::Outcome::Abandoned,
+                error: Some("the decision came before its answer".into()),
+                owner: self.engine.owner.clone(),
+            });
+        }
     }
 
     /// A call may take up to the branch timeout: when the claim would run out before that, it
@@ -880,6 +932,15 @@ fn proto_op(op: Op) -> proto::v1::Op {
         Op::Action => proto::v1::Op::Action,
         Op::Compensate => proto::v1::Op::Compensate,
     }
+}
+
+/// A rollback reason with the id of the branch it names.
+fn with_branch_id(r: Rollback, new: &NewTxn) -> (Rollback, Option<String>) {
+    let id = r
+        .branch()
+        .and_then(|i| new.branches.get(i))
+        .map(|b| b.branch_id.clone());
+    (r, id)
 }
 
 /// Marks hashes made by [`request_hash`]; a stored hash without it was made by the previous

@@ -2,7 +2,7 @@
 
 use crate::engine::{BranchRequest, Engine, EngineError, ExecuteRequest};
 use crate::log;
-use crate::machine::{First, Mode, Second, Status};
+use crate::machine::{First, Mode, Rollback, Second, Status};
 use proto::v1 as pb;
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,7 +31,8 @@ impl From<EngineError> for GrpcStatus {
             EngineError::KeyReused(_) => GrpcStatus::already_exists(e.to_string()),
             EngineError::NotFound(_) => GrpcStatus::not_found(e.to_string()),
             EngineError::Store(s) if s.is_transient() => GrpcStatus::unavailable(e.to_string()),
-            EngineError::Store(_) | EngineError::Id(_) => {
+            EngineError::NodeLost => GrpcStatus::unavailable(e.to_string()),
+            EngineError::Store(_) | EngineError::Id(_) | EngineError::Node(_) => {
                 tracing::error!(error = %e, "coordinator error");
                 GrpcStatus::internal(e.to_string())
             }
@@ -114,15 +115,18 @@ pub async fn transaction(engine: &Engine, gid: i64) -> Result<pb::GlobalTransact
                     .iter()
                     .filter(|a| a.idx == idx as i64)
                     .map(|a| pb::Attempt {
-                        op: op_to_pb(&a.op) as i32,
+                        op: op_to_pb(a.op.as_str()) as i32,
                         started_at_ms: a.started_at as u64,
                         duration_ms: (a.duration_us / 1000) as u64,
-                        outcome: match a.outcome.as_str() {
-                            "success" => pb::Outcome::Success,
-                            "failure" => pb::Outcome::Failure,
-                            _ => pb::Outcome::Unspecified,
+                        outcome: match a.outcome {
+                            log::Outcome::Success => pb::Outcome::Success,
+                            log::Outcome::Failure => pb::Outcome::Failure,
+                            log::Outcome::Error | log::Outcome::Abandoned => {
+                                pb::Outcome::Unspecified
+                            }
                         } as i32,
                         error: a.error.clone().unwrap_or_default(),
+                        abandoned: a.outcome == log::Outcome::Abandoned,
                     })
                     .collect(),
             }
@@ -141,9 +145,39 @@ pub async fn transaction(engine: &Engine, gid: i64) -> Result<pb::GlobalTransact
         deadline_ms: stored.deadline_at as u64,
         next_attempt_at_ms: stored.next_attempt_at as u64,
         attempts: stored.attempts as u32,
-        reason: stored.txn.reason.unwrap_or_default(),
+        reason: stored
+            .txn
+            .reason
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        rollback: stored.txn.reason.map(|r| {
+            let id = r
+                .branch()
+                .and_then(|i| stored.branches.get(i))
+                .map(|b| b.branch_id.clone());
+            rollback_to_pb(r, id)
+        }),
         branches,
     })
+}
+
+/// The typed rollback reason as the API carries it (the branch by its id).
+pub fn rollback_to_pb(r: Rollback, branch_id: Option<String>) -> pb::Rollback {
+    use pb::rollback::Kind;
+    let branch_id = branch_id.unwrap_or_default();
+    pb::Rollback {
+        kind: Some(match r {
+            Rollback::Rejected { code, message, .. } => Kind::Rejected(pb::Rejected {
+                branch_id,
+                code,
+                message,
+            }),
+            Rollback::Errored { error, .. } => Kind::Errored(pb::Errored { branch_id, error }),
+            Rollback::Deadline => Kind::Deadline(pb::DeadlinePassed {}),
+            Rollback::Described { text } => Kind::Described(text),
+        }),
+    }
 }
 
 #[tonic::async_trait]
@@ -180,8 +214,13 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         Ok(Response::new(pb::ExecuteResponse {
             gid: out.gid as u64,
             status: status_to_pb(out.status) as i32,
-            reason: out.reason.unwrap_or_default(),
+            reason: out
+                .reason
+                .as_ref()
+                .map(|(r, _)| r.to_string())
+                .unwrap_or_default(),
             replayed: out.replayed,
+            rollback: out.reason.map(|(r, id)| rollback_to_pb(r, id)),
         }))
     }
 

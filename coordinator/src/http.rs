@@ -32,6 +32,8 @@ impl From<EngineError> for Problem {
             EngineError::KeyReused(_) => Problem::conflict("idempotency_key_reused", e.to_string()),
             EngineError::Store(s) => s.into(),
             EngineError::Id(i) => Problem::internal(i.to_string()),
+            EngineError::Node(n) => Problem::internal(n.to_string()),
+            EngineError::NodeLost => Problem::unavailable(e.to_string()),
         }
     }
 }
@@ -115,7 +117,11 @@ async fn show(
                     "op": name(a.op()),
                     "started_at_ms": a.started_at_ms,
                     "duration_ms": a.duration_ms,
-                    "outcome": match a.outcome() { pb::Outcome::Unspecified => "error".to_owned(), o => name(o) },
+                    "outcome": match a.outcome() {
+                        _ if a.abandoned => "abandoned".to_owned(),
+                        pb::Outcome::Unspecified => "error".to_owned(),
+                        o => name(o),
+                    },
                     "error": (!a.error.is_empty()).then_some(&a.error),
                 })).collect::<Vec<_>>(),
             })
@@ -126,6 +132,15 @@ async fn show(
         "mode": name(t.mode()),
         "status": name(t.status()),
         "reason": (!t.reason.is_empty()).then_some(&t.reason),
+        "rollback": t.rollback.as_ref().and_then(|r| r.kind.as_ref()).map(|k| {
+            use pb::rollback::Kind;
+            match k {
+                Kind::Rejected(r) => json!({"kind": "rejected", "branch_id": r.branch_id, "code": r.code, "message": r.message}),
+                Kind::Errored(e) => json!({"kind": "errored", "branch_id": e.branch_id, "error": e.error}),
+                Kind::Deadline(_) => json!({"kind": "deadline"}),
+                Kind::Described(text) => json!({"kind": "described", "text": text}),
+            }
+        }),
         "idempotency_key": (!t.idempotency_key.is_empty()).then_some(&t.idempotency_key),
         "created_at_ms": t.created_at_ms,
         "updated_at_ms": t.updated_at_ms,

@@ -40,6 +40,8 @@ pub struct Config {
     pub recovery_interval_ms: u64,
     pub retry_initial_ms: u64,
     pub retry_max_ms: u64,
+    /// A node id lease not renewed for this long is free; a restart waits this long at most.
+    pub node_lease_ms: u64,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             recovery_interval_ms: e.recovery_interval.as_millis() as u64,
             retry_initial_ms: 100,
             retry_max_ms: 30_000,
+            node_lease_ms: e.node_lease.as_millis() as u64,
         }
     }
 }
@@ -71,6 +74,7 @@ impl Config {
             default_timeout: Duration::from_millis(self.default_timeout_ms.max(1)),
             default_branch_timeout: Duration::from_millis(self.default_branch_timeout_ms.max(1)),
             recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
+            node_lease: Duration::from_millis(self.node_lease_ms.max(300)),
             backoff: retry::Backoff::forever(
                 Duration::from_millis(self.retry_initial_ms.max(1)),
                 Duration::from_millis(self.retry_max_ms.max(1)),
@@ -93,6 +97,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let engine = engine::Engine::new(db.clone(), config.engine(), coordinator_metrics)
         .await
         .map_err(|e| ConfigError(e.to_string()))?;
+    engine.spawn_node_heartbeat(shutdown.clone().wait());
     engine.spawn_recovery(shutdown.clone().wait());
     let grpc = grpc::CoordinatorService::new(engine.clone()).into_server();
     let engine_data = actix_web::web::Data::new(engine);

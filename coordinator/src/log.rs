@@ -8,7 +8,7 @@
 //! Leases are timed after the writer queue (SQLite admits one writer at a time), so a claim
 //! never commits already expired.
 
-use crate::machine::{Branch, First, Mode, Second, Status, Txn};
+use crate::machine::{Branch, First, Mode, Op, Rollback, Second, Status, Txn};
 use sqlx::Row;
 use store::{Db, StoreError};
 
@@ -105,15 +105,48 @@ pub struct StoredBranch {
     pub last_error: Option<String>,
 }
 
+/// How one call ended, as the timeline shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// A business rejection (FAILURE).
+    Failure,
+    /// A transport error, a timeout or ONGOING: unknown.
+    Error,
+    /// Still unanswered when the decision came; the drive stopped waiting for it.
+    Abandoned,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [
+        Outcome::Success,
+        Outcome::Failure,
+        Outcome::Error,
+        Outcome::Abandoned,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Error => "error",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Outcome> {
+        Outcome::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+}
+
 /// One call, for the timeline.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attempt {
     pub idx: i64,
-    pub op: String,
+    pub op: Op,
     pub started_at: i64,
     pub duration_us: i64,
-    /// `success`, `failure`, `error`.
-    pub outcome: String,
+    pub outcome: Outcome,
     pub error: Option<String>,
     pub owner: String,
 }
@@ -133,6 +166,16 @@ fn parse_mode(s: &str) -> Result<Mode, StoreError> {
             "unknown mode {other:?} in the log"
         ))),
     }
+}
+
+/// The `reason` column holds the typed [`Rollback`] as JSON; words from before it was typed
+/// read back as [`Rollback::Described`].
+fn encode_reason(r: &Rollback) -> String {
+    serde_json::to_string(r).unwrap_or_else(|_| r.to_string())
+}
+
+fn decode_reason(text: String) -> Rollback {
+    serde_json::from_str(&text).unwrap_or(Rollback::Described { text })
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
@@ -239,15 +282,23 @@ pub async fn max_gid(db: &Db) -> Result<Option<i64>, StoreError> {
     )
 }
 
-/// Status and reason of a transaction.
-pub async fn status_of(db: &Db, gid: i64) -> Result<Option<(Status, Option<String>)>, StoreError> {
+/// Status and rollback reason of a transaction.
+pub async fn status_of(
+    db: &Db,
+    gid: i64,
+) -> Result<Option<(Status, Option<Rollback>)>, StoreError> {
     let row: Option<(String, Option<String>)> =
         sqlx::query_as("SELECT status, reason FROM global_txns WHERE gid = $1")
             .bind(gid)
             .fetch_optional(db.pool())
             .await?;
-    row.map(|(s, r)| Ok((Status::parse(&s).ok_or_else(|| corrupt("status", &s))?, r)))
-        .transpose()
+    row.map(|(s, r)| {
+        Ok((
+            Status::parse(&s).ok_or_else(|| corrupt("status", &s))?,
+            r.map(decode_reason),
+        ))
+    })
+    .transpose()
 }
 
 /// Loads a transaction with its branches.
@@ -300,7 +351,9 @@ pub async fn load(db: &Db, gid: i64) -> Result<Option<Stored>, StoreError> {
             mode,
             status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
             branches: states,
-            reason: row.try_get("reason")?,
+            reason: row
+                .try_get::<Option<String>, _>("reason")?
+                .map(decode_reason),
         },
         idempotency_key: row.try_get("idempotency_key")?,
         created_at: row.try_get("created_at")?,
@@ -350,7 +403,7 @@ pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<Option<i64>, Store
          next_attempt_at = $6, attempts = attempts + $7 WHERE gid = $8 AND owner = $9 AND epoch = $10 AND status = $11",
     )
     .bind(c.txn.status.as_str())
-    .bind(c.txn.reason.clone())
+    .bind(c.txn.reason.as_ref().map(encode_reason))
     .bind(now)
     .bind(owner)
     .bind(lease_until)
@@ -400,10 +453,10 @@ pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<Option<i64>, Store
                 .bind(store::random_id())
                 .bind(c.gid)
                 .bind(a.idx)
-                .bind(&a.op)
+                .bind(a.op.as_str())
                 .bind(a.started_at)
                 .bind(a.duration_us)
-                .bind(&a.outcome)
+                .bind(a.outcome.as_str())
                 .bind(a.error.clone())
                 .bind(&a.owner);
         }
@@ -520,7 +573,7 @@ pub async fn list(
                     gid: gid.to_string(),
                     mode,
                     status,
-                    reason,
+                    reason: reason.map(|r| decode_reason(r).to_string()),
                     created_at,
                     updated_at,
                     attempts,
@@ -540,20 +593,22 @@ pub async fn timeline(db: &Db, gid: i64) -> Result<Vec<Attempt>, StoreError> {
     .bind(gid)
     .fetch_all(db.pool())
     .await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(
-            |(idx, op, started_at, duration_us, outcome, error, owner)| Attempt {
-                idx,
-                op,
-                started_at,
-                duration_us,
-                outcome,
-                error,
-                owner,
+            |(idx, op, started_at, duration_us, outcome, error, owner)| {
+                Ok(Attempt {
+                    idx,
+                    op: Op::parse(&op).ok_or_else(|| corrupt("op", &op))?,
+                    started_at,
+                    duration_us,
+                    outcome: Outcome::parse(&outcome)
+                        .ok_or_else(|| corrupt("outcome", &outcome))?,
+                    error,
+                    owner,
+                })
             },
         )
-        .collect())
+        .collect()
 }
 
 /// Counts by status (for metrics and the audit).

@@ -245,6 +245,57 @@ pub fn effective_dependencies(
         .collect()
 }
 
+/// Why a transaction is rolled back: typed from here to the log, the gRPC answer and the order
+/// API's reason codes (nobody parses the words).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rollback {
+    /// A branch answered FAILURE to its Try or Action (a business rejection).
+    Rejected {
+        branch: usize,
+        code: String,
+        message: String,
+    },
+    /// A branch's Try errored or timed out: its outcome is unknown.
+    Errored { branch: usize, error: String },
+    /// The global deadline passed before every branch was prepared.
+    Deadline,
+    /// A reason recorded as words only, before reasons were typed.
+    Described { text: String },
+}
+
+impl Rollback {
+    /// The branch whose answer caused it, if one did.
+    pub fn branch(&self) -> Option<usize> {
+        match self {
+            Rollback::Rejected { branch, .. } | Rollback::Errored { branch, .. } => Some(*branch),
+            Rollback::Deadline | Rollback::Described { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for Rollback {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rollback::Rejected {
+                branch,
+                code,
+                message,
+            } => write!(
+                f,
+                "branch {branch} rejected its first phase: {code}: {message}"
+            ),
+            Rollback::Errored { branch, error } => {
+                write!(f, "branch {branch} did not answer its try: {error}")
+            }
+            Rollback::Deadline => {
+                f.write_str("the global deadline passed before every branch was prepared")
+            }
+            Rollback::Described { text } => f.write_str(text),
+        }
+    }
+}
+
 /// A global transaction's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Txn {
@@ -252,7 +303,7 @@ pub struct Txn {
     pub status: Status,
     pub branches: Vec<Branch>,
     /// Why it is being rolled back.
-    pub reason: Option<String>,
+    pub reason: Option<Rollback>,
 }
 
 impl Txn {
@@ -286,9 +337,7 @@ impl Txn {
             (_, Event::Resume) => self.resume(),
             (_, Event::Deadline) => {
                 if self.status == Status::Prepared {
-                    self.roll_back(
-                        "the global deadline passed before every branch was prepared".into(),
-                    )
+                    self.roll_back(Rollback::Deadline)
                 } else {
                     Vec::new()
                 }
@@ -407,7 +456,7 @@ impl Txn {
         }
     }
 
-    fn roll_back(&mut self, reason: String) -> Vec<Effect> {
+    fn roll_back(&mut self, reason: Rollback) -> Vec<Effect> {
         self.set_status(Status::Cancelling);
         self.reason = Some(reason);
         // Every branch is undone: a Try or Action may have arrived even if no answer did (or
@@ -443,13 +492,15 @@ impl Txn {
             }
             CallResult::Failure { code, message } => {
                 self.branches[branch].first = First::Rejected;
-                self.roll_back(format!(
-                    "branch {branch} rejected the try: {code}: {message}"
-                ))
+                self.roll_back(Rollback::Rejected {
+                    branch,
+                    code,
+                    message,
+                })
             }
-            CallResult::Error(e) => {
+            CallResult::Error(error) => {
                 self.branches[branch].first = First::Errored;
-                self.roll_back(format!("branch {branch} try failed: {e}"))
+                self.roll_back(Rollback::Errored { branch, error })
             }
         }
     }
@@ -472,9 +523,11 @@ impl Txn {
             }
             CallResult::Failure { code, message } => {
                 self.branches[branch].first = First::Rejected;
-                self.roll_back(format!(
-                    "branch {branch} rejected the action: {code}: {message}"
-                ))
+                self.roll_back(Rollback::Rejected {
+                    branch,
+                    code,
+                    message,
+                })
             }
             CallResult::Error(_) => {
                 self.branches[branch].first = First::Errored;
@@ -616,7 +669,14 @@ mod tests {
             vec![(0, Op::Cancel), (1, Op::Cancel), (2, Op::Cancel)]
         );
         assert_eq!(t.status, Status::Cancelling);
-        assert!(t.reason.as_deref().unwrap().contains("insufficient_funds"));
+        assert_eq!(
+            t.reason,
+            Some(Rollback::Rejected {
+                branch: 1,
+                code: "insufficient_funds".into(),
+                message: "short".into()
+            })
+        );
     }
 
     #[test]

@@ -46,12 +46,21 @@ async fn one_rejected_try_cancels_every_branch_including_a_try_that_had_not_arri
     let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
     let (a, b, d) = three().await;
     b.on(Op::Try, [Behavior::Reject("insufficient_funds")]);
-    // d's Try reaches its business layer only after 600 ms: its Cancel gets there first.
-    d.on(Op::Try, [Behavior::Delay(Duration::from_millis(600))]);
+    // d's Try reaches its business layer only after its Cancel has arrived.
+    d.on(Op::Try, [Behavior::AfterUndo]);
     let r = c.execute(tcc("k2", &[&a, &b, &d])).await.unwrap();
     let t = c.wait_terminal(r.gid, Duration::from_secs(10)).await;
     assert_eq!(t.status(), pb::Status::Failed);
     assert!(t.reason.contains("insufficient_funds"), "{}", t.reason);
+    match t.rollback.and_then(|r| r.kind) {
+        Some(pb::rollback::Kind::Rejected(r)) => {
+            assert_eq!(
+                (r.branch_id.as_str(), r.code.as_str()),
+                ("b1", "insufficient_funds")
+            )
+        }
+        other => panic!("typed reason: {other:?}"),
+    }
     for (p, branch) in [(&a, "b0"), (&b, "b1"), (&d, "b2")] {
         p.assert_settled(r.gid, branch, false);
         assert_eq!(
@@ -65,13 +74,55 @@ async fn one_rejected_try_cancels_every_branch_including_a_try_that_had_not_arri
         cancel_of_d.effect,
         Some(testkit::scripted::Effect::NullCompensation)
     );
-    // d's Try was either never sent (abandoned at the decision) or is still on its way; when it
-    // arrives, after its Cancel, it does nothing.
-    tokio::time::sleep(Duration::from_millis(700)).await;
-    for late in d.calls_of(r.gid, Op::Try) {
-        assert_eq!(late.effect, Some(testkit::scripted::Effect::Hanging));
+    // d's Try was either never transmitted (abandoned at the decision) or is on its way; if it
+    // arrived, it reaches the barrier after its Cancel and does nothing.
+    if d.wait_for(Op::Try, 1, Duration::from_millis(500)).await {
+        assert_eq!(
+            d.wait_for_effect(r.gid, Op::Try, Duration::from_secs(10))
+                .await,
+            Some(testkit::scripted::Effect::Hanging)
+        );
     }
     assert!(!d.applied(r.gid, "b2", Op::Try));
+    // The timeline shows every call made, the abandoned Try included.
+    let detail: serde_json::Value =
+        reqwest::get(format!("{}/api/v1/transactions/{}", c.http_url, r.gid))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    let calls = |i: usize| -> Vec<(String, String)> {
+        detail["branches"][i]["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["op"].as_str().unwrap().to_owned(),
+                    a["outcome"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let pair = |op: &str, outcome: &str| (op.to_owned(), outcome.to_owned());
+    // b0's Try answers at about the time b1's rejection does: either way it is in the timeline.
+    let b0 = calls(0);
+    assert!(
+        b0 == [pair("try", "success"), pair("cancel", "success")]
+            || b0 == [pair("try", "abandoned"), pair("cancel", "success")],
+        "{detail}"
+    );
+    assert_eq!(
+        calls(1),
+        [pair("try", "failure"), pair("cancel", "success")],
+        "{detail}"
+    );
+    assert_eq!(
+        calls(2),
+        [pair("try", "abandoned"), pair("cancel", "success")],
+        "{detail}"
+    );
 }
 
 async fn a_try_that_hangs_past_its_timeout_cancels_the_transaction(db: TestDb) {
@@ -87,6 +138,10 @@ async fn a_try_that_hangs_past_its_timeout_cancels_the_transaction(db: TestDb) {
     assert_eq!(t.status(), pb::Status::Failed);
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(t.reason.contains("no answer within 300 ms"), "{}", t.reason);
+    match t.rollback.and_then(|r| r.kind) {
+        Some(pb::rollback::Kind::Errored(e)) => assert_eq!(e.branch_id, "b2", "{e:?}"),
+        other => panic!("typed reason: {other:?}"),
+    }
     for (p, branch) in [(&a, "b0"), (&b, "b1"), (&d, "b2")] {
         p.assert_settled(r.gid, branch, false);
     }
@@ -371,8 +426,16 @@ async fn an_operator_retry_makes_a_waiting_transaction_due_now(db: TestDb) {
     let (a, b) = (Scripted::start().await, Scripted::start().await);
     b.on(Op::Confirm, [Behavior::Unavailable, Behavior::Succeed]);
     let r = c.execute(tcc("k-retry", &[&a, &b])).await.unwrap();
-    // The first confirm round failed; the next one is (almost surely) hours away.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first confirm round failed and was written back; the next one is (almost surely)
+    // hours away.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while c.get(r.gid).await.attempts < 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the first round never ended"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(c.get(r.gid).await.status(), pb::Status::Confirming);
     let res = reqwest::Client::new()
         .post(format!(
@@ -465,6 +528,25 @@ async fn a_key_recorded_by_the_previous_version_still_replays(db: TestDb) {
     let again = c.execute(req).await.unwrap();
     assert!(again.replayed, "{again:?}");
     assert_eq!(again.gid, first.gid);
+}
+
+async fn a_coordinator_refuses_a_node_id_a_live_instance_holds_and_takes_a_dead_ones(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let node = [
+        ("COORDINATOR_NODE_ID", "7"),
+        ("COORDINATOR_NODE_LEASE_MS", "1000"),
+    ];
+    let mut first = coordinator(&db, dir.path(), "first", &node).await;
+    let (spec, ..) = coordinator_spec(&db, dir.path(), "second", &node);
+    let refused = Service::start(spec.clone()).await.unwrap_err();
+    assert!(
+        refused.contains("node id 7 is in use by a live instance"),
+        "{refused}"
+    );
+    // Its holder dies: the id is free once its lease runs out, and the successor works.
+    first.service.kill();
+    let second = Service::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
+    drop(second);
 }
 
 fn saga(key: &str, parts: &[&Scripted]) -> pb::ExecuteRequest {
@@ -596,4 +678,5 @@ both_backends!(
     a_saga_whose_steps_outlast_the_lease_is_driven_once_by_one_claim,
     a_key_replays_after_a_restart_with_other_default_timeouts,
     a_key_recorded_by_the_previous_version_still_replays,
+    a_coordinator_refuses_a_node_id_a_live_instance_holds_and_takes_a_dead_ones,
 );

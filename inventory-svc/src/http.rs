@@ -121,17 +121,25 @@ async fn restock(
     check_id(&id)?;
     tcc::check::units("quantity", body.quantity).map_err(|r| Problem::bad_request(r.message))?;
     let mut tx = db.begin().await?;
-    let updated =
-        sqlx::query("UPDATE skus SET available = available + $1, updated_at = $2 WHERE id = $3")
-            .bind(body.quantity)
-            .bind(store::now_ms())
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?
-            .rows_affected();
+    // Stock only ever grows here (every other move keeps available + reserved + sold), so one
+    // cap on this sum keeps every column far from overflowing.
+    let updated = sqlx::query(
+        "UPDATE skus SET available = available + $1, updated_at = $2 WHERE id = $3 \
+         AND available + reserved + sold + $1 <= $4",
+    )
+    .bind(body.quantity)
+    .bind(store::now_ms())
+    .bind(id.as_str())
+    .bind(tcc::check::MAX_BALANCE)
+    .execute(&mut *tx)
+    .await
+    .map_err(StoreError::from)?
+    .rows_affected();
     if updated == 0 {
-        return Err(Problem::not_found(format!("no SKU {:?}", id.as_str())));
+        return Err(match fetch(&db, &id).await? {
+            None => Problem::not_found(format!("no SKU {:?}", id.as_str())),
+            Some(_) => Problem::bad_request("the stock would exceed the largest allowed"),
+        });
     }
     record_restock(&mut tx, &id, body.quantity).await?;
     tx.commit().await.map_err(StoreError::from)?;

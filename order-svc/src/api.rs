@@ -52,6 +52,8 @@ pub struct ApiConfig {
     pub transaction_timeout_ms: u64,
     /// Largest quantity of one order line.
     pub max_quantity: i64,
+    /// A node id lease not renewed for this long is free (see `store::node`).
+    pub node_lease_ms: u64,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +68,7 @@ impl Default for ApiConfig {
             wait_ms: 5_000,
             transaction_timeout_ms: 10_000,
             max_quantity: 1_000,
+            node_lease_ms: 3_000,
         }
     }
 }
@@ -78,7 +81,7 @@ type CoordinatorClient =
 pub struct Api {
     config: ApiConfig,
     /// Resumed above the largest stored order id at the first order (see [`Api::ids`]).
-    ids: std::sync::Arc<OnceCell<ids::Snowflake>>,
+    ids: std::sync::Arc<OnceCell<(ids::Snowflake, store::node::NodeLease)>>,
     coordinator: CoordinatorClient,
     prices: moka::future::Cache<String, Option<(String, i64)>>,
 }
@@ -124,13 +127,29 @@ impl Api {
 const MAX_CLOCK_BEHIND_MS: u64 = 10_000;
 
 impl Api {
-    /// The order id generator, resumed above the largest order id stored (every order id is
-    /// stored with its key before anyone sees it), after waiting for a clock that is behind it.
+    /// The order id generator: its node id leased (no live order-svc on this database shares
+    /// it), resumed above the largest order id stored (every order id is stored with its key
+    /// before anyone sees it), after waiting for a clock that is behind it.
     async fn ids(&self, db: &Db) -> Result<&ids::Snowflake, Problem> {
-        self.ids
+        let (ids, node) = self
+            .ids
             .get_or_try_init(|| async {
                 let mut ids = ids::Snowflake::new(self.config.node_id)
                     .map_err(|e| Problem::unavailable(e.to_string()))?;
+                let owner = format!("order-svc:{}", hex::encode(rand::random::<[u8; 4]>()));
+                let node = store::node::NodeLease::acquire(
+                    db,
+                    self.config.node_id,
+                    &owner,
+                    Duration::from_millis(self.config.node_lease_ms.max(300)),
+                )
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "no node id for order ids");
+                    Problem::unavailable("order ids cannot be made right now: this instance's node id is taken")
+                })?;
+                // Renewed for as long as the process lives (a successor waits out the lease).
+                node.spawn_heartbeat(std::future::pending());
                 let high_water: Option<i64> =
                     sqlx::query_scalar("SELECT CAST(MAX(order_id) AS BIGINT) FROM order_requests")
                         .fetch_one(db.pool())
@@ -149,9 +168,15 @@ impl Api {
                     tracing::warn!(behind_ms = behind, "the clock is behind the largest order id; waiting");
                     tokio::time::sleep(Duration::from_millis(behind + 1)).await;
                 }
-                Ok(ids)
+                Ok::<_, Problem>((ids, node))
             })
-            .await
+            .await?;
+        if !node.is_held() {
+            return Err(Problem::unavailable(
+                "order ids cannot be made right now: this instance lost its node id lease",
+            ));
+        }
+        Ok(ids)
     }
 }
 
@@ -463,23 +488,17 @@ async fn price_of(api: &Api, db: &Db, sku: &str) -> Result<Option<(String, i64)>
     Ok(row)
 }
 
-/// The reason code in a coordinator reason ("branch 1 rejected the try: out_of_stock: …").
-fn reason_code(reason: &str) -> String {
-    if let Some(rest) = reason.split("rejected the try: ").nth(1) {
-        return rest
-            .split(':')
-            .next()
-            .unwrap_or("rejected")
-            .trim()
-            .to_owned();
+/// The order API's reason code for a rolled-back order: the participant's own code when one
+/// refused (`insufficient_funds`, `out_of_stock`, …), `unavailable` when one did not answer,
+/// `timeout` past the deadline.
+fn reason_code(rollback: Option<&pb::Rollback>) -> String {
+    use pb::rollback::Kind;
+    match rollback.and_then(|r| r.kind.as_ref()) {
+        Some(Kind::Rejected(r)) => r.code.clone(),
+        Some(Kind::Errored(_)) => "unavailable".into(),
+        Some(Kind::Deadline(_)) => "timeout".into(),
+        Some(Kind::Described(_)) | None => "cancelled".into(),
     }
-    if reason.contains("deadline") {
-        return "timeout".into();
-    }
-    if reason.contains("try failed") {
-        return "unavailable".into();
-    }
-    "cancelled".into()
 }
 
 /// One order's global transaction, as built for its first attempt (and stored with its key).
@@ -602,7 +621,7 @@ async fn execute(api: &Api, checkout: Checkout) -> Answer {
     let (status, reason) = match outcome.status() {
         pb::Status::Confirming | pb::Status::Succeeded => ("confirmed", None),
         pb::Status::Cancelling | pb::Status::Failed => {
-            ("cancelled", Some(reason_code(&outcome.reason)))
+            ("cancelled", Some(reason_code(outcome.rollback.as_ref())))
         }
         _ => ("pending", None),
     };
@@ -758,25 +777,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn coordinator_reasons_become_short_codes() {
+    fn typed_rollbacks_become_the_order_apis_reason_codes() {
+        use pb::rollback::Kind;
+        let of = |kind: Kind| reason_code(Some(&pb::Rollback { kind: Some(kind) }));
         assert_eq!(
-            reason_code(
-                "branch 1 rejected the try: insufficient_funds: account \"alice\" has less"
-            ),
+            of(Kind::Rejected(pb::Rejected {
+                branch_id: "payment".into(),
+                code: "insufficient_funds".into(),
+                message: "short".into(),
+            })),
             "insufficient_funds"
         );
         assert_eq!(
-            reason_code("branch 2 rejected the try: out_of_stock: 3 of \"mug\" asked"),
-            "out_of_stock"
-        );
-        assert_eq!(
-            reason_code("branch 1 try failed: Unavailable: connection refused"),
+            of(Kind::Errored(pb::Errored {
+                branch_id: "payment".into(),
+                error: "Unavailable".into(),
+            })),
             "unavailable"
         );
-        assert_eq!(
-            reason_code("the global deadline passed before every branch was prepared"),
-            "timeout"
-        );
+        assert_eq!(of(Kind::Deadline(pb::DeadlinePassed {})), "timeout");
+        assert_eq!(reason_code(None), "cancelled");
     }
 
     #[test]

@@ -123,12 +123,13 @@ async fn deposit(
     tcc::check::units("amount", body.amount).map_err(|r| Problem::bad_request(r.message))?;
     let mut tx = db.begin().await?;
     let updated = sqlx::query(
-        "UPDATE accounts SET available = available + $1, updated_at = $2 WHERE id = $3 AND available + $1 <= $4",
+        "UPDATE accounts SET available = available + $1, updated_at = $2 WHERE id = $3 \
+         AND available + frozen + incoming + $1 <= $4",
     )
     .bind(body.amount)
     .bind(store::now_ms())
     .bind(id.as_str())
-    .bind(tcc::check::MAX_UNITS * 1000)
+    .bind(tcc::check::MAX_BALANCE)
     .execute(&mut *tx)
     .await
     .map_err(store::StoreError::from)?
@@ -238,18 +239,23 @@ pub struct Audit {
     pub deposited: i64,
     /// Money in holds still `frozen`: must equal `frozen`.
     pub held: i64,
+    /// Room reserved on merchants for credits on their way (not money).
+    pub incoming: i64,
+    /// What the frozen holds reserved: must equal `incoming`.
+    pub reserved: i64,
     pub negative_accounts: i64,
-    /// available + frozen == deposited, frozen == held, nothing negative.
+    /// available + frozen == deposited, frozen == held, incoming == reserved, nothing negative.
     pub consistent: bool,
 }
 
 /// `GET /admin/audit`: totals read in one transaction.
 async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
     let mut tx = db.begin().await?;
-    let (accounts, available, frozen, negative): (i64, i64, i64, i64) = sqlx::query_as(
+    let (accounts, available, frozen, incoming, negative): (i64, i64, i64, i64, i64) = sqlx::query_as(
         "SELECT CAST(COUNT(*) AS BIGINT), CAST(COALESCE(SUM(available), 0) AS BIGINT), \
-         CAST(COALESCE(SUM(frozen), 0) AS BIGINT), \
-         CAST(COALESCE(SUM(CASE WHEN available < 0 OR frozen < 0 THEN 1 ELSE 0 END), 0) AS BIGINT) FROM accounts",
+         CAST(COALESCE(SUM(frozen), 0) AS BIGINT), CAST(COALESCE(SUM(incoming), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN available < 0 OR frozen < 0 OR incoming < 0 THEN 1 ELSE 0 END), 0) AS BIGINT) \
+         FROM accounts",
     )
     .fetch_one(&mut *tx)
     .await
@@ -259,20 +265,24 @@ async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
             .fetch_one(&mut *tx)
             .await
             .map_err(store::StoreError::from)?;
-    let held: i64 = sqlx::query_scalar(
-        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM holds WHERE status = 'frozen'",
+    let (held, reserved): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT), CAST(COALESCE(SUM(amount * reserved), 0) AS BIGINT) \
+         FROM holds WHERE status = 'frozen'",
     )
     .fetch_one(&mut *tx)
     .await
     .map_err(store::StoreError::from)?;
     tx.rollback().await.map_err(store::StoreError::from)?;
-    let consistent = available + frozen == deposited && frozen == held && negative == 0;
+    let consistent =
+        available + frozen == deposited && frozen == held && incoming == reserved && negative == 0;
     Ok(HttpResponse::Ok().json(Audit {
         accounts,
         available,
         frozen,
         deposited,
         held,
+        incoming,
+        reserved,
         negative_accounts: negative,
         consistent,
     }))

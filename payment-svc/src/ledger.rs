@@ -3,6 +3,7 @@
 use crate::domain::{Charge, HoldStatus};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
+use tcc::check::MAX_BALANCE;
 use tcc::{BranchRef, Handler, Op, OpError, Rejection};
 
 /// The `tcc::Handler` of payment-svc.
@@ -41,49 +42,78 @@ async fn account_exists(conn: &mut AnyConnection, id: &str) -> Result<bool, OpEr
     Ok(found.is_some())
 }
 
-/// Adds `delta` to one balance column of an account; `None` when the account is missing or the
-/// result would be negative.
-async fn adjust(
-    conn: &mut AnyConnection,
-    column: Column,
-    account: &str,
-    delta: i64,
-) -> Result<bool, OpError> {
-    let sql = match column {
-        Column::Available => {
-            "UPDATE accounts SET available = available + $1, updated_at = $3 WHERE id = $2 AND available + $1 >= 0"
-        }
-        Column::Frozen => "UPDATE accounts SET frozen = frozen + $1, updated_at = $3 WHERE id = $2 AND frozen + $1 >= 0",
+/// One conditional change of an account's balances. Debits never go below zero; credits never
+/// take `available + frozen + incoming` above [`MAX_BALANCE`] (reserved room excepted: it was
+/// checked when it was reserved).
+#[derive(Debug, Clone, Copy)]
+enum Move {
+    /// `available += delta` (a debit when negative).
+    Available(i64),
+    /// `frozen += delta`.
+    Frozen(i64),
+    /// `incoming += delta`: room reserved (positive) or given back (negative).
+    Incoming(i64),
+    /// `incoming -= amount, available += amount`: a reserved credit arrives.
+    Arrive(i64),
+}
+
+/// Applies `m` to `account`; false when the account is missing or the move is not allowed.
+async fn apply_move(conn: &mut AnyConnection, account: &str, m: Move) -> Result<bool, OpError> {
+    const ROOM: &str = "available + frozen + incoming + $1 <= $4";
+    // Credits check the room (and bind the largest balance as $4); debits check for zero.
+    let (sql, delta, checks_room) = match m {
+        Move::Available(d) if d >= 0 => (
+            format!("UPDATE accounts SET available = available + $1, updated_at = $3 WHERE id = $2 AND {ROOM}"),
+            d,
+            true,
+        ),
+        Move::Available(d) => (
+            "UPDATE accounts SET available = available + $1, updated_at = $3 WHERE id = $2 AND available + $1 >= 0".to_owned(),
+            d,
+            false,
+        ),
+        Move::Frozen(d) => (
+            "UPDATE accounts SET frozen = frozen + $1, updated_at = $3 WHERE id = $2 AND frozen + $1 >= 0".to_owned(),
+            d,
+            false,
+        ),
+        Move::Incoming(d) if d >= 0 => (
+            format!("UPDATE accounts SET incoming = incoming + $1, updated_at = $3 WHERE id = $2 AND {ROOM}"),
+            d,
+            true,
+        ),
+        Move::Incoming(d) => (
+            "UPDATE accounts SET incoming = incoming + $1, updated_at = $3 WHERE id = $2 AND incoming + $1 >= 0".to_owned(),
+            d,
+            false,
+        ),
+        Move::Arrive(a) => (
+            "UPDATE accounts SET available = available + $1, incoming = incoming - $1, updated_at = $3 \
+             WHERE id = $2 AND incoming >= $1"
+                .to_owned(),
+            a,
+            false,
+        ),
     };
-    let r = sqlx::query(sql)
+    let mut query = sqlx::query(&sql)
         .bind(delta)
         .bind(account)
-        .bind(store::now_ms())
-        .execute(&mut *conn)
-        .await?;
+        .bind(store::now_ms());
+    if checks_room {
+        query = query.bind(MAX_BALANCE);
+    }
+    let r = query.execute(&mut *conn).await?;
     Ok(r.rows_affected() == 1)
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Column {
-    Available,
-    Frozen,
-}
-
-/// Try: available → frozen. Action: available → merchant. Both record a hold.
+/// Try: available → frozen, and room reserved on the merchant. Action: available → merchant.
+/// Both record a hold. An order the merchant's account could not take is refused here.
 async fn take(
     conn: &mut AnyConnection,
     branch: &BranchRef,
     op: Op,
     charge: &Charge,
 ) -> Result<(), OpError> {
-    if !account_exists(conn, &charge.merchant_id).await? {
-        return Err(Rejection::new(
-            "unknown_merchant",
-            format!("no merchant account {:?}", charge.merchant_id),
-        )
-        .into());
-    }
     let moved = sqlx::query(
         "UPDATE accounts SET available = available - $1, frozen = frozen + $2, updated_at = $4 \
          WHERE id = $3 AND available >= $1",
@@ -113,16 +143,33 @@ async fn take(
         }
         .into());
     }
-    if op == Op::Action
-        && !adjust(conn, Column::Available, &charge.merchant_id, charge.amount).await?
-    {
-        return Err(Rejection::new("unknown_merchant", "the merchant account vanished").into());
+    // The buyer's row first, then the merchant's, in every op: one lock order.
+    let credit = match op {
+        Op::Try => Move::Incoming(charge.amount),
+        _ => Move::Available(charge.amount),
+    };
+    if !apply_move(conn, &charge.merchant_id, credit).await? {
+        return Err(if account_exists(conn, &charge.merchant_id).await? {
+            Rejection::new(
+                "merchant_account_full",
+                format!(
+                    "merchant {:?} cannot take {} more",
+                    charge.merchant_id, charge.amount
+                ),
+            )
+        } else {
+            Rejection::new(
+                "unknown_merchant",
+                format!("no merchant account {:?}", charge.merchant_id),
+            )
+        }
+        .into());
     }
     let status = HoldStatus::created_by(op).expect("take is only called for try and action");
     let now = store::now_ms();
     sqlx::query(
-        "INSERT INTO holds (gid, branch_id, account_id, merchant_id, amount, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)",
+        "INSERT INTO holds (gid, branch_id, account_id, merchant_id, amount, status, reserved, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
     )
     .bind(branch.gid.as_i64())
     .bind(&branch.branch_id)
@@ -130,6 +177,7 @@ async fn take(
     .bind(&charge.merchant_id)
     .bind(charge.amount)
     .bind(status.as_str())
+    .bind(i64::from(op == Op::Try))
     .bind(now)
     .execute(&mut *conn)
     .await?;
@@ -141,9 +189,9 @@ async fn take(
 async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<(), OpError> {
     let (from, to) =
         HoldStatus::transition(op).expect("settle is only called for second-phase ops");
-    let hold: Option<(String, String, i64)> = sqlx::query_as(
+    let hold: Option<(String, String, i64, i64)> = sqlx::query_as(
         "UPDATE holds SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id = $4 AND status = $5 \
-         RETURNING account_id, merchant_id, amount",
+         RETURNING account_id, merchant_id, amount, reserved",
     )
     .bind(to.as_str())
     .bind(store::now_ms())
@@ -152,7 +200,7 @@ async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<
     .bind(from.as_str())
     .fetch_optional(&mut *conn)
     .await?;
-    let Some((account, merchant, amount)) = hold else {
+    let Some((account, merchant, amount, reserved)) = hold else {
         // The barrier lets a second-phase op through only when its first phase committed a hold,
         // so this is a protocol violation (a Confirm without a Try), not a business outcome.
         return Err(Rejection::new(
@@ -161,29 +209,45 @@ async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<
         )
         .into());
     };
-    let steps: [(Column, &str, i64); 2] = match op {
+    let reserved = reserved == 1;
+    let steps: [(&str, Move); 2] = match op {
         Op::Confirm => [
-            (Column::Frozen, &account, -amount),
-            (Column::Available, &merchant, amount),
+            (&account, Move::Frozen(-amount)),
+            (
+                &merchant,
+                if reserved {
+                    Move::Arrive(amount)
+                } else {
+                    Move::Available(amount)
+                },
+            ),
         ],
         Op::Cancel => [
-            (Column::Frozen, &account, -amount),
-            (Column::Available, &account, amount),
+            (&account, Move::Frozen(-amount)),
+            (&account, Move::Available(amount)),
         ],
         Op::Compensate => [
-            (Column::Available, &merchant, -amount),
-            (Column::Available, &account, amount),
+            (&merchant, Move::Available(-amount)),
+            (&account, Move::Available(amount)),
         ],
         Op::Try | Op::Action => unreachable!("handled by take"),
     };
-    for (column, who, delta) in steps {
-        if !adjust(conn, column, who, delta).await? {
+    for (who, m) in steps {
+        if !apply_move(conn, who, m).await? {
             return Err(Rejection::new(
                 "ledger_inconsistent",
-                format!("cannot apply {delta} to {column:?} of {who:?} for {op}"),
+                format!("cannot apply {m:?} to {who:?} for {op}"),
             )
             .into());
         }
+    }
+    if op == Op::Cancel && reserved && !apply_move(conn, &merchant, Move::Incoming(-amount)).await?
+    {
+        return Err(Rejection::new(
+            "ledger_inconsistent",
+            format!("no room reserved on {merchant:?} to give back for {op}"),
+        )
+        .into());
     }
     Ok(())
 }

@@ -352,6 +352,72 @@ async fn a_sigkill_during_a_stream_of_tries_and_confirms_loses_and_doubles_nothi
     assert_consistent(&p).await;
 }
 
+async fn a_credit_that_would_pass_the_largest_balance_is_refused_at_its_try_and_never_overflows(
+    db: TestDb,
+) {
+    let dir = testkit::temp_dir("payment-");
+    let p = payment(&db, dir.path()).await;
+    seed(&p, &[("alice", 1_000)]).await;
+    // A merchant 15 below the largest balance (set directly: a thousand top-ups otherwise).
+    let max = tcc::check::MAX_BALANCE;
+    let ledger = store::Db::connect(&store::DbConfig::new(db.url()))
+        .await
+        .unwrap();
+    let mut w = ledger.begin().await.unwrap();
+    sqlx::query("UPDATE accounts SET available = $1 WHERE id = 'merchant'")
+        .bind(max - 15)
+        .execute(&mut *w)
+        .await
+        .unwrap();
+    // The merchant was seeded with nothing: the money it now has came in as a deposit.
+    sqlx::query(
+        "INSERT INTO deposits (id, account_id, amount, created_at) VALUES (1, 'merchant', $1, 0)",
+    )
+    .bind(max - 15)
+    .execute(&mut *w)
+    .await
+    .unwrap();
+    w.commit().await.unwrap();
+    assert_consistent(&p).await;
+    let ten = charge("alice", 10);
+    let ok = p.call(1, "pay", Op::Try, &ten).await.unwrap();
+    assert_eq!(ok.outcome(), Outcome::Success);
+    // 5 of room left: the Try is refused up front, and alice keeps her money.
+    let refused = p.call(2, "pay", Op::Try, &ten).await.unwrap();
+    assert_eq!(
+        outcome(&refused),
+        (Outcome::Failure, "merchant_account_full")
+    );
+    assert_eq!(balance(&p, "alice").await, (990, 10));
+    let confirmed = p
+        .call(1, "pay", Op::Confirm, &charge("alice", 10))
+        .await
+        .unwrap();
+    assert_eq!(confirmed.outcome(), Outcome::Success);
+    assert_eq!(balance(&p, "merchant").await, (max - 5, 0));
+    // Top-ups respect the same bound.
+    let (status, body) = p
+        .admin_raw(
+            Method::POST,
+            "/admin/accounts/merchant/deposits",
+            Some(json!({"amount": 6})),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+    p.admin(
+        Method::POST,
+        "/admin/accounts/merchant/deposits",
+        Some(json!({"amount": 5})),
+    )
+    .await;
+    assert_eq!(balance(&p, "merchant").await, (max, 0));
+    let audit = assert_consistent(&p).await;
+    assert_eq!(
+        (audit["incoming"].as_i64(), audit["reserved"].as_i64()),
+        (Some(0), Some(0))
+    );
+}
+
 both_backends!(
     duplicated_try_confirm_and_cancel_change_nothing_the_second_time,
     a_cancel_before_its_try_leaves_a_marker_and_the_late_try_does_nothing,
@@ -360,6 +426,7 @@ both_backends!(
     bad_input_is_a_failure_on_try_and_invalid_argument_on_second_phase_ops,
     the_admin_api_needs_the_token_and_answers_problems,
     a_sigkill_during_a_stream_of_tries_and_confirms_loses_and_doubles_nothing,
+    a_credit_that_would_pass_the_largest_balance_is_refused_at_its_try_and_never_overflows,
 );
 
 async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
@@ -367,30 +434,52 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
     let mut p = payment(&db, dir.path()).await;
     seed(&p, &[("alice", 1_000_000)]).await;
     let api = p.api.clone();
-    let calls: Vec<_> = (1..=100u64)
+    let answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let calls: Vec<_> = (1..=200u64)
         .map(|gid| {
-            let api = api.clone();
-            tokio::spawn(async move { api.call(gid, "pay", Op::Try, &charge("alice", 10)).await })
+            let (api, answers) = (api.clone(), answers.clone());
+            tokio::spawn(async move {
+                let r = api.call(gid, "pay", Op::Try, &charge("alice", 10)).await;
+                answers.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                (r, std::time::Instant::now())
+            })
         })
         .collect();
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    let status = p
-        .service
-        .terminate(std::time::Duration::from_secs(20))
-        .expect("exits within the grace period");
+    // SIGTERM once the service is answering, with the rest of the calls still under way.
+    while answers.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let sigterm_at = std::time::Instant::now();
+    let status = tokio::task::block_in_place(|| {
+        p.service
+            .terminate(std::time::Duration::from_secs(20))
+            .expect("exits within the grace period")
+    });
     assert!(status.success(), "exit status {status}");
-    let answered = join_all(calls)
+    let results: Vec<_> = join_all(calls)
         .await
         .into_iter()
-        .filter(|r| matches!(r, Ok(Ok(resp)) if resp.outcome() == Outcome::Success))
-        .count() as i64;
-    // Every call is either answered SUCCESS and committed, or refused before it started: after a
-    // restart the frozen money is exactly what the answered calls froze.
+        .map(|r| r.unwrap())
+        .collect();
+    let succeeded = |(r, _): &&(Result<proto::v1::BranchResponse, tonic::Status>, _)| matches!(r, Ok(resp) if resp.outcome() == Outcome::Success);
+    let answered = results.iter().filter(succeeded).count() as i64;
+    let finished_during_shutdown = results
+        .iter()
+        .filter(succeeded)
+        .filter(|(_, at)| *at > sigterm_at)
+        .count();
+    assert!(
+        finished_during_shutdown > 0,
+        "no call was in flight at SIGTERM ({answered} answered in all)"
+    );
+    // Every call is either answered SUCCESS and committed, or refused and without effect:
+    // after a restart the frozen money is exactly what the answered calls froze.
     p.service.restart().await.unwrap();
     let (_, frozen) = balance(&p, "alice").await;
-    assert!(
-        frozen >= answered * 10,
-        "answered calls were committed ({answered} answered, {frozen} frozen)"
+    assert_eq!(
+        frozen,
+        answered * 10,
+        "{answered} answered ({finished_during_shutdown} during the shutdown)"
     );
     let audit = assert_consistent(&p).await;
     assert_eq!(audit["held"], json!(frozen));

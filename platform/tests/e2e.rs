@@ -422,6 +422,115 @@ async fn payment_killed_with_orders_in_flight_and_restarted_ends_consistent(db: 
     }
 }
 
+/// PostgreSQL only (a lock is how Confirms are held in flight deterministically): every Confirm
+/// to payment-svc waits on a lock another session holds (a trigger on the holds it settles);
+/// payment-svc is killed with them in flight, the lock released, the service restarted. Each
+/// interrupted Confirm must be retried to success, the money arriving exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payment_killed_during_its_confirms_has_each_interrupted_confirm_retried() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let mut p = Platform::start(db).await;
+    let payment_db = store::Db::connect(&store::DbConfig::new(p.dbs[2].url()))
+        .await
+        .unwrap();
+    // Settling a hold (Confirm, Cancel) first takes advisory lock 42; Tries only insert holds.
+    for ddl in [
+        "CREATE FUNCTION wait_for_the_test() RETURNS trigger AS $$ \
+         BEGIN PERFORM pg_advisory_xact_lock(42); RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER settling_waits BEFORE UPDATE ON holds \
+         FOR EACH ROW EXECUTE FUNCTION wait_for_the_test()",
+    ] {
+        sqlx::query(ddl).execute(payment_db.pool()).await.unwrap();
+    }
+    let mut lock = payment_db.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(42)")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    const N: usize = 6;
+    let answers = join_all((0..N).map(|i| {
+        p.order(
+            "alice",
+            format!("held-{i}"),
+            json!({"sku": "coffee", "quantity": 1}),
+        )
+    }))
+    .await;
+    // Tries do not wait: every order is decided and answered.
+    for (status, body) in &answers {
+        assert_eq!(
+            (status.as_u16(), body["status"].as_str()),
+            (201, Some("confirmed")),
+            "{body}"
+        );
+    }
+    // Wait until every Confirm is blocked on the lock, then kill payment-svc under them.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(payment_db.pool())
+        .await
+        .unwrap();
+        if waiting as usize >= N {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {waiting} Confirms waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.payment.kill();
+    lock.rollback().await.unwrap();
+    sqlx::query("DROP TRIGGER settling_waits ON holds")
+        .execute(payment_db.pool())
+        .await
+        .unwrap();
+    p.payment.restart().await.unwrap();
+    p.assert_invariants().await;
+    assert_eq!(
+        p.balance("merchant").await,
+        N as i64 * 450,
+        "paid exactly once"
+    );
+    for (_, body) in &answers {
+        let gid = body["gid"].as_str().unwrap();
+        let (_, t) = p
+            .admin(
+                Method::GET,
+                "coordinator",
+                &format!("/api/v1/transactions/{gid}"),
+                None,
+            )
+            .await;
+        assert_eq!(t["status"], "succeeded", "{t}");
+        let payment = t["branches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["branch_id"] == "payment")
+            .unwrap();
+        let confirms: Vec<&str> = payment["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["op"] == "confirm")
+            .map(|a| a["outcome"].as_str().unwrap())
+            .collect();
+        assert!(
+            confirms.len() >= 2
+                && confirms[0] != "success"
+                && *confirms.last().unwrap() == "success",
+            "an interrupted Confirm, then a retry that succeeded: {confirms:?} in {t}"
+        );
+    }
+}
+
 async fn coordinator_killed_with_orders_in_flight_and_restarted_leaves_every_order_terminal(
     db: TestDb,
 ) {

@@ -22,6 +22,26 @@ pub async fn coordinator(
     name: &str,
     extra: &[(&str, &str)],
 ) -> Coord {
+    let (spec, http, grpc) = coordinator_spec(db, dir, name, extra);
+    let service = Service::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .unwrap()
+        .timeout(Duration::from_secs(30))
+        .connect_lazy();
+    Coord {
+        service,
+        client: CoordinatorClient::new(channel),
+        http_url: format!("http://127.0.0.1:{http}"),
+    }
+}
+
+/// The coordinator binary's spec as the tests run it, on free ports (HTTP, gRPC).
+pub fn coordinator_spec(
+    db: &TestDb,
+    dir: &std::path::Path,
+    name: &str,
+    extra: &[(&str, &str)],
+) -> (ServiceSpec, u16, u16) {
     let (http, grpc) = (free_port(), free_port());
     let mut spec = ServiceSpec::new(name, env!("CARGO_BIN_EXE_coordinator"), dir)
         .env("COORDINATOR_HTTP_ADDR", format!("127.0.0.1:{http}"))
@@ -33,22 +53,14 @@ pub async fn coordinator(
         .env("COORDINATOR_RECOVERY_INTERVAL_MS", "50")
         .env("COORDINATOR_RETRY_INITIAL_MS", "20")
         .env("COORDINATOR_RETRY_MAX_MS", "200")
+        .env("COORDINATOR_NODE_LEASE_MS", "1000")
         .env("RUST_LOG", "warn")
         .env("LOG_FORMAT", "json")
         .ready_url(format!("http://127.0.0.1:{http}/readyz"));
     for (k, v) in extra {
         spec = spec.env(*k, *v);
     }
-    let service = Service::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .unwrap()
-        .timeout(Duration::from_secs(30))
-        .connect_lazy();
-    Coord {
-        service,
-        client: CoordinatorClient::new(channel),
-        http_url: format!("http://127.0.0.1:{http}"),
-    }
+    (spec, http, grpc)
 }
 
 pub fn branches(parts: &[&Scripted]) -> Vec<pb::BranchSpec> {

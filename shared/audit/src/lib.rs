@@ -91,6 +91,11 @@ pub struct Money {
     pub frozen: i64,
     pub deposited: i64,
     pub held: i64,
+    /// Room reserved on merchants for credits on their way, and what open holds reserved.
+    #[serde(default)]
+    pub incoming: i64,
+    #[serde(default)]
+    pub reserved: i64,
     pub negative_accounts: i64,
 }
 
@@ -220,6 +225,12 @@ pub fn judge(s: &Snapshot) -> Report {
             m.frozen, m.held
         ));
     }
+    if m.incoming != m.reserved {
+        bad.push(format!(
+            "room reserved on merchants = {} but open holds reserved {}",
+            m.incoming, m.reserved
+        ));
+    }
     if m.negative_accounts != 0 {
         bad.push(format!("{} accounts negative", m.negative_accounts));
     }
@@ -339,8 +350,10 @@ pub fn judge(s: &Snapshot) -> Report {
                 && !rs.is_empty()
                 && rs.iter().all(|r| r.status == "sold")
         } else {
-            os.len() <= 1
-                && os.iter().all(|o| o.status == "CANCELLED")
+            // DESIGN §5.3: a rolled-back order says so (a Cancel whose Try never arrived stores
+            // the order CANCELLED), so there is exactly one order row here too.
+            os.len() == 1
+                && os[0].status == "CANCELLED"
                 && hs
                     .iter()
                     .all(|h| matches!(h.status.as_str(), "released" | "refunded"))
@@ -802,6 +815,17 @@ mod tests {
         let r = judge(&healthy());
         assert!(r.ok, "{r}");
         assert_eq!(r.checks.len(), 11);
+    }
+
+    #[test]
+    fn a_failed_transaction_without_its_cancelled_order_is_caught() {
+        let mut s = healthy();
+        s.orders.retain(|o| o.gid != "2");
+        s.order_books.cancelled = 0;
+        assert_eq!(
+            failed(&s),
+            ["order, payment and stock agree with the coordinator on every transaction"]
+        );
     }
 
     #[test]

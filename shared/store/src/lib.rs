@@ -22,6 +22,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod node;
+
 pub use sqlx;
 
 /// Which database a [`Db`] talks to.

@@ -438,6 +438,9 @@ async fn a_transaction_abandoned_by_a_cancelled_task_does_not_poison_the_pool(db
     seed_account(&db, 1, "alice", 0).await;
     for i in 0..20_i64 {
         let d = db.clone();
+        // The task says when its UPDATE has run inside the open transaction, so the abort
+        // always abandons a transaction with a write in it.
+        let (updated, in_transaction) = tokio::sync::oneshot::channel();
         let task = tokio::spawn(async move {
             let mut tx = d.begin().await.unwrap();
             sqlx::query("UPDATE accounts SET available = available + 1000 WHERE id = $1")
@@ -445,9 +448,12 @@ async fn a_transaction_abandoned_by_a_cancelled_task_does_not_poison_the_pool(db
                 .execute(&mut *tx)
                 .await
                 .unwrap();
+            let _ = updated.send(());
             std::future::pending::<()>().await;
         });
-        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        in_transaction
+            .await
+            .unwrap_or_else(|_| panic!("round {i}: the task died before its UPDATE"));
         task.abort();
         let _ = task.await;
         let mut tx = db

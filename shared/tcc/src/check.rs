@@ -6,6 +6,10 @@ use crate::Rejection;
 /// `i64::MAX`, so sums of many never overflow.
 pub const MAX_UNITS: i64 = 1_000_000_000_000_000;
 
+/// The largest balance or stock level: credits and restocks that would pass it are refused
+/// (a thousand of the largest orders, still a ninth of `i64::MAX`).
+pub const MAX_BALANCE: i64 = MAX_UNITS * 1_000;
+
 /// An identifier (account, SKU, user): 1 to 64 characters of `A-Z a-z 0-9 _ - . @ :`.
 pub fn id(field: &str, value: &str) -> Result<(), Rejection> {
     let ok = !value.is_empty()

@@ -1,6 +1,7 @@
 //! The four services as real processes (`platform serve <service>`), each on its own fresh
 //! database of one kind, on free ports, tuned for tests: the coordinator recovers every 50 ms with
-//! a 3 s lease and short retry delays, and order-svc waits at most 3 s for a decision. The
+//! a 3 s lease and short retry delays, node id leases last 1 s (a restart waits at most that),
+//! and order-svc waits at most 3 s for a decision. The
 //! end-to-end tests and `load-tests chaos` start it; they kill and restart its services.
 
 use crate::{free_port, temp_dir, Service, ServiceSpec, TestDb};
@@ -81,7 +82,8 @@ impl Platform {
                 .env("COORDINATOR_LEASE_MS", "3000")
                 .env("COORDINATOR_RECOVERY_INTERVAL_MS", "50")
                 .env("COORDINATOR_RETRY_INITIAL_MS", "20")
-                .env("COORDINATOR_RETRY_MAX_MS", "300"),
+                .env("COORDINATOR_RETRY_MAX_MS", "300")
+                .env("COORDINATOR_NODE_LEASE_MS", "1000"),
         )
         .await?;
         let order = Service::start(
@@ -92,7 +94,8 @@ impl Platform {
                 .env("ORDER_API__PAYMENT_URL", grpc(2))
                 .env("ORDER_API__INVENTORY_URL", grpc(3))
                 .env("ORDER_API__WAIT_MS", "3000")
-                .env("ORDER_API__TRANSACTION_TIMEOUT_MS", "3000"),
+                .env("ORDER_API__TRANSACTION_TIMEOUT_MS", "3000")
+                .env("ORDER_API__NODE_LEASE_MS", "1000"),
         )
         .await?;
         let payment = Service::start(spec(2, "PAYMENT_")).await?;

@@ -25,6 +25,10 @@ pub enum Behavior {
     Hang,
     /// Answer UNAVAILABLE to the first call of this op for each gid, then succeed.
     UnavailableOncePerGid,
+    /// Reach the barrier only once the call that undoes this one (the Cancel of a Try, the
+    /// Compensate of an Action) has arrived for the same branch: a request stuck in the network
+    /// until after its undo, whatever the timing. The caller gets no answer meanwhile.
+    AfterUndo,
 }
 
 /// What the barrier made of a call that reached the business layer.
@@ -68,6 +72,15 @@ pub struct Scripted {
 #[derive(Debug, Clone)]
 struct Service {
     state: Arc<Mutex<State>>,
+}
+
+/// The op that undoes `op` (Cancel for Try, Compensate for Action).
+fn undoing(op: Op) -> Option<Op> {
+    match op {
+        Op::Try => Some(Op::Cancel),
+        Op::Action => Some(Op::Compensate),
+        _ => None,
+    }
 }
 
 fn undone_by(op: Op) -> Option<Op> {
@@ -169,7 +182,7 @@ impl Participant for Service {
                 record(None);
                 std::future::pending::<()>().await;
             }
-            Behavior::Delay(_) => record(None),
+            Behavior::Delay(_) | Behavior::AfterUndo => record(None),
             // Resolved to Unavailable or Succeed above.
             Behavior::Succeed | Behavior::UnavailableOncePerGid => {}
         }
@@ -177,11 +190,21 @@ impl Participant for Service {
             // A delayed call reaches the business layer later even if the caller gives up
             // meanwhile, like a request stuck in the network: it runs in its own task, which
             // the caller's cancellation does not stop.
-            Behavior::Delay(d) => {
+            Behavior::Delay(_) | Behavior::AfterUndo => {
                 let state = self.state.clone();
                 let (gid, branch) = (req.gid, req.branch_id.clone());
                 tokio::spawn(async move {
-                    tokio::time::sleep(d).await;
+                    match behavior {
+                        Behavior::Delay(d) => tokio::time::sleep(d).await,
+                        _ => {
+                            let undo = undoing(op);
+                            while !state.lock().unwrap().calls.iter().any(|c| {
+                                c.gid == gid && c.branch_id == branch && Some(c.op) == undo
+                            }) {
+                                tokio::time::sleep(Duration::from_millis(2)).await;
+                            }
+                        }
+                    }
                     let mut s = state.lock().unwrap();
                     let effect = s.barrier(gid, &branch, op);
                     // Complete the arrival record with what the barrier made of the call.
@@ -287,6 +310,18 @@ impl Scripted {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         false
+    }
+
+    /// Waits until a call of `op` for `gid` has reached the barrier (its effect is known).
+    pub async fn wait_for_effect(&self, gid: u64, op: Op, timeout: Duration) -> Option<Effect> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(effect) = self.calls_of(gid, op).iter().find_map(|c| c.effect) {
+                return Some(effect);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        None
     }
 
     /// Checks the end state of a transaction: for TCC, a succeeded one had Try and Confirm take
