@@ -680,3 +680,24 @@ both_backends!(
     a_key_recorded_by_the_previous_version_still_replays,
     a_coordinator_refuses_a_node_id_a_live_instance_holds_and_takes_a_dead_ones,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_message() {
+    let dir = testkit::temp_dir("coord-config-");
+    let bad_toml = dir.path().join("bad.toml");
+    std::fs::write(&bad_toml, "lease_ms = [not toml").unwrap();
+    let missing = dir.path().join("missing.toml");
+    let cases: [(&str, String, &str); 3] = [
+        ("CONFIG_FILE", missing.display().to_string(), "missing.toml"),
+        ("CONFIG_FILE", bad_toml.display().to_string(), "bad.toml"),
+        ("COORDINATOR_NODE_ID", "1024".into(), "node_id"),
+    ];
+    for (i, (key, value, expected)) in cases.into_iter().enumerate() {
+        let db = TestDb::sqlite();
+        let name = format!("coordinator-{i}");
+        let (spec, ..) = coordinator_spec(&db, dir.path(), &name, &[(key, &value)]);
+        let refused = Service::start(spec).await.unwrap_err();
+        assert!(refused.contains("exited with"), "{key}={value}: {refused}");
+        assert!(refused.contains(expected), "{key}={value}: {refused}");
+    }
+}

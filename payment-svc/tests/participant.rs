@@ -418,6 +418,65 @@ async fn a_credit_that_would_pass_the_largest_balance_is_refused_at_its_try_and_
     );
 }
 
+async fn a_cancel_after_a_barrier_purge_still_finds_its_try_and_unfreezes_the_money(db: TestDb) {
+    let dir = testkit::temp_dir("payment-");
+    let p = payment(&db, dir.path()).await;
+    seed(&p, &[("alice", 1_000)]).await;
+    let ledger = store::Db::connect(&store::DbConfig::new(db.url()))
+        .await
+        .unwrap();
+    let age_every_row = || async {
+        let mut w = ledger.begin().await.unwrap();
+        sqlx::query("UPDATE tcc_barrier SET created_at = 0")
+            .execute(&mut *w)
+            .await
+            .unwrap();
+        w.commit().await.unwrap();
+    };
+    let a_day_ago = store::now_ms() - 24 * 3_600_000;
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT CAST(COUNT(*) AS BIGINT) FROM tcc_barrier")
+            .fetch_one(ledger.pool())
+            .await
+            .unwrap()
+    };
+    let pay = charge("alice", 300);
+    assert_eq!(
+        p.call(1, "pay", Op::Try, &pay).await.unwrap().outcome(),
+        Outcome::Success
+    );
+    // A week passes while the coordinator keeps retrying the Cancel; the purger runs.
+    age_every_row().await;
+    assert_eq!(
+        tcc::barrier::purge(&ledger, a_day_ago).await.unwrap(),
+        0,
+        "unsettled: kept"
+    );
+    assert_eq!(
+        p.call(1, "pay", Op::Cancel, &pay).await.unwrap().outcome(),
+        Outcome::Success
+    );
+    assert_eq!(
+        balance(&p, "alice").await,
+        (1_000, 0),
+        "the late Cancel unfroze the money"
+    );
+    // Settled branches are purged, every row of them.
+    assert_eq!(
+        p.call(2, "pay", Op::Try, &pay).await.unwrap().outcome(),
+        Outcome::Success
+    );
+    assert_eq!(
+        p.call(2, "pay", Op::Confirm, &pay).await.unwrap().outcome(),
+        Outcome::Success
+    );
+    assert_eq!(rows().await, 4);
+    age_every_row().await;
+    assert_eq!(tcc::barrier::purge(&ledger, a_day_ago).await.unwrap(), 4);
+    assert_eq!(rows().await, 0);
+    assert_consistent(&p).await;
+}
+
 both_backends!(
     duplicated_try_confirm_and_cancel_change_nothing_the_second_time,
     a_cancel_before_its_try_leaves_a_marker_and_the_late_try_does_nothing,
@@ -427,6 +486,7 @@ both_backends!(
     the_admin_api_needs_the_token_and_answers_problems,
     a_sigkill_during_a_stream_of_tries_and_confirms_loses_and_doubles_nothing,
     a_credit_that_would_pass_the_largest_balance_is_refused_at_its_try_and_never_overflows,
+    a_cancel_after_a_barrier_purge_still_finds_its_try_and_unfreezes_the_money,
 );
 
 async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {

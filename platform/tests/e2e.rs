@@ -769,6 +769,303 @@ fn jsonwebtoken_now() -> u64 {
         .as_secs()
 }
 
+/// Every page of a keyset-paged listing, `limit` at a time; asserts no row comes twice.
+async fn every_page(
+    p: &Platform,
+    service: &str,
+    path: &str,
+    cursor: &str,
+    items: &str,
+    next: &str,
+    key: impl Fn(&Value) -> String,
+) -> Vec<Value> {
+    let mut all: Vec<Value> = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = match &after {
+            Some(a) => format!("{path}{sep}{cursor}={a}"),
+            None => path.to_owned(),
+        };
+        let (status, page) = p.admin(Method::GET, service, &url, None).await;
+        assert_eq!(status, 200, "{url}: {page}");
+        all.extend(page[items].as_array().unwrap().iter().cloned());
+        match page[next]
+            .as_str()
+            .map(str::to_owned)
+            .or(page[next].as_u64().map(|n| n.to_string()))
+        {
+            Some(n) if !n.is_empty() && n != "0" => after = Some(n),
+            _ => break,
+        }
+    }
+    let keys: std::collections::HashSet<String> = all.iter().map(&key).collect();
+    assert_eq!(keys.len(), all.len(), "{service} {path}: a row came twice");
+    all
+}
+
+async fn listings_page_past_the_first_page_and_show_each_user_only_their_own(db: TestDb) {
+    let p = Platform::start(db).await;
+    for i in 0..5 {
+        let (s, b) = p
+            .order(
+                "alice",
+                format!("a{i}"),
+                json!({"sku": "coffee", "quantity": 1}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    for i in 0..2 {
+        let (s, b) = p
+            .order(
+                "bob",
+                format!("b{i}"),
+                json!({"sku": "coffee", "quantity": 1}),
+            )
+            .await;
+        assert_eq!(s, 201, "{b}");
+    }
+    // The public listing, two at a time, newest first.
+    let mut seen: Vec<String> = Vec::new();
+    let mut url = p.url("order", "/api/v1/orders?limit=2");
+    loop {
+        let page: Value = p
+            .http
+            .get(&url)
+            .bearer_auth(Platform::token("alice"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        seen.extend(
+            page["orders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|o| o["order_id"].as_str().unwrap().to_owned()),
+        );
+        match page["next_after"].as_str() {
+            Some(next) => url = p.url("order", &format!("/api/v1/orders?limit=2&after={next}")),
+            None => break,
+        }
+    }
+    assert_eq!(
+        seen.len(),
+        5,
+        "alice's five orders, none of bob's: {seen:?}"
+    );
+    let ids: Vec<i64> = seen.iter().map(|s| s.parse().unwrap()).collect();
+    assert!(ids.windows(2).all(|w| w[0] > w[1]), "newest first: {ids:?}");
+    // The admin listings the audit pages through, two at a time.
+    let orders = every_page(
+        &p,
+        "order",
+        "/admin/orders?limit=2",
+        "after",
+        "orders",
+        "next_after",
+        |o| o["id"].to_string(),
+    )
+    .await;
+    assert_eq!(orders.len(), 7);
+    let holds = every_page(
+        &p,
+        "payment",
+        "/admin/holds?limit=2",
+        "after",
+        "holds",
+        "next_after",
+        |h| format!("{}/{}", h["gid"], h["branch_id"]),
+    )
+    .await;
+    assert_eq!(holds.len(), 7);
+    let reservations = every_page(
+        &p,
+        "inventory",
+        "/admin/reservations?limit=2",
+        "after",
+        "reservations",
+        "next_after",
+        |r| format!("{}/{}", r["gid"], r["branch_id"]),
+    )
+    .await;
+    assert_eq!(reservations.len(), 7);
+    let txns = every_page(
+        &p,
+        "coordinator",
+        "/api/v1/transactions?limit=2",
+        "before",
+        "transactions",
+        "next_before",
+        |t| t["gid"].to_string(),
+    )
+    .await;
+    assert_eq!(txns.len(), 7);
+    p.assert_invariants().await;
+}
+
+async fn every_admin_api_wants_its_token_and_every_service_reports_its_metrics(db: TestDb) {
+    let p = Platform::start(db).await;
+    let (s, b) = p
+        .order("alice", "m1", json!({"sku": "coffee", "quantity": 1}))
+        .await;
+    assert_eq!(s, 201, "{b}");
+    p.assert_invariants().await;
+    let gid = b["gid"].as_str().unwrap();
+    let retry = format!("/api/v1/admin/transactions/{gid}/retry");
+    for (service, method, path) in [
+        ("payment", Method::GET, "/admin/accounts"),
+        ("inventory", Method::GET, "/admin/skus"),
+        ("order", Method::GET, "/admin/audit"),
+        ("coordinator", Method::POST, retry.as_str()),
+    ] {
+        for token in [None, Some("not-the-token")] {
+            let mut req = p.http.request(method.clone(), p.url(service, path));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 401, "{service} {path} with {token:?}");
+            assert_eq!(res.headers()["content-type"], "application/problem+json");
+        }
+    }
+    let metrics = |service: &'static str| {
+        let url = p.url(service, "/metrics");
+        let http = p.http.clone();
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let has = |text: &str, name: &str, labels: &[&str], value: &str| {
+        text.lines().any(|l| {
+            l.starts_with(name) && labels.iter().all(|lb| l.contains(lb)) && l.ends_with(value)
+        })
+    };
+    let c = metrics("coordinator").await;
+    assert!(
+        has(
+            &c,
+            "coordinator_transactions_started_total",
+            &[r#"mode="tcc""#],
+            " 1"
+        ),
+        "{c}"
+    );
+    assert!(
+        has(
+            &c,
+            "coordinator_transactions_finished_total",
+            &[r#"outcome="succeeded""#],
+            " 1"
+        ),
+        "{c}"
+    );
+    for service in ["order", "payment", "inventory"] {
+        let m = metrics(service).await;
+        for op in ["try", "confirm"] {
+            let label = format!(r#"op="{op}""#);
+            assert!(
+                has(
+                    &m,
+                    "tcc_branch_calls_total",
+                    &[&label, r#"outcome="applied""#],
+                    " 1"
+                ),
+                "{service} {op}:\n{m}"
+            );
+        }
+    }
+    let o = metrics("order").await;
+    assert!(
+        has(
+            &o,
+            "http_requests_total",
+            &[r#"route="/api/v1/orders""#, r#"status="201""#],
+            " 1"
+        ),
+        "{o}"
+    );
+}
+
+/// SIGTERM to order-svc and the coordinator while orders are in flight: every request gets an
+/// answer or a clean refusal, a client retrying its key gets its order, and the books balance.
+async fn sigterm_with_orders_and_drives_in_flight_loses_nothing(db: TestDb) {
+    let mut p = Platform::start(db).await;
+    let body = json!({"sku": "coffee", "quantity": 1});
+    let (url, token) = (p.url("order", "/api/v1/orders"), Platform::token("alice"));
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sent: Vec<_> = (0..16)
+        .map(|i| {
+            let (http, url, token, body) =
+                (p.http.clone(), url.clone(), token.clone(), body.clone());
+            let answered = answered.clone();
+            tokio::spawn(async move {
+                let status = http
+                    .post(url)
+                    .bearer_auth(token)
+                    .header("Idempotency-Key", format!("t{i}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+                    .unwrap_or(0);
+                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                status
+            })
+        })
+        .collect();
+    // SIGTERM once orders are being answered, with the rest still in flight.
+    while answered.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let order = tokio::task::block_in_place(|| p.order.terminate(Duration::from_secs(20)));
+    let coordinator =
+        tokio::task::block_in_place(|| p.coordinator.terminate(Duration::from_secs(20)));
+    assert!(order.is_some_and(|s| s.success()), "order-svc: {order:?}");
+    assert!(
+        coordinator.is_some_and(|s| s.success()),
+        "coordinator: {coordinator:?}"
+    );
+    let mut first = Vec::new();
+    for task in sent {
+        first.push(task.await.unwrap());
+    }
+    p.coordinator.restart().await.unwrap();
+    p.order.restart().await.unwrap();
+    for (i, status) in first.into_iter().enumerate() {
+        // Answered, or refused cleanly (no connection, 503 while shutting down).
+        assert!(matches!(status, 201 | 503 | 0), "t{i}: {status}");
+        let mut status = status;
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while status != 201 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "t{i} never got its answer"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            status = p
+                .order("alice", format!("t{i}"), body.clone())
+                .await
+                .0
+                .as_u16();
+        }
+    }
+    // A Try that met a participant shutting down cancels its order (and the client hears so);
+    // whatever each order became, the books agree with it.
+    p.assert_invariants().await;
+    let (_, o) = p.admin(Method::GET, "order", "/admin/audit", None).await;
+    assert_eq!(
+        o["confirmed"].as_i64().unwrap() + o["cancelled"].as_i64().unwrap(),
+        16,
+        "{o}"
+    );
+    assert_eq!(
+        p.balance("merchant").await,
+        o["confirmed"].as_i64().unwrap() * 450
+    );
+}
+
 both_backends!(
     an_order_is_confirmed_and_reads_back_for_its_owner_only,
     insufficient_funds_cancels_and_leaves_balances_unchanged,
@@ -781,6 +1078,9 @@ both_backends!(
     bad_requests_get_4xx_problems_and_change_nothing,
     a_retry_after_the_price_changed_answers_with_the_order_as_first_placed,
     order_ids_never_repeat_after_a_restart_with_the_clock_behind,
+    listings_page_past_the_first_page_and_show_each_user_only_their_own,
+    every_admin_api_wants_its_token_and_every_service_reports_its_metrics,
+    sigterm_with_orders_and_drives_in_flight_loses_nothing,
 );
 
 mod trace_collector {

@@ -136,8 +136,14 @@ fn describe(errors: figment::Error, env_prefix: &str) -> ConfigError {
         .into_iter()
         .map(|e| {
             let key = e.path.join(".");
+            let source = e
+                .metadata
+                .as_ref()
+                .and_then(|m| m.source.as_ref())
+                .map(|s| format!("{s}: "))
+                .unwrap_or_default();
             if key.is_empty() {
-                e.kind.to_string()
+                format!("{source}{}", e.kind)
             } else {
                 let env = format!("{env_prefix}{}", e.path.join("__").to_uppercase());
                 format!("{key} (env {env}): {}", e.kind)

@@ -178,17 +178,25 @@ pub async fn call<H: Handler>(
     }
 }
 
-/// Deletes barrier rows created before `before_ms` (Unix ms); returns how many.
+/// Deletes the barrier rows of branches **settled here** before `before_ms` (Unix ms): a
+/// branch whose Confirm, Cancel or Compensate took effect (or left its null-compensation
+/// marker) before then loses all its rows; returns how many.
 ///
-/// A row must outlive every duplicate of its op that can still arrive: a Confirm replayed after
-/// its row is gone would run again. Retention is therefore measured in days, far beyond the
-/// coordinator's retry horizon.
+/// A branch still waiting for its second phase keeps its rows however old they are: the
+/// coordinator retries a Cancel for as long as it takes, and a Cancel that found its Try's row
+/// gone would be taken for a null compensation and leave the money frozen for good. The price:
+/// a Saga Action that is never compensated (its Saga succeeded) keeps its one row, since only the
+/// coordinator knows that no Compensate can come any more.
 pub async fn purge(db: &Db, before_ms: i64) -> Result<u64, StoreError> {
     let mut writer = db.begin().await?;
-    let r = sqlx::query("DELETE FROM tcc_barrier WHERE created_at < $1")
-        .bind(before_ms)
-        .execute(&mut *writer)
-        .await?;
+    let r = sqlx::query(
+        "DELETE FROM tcc_barrier WHERE EXISTS (SELECT 1 FROM tcc_barrier settled \
+         WHERE settled.gid = tcc_barrier.gid AND settled.branch_id = tcc_barrier.branch_id \
+         AND settled.op IN ('confirm', 'cancel', 'compensate') AND settled.created_at < $1)",
+    )
+    .bind(before_ms)
+    .execute(&mut *writer)
+    .await?;
     writer.commit().await?;
     Ok(r.rows_affected())
 }
@@ -214,10 +222,15 @@ pub fn spawn_purger(
     })
 }
 
+/// The shortest retention accepted: a settled branch's rows must outlive any duplicate of its
+/// last op still on its way (a retry whose answer was lost, a restarted coordinator's resend).
+pub const MIN_RETENTION_HOURS: u64 = 24;
+
 /// When barrier rows are purged; embed in a service's config with `#[serde(flatten)]`.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PurgeConfig {
-    /// Rows older than this are deleted (default: 7 days).
+    /// Rows of branches settled longer ago than this are deleted (default: 7 days; at least
+    /// [`MIN_RETENTION_HOURS`]).
     pub barrier_retention_hours: u64,
     /// How often to look (default: hourly).
     pub barrier_purge_interval_secs: u64,
@@ -233,6 +246,18 @@ impl Default for PurgeConfig {
 }
 
 impl PurgeConfig {
+    /// Refuses a retention under [`MIN_RETENTION_HOURS`].
+    pub fn validate(&self) -> Result<(), String> {
+        if self.barrier_retention_hours < MIN_RETENTION_HOURS {
+            return Err(format!(
+                "barrier_retention_hours must be at least {MIN_RETENTION_HOURS} (got {}): a \
+                 branch's barrier rows must outlive every duplicate of its last op",
+                self.barrier_retention_hours
+            ));
+        }
+        Ok(())
+    }
+
     /// Starts the purger; it stops when `stop` resolves.
     pub fn spawn(&self, db: Db, stop: impl std::future::Future<Output = ()> + Send + 'static) {
         let purger = spawn_purger(
@@ -244,5 +269,20 @@ impl PurgeConfig {
             stop.await;
             purger.abort();
         });
+    }
+}
+
+#[cfg(test)]
+mod retention_tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_under_a_day_is_refused() {
+        let mut c = PurgeConfig::default();
+        assert!(c.validate().is_ok());
+        c.barrier_retention_hours = 23;
+        assert!(c.validate().unwrap_err().contains("at least 24"));
+        c.barrier_retention_hours = 0;
+        assert!(c.validate().is_err());
     }
 }

@@ -207,16 +207,30 @@ async fn a_try_racing_its_cancel_never_leaves_money_frozen(db: TestDb) {
     assert_eq!(balances(&db).await, (1_000, 0, 0));
 }
 
-async fn purge_removes_rows_older_than_the_cutoff_only(db: TestDb) {
+async fn purge_removes_only_branches_settled_before_the_cutoff(db: TestDb) {
     let db = wallet(&db, 100).await;
+    // gid 1 settled (Try, Cancel) and gid 3 waiting for its second phase, both old; gid 2
+    // settled after the cutoff.
     call(&db, 1, Op::Try, 1).await;
+    call(&db, 1, Op::Cancel, 1).await;
+    call(&db, 3, Op::Try, 1).await;
     sqlx::query("UPDATE tcc_barrier SET created_at = 1000")
         .execute(db.pool())
         .await
         .unwrap();
     call(&db, 2, Op::Try, 1).await;
-    assert_eq!(barrier::purge(&db, 2000).await.unwrap(), 1);
-    assert_eq!(barrier_rows(&db).await, 1);
+    call(&db, 2, Op::Confirm, 1).await;
+    assert_eq!(barrier_rows(&db).await, 5);
+    assert_eq!(
+        barrier::purge(&db, 2000).await.unwrap(),
+        2,
+        "gid 1's two rows"
+    );
+    assert_eq!(
+        barrier_rows(&db).await,
+        3,
+        "gid 3's Try (its Cancel may still come) and gid 2's rows stay"
+    );
 }
 
 both_backends!(
@@ -225,7 +239,7 @@ both_backends!(
     a_compensate_before_its_action_leaves_a_marker_and_the_late_action_does_nothing,
     a_rejected_try_leaves_no_row_and_its_cancel_is_a_null_compensation,
     a_try_racing_its_cancel_never_leaves_money_frozen,
-    purge_removes_rows_older_than_the_cutoff_only,
+    purge_removes_only_branches_settled_before_the_cutoff,
 );
 
 #[tokio::test]
