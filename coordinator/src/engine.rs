@@ -18,6 +18,7 @@ use crate::log::{self, Attempt, Checkpoint, NewBranch, NewTxn, Stored};
 use crate::machine::{CallResult, Effect, Event, Mode, Op, Rollback, Status, Txn};
 use crate::metrics::CoordinatorMetrics;
 use futures::stream::{FuturesUnordered, StreamExt};
+use futures::FutureExt;
 use proto::v1::participant_client::ParticipantClient;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -205,12 +206,14 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
-    /// An engine on `db`: its gids resume above the largest gid in the log (waiting, within
-    /// `max_clock_behind`, for a clock that is behind it).
+    /// An engine on `db`: its node id leased (and renewed until `stop`), its gids resuming
+    /// above the largest gid in the log (waiting, within `max_clock_behind`, for a clock that is
+    /// behind it).
     pub async fn new(
         db: Db,
         config: EngineConfig,
         metrics: CoordinatorMetrics,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Arc<Engine>, EngineError> {
         let mut ids = ids::Snowflake::new(config.node_id)?;
         let owner = format!(
@@ -220,6 +223,8 @@ impl Engine {
         );
         let node =
             store::node::NodeLease::acquire(&db, config.node_id, &owner, config.node_lease).await?;
+        // Renewed from now on: the waits below must not let it lapse.
+        node.spawn_heartbeat(stop);
         if let Some(high_water) = log::max_gid(&db).await? {
             ids = ids.resume_after(ids::Gid::from_i64(high_water)?);
         }
@@ -576,6 +581,10 @@ impl Engine {
             if run.stored.txn.status != Status::Prepared && !first_calls.is_empty() {
                 // Decided: Tries still in flight are abandoned (the barrier absorbs them if
                 // they arrive after their Cancel); the timeline still shows each of them.
+                // Answers already in are recorded as what they are, not as abandoned.
+                while let Some(Some((_, _, attempt))) = first_calls.next().now_or_never() {
+                    run.record(attempt);
+                }
                 first_calls = FuturesUnordered::new();
                 run.abandon_first_calls();
             }
@@ -591,6 +600,11 @@ impl Engine {
 
     /// Claims due transactions and drives each; returns how many were claimed.
     pub async fn recover_once(self: &Arc<Self>) -> Result<usize, StoreError> {
+        if !self.node.is_held() {
+            // Another instance may hold this node id now (this one was paused or cut off):
+            // claiming its transactions would take them from under it.
+            return Ok(0);
+        }
         let prefix = format!("{}:", self.config.node_id);
         let driving = self.driving.clone();
         let claimed = log::claim_due(
@@ -611,14 +625,6 @@ impl Engine {
             tracing::info!(count = claimed.len(), "recovering transactions");
         }
         Ok(claimed.len())
-    }
-
-    /// Renews this instance's node id lease until `stop` resolves.
-    pub fn spawn_node_heartbeat(
-        &self,
-        stop: impl std::future::Future<Output = ()> + Send + 'static,
-    ) {
-        self.node.spawn_heartbeat(stop);
     }
 
     /// Runs [`Engine::recover_once`] every `recovery_interval` until `stop` resolves.
@@ -846,7 +852,9 @@ impl Run<'_> {
     /// as abandoned (what it did at the participant, if it arrives, the barrier decides).
     fn abandon_first_calls(&mut self) {
         for (idx, op, started_at, t) in std::mem::take(&mut self.first_in_flight) {
-            self.record(Attempt {
+            // Only the timeline: the branch's attempt count and last error stay what the
+            // answered calls made them.
+            self.attempts.push(Attempt {
                 idx: idx as i64,
                 op,
                 started_at,

@@ -94,10 +94,14 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let admin = actix_web::web::Data::new(AdminToken::resolve(&config.common, "coordinator")?);
     let metrics = Metrics::new();
     let coordinator_metrics = metrics.register(metrics::CoordinatorMetrics::new);
-    let engine = engine::Engine::new(db.clone(), config.engine(), coordinator_metrics)
-        .await
-        .map_err(|e| ConfigError(e.to_string()))?;
-    engine.spawn_node_heartbeat(shutdown.clone().wait());
+    let engine = engine::Engine::new(
+        db.clone(),
+        config.engine(),
+        coordinator_metrics,
+        shutdown.clone().wait(),
+    )
+    .await
+    .map_err(|e| ConfigError(e.to_string()))?;
     engine.spawn_recovery(shutdown.clone().wait());
     let grpc = grpc::CoordinatorService::new(engine.clone()).into_server();
     let engine_data = actix_web::web::Data::new(engine);

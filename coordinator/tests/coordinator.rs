@@ -549,6 +549,60 @@ async fn a_coordinator_refuses_a_node_id_a_live_instance_holds_and_takes_a_dead_
     drop(second);
 }
 
+/// A coordinator frozen past its node id lease (SIGSTOP) while a successor takes the id over:
+/// once it runs again it must not claim the successor's transactions back. PostgreSQL only:
+/// several instances share a log there (a process frozen inside a SQLite write would block
+/// every other writer of the file, by design of SQLite).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_that_lost_its_node_id_lease_claims_nothing_when_it_wakes() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = testkit::temp_dir("coord-");
+    let node = [("COORDINATOR_NODE_ID", "7")];
+    let frozen = coordinator(&db, dir.path(), "frozen", &node).await;
+    let b = Scripted::start().await;
+    b.on(Op::Confirm, [Behavior::Unavailable]);
+    let r = frozen.execute(tcc("wakes", &[&b])).await.unwrap();
+    assert_eq!(r.status(), pb::Status::Confirming);
+    let pid = Pid::from_raw(frozen.service.pid().unwrap() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    // Its lease (1 s in tests) runs out; a successor takes node id 7 and the transaction.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let successor = coordinator(&db, dir.path(), "successor", &node).await;
+    assert!(b.wait_for(Op::Confirm, 3, Duration::from_secs(10)).await);
+    kill(pid, Signal::SIGCONT).unwrap();
+    let woke_at = store::now_ms();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    b.on(Op::Confirm, [Behavior::Succeed]);
+    let t = successor
+        .wait_terminal(r.gid, Duration::from_secs(10))
+        .await;
+    assert_eq!(t.status(), pb::Status::Succeeded);
+    // Whose calls are in the log after the wake-up: the successor's only.
+    let log = store::Db::connect(&store::DbConfig::new(db.url()))
+        .await
+        .unwrap();
+    let owners: Vec<String> =
+        sqlx::query_scalar("SELECT DISTINCT owner FROM attempts WHERE started_at > $1")
+            .bind(woke_at + 200)
+            .fetch_all(log.pool())
+            .await
+            .unwrap();
+    let first_owner: String =
+        sqlx::query_scalar("SELECT owner FROM attempts ORDER BY started_at LIMIT 1")
+            .fetch_one(log.pool())
+            .await
+            .unwrap();
+    assert!(
+        !owners.contains(&first_owner),
+        "the woken instance ({first_owner}) drove again: {owners:?}"
+    );
+    drop(frozen);
+}
+
 fn saga(key: &str, parts: &[&Scripted]) -> pb::ExecuteRequest {
     pb::ExecuteRequest {
         mode: pb::Mode::Saga as i32,

@@ -81,7 +81,7 @@ type CoordinatorClient =
 pub struct Api {
     config: ApiConfig,
     /// Resumed above the largest stored order id at the first order (see [`Api::ids`]).
-    ids: std::sync::Arc<OnceCell<(ids::Snowflake, store::node::NodeLease)>>,
+    ids: std::sync::Arc<OnceCell<OrderIds>>,
     coordinator: CoordinatorClient,
     prices: moka::future::Cache<String, Option<(String, i64)>>,
 }
@@ -123,6 +123,13 @@ impl Api {
     }
 }
 
+/// The order id generator with its leased node id; dropping it stops the lease's heartbeat.
+struct OrderIds {
+    ids: ids::Snowflake,
+    node: store::node::NodeLease,
+    _heartbeat: tokio::sync::oneshot::Sender<()>,
+}
+
 /// How far the clock may be behind the largest stored order id: waited out below, refused above.
 const MAX_CLOCK_BEHIND_MS: u64 = 10_000;
 
@@ -131,7 +138,7 @@ impl Api {
     /// it), resumed above the largest order id stored (every order id is stored with its key
     /// before anyone sees it), after waiting for a clock that is behind it.
     async fn ids(&self, db: &Db) -> Result<&ids::Snowflake, Problem> {
-        let (ids, node) = self
+        let order_ids = self
             .ids
             .get_or_try_init(|| async {
                 let mut ids = ids::Snowflake::new(self.config.node_id)
@@ -148,8 +155,12 @@ impl Api {
                     tracing::error!(error = %e, "no node id for order ids");
                     Problem::unavailable("order ids cannot be made right now: this instance's node id is taken")
                 })?;
-                // Renewed for as long as the process lives (a successor waits out the lease).
-                node.spawn_heartbeat(std::future::pending());
+                // Renewed while the generator lives: for the life of the process once it is made,
+                // and no longer if anything below fails (the lease is then given back).
+                let (heartbeat, stop) = tokio::sync::oneshot::channel::<()>();
+                node.spawn_heartbeat(async {
+                    let _ = stop.await;
+                });
                 let high_water: Option<i64> =
                     sqlx::query_scalar("SELECT CAST(MAX(order_id) AS BIGINT) FROM order_requests")
                         .fetch_one(db.pool())
@@ -168,15 +179,19 @@ impl Api {
                     tracing::warn!(behind_ms = behind, "the clock is behind the largest order id; waiting");
                     tokio::time::sleep(Duration::from_millis(behind + 1)).await;
                 }
-                Ok::<_, Problem>((ids, node))
+                Ok::<_, Problem>(OrderIds {
+                    ids,
+                    node,
+                    _heartbeat: heartbeat,
+                })
             })
             .await?;
-        if !node.is_held() {
+        if !order_ids.node.is_held() {
             return Err(Problem::unavailable(
                 "order ids cannot be made right now: this instance lost its node id lease",
             ));
         }
-        Ok(ids)
+        Ok(&order_ids.ids)
     }
 }
 

@@ -55,6 +55,11 @@ enum Move {
     Incoming(i64),
     /// `incoming -= amount, available += amount`: a reserved credit arrives.
     Arrive(i64),
+    /// `available += amount` without the room check: money going back where it came from (a
+    /// Cancel, a Compensate), which was inside the bound when it left. An account can end above
+    /// [`MAX_BALANCE`] by what it had out, still far from overflowing; refusing would leave the
+    /// undo failing for ever.
+    Return(i64),
 }
 
 /// Applies `m` to `account`; false when the account is missing or the move is not allowed.
@@ -85,6 +90,11 @@ async fn apply_move(conn: &mut AnyConnection, account: &str, m: Move) -> Result<
         Move::Incoming(d) => (
             "UPDATE accounts SET incoming = incoming + $1, updated_at = $3 WHERE id = $2 AND incoming + $1 >= 0".to_owned(),
             d,
+            false,
+        ),
+        Move::Return(a) => (
+            "UPDATE accounts SET available = available + $1, updated_at = $3 WHERE id = $2".to_owned(),
+            a,
             false,
         ),
         Move::Arrive(a) => (
@@ -210,6 +220,7 @@ async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<
         .into());
     };
     let reserved = reserved == 1;
+    // The buyer's row first, then the merchant's, as in `take`: one lock order for every op.
     let steps: [(&str, Move); 2] = match op {
         Op::Confirm => [
             (&account, Move::Frozen(-amount)),
@@ -218,17 +229,18 @@ async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<
                 if reserved {
                     Move::Arrive(amount)
                 } else {
-                    Move::Available(amount)
+                    // A hold from before reservations: its credit was never checked.
+                    Move::Return(amount)
                 },
             ),
         ],
         Op::Cancel => [
             (&account, Move::Frozen(-amount)),
-            (&account, Move::Available(amount)),
+            (&account, Move::Return(amount)),
         ],
         Op::Compensate => [
+            (&account, Move::Return(amount)),
             (&merchant, Move::Available(-amount)),
-            (&account, Move::Available(amount)),
         ],
         Op::Try | Op::Action => unreachable!("handled by take"),
     };

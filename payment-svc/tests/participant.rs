@@ -418,6 +418,42 @@ async fn a_credit_that_would_pass_the_largest_balance_is_refused_at_its_try_and_
     );
 }
 
+async fn a_compensate_returns_the_money_even_when_the_buyer_topped_up_to_the_largest_balance(
+    db: TestDb,
+) {
+    let dir = testkit::temp_dir("payment-");
+    let p = payment(&db, dir.path()).await;
+    seed(&p, &[("alice", 1_000)]).await;
+    let debit = charge("alice", 10);
+    let r = p.call(9, "pay", Op::Action, &debit).await.unwrap();
+    assert_eq!(r.outcome(), Outcome::Success);
+    // Meanwhile alice's account is filled to the bound.
+    let max = tcc::check::MAX_BALANCE;
+    let ledger = store::Db::connect(&store::DbConfig::new(db.url()))
+        .await
+        .unwrap();
+    let mut w = ledger.begin().await.unwrap();
+    sqlx::query("UPDATE accounts SET available = $1 WHERE id = 'alice'")
+        .bind(max)
+        .execute(&mut *w)
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO deposits (id, account_id, amount, created_at) VALUES (2, 'alice', $1, 0)",
+    )
+    .bind(max - 990)
+    .execute(&mut *w)
+    .await
+    .unwrap();
+    w.commit().await.unwrap();
+    // The undo must not fail for ever: the money goes back, a little past the bound.
+    let r = p.call(9, "pay", Op::Compensate, &debit).await.unwrap();
+    assert_eq!(r.outcome(), Outcome::Success, "{r:?}");
+    assert_eq!(balance(&p, "alice").await, (max + 10, 0));
+    assert_eq!(balance(&p, "merchant").await, (0, 0));
+    assert_consistent(&p).await;
+}
+
 async fn a_cancel_after_a_barrier_purge_still_finds_its_try_and_unfreezes_the_money(db: TestDb) {
     let dir = testkit::temp_dir("payment-");
     let p = payment(&db, dir.path()).await;
@@ -487,6 +523,7 @@ both_backends!(
     a_sigkill_during_a_stream_of_tries_and_confirms_loses_and_doubles_nothing,
     a_credit_that_would_pass_the_largest_balance_is_refused_at_its_try_and_never_overflows,
     a_cancel_after_a_barrier_purge_still_finds_its_try_and_unfreezes_the_money,
+    a_compensate_returns_the_money_even_when_the_buyer_topped_up_to_the_largest_balance,
 );
 
 async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
