@@ -280,7 +280,7 @@ impl Engine {
         self: &Arc<Self>,
         req: ExecuteRequest,
     ) -> Result<ExecuteOutcome, EngineError> {
-        if !self.node.is_held() {
+        if self.node.is_lost() {
             return Err(EngineError::NodeLost);
         }
         let new = self.validate(&req)?;

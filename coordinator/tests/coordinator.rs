@@ -85,13 +85,7 @@ async fn one_rejected_try_cancels_every_branch_including_a_try_that_had_not_arri
     }
     assert!(!d.applied(r.gid, "b2", Op::Try));
     // The timeline shows every call made, the abandoned Try included.
-    let detail: serde_json::Value =
-        reqwest::get(format!("{}/api/v1/transactions/{}", c.http_url, r.gid))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let detail = c.detail(r.gid).await;
     let calls = |i: usize| -> Vec<(String, String)> {
         detail["branches"][i]["timeline"]
             .as_array()
@@ -168,13 +162,7 @@ async fn a_confirm_failing_transiently_n_times_succeeds_with_n_plus_one_attempts
     assert_eq!(t.status(), pb::Status::Succeeded);
     assert_eq!(b.calls_of(r.gid, Op::Confirm).len(), N + 1);
     // The same in the HTTP timeline.
-    let detail: serde_json::Value =
-        reqwest::get(format!("{}/api/v1/transactions/{}", c.http_url, r.gid))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let detail = c.detail(r.gid).await;
     let timeline = detail["branches"][1]["timeline"].as_array().unwrap();
     let confirms: Vec<_> = timeline.iter().filter(|a| a["op"] == "confirm").collect();
     assert_eq!(confirms.len(), N + 1, "{detail}");
@@ -691,13 +679,7 @@ async fn a_saga_whose_steps_outlast_the_lease_is_driven_once_by_one_claim(db: Te
         "each step sent once: no second drive took over"
     );
     // One drive: the timeline's calls never overlap in time.
-    let detail: serde_json::Value =
-        reqwest::get(format!("{}/api/v1/transactions/{}", c.http_url, r.gid))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+    let detail = c.detail(r.gid).await;
     let mut spans: Vec<(f64, f64)> = detail["branches"]
         .as_array()
         .unwrap()

@@ -186,7 +186,7 @@ impl Api {
                 })
             })
             .await?;
-        if !order_ids.node.is_held() {
+        if order_ids.node.is_lost() {
             return Err(Problem::unavailable(
                 "order ids cannot be made right now: this instance lost its node id lease",
             ));

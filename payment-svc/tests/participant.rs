@@ -50,6 +50,26 @@ async fn balance(p: &ParticipantProcess, id: &str) -> (i64, i64) {
     )
 }
 
+/// Sets an account's available balance straight in the database (a thousand top-ups otherwise),
+/// recording `deposited` as the deposit that brought the difference in.
+async fn set_available(ledger: &store::Db, account: &str, available: i64, deposited: i64) {
+    let mut w = ledger.begin().await.unwrap();
+    sqlx::query("UPDATE accounts SET available = $1 WHERE id = $2")
+        .bind(available)
+        .bind(account)
+        .execute(&mut *w)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO deposits (id, account_id, amount, created_at) VALUES ($1, $2, $3, 0)")
+        .bind(store::random_id())
+        .bind(account)
+        .bind(deposited)
+        .execute(&mut *w)
+        .await
+        .unwrap();
+    w.commit().await.unwrap();
+}
+
 async fn assert_consistent(p: &ParticipantProcess) -> serde_json::Value {
     let audit = p.admin_get("/admin/audit").await;
     assert_eq!(audit["consistent"], json!(true), "audit: {audit}");
@@ -363,21 +383,8 @@ async fn a_credit_that_would_pass_the_largest_balance_is_refused_at_its_try_and_
     let ledger = store::Db::connect(&store::DbConfig::new(db.url()))
         .await
         .unwrap();
-    let mut w = ledger.begin().await.unwrap();
-    sqlx::query("UPDATE accounts SET available = $1 WHERE id = 'merchant'")
-        .bind(max - 15)
-        .execute(&mut *w)
-        .await
-        .unwrap();
     // The merchant was seeded with nothing: the money it now has came in as a deposit.
-    sqlx::query(
-        "INSERT INTO deposits (id, account_id, amount, created_at) VALUES (1, 'merchant', $1, 0)",
-    )
-    .bind(max - 15)
-    .execute(&mut *w)
-    .await
-    .unwrap();
-    w.commit().await.unwrap();
+    set_available(&ledger, "merchant", max - 15, max - 15).await;
     assert_consistent(&p).await;
     let ten = charge("alice", 10);
     let ok = p.call(1, "pay", Op::Try, &ten).await.unwrap();
@@ -432,20 +439,7 @@ async fn a_compensate_returns_the_money_even_when_the_buyer_topped_up_to_the_lar
     let ledger = store::Db::connect(&store::DbConfig::new(db.url()))
         .await
         .unwrap();
-    let mut w = ledger.begin().await.unwrap();
-    sqlx::query("UPDATE accounts SET available = $1 WHERE id = 'alice'")
-        .bind(max)
-        .execute(&mut *w)
-        .await
-        .unwrap();
-    sqlx::query(
-        "INSERT INTO deposits (id, account_id, amount, created_at) VALUES (2, 'alice', $1, 0)",
-    )
-    .bind(max - 990)
-    .execute(&mut *w)
-    .await
-    .unwrap();
-    w.commit().await.unwrap();
+    set_available(&ledger, "alice", max, max - 990).await;
     // The undo must not fail for ever: the money goes back, a little past the bound.
     let r = p.call(9, "pay", Op::Compensate, &debit).await.unwrap();
     assert_eq!(r.outcome(), Outcome::Success, "{r:?}");

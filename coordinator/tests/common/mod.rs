@@ -109,6 +109,16 @@ impl Coord {
             .into_inner()
     }
 
+    /// The transaction as the HTTP API shows it (with every branch's timeline).
+    pub async fn detail(&self, gid: u64) -> serde_json::Value {
+        reqwest::get(format!("{}/api/v1/transactions/{gid}", self.http_url))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub async fn wait_terminal(&self, gid: u64, timeout: Duration) -> pb::GlobalTransaction {
         let deadline = std::time::Instant::now() + timeout;
         loop {

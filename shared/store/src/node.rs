@@ -127,10 +127,19 @@ impl NodeLease {
         self.node
     }
 
-    /// Whether this instance still holds its node id (renewed within `stale`).
+    /// Whether this instance certainly still holds its node id: renewed within `stale`, so no
+    /// other instance can have taken it. A busy instance whose renewals wait in line can fall
+    /// out of this for a moment: use it to decide what can wait (claiming others' work).
     pub fn is_held(&self) -> bool {
         self.held.load(Ordering::Acquire)
             && now_ms() - self.renewed_at.load(Ordering::Acquire) < self.stale.as_millis() as i64
+    }
+
+    /// Whether the lease is gone for good: a renewal found another instance's row, or it was
+    /// given back. Making ids must stop then. (Between a takeover and the renewal that finds it
+    /// both may make ids; the unique keys on stored ids refuse a repeat loudly.)
+    pub fn is_lost(&self) -> bool {
+        !self.held.load(Ordering::Acquire)
     }
 
     /// Renews the lease every `stale / 3` until `stop` resolves, then gives the id back.
