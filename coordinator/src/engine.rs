@@ -260,11 +260,6 @@ impl Engine {
         &self.db
     }
 
-    /// This instance's name in the `owner` column.
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-
     /// Test hook: `COORDINATOR_FAILPOINT=<name>` makes the process SIGKILL itself there, so
     /// crash recovery can be tested at exact points.
     fn failpoint(&self, name: &str) {

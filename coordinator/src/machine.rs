@@ -559,17 +559,6 @@ impl Txn {
             CallResult::Failure { .. } | CallResult::Error(_) => vec![Effect::RetryLater],
         }
     }
-
-    /// Whether a transient failure left work for later (a branch call to repeat).
-    pub fn has_outstanding_work(&self) -> bool {
-        match self.status {
-            Status::Prepared => self.branches.iter().any(|b| b.first != First::Succeeded),
-            Status::Confirming | Status::Cancelling => {
-                self.branches.iter().any(|b| b.second == Second::Pending)
-            }
-            Status::Succeeded | Status::Failed => false,
-        }
-    }
 }
 
 #[cfg(test)]
@@ -614,8 +603,7 @@ mod tests {
         }
     }
 
-    fn errored(branch: usize) -> CallResult {
-        let _ = branch;
+    fn errored() -> CallResult {
         CallResult::Error("deadline exceeded".into())
     }
 
@@ -654,7 +642,7 @@ mod tests {
         assert!(t.step(ok2(1)).is_empty());
         assert_eq!(t.step(ok2(0)), vec![Effect::Persist]);
         assert_eq!(t.status, Status::Succeeded);
-        assert!(!t.has_outstanding_work());
+        assert!(t.branches.iter().all(|b| b.second == Second::Done));
     }
 
     #[test]
@@ -685,7 +673,7 @@ mod tests {
         t.step(Event::Resume);
         let effects = t.step(Event::First {
             branch: 0,
-            result: errored(0),
+            result: errored(),
         });
         assert_eq!(t.status, Status::Cancelling);
         assert_eq!(calls(&effects), vec![(0, Op::Cancel), (1, Op::Cancel)]);
@@ -713,12 +701,12 @@ mod tests {
         assert_eq!(
             t.step(Event::Second {
                 branch: 1,
-                result: errored(1)
+                result: errored()
             }),
             vec![Effect::RetryLater]
         );
         assert_eq!(t.status, Status::Confirming);
-        assert!(t.has_outstanding_work());
+        assert_eq!(t.branches[1].second, Second::Pending, "still to confirm");
         assert_eq!(
             calls(&t.step(Event::Resume)),
             vec![(1, Op::Confirm), (2, Op::Confirm)]
@@ -834,7 +822,7 @@ mod tests {
         assert_eq!(
             t.step(Event::First {
                 branch: 0,
-                result: errored(0)
+                result: errored()
             }),
             vec![Effect::RetryLater]
         );

@@ -6,8 +6,8 @@
 //! barrier in one local transaction with a `reservations` row, and items only enter through
 //! recorded restocks, so `available + reserved + sold = restocks` per SKU can be audited.
 
+pub mod admin;
 pub mod domain;
-pub mod http;
 pub mod stock;
 
 use host::app::Running;
@@ -39,7 +39,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
             purge: config.barrier,
             migrator: &MIGRATOR,
             handler: stock::Stock,
-            routes: std::sync::Arc::new(http::routes),
+            routes: std::sync::Arc::new(admin::routes),
         },
         shutdown,
     )

@@ -5,13 +5,15 @@
 //! rolled-back transaction leaves an order that says so. Saga: the Action inserts it CONFIRMED,
 //! the Compensate cancels it. Every op runs behind the `tcc` barrier.
 //!
-//! The public order API (JWT, idempotency keys, the coordinator call) joins this crate later.
+//! - [`branch`]: the participant (`tcc::Handler`) — orders as branches of global transactions.
+//! - [`api`]: the public order API (JWT in [`auth`], idempotency keys, the coordinator call).
+//! - [`admin`]: the admin API (orders by id, by transaction, the audit's counts).
 
+pub mod admin;
 pub mod api;
 pub mod auth;
-pub mod book;
+pub mod branch;
 pub mod domain;
-pub mod http;
 
 use host::app::Running;
 use host::serve::Shutdown;
@@ -57,10 +59,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
             common: config.participant.common,
             purge: config.participant.barrier,
             migrator: &MIGRATOR,
-            handler: book::Orders,
+            handler: branch::Orders,
             routes: std::sync::Arc::new(move |cfg| {
                 cfg.app_data(authenticator.clone()).app_data(api.clone());
-                http::routes(cfg);
+                admin::routes(cfg);
                 api::routes(cfg);
             }),
         },

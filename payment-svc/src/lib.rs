@@ -9,8 +9,8 @@
 //!
 //! Served over gRPC (`tcc.v1.Participant`) and, for admin and reads, over HTTP.
 
+pub mod admin;
 pub mod domain;
-pub mod http;
 pub mod ledger;
 
 use host::app::Running;
@@ -42,7 +42,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
             purge: config.barrier,
             migrator: &MIGRATOR,
             handler: ledger::Payments,
-            routes: std::sync::Arc::new(http::routes),
+            routes: std::sync::Arc::new(admin::routes),
         },
         shutdown,
     )

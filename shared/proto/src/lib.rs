@@ -39,27 +39,6 @@ impl Op {
             Op::Compensate => "compensate",
         }
     }
-
-    /// Parses [`Op::as_str`].
-    pub fn parse(s: &str) -> Option<Op> {
-        Some(match s {
-            "try" => Op::Try,
-            "confirm" => Op::Confirm,
-            "cancel" => Op::Cancel,
-            "action" => Op::Action,
-            "compensate" => Op::Compensate,
-            _ => return None,
-        })
-    }
-
-    /// Whether this op undoes another (cancel undoes try, compensate undoes action), and which.
-    pub fn undoes(self) -> Option<Op> {
-        match self {
-            Op::Cancel => Some(Op::Try),
-            Op::Compensate => Some(Op::Action),
-            _ => None,
-        }
-    }
 }
 
 impl v1::BranchResponse {
@@ -75,14 +54,6 @@ impl v1::BranchResponse {
         v1::BranchResponse {
             outcome: Outcome::Failure as i32,
             code: code.into(),
-            message: message.into(),
-        }
-    }
-
-    pub fn ongoing(message: impl Into<String>) -> Self {
-        v1::BranchResponse {
-            outcome: Outcome::Ongoing as i32,
-            code: String::new(),
             message: message.into(),
         }
     }
@@ -104,17 +75,6 @@ pub fn is_transient(status: &tonic::Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn op_names_round_trip_and_only_undo_ops_undo_something() {
-        for op in [Op::Try, Op::Confirm, Op::Cancel, Op::Action, Op::Compensate] {
-            assert_eq!(Op::parse(op.as_str()), Some(op));
-        }
-        assert_eq!(Op::parse("TRY"), None);
-        assert_eq!(Op::Cancel.undoes(), Some(Op::Try));
-        assert_eq!(Op::Compensate.undoes(), Some(Op::Action));
-        assert_eq!(Op::Confirm.undoes(), None);
-    }
 
     #[test]
     fn transport_failures_are_transient_and_rejections_are_not() {

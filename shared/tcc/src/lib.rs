@@ -43,8 +43,6 @@ pub enum Op {
 }
 
 impl Op {
-    pub const ALL: [Op; 5] = [Op::Try, Op::Confirm, Op::Cancel, Op::Action, Op::Compensate];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Try => "try",

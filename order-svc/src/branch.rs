@@ -1,4 +1,4 @@
-//! The order branch handler.
+//! The order branch: the `tcc::Handler` that inserts, confirms and cancels orders behind the barrier.
 
 use crate::domain::{NewOrder, OrderStatus};
 use futures::future::BoxFuture;
