@@ -10,7 +10,7 @@ use store::{Db, StoreError};
 /// Mounts the routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        crate::api::admin_routes(web::scope("/admin"))
+        crate::catalog::admin_routes(web::scope("/admin"))
             .wrap(from_fn(host::require_admin))
             .route("/orders", web::get().to(list_orders))
             .route("/orders/{id}", web::get().to(get_order))

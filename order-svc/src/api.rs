@@ -1,24 +1,21 @@
 //! The public order API: `POST /api/v1/orders`, `GET /api/v1/orders/{id}`, `GET /api/v1/orders`.
 //!
-//! Placing an order prices it from the catalog, then asks the coordinator to run one TCC
-//! transaction with three branches: the order itself (this service), the charge (payment-svc)
-//! and the reservation (inventory-svc). It answers once the decision is durable, or `pending`
-//! when the decision takes longer than the wait limit.
+//! Placing an order: the key ([`crate::idempotency`]) — a key seen before is answered from what
+//! it stored; a new one gets an order id, the order is priced and built into one TCC global
+//! transaction ([`crate::checkout`]: the order here, the charge at payment-svc, the reservation
+//! at inventory-svc), stored with the key, then sent. The answer comes once the decision is
+//! durable, or `pending` when it takes longer than the wait limit. The coordinator call carries
+//! the key `order:<order id>`, so a retried call can never start a second transaction, and a
+//! retry resends the stored request byte for byte, whatever the catalog says by then.
 //!
-//! Exactly once per `Idempotency-Key` (per user): the key, the request's hash and the final
-//! response are stored; the same key again returns the stored response, the same key with
-//! another body is a 422, and concurrent requests with one key wait for the first one's answer.
-//! The coordinator call itself carries the key `order:<order id>`, so a retried call can never
-//! start a second transaction; and the coordinator request is built once, stored with the key
-//! before the first call, and resent byte for byte by a retry that takes the key over, so a
-//! price or configuration changed in between can never turn the retry into "a different
-//! request" (it would be refused forever while the first attempt's order stands).
-//!
-//! Order ids are Snowflake ids that resume above the largest order id stored (read at the first
-//! order), so a restart with a clock that stepped back never repeats one; the storage refuses a
-//! repeated order id loudly (a unique index).
+//! Order ids are Snowflake ids whose node id is leased (no live order-svc on this database
+//! shares it) and which resume above the largest order id stored (read at the first order), so
+//! a restart with a clock that stepped back never repeats one; the storage refuses a repeated
+//! order id loudly (a unique index).
 
 use crate::auth::Caller;
+use crate::checkout::{checkout, execute, Checkout};
+use crate::idempotency::{self, Answer, FirstRequest, Replay};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use host::Problem;
@@ -26,7 +23,7 @@ use proto::v1 as pb;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use store::{Db, StoreError};
 use telemetry::grpc::TracePropagation;
 use tokio::sync::OnceCell;
@@ -79,11 +76,11 @@ type CoordinatorClient =
 /// What the handlers share.
 #[derive(Clone)]
 pub struct Api {
-    config: ApiConfig,
+    pub(crate) config: ApiConfig,
     /// Resumed above the largest stored order id at the first order (see [`Api::ids`]).
     ids: std::sync::Arc<OnceCell<OrderIds>>,
-    coordinator: CoordinatorClient,
-    prices: moka::future::Cache<String, Option<(String, i64)>>,
+    pub(crate) coordinator: CoordinatorClient,
+    pub(crate) prices: moka::future::Cache<String, Option<(String, i64)>>,
 }
 
 impl std::fmt::Debug for Api {
@@ -202,16 +199,11 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/orders/{id}", web::get().to(get_order));
 }
 
-/// The catalog admin route (mounted in the admin scope).
-pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
-    scope.route("/catalog/{sku}", web::put().to(put_catalog_item))
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct NewOrderBody {
-    sku: String,
-    quantity: i64,
+pub(crate) struct NewOrderBody {
+    pub(crate) sku: String,
+    pub(crate) quantity: i64,
 }
 
 /// The order as the public API shows it.
@@ -255,36 +247,8 @@ fn request_hash(body: &NewOrderBody) -> String {
     hex::encode(h.finalize())
 }
 
-fn unprocessable(code: &str, detail: impl Into<String>) -> Problem {
+pub(crate) fn unprocessable(code: &str, detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
-}
-
-/// A stored or fresh response: status and JSON body.
-struct Answer {
-    status: u16,
-    body: serde_json::Value,
-}
-
-impl Answer {
-    fn problem(p: &Problem) -> Answer {
-        Answer {
-            status: p.body().status,
-            body: serde_json::to_value(p.body()).unwrap_or_default(),
-        }
-    }
-
-    fn into_response(self, replayed: bool) -> HttpResponse {
-        let mut res = HttpResponse::build(
-            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-        );
-        if self.status >= 400 {
-            res.content_type("application/problem+json");
-        }
-        if replayed {
-            res.insert_header(("Idempotent-Replayed", "true"));
-        }
-        res.json(self.body)
-    }
 }
 
 /// `POST /api/v1/orders` `{"sku": "...", "quantity": n}` with `Idempotency-Key`.
@@ -308,7 +272,7 @@ async fn place_order(
     let user = caller.user_id.as_str();
     // A key seen before is answered from what it stored: no new id, no pricing, so neither a
     // clock behind nor a catalog hiccup stands between a client and its answer.
-    let first = if key_exists(&db, user, &key).await? {
+    let first = if idempotency::key_exists(&db, user, &key).await? {
         None
     } else {
         first_attempt(&api, &db, user, &key, &hash, &body).await?
@@ -316,7 +280,7 @@ async fn place_order(
     let checkout = match first {
         Some(Ok(checkout)) => checkout,
         Some(Err(answer)) => return Ok(answer.into_response(false)),
-        None => match replay(&api, &db, user, &key, &hash).await? {
+        None => match idempotency::replay(&db, user, &key, &hash, patience(&api)).await? {
             Replay::Answered(answer) => return Ok(answer.into_response(true)),
             // The first request with this key was interrupted: resend exactly what it sent
             // (the coordinator call is idempotent on its order id).
@@ -330,23 +294,28 @@ async fn place_order(
                 txn_request: None,
             } => match checkout(&api, &db, user, order_id, &body).await? {
                 Ok(c) => c,
-                Err(answer) => return Ok(answer_key(&db, user, &key, answer).await?),
+                Err(answer) => return Ok(answered(&db, user, &key, answer).await?),
             },
         },
     };
     let answer = execute(&api, checkout).await;
-    Ok(answer_key(&db, user, &key, answer).await?)
+    Ok(answered(&db, user, &key, answer).await?)
 }
 
-async fn key_exists(db: &Db, user: &str, key: &str) -> Result<bool, StoreError> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM order_requests WHERE user_id = $1 AND idempotency_key = $2",
-    )
-    .bind(user)
-    .bind(key)
-    .fetch_optional(db.pool())
-    .await?;
-    Ok(found.is_some())
+/// Saves (or, after a 5xx, releases) the key's answer and sends it.
+async fn answered(
+    db: &Db,
+    user: &str,
+    key: &str,
+    answer: Answer,
+) -> Result<HttpResponse, StoreError> {
+    idempotency::save(db, user, key, &answer).await?;
+    Ok(answer.into_response(false))
+}
+
+/// How long a request waits for another one with its key before it counts as interrupted.
+fn patience(api: &Api) -> Duration {
+    Duration::from_millis(api.config.wait_ms + 2_000)
 }
 
 /// The key's first attempt: a new order id, the order priced and its global transaction built,
@@ -367,292 +336,22 @@ async fn first_attempt(
         .map_err(|e| Problem::unavailable(e.to_string()))?
         .as_i64();
     let planned = checkout(api, db, user, order_id, body).await?;
-    let (txn_request, early_answer) = match &planned {
-        Ok(c) => (Some(prost::Message::encode_to_vec(&c.request)), None),
-        Err(answer) => (None, Some(answer)),
-    };
-    let now = store::now_ms();
-    // Writes go through the database's writer queue (SQLite admits one writer at a time).
-    let mut writer = db.begin().await?;
-    // Only the key may conflict: a repeated order id is a unique violation, loudly.
-    let fresh = sqlx::query(
-        "INSERT INTO order_requests (user_id, idempotency_key, request_hash, order_id, response_status, response_body, \
-         txn_request, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
-         ON CONFLICT (user_id, idempotency_key) DO NOTHING",
+    let fresh = idempotency::begin(
+        db,
+        FirstRequest {
+            user,
+            key,
+            hash,
+            order_id,
+            txn_request: planned
+                .as_ref()
+                .ok()
+                .map(|c| prost::Message::encode_to_vec(&c.request)),
+            answer: planned.as_ref().err(),
+        },
     )
-    .bind(user)
-    .bind(key)
-    .bind(hash)
-    .bind(order_id)
-    .bind(early_answer.map(|a| i64::from(a.status)))
-    .bind(early_answer.map(|a| a.body.to_string()))
-    .bind(txn_request)
-    .bind(now)
-    .execute(&mut *writer)
-    .await
-    .map_err(StoreError::from)?
-    .rows_affected()
-        == 1;
-    writer.commit().await.map_err(StoreError::from)?;
-    Ok(fresh.then_some(planned))
-}
-
-/// Stores `answer` as the key's response and returns it, or, for a 5xx ("we do not know yet":
-/// the coordinator did not answer, a database hiccup), releases the key instead: the order may
-/// still be placed, and a retry with the key takes over at once and learns the truth.
-async fn answer_key(
-    db: &Db,
-    user: &str,
-    key: &str,
-    answer: Answer,
-) -> Result<HttpResponse, StoreError> {
-    let transient = answer.status >= 500;
-    let mut writer = db.begin().await?;
-    sqlx::query(
-        "UPDATE order_requests SET response_status = $1, response_body = $2, updated_at = $3 \
-         WHERE user_id = $4 AND idempotency_key = $5",
-    )
-    .bind((!transient).then_some(i64::from(answer.status)))
-    .bind((!transient).then(|| answer.body.to_string()))
-    .bind(if transient { RELEASED } else { store::now_ms() })
-    .bind(user)
-    .bind(key)
-    .execute(&mut *writer)
     .await?;
-    writer.commit().await?;
-    Ok(answer.into_response(false))
-}
-
-/// `updated_at` of a request whose attempt ended without an answer: the next request with its
-/// key takes over immediately instead of waiting for it to look abandoned.
-const RELEASED: i64 = 0;
-
-enum Replay {
-    Answered(Answer),
-    TakeOver {
-        order_id: i64,
-        txn_request: Option<Vec<u8>>,
-    },
-}
-
-/// The same key again: the stored answer, a conflict, or (after waiting for a request in
-/// progress) a take-over of an interrupted one.
-async fn replay(api: &Api, db: &Db, user: &str, key: &str, hash: &str) -> Result<Replay, Problem> {
-    let patience = Duration::from_millis(api.config.wait_ms + 2_000);
-    let started = Instant::now();
-    loop {
-        type Row = (
-            String,
-            i64,
-            Option<i64>,
-            Option<String>,
-            i64,
-            Option<Vec<u8>>,
-        );
-        let row: Option<Row> = sqlx::query_as(
-            "SELECT request_hash, order_id, response_status, response_body, updated_at, txn_request FROM order_requests \
-             WHERE user_id = $1 AND idempotency_key = $2",
-        )
-        .bind(user)
-        .bind(key)
-        .fetch_optional(db.pool())
-        .await
-        .map_err(StoreError::from)?;
-        let Some((stored_hash, order_id, status, body, updated_at, txn_request)) = row else {
-            return Err(Problem::internal("the idempotency record vanished"));
-        };
-        if stored_hash != hash {
-            return Err(unprocessable(
-                "idempotency_key_reused",
-                "this Idempotency-Key was already used with a different request body",
-            ));
-        }
-        if let (Some(status), Some(body)) = (status, body) {
-            return Ok(Replay::Answered(Answer {
-                status: status as u16,
-                body: serde_json::from_str(&body).unwrap_or_default(),
-            }));
-        }
-        let idle = store::now_ms() - updated_at;
-        if idle > patience.as_millis() as i64 {
-            return Ok(Replay::TakeOver {
-                order_id,
-                txn_request,
-            });
-        }
-        if started.elapsed() > patience {
-            return Err(Problem::conflict(
-                "in_progress",
-                "a request with this Idempotency-Key is still in progress",
-            ));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn price_of(api: &Api, db: &Db, sku: &str) -> Result<Option<(String, i64)>, StoreError> {
-    if let Some(hit) = api.prices.get(sku).await {
-        return Ok(hit);
-    }
-    let row: Option<(String, i64)> =
-        sqlx::query_as("SELECT name, price FROM catalog WHERE sku = $1")
-            .bind(sku)
-            .fetch_optional(db.pool())
-            .await?;
-    api.prices.insert(sku.to_owned(), row.clone()).await;
-    Ok(row)
-}
-
-/// The order API's reason code for a rolled-back order: the participant's own code when one
-/// refused (`insufficient_funds`, `out_of_stock`, …), `unavailable` when one did not answer,
-/// `timeout` past the deadline.
-fn reason_code(rollback: Option<&pb::Rollback>) -> String {
-    use pb::rollback::Kind;
-    match rollback.and_then(|r| r.kind.as_ref()) {
-        Some(Kind::Rejected(r)) => r.code.clone(),
-        Some(Kind::Errored(_)) => "unavailable".into(),
-        Some(Kind::Deadline(_)) => "timeout".into(),
-        Some(Kind::Described(_)) | None => "cancelled".into(),
-    }
-}
-
-/// One order's global transaction, as built for its first attempt (and stored with its key).
-struct Checkout {
-    request: pb::ExecuteRequest,
-    /// The order branch's payload: what the answer shows.
-    order: proto::pay::v1::OrderBranch,
-}
-
-impl Checkout {
-    /// A stored request, as a retry resends it.
-    fn decode(bytes: &[u8]) -> Result<Checkout, Problem> {
-        let corrupt = || Problem::internal("the stored order request cannot be read");
-        let request: pb::ExecuteRequest = prost::Message::decode(bytes).map_err(|e| {
-            tracing::error!(error = %e, "stored txn_request does not decode");
-            corrupt()
-        })?;
-        let order = request
-            .branches
-            .iter()
-            .find(|b| b.branch_id == ORDER_BRANCH)
-            .and_then(|b| prost::Message::decode(b.payload.as_slice()).ok())
-            .ok_or_else(corrupt)?;
-        Ok(Checkout { request, order })
-    }
-}
-
-const ORDER_BRANCH: &str = "order";
-
-/// Prices the order and builds its global transaction: `Ok(Err(answer))` for a client error
-/// (the key's answer), `Err` when the catalog cannot be read now.
-async fn checkout(
-    api: &Api,
-    db: &Db,
-    user: &str,
-    order_id: i64,
-    body: &NewOrderBody,
-) -> Result<Result<Checkout, Answer>, Problem> {
-    let Some((_name, price)) = price_of(api, db, &body.sku).await? else {
-        return Ok(Err(Answer::problem(&unprocessable(
-            "unknown_sku",
-            format!("no product {:?} in the catalog", body.sku),
-        ))));
-    };
-    let Some(amount) = price
-        .checked_mul(body.quantity)
-        .filter(|a| *a <= tcc::check::MAX_UNITS)
-    else {
-        return Ok(Err(Answer::problem(&unprocessable(
-            "amount_too_large",
-            "the order's amount is too large",
-        ))));
-    };
-    let order = proto::pay::v1::OrderBranch {
-        order_id: order_id as u64,
-        user_id: user.to_owned(),
-        sku: body.sku.clone(),
-        quantity: body.quantity,
-        amount,
-    };
-    let payment_payload = prost::Message::encode_to_vec(&proto::pay::v1::PaymentBranch {
-        account_id: user.to_owned(),
-        amount,
-        merchant_id: api.config.merchant_id.clone(),
-    });
-    let inventory_payload = prost::Message::encode_to_vec(&proto::pay::v1::InventoryBranch {
-        sku: body.sku.clone(),
-        quantity: body.quantity,
-    });
-    let branch = |id: &str, url: &str, payload: Vec<u8>| pb::BranchSpec {
-        branch_id: id.into(),
-        participant: url.into(),
-        payload,
-        depends_on: vec![],
-    };
-    let request = pb::ExecuteRequest {
-        mode: pb::Mode::Tcc as i32,
-        idempotency_key: format!("order:{order_id}"),
-        branches: vec![
-            branch(
-                ORDER_BRANCH,
-                &api.config.order_url,
-                prost::Message::encode_to_vec(&order),
-            ),
-            branch("payment", &api.config.payment_url, payment_payload),
-            branch("inventory", &api.config.inventory_url, inventory_payload),
-        ],
-        timeout_ms: api.config.transaction_timeout_ms,
-        branch_timeout_ms: 0,
-        wait_ms: api.config.wait_ms,
-        concurrent: false,
-    };
-    Ok(Ok(Checkout { request, order }))
-}
-
-/// Sends the order's global transaction (as built by [`checkout`]) and answers with its outcome.
-async fn execute(api: &Api, checkout: Checkout) -> Answer {
-    let Checkout { mut request, order } = checkout;
-    let order_id = order.order_id;
-    // How long to wait is this attempt's business, not part of the request's identity.
-    request.wait_ms = api.config.wait_ms;
-    let outcome = match api.coordinator.clone().execute(request).await {
-        Ok(r) => r.into_inner(),
-        Err(status) if !proto::is_transient(&status) => {
-            // The coordinator refused a request this service built: a bug, not the client's.
-            tracing::error!(order_id, error = %status, "the coordinator refused the transaction");
-            return Answer::problem(&Problem::internal(format!(
-                "the coordinator refused the order: {}",
-                status.message()
-            )));
-        }
-        Err(status) => {
-            tracing::warn!(order_id, error = %status, "the coordinator did not answer");
-            return Answer::problem(&Problem::unavailable(format!(
-                "the order could not be placed right now ({}); retry with the same Idempotency-Key",
-                status.message()
-            )));
-        }
-    };
-    let (status, reason) = match outcome.status() {
-        pb::Status::Confirming | pb::Status::Succeeded => ("confirmed", None),
-        pb::Status::Cancelling | pb::Status::Failed => {
-            ("cancelled", Some(reason_code(outcome.rollback.as_ref())))
-        }
-        _ => ("pending", None),
-    };
-    let view = OrderView {
-        order_id: order_id.to_string(),
-        gid: Some(outcome.gid.to_string()),
-        status: status.into(),
-        reason,
-        sku: order.sku,
-        quantity: order.quantity,
-        amount: order.amount,
-    };
-    Answer {
-        status: 201,
-        body: serde_json::to_value(view).unwrap_or_default(),
-    }
+    Ok(fresh.then_some(planned))
 }
 
 #[derive(Debug, sqlx::FromRow)]
@@ -751,68 +450,9 @@ async fn list_orders(
     Ok(HttpResponse::Ok().json(json!({ "orders": orders, "next_after": next })))
 }
 
-#[derive(Debug, Deserialize)]
-struct CatalogItem {
-    name: String,
-    price: i64,
-}
-
-/// `PUT /admin/catalog/{sku}` `{"name": "...", "price": n}`.
-async fn put_catalog_item(
-    api: web::Data<Api>,
-    db: web::Data<Db>,
-    sku: web::Path<String>,
-    body: web::Json<CatalogItem>,
-) -> Result<HttpResponse, Problem> {
-    tcc::check::id("sku", &sku).map_err(|r| Problem::bad_request(r.message))?;
-    tcc::check::units("price", body.price).map_err(|r| Problem::bad_request(r.message))?;
-    if body.name.trim().is_empty() || body.name.len() > 200 {
-        return Err(Problem::bad_request("name must be 1 to 200 characters"));
-    }
-    let mut writer = db.begin().await?;
-    sqlx::query(
-        "INSERT INTO catalog (sku, name, price, updated_at) VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (sku) DO UPDATE SET name = excluded.name, price = excluded.price, updated_at = excluded.updated_at",
-    )
-    .bind(sku.as_str())
-    .bind(body.name.trim())
-    .bind(body.price)
-    .bind(store::now_ms())
-    .execute(&mut *writer)
-    .await
-    .map_err(StoreError::from)?;
-    writer.commit().await.map_err(StoreError::from)?;
-    api.prices.invalidate(sku.as_str()).await;
-    Ok(HttpResponse::Ok()
-        .json(json!({ "sku": sku.as_str(), "name": body.name.trim(), "price": body.price })))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn typed_rollbacks_become_the_order_apis_reason_codes() {
-        use pb::rollback::Kind;
-        let of = |kind: Kind| reason_code(Some(&pb::Rollback { kind: Some(kind) }));
-        assert_eq!(
-            of(Kind::Rejected(pb::Rejected {
-                branch_id: "payment".into(),
-                code: "insufficient_funds".into(),
-                message: "short".into(),
-            })),
-            "insufficient_funds"
-        );
-        assert_eq!(
-            of(Kind::Errored(pb::Errored {
-                branch_id: "payment".into(),
-                error: "Unavailable".into(),
-            })),
-            "unavailable"
-        );
-        assert_eq!(of(Kind::Deadline(pb::DeadlinePassed {})), "timeout");
-        assert_eq!(reason_code(None), "cancelled");
-    }
 
     #[test]
     fn the_request_hash_depends_on_sku_and_quantity() {

@@ -6,14 +6,18 @@
 //! the Compensate cancels it. Every op runs behind the `tcc` barrier.
 //!
 //! - [`branch`]: the participant (`tcc::Handler`) — orders as branches of global transactions.
-//! - [`api`]: the public order API (JWT in [`auth`], idempotency keys, the coordinator call).
+//! - [`api`]: the public order API (JWT in [`auth`]): thin handlers over `idempotency` (exactly
+//!   once per key), `checkout` (pricing and the global transaction) and `catalog`.
 //! - [`admin`]: the admin API (orders by id, by transaction, the audit's counts).
 
 pub mod admin;
 pub mod api;
 pub mod auth;
 pub mod branch;
+mod catalog;
+mod checkout;
 pub mod domain;
+mod idempotency;
 
 use host::app::Running;
 use host::serve::Shutdown;
