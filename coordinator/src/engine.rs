@@ -14,21 +14,19 @@
 //! renews it before sending calls that could outlive it; this process never claims a
 //! transaction it is still driving.
 
-use crate::log::{self, Attempt, Checkpoint, NewBranch, NewTxn, Stored};
-use crate::machine::{CallResult, Effect, Event, Mode, Op, Rollback, Status, Txn};
+use crate::log::{self, Attempt, Checkpoint, NewTxn, Stored};
+use crate::machine::{CallResult, Effect, Event, Op, Rollback, Status, Txn};
 use crate::metrics::CoordinatorMetrics;
+use crate::participants;
+use crate::request;
+pub use crate::request::{BranchRequest, ExecuteRequest};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
-use proto::v1::participant_client::ParticipantClient;
-use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{Db, StoreError};
-use telemetry::grpc::TracePropagation;
 use tokio::sync::watch;
-use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 /// Limits and timings of the engine.
@@ -74,27 +72,6 @@ impl Default for EngineConfig {
     }
 }
 
-/// A branch as a client asks for it.
-#[derive(Debug, Clone)]
-pub struct BranchRequest {
-    pub branch_id: String,
-    pub participant: String,
-    pub payload: Vec<u8>,
-    pub depends_on: Vec<String>,
-}
-
-/// A global transaction as a client asks for it.
-#[derive(Debug, Clone)]
-pub struct ExecuteRequest {
-    pub mode: Option<Mode>,
-    pub idempotency_key: String,
-    pub branches: Vec<BranchRequest>,
-    pub timeout: Option<Duration>,
-    pub branch_timeout: Option<Duration>,
-    pub wait: Duration,
-    pub concurrent: bool,
-}
-
 /// What Execute answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecuteOutcome {
@@ -129,57 +106,6 @@ pub enum EngineError {
 /// What an Execute waiting for its transaction learns: the status and, if rolled back, why.
 type Decision = (Status, Option<Rollback>);
 
-type Client = ParticipantClient<InterceptedService<Channel, TracePropagation>>;
-
-/// One reused channel per participant address.
-#[derive(Debug, Default)]
-struct Clients {
-    map: RwLock<HashMap<String, Client>>,
-}
-
-impl Clients {
-    fn get(&self, addr: &str) -> Result<Client, String> {
-        if let Some(c) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(addr) {
-            return Ok(c.clone());
-        }
-        let channel = endpoint(addr)?.connect_lazy();
-        let client = ParticipantClient::with_interceptor(channel, TracePropagation);
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addr.to_owned(), client.clone());
-        Ok(client)
-    }
-
-    /// Drops the cached channel to `addr`, so the next call connects afresh.
-    fn forget(&self, addr: &str) {
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(addr);
-    }
-}
-
-/// A participant endpoint with connect timeout and HTTP/2 keepalive.
-pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
-    if !(addr.starts_with("http://") || addr.starts_with("https://")) {
-        return Err(format!(
-            "participant {addr:?} must be an http:// or https:// URL"
-        ));
-    }
-    let endpoint =
-        Endpoint::from_shared(addr.to_owned()).map_err(|e| format!("participant {addr:?}: {e}"))?;
-    if endpoint.uri().host().is_none_or(str::is_empty) {
-        return Err(format!("participant {addr:?} has no host"));
-    }
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true))
-}
-
 /// The transaction manager.
 pub struct Engine {
     db: Db,
@@ -188,7 +114,7 @@ pub struct Engine {
     node: store::node::NodeLease,
     config: EngineConfig,
     owner: String,
-    clients: Arc<Clients>,
+    clients: Arc<participants::Clients>,
     waiters: Mutex<HashMap<i64, watch::Sender<Decision>>>,
     /// The transactions this process is driving right now.
     driving: Arc<Mutex<HashSet<i64>>>,
@@ -278,7 +204,7 @@ impl Engine {
         if self.node.is_lost() {
             return Err(EngineError::NodeLost);
         }
-        let new = self.validate(&req)?;
+        let new = request::validate(&self.config, &self.ids, &req)?;
         let wait = req.wait.min(self.config.max_wait);
         if let Some(key) = &new.idempotency_key {
             if let Some((gid, hash)) = self.keys.get(key).await {
@@ -341,7 +267,8 @@ impl Engine {
         wait: Duration,
     ) -> Result<ExecuteOutcome, EngineError> {
         let same = hash == new.request_hash
-            || (!hash.starts_with(HASH_VERSION) && hash == self.legacy_request_hash(req, new));
+            || (!hash.starts_with(request::HASH_VERSION)
+                && hash == request::legacy_request_hash(&self.config, req, new));
         if !same {
             return Err(EngineError::KeyReused(
                 new.idempotency_key.clone().unwrap_or_default(),
@@ -394,109 +321,6 @@ impl Engine {
 
     fn lease_ms(&self) -> i64 {
         self.config.lease.as_millis() as i64
-    }
-
-    fn validate(&self, req: &ExecuteRequest) -> Result<NewTxn, EngineError> {
-        let invalid = |m: String| Err(EngineError::Invalid(m));
-        let Some(mode) = req.mode else {
-            return invalid("mode must be TCC or SAGA".into());
-        };
-        if req.branches.is_empty() {
-            return invalid("a transaction needs at least one branch".into());
-        }
-        if req.branches.len() > self.config.max_branches {
-            return invalid(format!("at most {} branches", self.config.max_branches));
-        }
-        if req.idempotency_key.len() > 200 {
-            return invalid("idempotency_key is longer than 200 bytes".into());
-        }
-        let timeout = req.timeout.unwrap_or(self.config.default_timeout);
-        if timeout > self.config.max_timeout {
-            return invalid(format!(
-                "timeout_ms is above {} ms",
-                self.config.max_timeout.as_millis()
-            ));
-        }
-        // The default never outlives half a claim (see below); an explicit value must not.
-        let branch_timeout = req.branch_timeout.unwrap_or_else(|| {
-            self.config
-                .default_branch_timeout
-                .min(self.config.lease / 2)
-        });
-        if branch_timeout > timeout {
-            return invalid("branch_timeout_ms must not exceed timeout_ms".into());
-        }
-        if branch_timeout * 2 > self.config.lease {
-            // A call must end well within the claim on the transaction, or another instance
-            // could take it over while the call is still running.
-            return invalid(format!(
-                "branch_timeout_ms must be at most half the lease ({} ms)",
-                self.config.lease.as_millis()
-            ));
-        }
-        let mut index: HashMap<&str, usize> = HashMap::new();
-        let mut branches = Vec::with_capacity(req.branches.len());
-        for (i, b) in req.branches.iter().enumerate() {
-            if b.branch_id.is_empty() || b.branch_id.len() > 64 {
-                return invalid(format!("branch {i}: branch_id must be 1 to 64 bytes"));
-            }
-            if index.insert(b.branch_id.as_str(), i).is_some() {
-                return invalid(format!("branch_id {:?} appears twice", b.branch_id));
-            }
-            endpoint(&b.participant)
-                .map_err(|e| EngineError::Invalid(format!("branch {:?}: {e}", b.branch_id)))?;
-            if b.payload.len() > self.config.max_payload_bytes {
-                return invalid(format!(
-                    "branch {:?}: payload of {} bytes is over the limit of {}",
-                    b.branch_id,
-                    b.payload.len(),
-                    self.config.max_payload_bytes
-                ));
-            }
-            if mode == Mode::Tcc && !b.depends_on.is_empty() {
-                return invalid(format!(
-                    "branch {:?}: depends_on is for SAGA only",
-                    b.branch_id
-                ));
-            }
-            let mut deps = Vec::with_capacity(b.depends_on.len());
-            for d in &b.depends_on {
-                match index.get(d.as_str()) {
-                    Some(&j) if j < i => deps.push(j),
-                    _ => {
-                        return invalid(format!(
-                            "branch {:?} depends on {d:?}, which is not an earlier branch",
-                            b.branch_id
-                        ))
-                    }
-                }
-            }
-            branches.push(NewBranch {
-                branch_id: b.branch_id.clone(),
-                participant: b.participant.clone(),
-                payload: b.payload.clone(),
-                depends_on: deps,
-            });
-        }
-        let effective = crate::machine::effective_dependencies(
-            mode,
-            req.concurrent,
-            branches.iter().map(|b| b.depends_on.clone()).collect(),
-        );
-        for (b, deps) in branches.iter_mut().zip(effective) {
-            b.depends_on = deps;
-        }
-        let request_hash = request_hash(mode, req);
-        Ok(NewTxn {
-            gid: self.ids.next_id()?.as_i64(),
-            mode,
-            idempotency_key: Some(req.idempotency_key.clone()).filter(|k| !k.is_empty()),
-            request_hash,
-            concurrent: req.concurrent,
-            branch_timeout_ms: branch_timeout.as_millis() as i64,
-            deadline_at: store::now_ms() + timeout.as_millis() as i64,
-            branches,
-        })
     }
 
     /// Drives one transaction this instance claimed (as read from the log) until nothing is
@@ -651,90 +475,6 @@ impl Engine {
             .await?
             .ok_or(EngineError::NotFound(gid))
     }
-
-    async fn call(
-        &self,
-        stored: &Stored,
-        idx: usize,
-        op: Op,
-    ) -> impl std::future::Future<Output = (usize, CallResult, Attempt)> + Send + 'static {
-        let branch = &stored.branches[idx];
-        let client = self.clients.get(&branch.participant);
-        let (clients, addr) = (self.clients.clone(), branch.participant.clone());
-        let request = proto::v1::BranchRequest {
-            gid: stored.gid as u64,
-            branch_id: branch.branch_id.clone(),
-            op: proto_op(op) as i32,
-            payload: branch.payload.clone(),
-        };
-        let timeout = Duration::from_millis(stored.branch_timeout_ms.max(1) as u64);
-        let owner = self.owner.clone();
-        let metrics = self.metrics.clone();
-        let span = tracing::info_span!("branch", branch = %branch.branch_id, op = op.as_str());
-        async move {
-            let started_at = store::now_ms();
-            let t = Instant::now();
-            let result = match client {
-                Err(e) => CallResult::Error(e),
-                Ok(mut client) => {
-                    let mut req = tonic::Request::new(request);
-                    // The participant learns the deadline; our own timer below fires first, so
-                    // a timeout always reads the same in the timeline.
-                    req.set_timeout(timeout + Duration::from_millis(50));
-                    match tokio::time::timeout(timeout, client.branch(req)).await {
-                        Err(_) => CallResult::Error(format!(
-                            "no answer within {} ms",
-                            timeout.as_millis()
-                        )),
-                        Ok(Err(status)) => {
-                            if status.code() == tonic::Code::Unavailable {
-                                // The transport failed: start the next call from a fresh
-                                // channel rather than trusting this one to reconnect.
-                                clients.forget(&addr);
-                            }
-                            CallResult::Error(format!("{:?}: {}", status.code(), status.message()))
-                        }
-                        Ok(Ok(resp)) => {
-                            let resp = resp.into_inner();
-                            match resp.outcome() {
-                                proto::v1::Outcome::Success => CallResult::Success,
-                                proto::v1::Outcome::Failure => CallResult::Failure {
-                                    code: resp.code,
-                                    message: resp.message,
-                                },
-                                proto::v1::Outcome::Ongoing => {
-                                    CallResult::Error(format!("ongoing: {}", resp.message))
-                                }
-                                proto::v1::Outcome::Unspecified => {
-                                    CallResult::Error("no outcome in the answer".into())
-                                }
-                            }
-                        }
-                    }
-                }
-            };
-            let elapsed = t.elapsed();
-            let (outcome, error) = match &result {
-                CallResult::Success => (log::Outcome::Success, None),
-                CallResult::Failure { code, message } => {
-                    (log::Outcome::Failure, Some(format!("{code}: {message}")))
-                }
-                CallResult::Error(e) => (log::Outcome::Error, Some(e.clone())),
-            };
-            metrics.branch_call(op, outcome.as_str(), elapsed);
-            let attempt = Attempt {
-                idx: idx as i64,
-                op,
-                started_at,
-                duration_us: elapsed.as_micros() as i64,
-                outcome,
-                error,
-                owner,
-            };
-            (idx, result, attempt)
-        }
-        .instrument(span)
-    }
 }
 
 type CallFuture =
@@ -825,8 +565,13 @@ impl Run<'_> {
                     if !self.renew_lease_if_short().await? {
                         return Ok(false);
                     }
-                    let fut: CallFuture =
-                        Box::pin(self.engine.call(&self.stored, branch, op).await);
+                    let fut: CallFuture = Box::pin(self.engine.clients.call(
+                        &self.stored,
+                        branch,
+                        op,
+                        &self.engine.owner,
+                        &self.engine.metrics,
+                    ));
                     if matches!(op, Op::Try | Op::Action) {
                         self.first_in_flight
                             .push((branch, op, store::now_ms(), Instant::now()));
@@ -927,16 +672,6 @@ impl Run<'_> {
     }
 }
 
-fn proto_op(op: Op) -> proto::v1::Op {
-    match op {
-        Op::Try => proto::v1::Op::Try,
-        Op::Confirm => proto::v1::Op::Confirm,
-        Op::Cancel => proto::v1::Op::Cancel,
-        Op::Action => proto::v1::Op::Action,
-        Op::Compensate => proto::v1::Op::Compensate,
-    }
-}
-
 /// A rollback reason with the id of the branch it names.
 fn with_branch_id(r: Rollback, new: &NewTxn) -> (Rollback, Option<String>) {
     let id = r
@@ -944,66 +679,4 @@ fn with_branch_id(r: Rollback, new: &NewTxn) -> (Rollback, Option<String>) {
         .and_then(|i| new.branches.get(i))
         .map(|b| b.branch_id.clone());
     (r, id)
-}
-
-/// Marks hashes made by [`request_hash`]; a stored hash without it was made by the previous
-/// rule ([`Engine::legacy_request_hash`]).
-const HASH_VERSION: &str = "v2:";
-
-/// The hash that tells a replay from another request under the same idempotency key: of what
-/// the caller sent, and nothing this instance adds (its default timeouts, the lease that clamps
-/// them), so a key interrupted by a restart with another configuration still replays.
-fn request_hash(mode: Mode, req: &ExecuteRequest) -> String {
-    let mut h = Sha256::new();
-    let field = |h: &mut Sha256, bytes: &[u8]| {
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
-    };
-    field(&mut h, log::mode_str(mode).as_bytes());
-    h.update([u8::from(req.concurrent)]);
-    for sent in [req.timeout, req.branch_timeout] {
-        // 0: not sent (the instance's default applies).
-        h.update((sent.map_or(0, |d| d.as_millis() as u64)).to_be_bytes());
-    }
-    h.update((req.branches.len() as u64).to_be_bytes());
-    for b in &req.branches {
-        field(&mut h, b.branch_id.as_bytes());
-        field(&mut h, b.participant.as_bytes());
-        field(&mut h, &b.payload);
-        h.update((b.depends_on.len() as u64).to_be_bytes());
-        for d in &b.depends_on {
-            field(&mut h, d.as_bytes());
-        }
-    }
-    format!("{HASH_VERSION}{}", hex::encode(h.finalize()))
-}
-
-impl Engine {
-    /// The hash a key recorded before [`HASH_VERSION`] carries: over the timeouts as this
-    /// instance resolves them, and the branches with their effective dependencies. Keys in
-    /// flight across the upgrade still replay (unless the defaults changed with it).
-    fn legacy_request_hash(&self, req: &ExecuteRequest, new: &NewTxn) -> String {
-        let timeout = req.timeout.unwrap_or(self.config.default_timeout);
-        let branch_timeout = req.branch_timeout.unwrap_or_else(|| {
-            self.config
-                .default_branch_timeout
-                .min(self.config.lease / 2)
-        });
-        let mut h = Sha256::new();
-        h.update(log::mode_str(new.mode).as_bytes());
-        h.update([u8::from(new.concurrent)]);
-        h.update((timeout.as_millis() as u64).to_be_bytes());
-        h.update((branch_timeout.as_millis() as u64).to_be_bytes());
-        for b in &new.branches {
-            for field in [b.branch_id.as_bytes(), b.participant.as_bytes(), &b.payload] {
-                h.update((field.len() as u64).to_be_bytes());
-                h.update(field);
-            }
-            h.update((b.depends_on.len() as u64).to_be_bytes());
-            for d in &b.depends_on {
-                h.update((*d as u64).to_be_bytes());
-            }
-        }
-        hex::encode(h.finalize())
-    }
 }

@@ -4,6 +4,10 @@
 //! - [`machine`]: the state machine, pure: (state, event) → (state, effects).
 //! - [`log`]: the durable log in the coordinator's own database (SQLite or PostgreSQL); every
 //!   status change that authorises a side effect is committed before it, fenced by ownership.
+//! - [`request`]: what a client asks for, validated before anything is stored, and the hash
+//!   that tells an idempotent replay from another request.
+//! - [`participants`]: one reused gRPC channel per participant, and one branch call with its
+//!   timeout and its attempt for the timeline.
 //! - [`engine`]: executes the effects — branch calls over reused gRPC channels with per-call
 //!   timeouts — persists decisions, retries with persisted backoff, and recovers due
 //!   transactions by claiming them with a conditional update of owner and lease, so several
@@ -16,6 +20,8 @@ pub mod http;
 pub mod log;
 pub mod machine;
 pub mod metrics;
+pub mod participants;
+pub mod request;
 
 use host::app::{Running, ServiceParts, StartError};
 use host::serve::Shutdown;

@@ -1,0 +1,164 @@
+//! The participants as the coordinator reaches them: one reused gRPC channel per address, and
+//! one branch call with its own timeout, answered as a [`CallResult`] plus the [`Attempt`] the
+//! timeline records.
+
+use crate::log::{self, Attempt, Stored};
+use crate::machine::{CallResult, Op};
+use crate::metrics::CoordinatorMetrics;
+use proto::v1::participant_client::ParticipantClient;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use telemetry::grpc::TracePropagation;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tracing::Instrument;
+
+type Client = ParticipantClient<InterceptedService<Channel, TracePropagation>>;
+
+/// One reused channel per participant address.
+#[derive(Debug, Default)]
+pub struct Clients {
+    map: RwLock<HashMap<String, Client>>,
+}
+
+impl Clients {
+    fn get(&self, addr: &str) -> Result<Client, String> {
+        if let Some(c) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(addr) {
+            return Ok(c.clone());
+        }
+        let channel = endpoint(addr)?.connect_lazy();
+        let client = ParticipantClient::with_interceptor(channel, TracePropagation);
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(addr.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// Drops the cached channel to `addr`, so the next call connects afresh.
+    fn forget(&self, addr: &str) {
+        self.map
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(addr);
+    }
+
+    /// Calls `op` on branch `idx` of `stored`, with the branch timeout; the future answers
+    /// with the result and the attempt for the timeline (made by `owner`).
+    pub fn call(
+        self: &Arc<Self>,
+        stored: &Stored,
+        idx: usize,
+        op: Op,
+        owner: &str,
+        metrics: &CoordinatorMetrics,
+    ) -> impl std::future::Future<Output = (usize, CallResult, Attempt)> + Send + 'static {
+        let branch = &stored.branches[idx];
+        let client = self.get(&branch.participant);
+        let (clients, addr) = (self.clone(), branch.participant.clone());
+        let request = proto::v1::BranchRequest {
+            gid: stored.gid as u64,
+            branch_id: branch.branch_id.clone(),
+            op: proto_op(op) as i32,
+            payload: branch.payload.clone(),
+        };
+        let timeout = Duration::from_millis(stored.branch_timeout_ms.max(1) as u64);
+        let owner = owner.to_owned();
+        let metrics = metrics.clone();
+        let span = tracing::info_span!("branch", branch = %branch.branch_id, op = op.as_str());
+        async move {
+            let started_at = store::now_ms();
+            let t = Instant::now();
+            let result = match client {
+                Err(e) => CallResult::Error(e),
+                Ok(mut client) => {
+                    let mut req = tonic::Request::new(request);
+                    // The participant learns the deadline; our own timer below fires first, so
+                    // a timeout always reads the same in the timeline.
+                    req.set_timeout(timeout + Duration::from_millis(50));
+                    match tokio::time::timeout(timeout, client.branch(req)).await {
+                        Err(_) => CallResult::Error(format!(
+                            "no answer within {} ms",
+                            timeout.as_millis()
+                        )),
+                        Ok(Err(status)) => {
+                            if status.code() == tonic::Code::Unavailable {
+                                // The transport failed: start the next call from a fresh
+                                // channel rather than trusting this one to reconnect.
+                                clients.forget(&addr);
+                            }
+                            CallResult::Error(format!("{:?}: {}", status.code(), status.message()))
+                        }
+                        Ok(Ok(resp)) => {
+                            let resp = resp.into_inner();
+                            match resp.outcome() {
+                                proto::v1::Outcome::Success => CallResult::Success,
+                                proto::v1::Outcome::Failure => CallResult::Failure {
+                                    code: resp.code,
+                                    message: resp.message,
+                                },
+                                proto::v1::Outcome::Ongoing => {
+                                    CallResult::Error(format!("ongoing: {}", resp.message))
+                                }
+                                proto::v1::Outcome::Unspecified => {
+                                    CallResult::Error("no outcome in the answer".into())
+                                }
+                            }
+                        }
+                    }
+                }
+            };
+            let elapsed = t.elapsed();
+            let (outcome, error) = match &result {
+                CallResult::Success => (log::Outcome::Success, None),
+                CallResult::Failure { code, message } => {
+                    (log::Outcome::Failure, Some(format!("{code}: {message}")))
+                }
+                CallResult::Error(e) => (log::Outcome::Error, Some(e.clone())),
+            };
+            metrics.branch_call(op, outcome.as_str(), elapsed);
+            let attempt = Attempt {
+                idx: idx as i64,
+                op,
+                started_at,
+                duration_us: elapsed.as_micros() as i64,
+                outcome,
+                error,
+                owner,
+            };
+            (idx, result, attempt)
+        }
+        .instrument(span)
+    }
+}
+
+/// A participant endpoint with connect timeout and HTTP/2 keepalive.
+pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
+    if !(addr.starts_with("http://") || addr.starts_with("https://")) {
+        return Err(format!(
+            "participant {addr:?} must be an http:// or https:// URL"
+        ));
+    }
+    let endpoint =
+        Endpoint::from_shared(addr.to_owned()).map_err(|e| format!("participant {addr:?}: {e}"))?;
+    if endpoint.uri().host().is_none_or(str::is_empty) {
+        return Err(format!("participant {addr:?} has no host"));
+    }
+    Ok(endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true))
+}
+
+fn proto_op(op: Op) -> proto::v1::Op {
+    match op {
+        Op::Try => proto::v1::Op::Try,
+        Op::Confirm => proto::v1::Op::Confirm,
+        Op::Cancel => proto::v1::Op::Cancel,
+        Op::Action => proto::v1::Op::Action,
+        Op::Compensate => proto::v1::Op::Compensate,
+    }
+}
