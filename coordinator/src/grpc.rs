@@ -2,7 +2,8 @@
 
 use crate::engine::{BranchRequest, Engine, EngineError, ExecuteRequest};
 use crate::log;
-use crate::machine::{First, Mode, Rollback, Second, Status};
+use crate::machine::{Mode, Status};
+use crate::view::{self, rollback_to_pb, status_to_pb};
 use proto::v1 as pb;
 use std::sync::Arc;
 use std::time::Duration;
@@ -40,16 +41,6 @@ impl From<EngineError> for GrpcStatus {
     }
 }
 
-pub fn status_to_pb(s: Status) -> pb::Status {
-    match s {
-        Status::Prepared => pb::Status::Prepared,
-        Status::Confirming => pb::Status::Confirming,
-        Status::Cancelling => pb::Status::Cancelling,
-        Status::Succeeded => pb::Status::Succeeded,
-        Status::Failed => pb::Status::Failed,
-    }
-}
-
 fn status_from_pb(s: i32) -> Result<Option<Status>, GrpcStatus> {
     Ok(
         match pb::Status::try_from(s)
@@ -65,119 +56,11 @@ fn status_from_pb(s: i32) -> Result<Option<Status>, GrpcStatus> {
     )
 }
 
-fn op_to_pb(op: &str) -> pb::Op {
-    proto::v1::Op::from_str_name(&format!("OP_{}", op.to_uppercase()))
-        .unwrap_or(pb::Op::Unspecified)
-}
-
 fn gid_of(raw: u64) -> Result<i64, GrpcStatus> {
     i64::try_from(raw)
         .ok()
         .filter(|g| *g > 0)
         .ok_or_else(|| GrpcStatus::invalid_argument("gid must be between 1 and 2^63-1"))
-}
-
-/// A transaction with its branches and timeline, as the API shows it.
-pub async fn transaction(engine: &Engine, gid: i64) -> Result<pb::GlobalTransaction, EngineError> {
-    let stored = log::load(engine.db(), gid)
-        .await?
-        .ok_or(EngineError::NotFound(gid))?;
-    let timeline = log::timeline(engine.db(), gid).await?;
-    let mode = stored.txn.mode;
-    let status = stored.txn.status;
-    let branches = stored
-        .branches
-        .iter()
-        .zip(&stored.txn.branches)
-        .enumerate()
-        .map(|(idx, (b, state))| {
-            let current_op = match (mode, status, state.second) {
-                (Mode::Tcc, _, Second::NotNeeded) => "try",
-                (Mode::Tcc, Status::Confirming | Status::Succeeded, _) => "confirm",
-                (Mode::Tcc, _, _) => "cancel",
-                (Mode::Saga, _, Second::NotNeeded) => "action",
-                (Mode::Saga, _, _) => "compensate",
-            };
-            let branch_status = match (state.first, state.second) {
-                (_, Second::Done) => "done",
-                (_, Second::Pending) => "pending",
-                (First::Succeeded, _) => "prepared",
-                (f, _) => f.as_str(),
-            };
-            pb::BranchState {
-                branch_id: b.branch_id.clone(),
-                participant: b.participant.clone(),
-                op: op_to_pb(current_op) as i32,
-                status: branch_status.to_owned(),
-                attempts: b.attempts as u32,
-                last_error: b.last_error.clone().unwrap_or_default(),
-                timeline: timeline
-                    .iter()
-                    .filter(|a| a.idx == idx as i64)
-                    .map(|a| pb::Attempt {
-                        op: op_to_pb(a.op.as_str()) as i32,
-                        started_at_ms: a.started_at as u64,
-                        duration_ms: (a.duration_us / 1000) as u64,
-                        outcome: match a.outcome {
-                            log::Outcome::Success => pb::Outcome::Success,
-                            log::Outcome::Failure => pb::Outcome::Failure,
-                            log::Outcome::Error | log::Outcome::Abandoned => {
-                                pb::Outcome::Unspecified
-                            }
-                        } as i32,
-                        error: a.error.clone().unwrap_or_default(),
-                        abandoned: a.outcome == log::Outcome::Abandoned,
-                    })
-                    .collect(),
-            }
-        })
-        .collect();
-    Ok(pb::GlobalTransaction {
-        gid: gid as u64,
-        mode: match mode {
-            Mode::Tcc => pb::Mode::Tcc,
-            Mode::Saga => pb::Mode::Saga,
-        } as i32,
-        status: status_to_pb(status) as i32,
-        idempotency_key: stored.idempotency_key.unwrap_or_default(),
-        created_at_ms: stored.created_at as u64,
-        updated_at_ms: stored.updated_at as u64,
-        deadline_ms: stored.deadline_at as u64,
-        next_attempt_at_ms: stored.next_attempt_at as u64,
-        attempts: stored.attempts as u32,
-        reason: stored
-            .txn
-            .reason
-            .as_ref()
-            .map(ToString::to_string)
-            .unwrap_or_default(),
-        rollback: stored.txn.reason.map(|r| {
-            let id = r
-                .branch()
-                .and_then(|i| stored.branches.get(i))
-                .map(|b| b.branch_id.clone());
-            rollback_to_pb(r, id)
-        }),
-        branches,
-    })
-}
-
-/// The typed rollback reason as the API carries it (the branch by its id).
-pub fn rollback_to_pb(r: Rollback, branch_id: Option<String>) -> pb::Rollback {
-    use pb::rollback::Kind;
-    let branch_id = branch_id.unwrap_or_default();
-    pb::Rollback {
-        kind: Some(match r {
-            Rollback::Rejected { code, message, .. } => Kind::Rejected(pb::Rejected {
-                branch_id,
-                code,
-                message,
-            }),
-            Rollback::Errored { error, .. } => Kind::Errored(pb::Errored { branch_id, error }),
-            Rollback::Deadline => Kind::Deadline(pb::DeadlinePassed {}),
-            Rollback::Described { text } => Kind::Described(text),
-        }),
-    }
 }
 
 #[tonic::async_trait]
@@ -229,7 +112,9 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GlobalTransaction>, GrpcStatus> {
         let gid = gid_of(request.into_inner().gid)?;
-        Ok(Response::new(transaction(&self.engine, gid).await?))
+        Ok(Response::new(
+            view::transaction(self.engine.db(), gid).await?,
+        ))
     }
 
     async fn list(
@@ -252,11 +137,8 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         } else {
             0
         };
-        let mut transactions = Vec::with_capacity(rows.len());
-        for s in rows {
-            let gid: i64 = s.gid.parse().unwrap_or_default();
-            transactions.push(transaction(&self.engine, gid).await?);
-        }
+        let gids: Vec<i64> = rows.iter().filter_map(|s| s.gid.parse().ok()).collect();
+        let transactions = view::transactions(self.engine.db(), &gids).await?;
         Ok(Response::new(pb::ListResponse {
             transactions,
             next_before_gid: next,

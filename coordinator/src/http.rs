@@ -3,9 +3,9 @@
 //! (behind the admin token).
 
 use crate::engine::{Engine, EngineError};
-use crate::grpc::transaction;
 use crate::log;
 use crate::machine::Status;
+use crate::view::transaction;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
 use host::Problem;
@@ -101,7 +101,7 @@ async fn show(
     gid: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
     let gid = parse_gid(&gid)?;
-    let t = transaction(&engine, gid).await?;
+    let t = transaction(engine.db(), gid).await?;
     let branches: Vec<_> = t
         .branches
         .iter()

@@ -12,6 +12,7 @@
 //!   timeouts — persists decisions, retries with persisted backoff, and recovers due
 //!   transactions by claiming them with a conditional update of owner and lease, so several
 //!   instances on one PostgreSQL never drive one transaction at once.
+//! - [`view`]: the read model both APIs show, a page of transactions in three queries.
 //! - [`grpc`] and [`http`]: the APIs.
 
 pub mod engine;
@@ -22,6 +23,7 @@ pub mod machine;
 pub mod metrics;
 pub mod participants;
 pub mod request;
+pub mod view;
 
 use host::app::{Running, ServiceParts, StartError};
 use host::serve::Shutdown;

@@ -303,31 +303,38 @@ pub async fn status_of(
 
 /// Loads a transaction with its branches.
 pub async fn load(db: &Db, gid: i64) -> Result<Option<Stored>, StoreError> {
-    let Some(row) = sqlx::query(
-        "SELECT mode, status, idempotency_key, reason, concurrent, branch_timeout_ms, created_at, updated_at, deadline_at, \
-         next_attempt_at, attempts, owner, epoch, lease_until FROM global_txns WHERE gid = $1",
-    )
-    .bind(gid)
-    .fetch_optional(db.pool())
-    .await?
-    else {
-        return Ok(None);
-    };
-    let rows = sqlx::query(
-        "SELECT branch_id, participant, payload, depends_on, phase1, phase2, attempts, last_error FROM branches \
-         WHERE gid = $1 ORDER BY idx",
-    )
-    .bind(gid)
-    .fetch_all(db.pool())
-    .await?;
-    let mode = parse_mode(row.try_get("mode")?)?;
-    let status: String = row.try_get("status")?;
-    let mut branches = Vec::with_capacity(rows.len());
-    let mut states = Vec::with_capacity(rows.len());
-    for r in rows {
+    Ok(load_many(db, &[gid]).await?.pop())
+}
+
+/// Loads transactions with their branches, in two queries whatever their number, in the
+/// order of `gids` (those that do not exist are left out).
+pub async fn load_many(db: &Db, gids: &[i64]) -> Result<Vec<Stored>, StoreError> {
+    if gids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = rows(gids.len(), 1, |p| p[0].clone());
+    let txn_sql = format!(
+        "SELECT gid, mode, status, idempotency_key, reason, concurrent, branch_timeout_ms, created_at, updated_at, \
+         deadline_at, next_attempt_at, attempts, owner, epoch, lease_until FROM global_txns WHERE gid IN ({list})"
+    );
+    let branch_sql = format!(
+        "SELECT gid, branch_id, participant, payload, depends_on, phase1, phase2, attempts, last_error FROM branches \
+         WHERE gid IN ({list}) ORDER BY gid, idx"
+    );
+    let mut txns = sqlx::query(&txn_sql);
+    let mut branch_rows = sqlx::query(&branch_sql);
+    for gid in gids {
+        txns = txns.bind(*gid);
+        branch_rows = branch_rows.bind(*gid);
+    }
+    let txns = txns.fetch_all(db.pool()).await?;
+    let mut by_gid: std::collections::HashMap<i64, (Vec<Branch>, Vec<StoredBranch>)> =
+        std::collections::HashMap::new();
+    for r in branch_rows.fetch_all(db.pool()).await? {
         let deps: String = r.try_get("depends_on")?;
         let phase1: String = r.try_get("phase1")?;
         let phase2: String = r.try_get("phase2")?;
+        let (states, branches) = by_gid.entry(r.try_get("gid")?).or_default();
         states.push(Branch {
             first: First::parse(&phase1).ok_or_else(|| corrupt("phase1", &phase1))?,
             second: Second::parse(&phase2).ok_or_else(|| corrupt("phase2", &phase2))?,
@@ -345,28 +352,38 @@ pub async fn load(db: &Db, gid: i64) -> Result<Option<Stored>, StoreError> {
             last_error: r.try_get("last_error")?,
         });
     }
-    Ok(Some(Stored {
-        gid,
-        txn: Txn {
-            mode,
-            status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
-            branches: states,
-            reason: row
-                .try_get::<Option<String>, _>("reason")?
-                .map(decode_reason),
-        },
-        idempotency_key: row.try_get("idempotency_key")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        deadline_at: row.try_get("deadline_at")?,
-        next_attempt_at: row.try_get("next_attempt_at")?,
-        attempts: row.try_get("attempts")?,
-        branch_timeout_ms: row.try_get("branch_timeout_ms")?,
-        owner: row.try_get("owner")?,
-        epoch: row.try_get("epoch")?,
-        lease_until: row.try_get("lease_until")?,
-        branches,
-    }))
+    let mut loaded: std::collections::HashMap<i64, Stored> = std::collections::HashMap::new();
+    for row in txns {
+        let gid: i64 = row.try_get("gid")?;
+        let status: String = row.try_get("status")?;
+        let (states, branches) = by_gid.remove(&gid).unwrap_or_default();
+        loaded.insert(
+            gid,
+            Stored {
+                gid,
+                txn: Txn {
+                    mode: parse_mode(row.try_get("mode")?)?,
+                    status: Status::parse(&status).ok_or_else(|| corrupt("status", &status))?,
+                    branches: states,
+                    reason: row
+                        .try_get::<Option<String>, _>("reason")?
+                        .map(decode_reason),
+                },
+                idempotency_key: row.try_get("idempotency_key")?,
+                created_at: row.try_get("created_at")?,
+                updated_at: row.try_get("updated_at")?,
+                deadline_at: row.try_get("deadline_at")?,
+                next_attempt_at: row.try_get("next_attempt_at")?,
+                attempts: row.try_get("attempts")?,
+                branch_timeout_ms: row.try_get("branch_timeout_ms")?,
+                owner: row.try_get("owner")?,
+                epoch: row.try_get("epoch")?,
+                lease_until: row.try_get("lease_until")?,
+                branches,
+            },
+        );
+    }
+    Ok(gids.iter().filter_map(|g| loaded.remove(g)).collect())
 }
 
 /// What a driver writes back.
@@ -586,29 +603,45 @@ pub async fn list(
 
 /// Every attempt of a transaction, oldest first.
 pub async fn timeline(db: &Db, gid: i64) -> Result<Vec<Attempt>, StoreError> {
-    type Row = (i64, String, i64, i64, String, Option<String>, String);
-    let rows: Vec<Row> = sqlx::query_as(
-        "SELECT idx, op, started_at, duration_us, outcome, error, owner FROM attempts WHERE gid = $1 ORDER BY started_at, idx",
-    )
-    .bind(gid)
-    .fetch_all(db.pool())
-    .await?;
-    rows.into_iter()
-        .map(
-            |(idx, op, started_at, duration_us, outcome, error, owner)| {
-                Ok(Attempt {
-                    idx,
-                    op: Op::parse(&op).ok_or_else(|| corrupt("op", &op))?,
-                    started_at,
-                    duration_us,
-                    outcome: Outcome::parse(&outcome)
-                        .ok_or_else(|| corrupt("outcome", &outcome))?,
-                    error,
-                    owner,
-                })
-            },
-        )
-        .collect()
+    Ok(timelines(db, &[gid])
+        .await?
+        .remove(&gid)
+        .unwrap_or_default())
+}
+
+/// Every attempt of each of `gids`, oldest first, in one query.
+pub async fn timelines(
+    db: &Db,
+    gids: &[i64],
+) -> Result<std::collections::HashMap<i64, Vec<Attempt>>, StoreError> {
+    let mut by_gid: std::collections::HashMap<i64, Vec<Attempt>> = std::collections::HashMap::new();
+    if gids.is_empty() {
+        return Ok(by_gid);
+    }
+    type Row = (i64, i64, String, i64, i64, String, Option<String>, String);
+    let sql = format!(
+        "SELECT gid, idx, op, started_at, duration_us, outcome, error, owner FROM attempts \
+         WHERE gid IN ({}) ORDER BY gid, started_at, idx",
+        rows(gids.len(), 1, |p| p[0].clone())
+    );
+    let mut query = sqlx::query_as::<_, Row>(&sql);
+    for gid in gids {
+        query = query.bind(*gid);
+    }
+    for (gid, idx, op, started_at, duration_us, outcome, error, owner) in
+        query.fetch_all(db.pool()).await?
+    {
+        by_gid.entry(gid).or_default().push(Attempt {
+            idx,
+            op: Op::parse(&op).ok_or_else(|| corrupt("op", &op))?,
+            started_at,
+            duration_us,
+            outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+            error,
+            owner,
+        });
+    }
+    Ok(by_gid)
 }
 
 /// Counts by status (for metrics and the audit).

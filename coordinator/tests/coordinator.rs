@@ -591,6 +591,44 @@ async fn a_coordinator_that_lost_its_node_id_lease_claims_nothing_when_it_wakes(
     drop(frozen);
 }
 
+async fn a_listed_page_shows_every_transaction_with_its_own_branches_and_timeline(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let (a, b) = (Scripted::start().await, Scripted::start().await);
+    b.on(
+        Op::Try,
+        [
+            Behavior::Succeed,
+            Behavior::Reject("out_of_stock"),
+            Behavior::Succeed,
+        ],
+    );
+    let mut gids = Vec::new();
+    for i in 0..3 {
+        let r = c.execute(tcc(&format!("l{i}"), &[&a, &b])).await.unwrap();
+        c.wait_terminal(r.gid, Duration::from_secs(10)).await;
+        gids.push(r.gid);
+    }
+    let listed = c.list_all().await;
+    assert_eq!(
+        listed.iter().map(|t| t.gid).collect::<Vec<_>>(),
+        gids.iter().rev().copied().collect::<Vec<_>>(),
+        "newest first"
+    );
+    for t in &listed {
+        assert_eq!(t.branches.len(), 2, "{t:?}");
+        let second = if t.gid == gids[1] {
+            Op::Cancel
+        } else {
+            Op::Confirm
+        };
+        for branch in &t.branches {
+            let ops: Vec<Op> = branch.timeline.iter().map(|a| a.op()).collect();
+            assert_eq!(ops, [Op::Try, second], "gid {}: {branch:?}", t.gid);
+        }
+    }
+}
+
 fn saga(key: &str, parts: &[&Scripted]) -> pb::ExecuteRequest {
     pb::ExecuteRequest {
         mode: pb::Mode::Saga as i32,
@@ -715,6 +753,7 @@ both_backends!(
     a_key_replays_after_a_restart_with_other_default_timeouts,
     a_key_recorded_by_the_previous_version_still_replays,
     a_coordinator_refuses_a_node_id_a_live_instance_holds_and_takes_a_dead_ones,
+    a_listed_page_shows_every_transaction_with_its_own_branches_and_timeline,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,148 @@
+//! The read model both APIs show: a transaction with its branches, their state and every
+//! attempt, read in three queries for any number of transactions.
+
+use crate::engine::EngineError;
+use crate::log;
+use crate::machine::{First, Mode, Rollback, Second, Status};
+use proto::v1 as pb;
+use store::Db;
+
+pub fn status_to_pb(s: Status) -> pb::Status {
+    match s {
+        Status::Prepared => pb::Status::Prepared,
+        Status::Confirming => pb::Status::Confirming,
+        Status::Cancelling => pb::Status::Cancelling,
+        Status::Succeeded => pb::Status::Succeeded,
+        Status::Failed => pb::Status::Failed,
+    }
+}
+
+fn op_to_pb(op: &str) -> pb::Op {
+    proto::v1::Op::from_str_name(&format!("OP_{}", op.to_uppercase()))
+        .unwrap_or(pb::Op::Unspecified)
+}
+
+/// A transaction with its branches and timeline, as the API shows it.
+pub async fn transaction(db: &Db, gid: i64) -> Result<pb::GlobalTransaction, EngineError> {
+    transactions(db, &[gid])
+        .await?
+        .pop()
+        .ok_or(EngineError::NotFound(gid))
+}
+
+/// Transactions as the API shows them, in three queries whatever their number (in the order of
+/// `gids`; those that do not exist are left out).
+pub async fn transactions(
+    db: &Db,
+    gids: &[i64],
+) -> Result<Vec<pb::GlobalTransaction>, EngineError> {
+    let mut timelines = log::timelines(db, gids).await?;
+    Ok(log::load_many(db, gids)
+        .await?
+        .into_iter()
+        .map(|stored| {
+            let timeline = timelines.remove(&stored.gid).unwrap_or_default();
+            shown(stored, &timeline)
+        })
+        .collect())
+}
+
+/// One transaction as the API shows it.
+fn shown(stored: log::Stored, timeline: &[log::Attempt]) -> pb::GlobalTransaction {
+    let gid = stored.gid;
+    let mode = stored.txn.mode;
+    let status = stored.txn.status;
+    let branches = stored
+        .branches
+        .iter()
+        .zip(&stored.txn.branches)
+        .enumerate()
+        .map(|(idx, (b, state))| {
+            let current_op = match (mode, status, state.second) {
+                (Mode::Tcc, _, Second::NotNeeded) => "try",
+                (Mode::Tcc, Status::Confirming | Status::Succeeded, _) => "confirm",
+                (Mode::Tcc, _, _) => "cancel",
+                (Mode::Saga, _, Second::NotNeeded) => "action",
+                (Mode::Saga, _, _) => "compensate",
+            };
+            let branch_status = match (state.first, state.second) {
+                (_, Second::Done) => "done",
+                (_, Second::Pending) => "pending",
+                (First::Succeeded, _) => "prepared",
+                (f, _) => f.as_str(),
+            };
+            pb::BranchState {
+                branch_id: b.branch_id.clone(),
+                participant: b.participant.clone(),
+                op: op_to_pb(current_op) as i32,
+                status: branch_status.to_owned(),
+                attempts: b.attempts as u32,
+                last_error: b.last_error.clone().unwrap_or_default(),
+                timeline: timeline
+                    .iter()
+                    .filter(|a| a.idx == idx as i64)
+                    .map(|a| pb::Attempt {
+                        op: op_to_pb(a.op.as_str()) as i32,
+                        started_at_ms: a.started_at as u64,
+                        duration_ms: (a.duration_us / 1000) as u64,
+                        outcome: match a.outcome {
+                            log::Outcome::Success => pb::Outcome::Success,
+                            log::Outcome::Failure => pb::Outcome::Failure,
+                            log::Outcome::Error | log::Outcome::Abandoned => {
+                                pb::Outcome::Unspecified
+                            }
+                        } as i32,
+                        error: a.error.clone().unwrap_or_default(),
+                        abandoned: a.outcome == log::Outcome::Abandoned,
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    pb::GlobalTransaction {
+        gid: gid as u64,
+        mode: match mode {
+            Mode::Tcc => pb::Mode::Tcc,
+            Mode::Saga => pb::Mode::Saga,
+        } as i32,
+        status: status_to_pb(status) as i32,
+        idempotency_key: stored.idempotency_key.unwrap_or_default(),
+        created_at_ms: stored.created_at as u64,
+        updated_at_ms: stored.updated_at as u64,
+        deadline_ms: stored.deadline_at as u64,
+        next_attempt_at_ms: stored.next_attempt_at as u64,
+        attempts: stored.attempts as u32,
+        reason: stored
+            .txn
+            .reason
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
+        rollback: stored.txn.reason.map(|r| {
+            let id = r
+                .branch()
+                .and_then(|i| stored.branches.get(i))
+                .map(|b| b.branch_id.clone());
+            rollback_to_pb(r, id)
+        }),
+        branches,
+    }
+}
+
+/// The typed rollback reason as the API carries it (the branch by its id).
+pub fn rollback_to_pb(r: Rollback, branch_id: Option<String>) -> pb::Rollback {
+    use pb::rollback::Kind;
+    let branch_id = branch_id.unwrap_or_default();
+    pb::Rollback {
+        kind: Some(match r {
+            Rollback::Rejected { code, message, .. } => Kind::Rejected(pb::Rejected {
+                branch_id,
+                code,
+                message,
+            }),
+            Rollback::Errored { error, .. } => Kind::Errored(pb::Errored { branch_id, error }),
+            Rollback::Deadline => Kind::Deadline(pb::DeadlinePassed {}),
+            Rollback::Described { text } => Kind::Described(text),
+        }),
+    }
+}
