@@ -162,9 +162,7 @@ fn parse_mode(s: &str) -> Result<Mode, StoreError> {
     match s {
         "tcc" => Ok(Mode::Tcc),
         "saga" => Ok(Mode::Saga),
-        other => Err(StoreError::Config(format!(
-            "unknown mode {other:?} in the log"
-        ))),
+        other => Err(corrupt("mode", other)),
     }
 }
 
@@ -179,7 +177,7 @@ fn decode_reason(text: String) -> Rollback {
 }
 
 fn corrupt(what: &str, value: &str) -> StoreError {
-    StoreError::Config(format!("unknown {what} {value:?} in the log"))
+    StoreError::Corrupt(format!("unknown {what} {value:?} in the log"))
 }
 
 /// `n` rows of `cols` placeholders each, numbered from `$1`, formatted by `row`.

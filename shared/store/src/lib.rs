@@ -368,6 +368,9 @@ pub enum StoreError {
     /// The configuration cannot work (bad URL, folder that cannot be created).
     #[error("database configuration: {0}")]
     Config(String),
+    /// A stored row holds a value this binary cannot read (a broken or foreign database).
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
     /// Anything else: a bug or a broken database.
     #[error("database error: {0}")]
     Other(sqlx::Error),
