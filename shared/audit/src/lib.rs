@@ -190,26 +190,47 @@ fn terminal(status: &str) -> bool {
     matches!(status, "succeeded" | "failed")
 }
 
-/// DESIGN §5, judged from a snapshot.
+/// DESIGN §5, judged from a snapshot: one function per invariant, each giving its checks.
 pub fn judge(s: &Snapshot) -> Report {
-    let mut checks = Vec::new();
     let mut by_status = BTreeMap::<String, u64>::new();
     for t in &s.transactions {
         *by_status.entry(t.status.clone()).or_default() += 1;
     }
 
+    let mut checks = vec![
+        every_transaction_is_terminal(s),
+        money_is_conserved(s),
+        no_money_is_left_frozen(s),
+        stock_is_conserved(s),
+        no_stock_is_left_reserved(s),
+    ];
+    checks.extend(parties_agree_per_transaction(s));
+    checks.push(nothing_happened_outside_a_transaction(s));
+    checks.extend(the_order_book_is_exactly_once(s));
+    Report {
+        ok: checks.iter().all(|c| c.ok),
+        transactions: by_status,
+        orders: s.orders.len(),
+        waited_ms: s.waited_ms,
+        checks,
+    }
+}
+
+fn every_transaction_is_terminal(s: &Snapshot) -> Check {
     let open: Vec<String> = s
         .transactions
         .iter()
         .filter(|t| !terminal(&t.status))
         .map(|t| format!("gid {} is {}", t.gid, t.status))
         .collect();
-    checks.push(check(
+    check(
         "every global transaction is terminal",
         format!("{} of {} open", open.len(), s.transactions.len()),
         open,
-    ));
+    )
+}
 
+fn money_is_conserved(s: &Snapshot) -> Check {
     let m = &s.money;
     let mut bad = Vec::new();
     if m.available + m.frozen != m.deposited {
@@ -234,21 +255,25 @@ pub fn judge(s: &Snapshot) -> Report {
     if m.negative_accounts != 0 {
         bad.push(format!("{} accounts negative", m.negative_accounts));
     }
-    checks.push(check(
+    check(
         "money is conserved and never negative",
         format!(
             "available {} + frozen {} = deposited {}",
             m.available, m.frozen, m.deposited
         ),
         bad,
-    ));
+    )
+}
+
+fn no_money_is_left_frozen(s: &Snapshot) -> Check {
+    let m = &s.money;
     let frozen: Vec<String> = s
         .holds
         .iter()
         .filter(|h| h.status == "frozen")
         .map(|h| format!("gid {} hold {} still frozen", h.gid, h.amount))
         .collect();
-    checks.push(check(
+    check(
         "no money is left frozen",
         format!("frozen {}, open holds {}", m.frozen, frozen.len()),
         if m.frozen != 0 && frozen.is_empty() {
@@ -256,8 +281,10 @@ pub fn judge(s: &Snapshot) -> Report {
         } else {
             frozen
         },
-    ));
+    )
+}
 
+fn stock_is_conserved(s: &Snapshot) -> Check {
     let st = &s.stock;
     let mut bad = Vec::new();
     if st.available + st.reserved + st.sold != st.restocked {
@@ -282,21 +309,25 @@ pub fn judge(s: &Snapshot) -> Report {
     if st.negative_skus != 0 {
         bad.push(format!("{} SKUs negative", st.negative_skus));
     }
-    checks.push(check(
+    check(
         "stock is conserved per SKU and never negative",
         format!(
             "available {} + reserved {} + sold {} = restocked {}",
             st.available, st.reserved, st.sold, st.restocked
         ),
         bad,
-    ));
+    )
+}
+
+fn no_stock_is_left_reserved(s: &Snapshot) -> Check {
+    let st = &s.stock;
     let reserved: Vec<String> = s
         .reservations
         .iter()
         .filter(|r| r.status == "reserved")
         .map(|r| format!("gid {} reservation of {} still open", r.gid, r.quantity))
         .collect();
-    checks.push(check(
+    check(
         "no stock is left reserved",
         format!(
             "reserved {}, open reservations {}",
@@ -308,8 +339,10 @@ pub fn judge(s: &Snapshot) -> Report {
         } else {
             reserved
         },
-    ));
+    )
+}
 
+fn parties_agree_per_transaction(s: &Snapshot) -> [Check; 2] {
     // Per transaction: what each party did.
     let mut orders: HashMap<&str, Vec<&Order>> = HashMap::new();
     for o in &s.orders {
@@ -398,7 +431,7 @@ pub fn judge(s: &Snapshot) -> Report {
         .iter()
         .filter(|t| terminal(&t.status))
         .count();
-    checks.push(check(
+    let agree = check(
         "order, payment and stock agree with the coordinator on every transaction",
         format!(
             "{} terminal transactions, {} disagree",
@@ -406,8 +439,8 @@ pub fn judge(s: &Snapshot) -> Report {
             disagree.len()
         ),
         disagree,
-    ));
-    checks.push(check(
+    );
+    let matched = check(
         "each transaction's hold and reservation match its order (buyer, amount, SKU, quantity)",
         format!(
             "captured {captured} = confirmed orders' amounts {paid_orders}; {} mismatched",
@@ -418,8 +451,11 @@ pub fn judge(s: &Snapshot) -> Report {
         } else {
             mismatched
         },
-    ));
+    );
+    [agree, matched]
+}
 
+fn nothing_happened_outside_a_transaction(s: &Snapshot) -> Check {
     let known: std::collections::HashSet<&str> =
         s.transactions.iter().map(|t| t.gid.as_str()).collect();
     let mut orphans: Vec<String> = Vec::new();
@@ -441,7 +477,7 @@ pub fn judge(s: &Snapshot) -> Report {
             .filter(|r| !known.contains(r.gid.as_str()))
             .map(|r| format!("reservation ({}) of unknown gid {}", r.status, r.gid)),
     );
-    checks.push(check(
+    check(
         "nothing happened outside a global transaction the coordinator knows",
         format!(
             "{} orders, {} holds, {} reservations; {} orphans",
@@ -451,8 +487,10 @@ pub fn judge(s: &Snapshot) -> Report {
             orphans.len()
         ),
         orphans,
-    ));
+    )
+}
 
+fn the_order_book_is_exactly_once(s: &Snapshot) -> [Check; 3] {
     let b = &s.order_books;
     let mut bad = Vec::new();
     if b.orders_with_several_requests != 0 {
@@ -467,7 +505,7 @@ pub fn judge(s: &Snapshot) -> Report {
             b.orders_without_request
         ));
     }
-    checks.push(check(
+    let one_order_per_key = check(
         "one idempotency key, one order",
         format!(
             "{} keys, {} orders ({} confirmed, {} cancelled), {} keys unanswered",
@@ -478,8 +516,8 @@ pub fn judge(s: &Snapshot) -> Report {
             b.unanswered_requests
         ),
         bad,
-    ));
-    checks.push(check(
+    );
+    let every_key_answered = check(
         "every idempotency key got its answer",
         format!("{} keys unanswered", b.unanswered_requests),
         if b.unanswered_requests == 0 {
@@ -491,8 +529,8 @@ pub fn judge(s: &Snapshot) -> Report {
                 b.unanswered_requests
             )]
         },
-    ));
-    checks.push(check(
+    );
+    let nothing_pending = check(
         "no order is left pending",
         format!("{} pending", b.pending),
         if b.pending == 0 {
@@ -505,15 +543,8 @@ pub fn judge(s: &Snapshot) -> Report {
                 .chain(std::iter::once(format!("{} pending", b.pending)))
                 .collect()
         },
-    ));
-
-    Report {
-        ok: checks.iter().all(|c| c.ok),
-        transactions: by_status,
-        orders: s.orders.len(),
-        waited_ms: s.waited_ms,
-        checks,
-    }
+    );
+    [one_order_per_key, every_key_answered, nothing_pending]
 }
 
 fn check(name: &'static str, counts: String, offenders: Vec<String>) -> Check {
