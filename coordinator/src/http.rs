@@ -91,6 +91,11 @@ async fn list(
         .json(json!({ "transactions": rows, "next_before": next, "counts": counts })))
 }
 
+/// An op's name as the log and metrics spell it.
+fn op_name(wire: i32) -> &'static str {
+    crate::machine::Op::from_wire(wire).map_or("unspecified", crate::machine::Op::as_str)
+}
+
 fn name<T: std::fmt::Debug>(v: T) -> String {
     format!("{v:?}").to_lowercase()
 }
@@ -109,12 +114,12 @@ async fn show(
             json!({
                 "branch_id": b.branch_id,
                 "participant": b.participant,
-                "op": name(b.op()),
+                "op": op_name(b.op),
                 "status": b.status,
                 "attempts": b.attempts,
                 "last_error": (!b.last_error.is_empty()).then_some(&b.last_error),
                 "timeline": b.timeline.iter().map(|a| json!({
-                    "op": name(a.op()),
+                    "op": op_name(a.op),
                     "started_at_ms": a.started_at_ms,
                     "duration_ms": a.duration_ms,
                     "outcome": match a.outcome() {

@@ -87,33 +87,8 @@ impl fmt::Display for Status {
     }
 }
 
-/// A branch call.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Op {
-    Try,
-    Confirm,
-    Cancel,
-    Action,
-    Compensate,
-}
-
-impl Op {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Try => "try",
-            Op::Confirm => "confirm",
-            Op::Cancel => "cancel",
-            Op::Action => "action",
-            Op::Compensate => "compensate",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Op> {
-        [Op::Try, Op::Confirm, Op::Cancel, Op::Action, Op::Compensate]
-            .into_iter()
-            .find(|op| op.as_str() == s)
-    }
-}
+/// A branch call: the project's one [`tcc::Op`].
+pub use tcc::Op;
 
 /// How the first phase (Try / Action) of a branch stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -898,8 +873,9 @@ mod tests {
         for s in Status::ALL {
             assert_eq!(Status::parse(s.as_str()), Some(s));
         }
-        for op in [Op::Try, Op::Confirm, Op::Cancel, Op::Action, Op::Compensate] {
+        for op in Op::ALL {
             assert_eq!(Op::parse(op.as_str()), Some(op));
+            assert_eq!(Op::from_wire(op.to_wire() as i32), Some(op));
         }
         assert_eq!(First::parse("errored"), Some(First::Errored));
         assert_eq!(Second::parse("pending"), Some(Second::Pending));

@@ -60,7 +60,7 @@ impl Clients {
         let request = proto::v1::BranchRequest {
             gid: stored.gid as u64,
             branch_id: branch.branch_id.clone(),
-            op: proto_op(op) as i32,
+            op: op.to_wire() as i32,
             payload: branch.payload.clone(),
         };
         let timeout = Duration::from_millis(stored.branch_timeout_ms.max(1) as u64);
@@ -151,14 +151,4 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
         .http2_keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(Duration::from_secs(10))
         .keep_alive_while_idle(true))
-}
-
-fn proto_op(op: Op) -> proto::v1::Op {
-    match op {
-        Op::Try => proto::v1::Op::Try,
-        Op::Confirm => proto::v1::Op::Confirm,
-        Op::Cancel => proto::v1::Op::Cancel,
-        Op::Action => proto::v1::Op::Action,
-        Op::Compensate => proto::v1::Op::Compensate,
-    }
 }

@@ -3,7 +3,7 @@
 
 use crate::engine::EngineError;
 use crate::log;
-use crate::machine::{First, Mode, Rollback, Second, Status};
+use crate::machine::{First, Mode, Op, Rollback, Second, Status};
 use proto::v1 as pb;
 use store::Db;
 
@@ -15,11 +15,6 @@ pub fn status_to_pb(s: Status) -> pb::Status {
         Status::Succeeded => pb::Status::Succeeded,
         Status::Failed => pb::Status::Failed,
     }
-}
-
-fn op_to_pb(op: &str) -> pb::Op {
-    proto::v1::Op::from_str_name(&format!("OP_{}", op.to_uppercase()))
-        .unwrap_or(pb::Op::Unspecified)
 }
 
 /// A transaction with its branches and timeline, as the API shows it.
@@ -59,11 +54,11 @@ fn shown(stored: log::Stored, timeline: &[log::Attempt]) -> pb::GlobalTransactio
         .enumerate()
         .map(|(idx, (b, state))| {
             let current_op = match (mode, status, state.second) {
-                (Mode::Tcc, _, Second::NotNeeded) => "try",
-                (Mode::Tcc, Status::Confirming | Status::Succeeded, _) => "confirm",
-                (Mode::Tcc, _, _) => "cancel",
-                (Mode::Saga, _, Second::NotNeeded) => "action",
-                (Mode::Saga, _, _) => "compensate",
+                (Mode::Tcc, _, Second::NotNeeded) => Op::Try,
+                (Mode::Tcc, Status::Confirming | Status::Succeeded, _) => Op::Confirm,
+                (Mode::Tcc, _, _) => Op::Cancel,
+                (Mode::Saga, _, Second::NotNeeded) => Op::Action,
+                (Mode::Saga, _, _) => Op::Compensate,
             };
             let branch_status = match (state.first, state.second) {
                 (_, Second::Done) => "done",
@@ -74,7 +69,7 @@ fn shown(stored: log::Stored, timeline: &[log::Attempt]) -> pb::GlobalTransactio
             pb::BranchState {
                 branch_id: b.branch_id.clone(),
                 participant: b.participant.clone(),
-                op: op_to_pb(current_op) as i32,
+                op: current_op.to_wire() as i32,
                 status: branch_status.to_owned(),
                 attempts: b.attempts as u32,
                 last_error: b.last_error.clone().unwrap_or_default(),
@@ -82,7 +77,7 @@ fn shown(stored: log::Stored, timeline: &[log::Attempt]) -> pb::GlobalTransactio
                     .iter()
                     .filter(|a| a.idx == idx as i64)
                     .map(|a| pb::Attempt {
-                        op: op_to_pb(a.op.as_str()) as i32,
+                        op: a.op.to_wire() as i32,
                         started_at_ms: a.started_at as u64,
                         duration_ms: (a.duration_us / 1000) as u64,
                         outcome: match a.outcome {

@@ -25,21 +25,7 @@ pub mod pay {
 
 pub use tcc::v1;
 
-use v1::{Op, Outcome};
-
-impl Op {
-    /// The lower-case name used in logs, metrics and database rows: `try`, `confirm`, ….
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Op::Unspecified => "unspecified",
-            Op::Try => "try",
-            Op::Confirm => "confirm",
-            Op::Cancel => "cancel",
-            Op::Action => "action",
-            Op::Compensate => "compensate",
-        }
-    }
-}
+use v1::Outcome;
 
 impl v1::BranchResponse {
     pub fn success() -> Self {
@@ -75,6 +61,7 @@ pub fn is_transient(status: &tonic::Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::v1::Op;
 
     #[test]
     fn transport_failures_are_transient_and_rejections_are_not() {

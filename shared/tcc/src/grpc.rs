@@ -99,7 +99,7 @@ impl<H: Handler> ParticipantService<H> {
     /// Handles one call; everything but the tonic wrapping, for in-process use and tests.
     pub async fn handle(&self, req: BranchRequest) -> Result<BranchResponse, Status> {
         let started = Instant::now();
-        let op = match proto_op(req.op) {
+        let op = match Op::from_wire(req.op) {
             Some(op) => op,
             None => return Err(Status::invalid_argument(format!("unknown op {}", req.op))),
         };
@@ -191,18 +191,6 @@ impl<H: Handler> ParticipantService<H> {
         )
         .await
         .map_err(|e| e.error)
-    }
-}
-
-fn proto_op(op: i32) -> Option<Op> {
-    use proto::v1::Op as P;
-    match P::try_from(op).ok()? {
-        P::Try => Some(Op::Try),
-        P::Confirm => Some(Op::Confirm),
-        P::Cancel => Some(Op::Cancel),
-        P::Action => Some(Op::Action),
-        P::Compensate => Some(Op::Compensate),
-        P::Unspecified => None,
     }
 }
 

@@ -32,7 +32,9 @@ use store::StoreError;
 /// (`Db::migrate_all(&[&SERVICE_MIGRATOR, &tcc::MIGRATOR])`).
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
-/// A branch operation.
+/// A branch operation: the one `Op` of the project (the coordinator's state machine, its log,
+/// the participants' barrier); `proto::v1::Op` is only its wire form ([`Op::to_wire`],
+/// [`Op::from_wire`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     Try,
@@ -43,6 +45,29 @@ pub enum Op {
 }
 
 impl Op {
+    pub const ALL: [Op; 5] = [Op::Try, Op::Confirm, Op::Cancel, Op::Action, Op::Compensate];
+
+    /// The wire form.
+    pub fn to_wire(self) -> proto::v1::Op {
+        match self {
+            Op::Try => proto::v1::Op::Try,
+            Op::Confirm => proto::v1::Op::Confirm,
+            Op::Cancel => proto::v1::Op::Cancel,
+            Op::Action => proto::v1::Op::Action,
+            Op::Compensate => proto::v1::Op::Compensate,
+        }
+    }
+
+    /// From the wire (`None` for UNSPECIFIED or an unknown value).
+    pub fn from_wire(op: i32) -> Option<Op> {
+        Op::ALL.into_iter().find(|o| o.to_wire() as i32 == op)
+    }
+
+    /// Parses [`Op::as_str`] (the name in logs, metrics and database rows).
+    pub fn parse(s: &str) -> Option<Op> {
+        Op::ALL.into_iter().find(|o| o.as_str() == s)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Op::Try => "try",
