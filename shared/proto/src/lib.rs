@@ -7,8 +7,10 @@
 
 #![allow(missing_debug_implementations)]
 
-/// `tcc.v1`: messages, clients (`*_client`) and servers (`*_server`).
-pub mod tcc {
+/// `tcc.v1`: messages, clients (`*_client`) and servers (`*_server`), used as `proto::v1`. The
+/// module is named for what it is, the wire form, not after the package (a module `tcc` here
+/// read like the `tcc` crate).
+pub mod wire {
     pub mod v1 {
         #![allow(clippy::all, clippy::pedantic)]
         tonic::include_proto!("tcc.v1");
@@ -23,7 +25,7 @@ pub mod pay {
     }
 }
 
-pub use tcc::v1;
+pub use wire::v1;
 
 use v1::Outcome;
 
