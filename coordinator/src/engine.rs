@@ -141,27 +141,23 @@ impl Engine {
         metrics: CoordinatorMetrics,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Arc<Engine>, EngineError> {
-        let mut ids = ids::Snowflake::new(config.node_id)?;
         let owner = format!(
             "{}:{}",
             config.node_id,
             hex::encode(rand::random::<[u8; 4]>())
         );
-        let node =
-            store::node::NodeLease::acquire(&db, config.node_id, &owner, config.node_lease).await?;
-        // Renewed from now on: the waits below must not let it lapse.
-        node.spawn_heartbeat(stop);
-        if let Some(high_water) = log::max_gid(&db).await? {
-            ids = ids.resume_after(ids::Gid::from_i64(high_water)?);
-        }
-        let behind = ids.behind_ms(config.max_clock_behind.as_millis() as u64)?;
-        if behind > 0 {
-            tracing::warn!(
-                behind_ms = behind,
-                "the clock is behind the largest gid in the log; waiting for it to pass"
-            );
-            tokio::time::sleep(Duration::from_millis(behind + 1)).await;
-        }
+        let (ids, node) = store::node::snowflake(
+            &db,
+            store::node::IdSource {
+                node: config.node_id,
+                owner: &owner,
+                stale: config.node_lease,
+                high_water_sql: log::MAX_GID,
+                max_clock_behind: config.max_clock_behind,
+            },
+            stop,
+        )
+        .await?;
         Ok(Arc::new(Engine {
             db,
             ids,

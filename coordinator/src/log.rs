@@ -270,15 +270,10 @@ pub async fn find_by_key(db: &Db, key: &str) -> Result<Option<(i64, String)>, St
     )
 }
 
-/// The largest gid ever recorded: the Snowflake generator's high-water mark at start-up, so
-/// a restart with a clock behind its predecessor's never hands out a gid again.
-pub async fn max_gid(db: &Db) -> Result<Option<i64>, StoreError> {
-    Ok(
-        sqlx::query_scalar("SELECT CAST(MAX(gid) AS BIGINT) FROM global_txns")
-            .fetch_one(db.pool())
-            .await?,
-    )
-}
+/// The largest gid ever recorded: the Snowflake generator's high-water mark at start-up
+/// (`store::node::snowflake`), so a restart with a clock behind its predecessor's never hands
+/// out a gid again.
+pub const MAX_GID: &str = "SELECT CAST(MAX(gid) AS BIGINT) FROM global_txns";
 
 /// Status and rollback reason of a transaction.
 pub async fn status_of(

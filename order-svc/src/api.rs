@@ -138,44 +138,38 @@ impl Api {
         let order_ids = self
             .ids
             .get_or_try_init(|| async {
-                let mut ids = ids::Snowflake::new(self.config.node_id)
-                    .map_err(|e| Problem::unavailable(e.to_string()))?;
                 let owner = format!("order-svc:{}", hex::encode(rand::random::<[u8; 4]>()));
-                let node = store::node::NodeLease::acquire(
+                // Renewed while the generator lives: for the life of the process once it is made,
+                // and no longer if making it fails (the lease is then given back).
+                let (heartbeat, stop) = tokio::sync::oneshot::channel::<()>();
+                let (ids, node) = store::node::snowflake(
                     db,
-                    self.config.node_id,
-                    &owner,
-                    Duration::from_millis(self.config.node_lease_ms.max(300)),
+                    store::node::IdSource {
+                        node: self.config.node_id,
+                        owner: &owner,
+                        stale: Duration::from_millis(self.config.node_lease_ms.max(300)),
+                        high_water_sql: "SELECT CAST(MAX(order_id) AS BIGINT) FROM order_requests",
+                        max_clock_behind: Duration::from_millis(MAX_CLOCK_BEHIND_MS),
+                    },
+                    async {
+                        let _ = stop.await;
+                    },
                 )
                 .await
                 .map_err(|e| {
-                    tracing::error!(error = %e, "no node id for order ids");
-                    Problem::unavailable("order ids cannot be made right now: this instance's node id is taken")
+                    tracing::error!(error = %e, "order ids cannot be made");
+                    Problem::unavailable(match e {
+                        store::node::NodeError::Taken { .. } => {
+                            "order ids cannot be made right now: this instance's node id is taken"
+                        }
+                        store::node::NodeError::Id(_) => {
+                            "order ids cannot be made right now: the clock is far behind the last order"
+                        }
+                        store::node::NodeError::Store(_) => {
+                            "order ids cannot be made right now: the database did not answer"
+                        }
+                    })
                 })?;
-                // Renewed while the generator lives: for the life of the process once it is made,
-                // and no longer if anything below fails (the lease is then given back).
-                let (heartbeat, stop) = tokio::sync::oneshot::channel::<()>();
-                node.spawn_heartbeat(async {
-                    let _ = stop.await;
-                });
-                let high_water: Option<i64> =
-                    sqlx::query_scalar("SELECT CAST(MAX(order_id) AS BIGINT) FROM order_requests")
-                        .fetch_one(db.pool())
-                        .await
-                        .map_err(StoreError::from)?;
-                if let Some(high_water) = high_water {
-                    let gid = ids::Gid::from_i64(high_water)
-                        .map_err(|e| Problem::internal(e.to_string()))?;
-                    ids = ids.resume_after(gid);
-                }
-                let behind = ids.behind_ms(MAX_CLOCK_BEHIND_MS).map_err(|e| {
-                    tracing::error!(error = %e, "order ids cannot be made safely");
-                    Problem::unavailable("order ids cannot be made right now: the clock is far behind the last order")
-                })?;
-                if behind > 0 {
-                    tracing::warn!(behind_ms = behind, "the clock is behind the largest order id; waiting");
-                    tokio::time::sleep(Duration::from_millis(behind + 1)).await;
-                }
                 Ok::<_, Problem>(OrderIds {
                     ids,
                     node,

@@ -28,6 +28,9 @@ pub enum NodeError {
     Taken { node: u16, owner: String },
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The clock is too far behind the largest id already stored (or ids cannot be made).
+    #[error(transparent)]
+    Id(#[from] ids::IdError),
 }
 
 impl From<sqlx::Error> for NodeError {
@@ -45,6 +48,52 @@ pub struct NodeLease {
     stale: Duration,
     held: Arc<AtomicBool>,
     renewed_at: Arc<AtomicI64>,
+}
+
+/// What [`snowflake`] needs to know.
+#[derive(Debug, Clone)]
+pub struct IdSource<'a> {
+    pub node: u16,
+    /// This instance's name in the lease row.
+    pub owner: &'a str,
+    /// How long an unrenewed lease holds.
+    pub stale: Duration,
+    /// One statement reading the largest id ever stored (`SELECT CAST(MAX(id) AS BIGINT) …`):
+    /// every id is stored before anyone sees it, so ids resume above it.
+    pub high_water_sql: &'a str,
+    /// How far the clock may be behind that id: waited out below, refused above.
+    pub max_clock_behind: Duration,
+}
+
+/// The Snowflake generator of a service that stores its ids in `db`: its node id leased (and
+/// renewed until `stop`), resuming above the largest stored id, after waiting for a clock that
+/// is behind it. Should it fail after the lease was taken, the heartbeat ends with `stop`.
+pub async fn snowflake(
+    db: &Db,
+    source: IdSource<'_>,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(ids::Snowflake, NodeLease), NodeError> {
+    let mut ids = ids::Snowflake::new(source.node)?;
+    let lease = NodeLease::acquire(db, source.node, source.owner, source.stale).await?;
+    // Renewed from now on: the waits below must not let it lapse.
+    lease.spawn_heartbeat(stop);
+    // Read once the id is ours: nobody else can add ids of this node any more.
+    let high_water: Option<i64> = sqlx::query_scalar(source.high_water_sql)
+        .fetch_one(db.pool())
+        .await?;
+    if let Some(high_water) = high_water {
+        ids = ids.resume_after(ids::Gid::from_i64(high_water)?);
+    }
+    let behind = ids.behind_ms(source.max_clock_behind.as_millis() as u64)?;
+    if behind > 0 {
+        tracing::warn!(
+            node = source.node,
+            behind_ms = behind,
+            "the clock is behind the largest id stored; waiting for it to pass"
+        );
+        tokio::time::sleep(Duration::from_millis(behind + 1)).await;
+    }
+    Ok((ids, lease))
 }
 
 impl NodeLease {
