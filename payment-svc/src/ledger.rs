@@ -64,48 +64,49 @@ enum Move {
 
 /// Applies `m` to `account`; false when the account is missing or the move is not allowed.
 async fn apply_move(conn: &mut AnyConnection, account: &str, m: Move) -> Result<bool, OpError> {
-    const ROOM: &str = "available + frozen + incoming + $1 <= $4";
-    // Credits check the room (and bind the largest balance as $4); debits check for zero.
-    let (sql, delta, checks_room) = match m {
+    // Credits check the room (`available + frozen + incoming + $1 <= $4`, the largest balance
+    // bound as $4); debits check for zero. Static texts: no formatting on every branch call.
+    let (sql, delta, checks_room): (&'static str, i64, bool) = match m {
         Move::Available(d) if d >= 0 => (
-            format!("UPDATE accounts SET available = available + $1, updated_at = $3 WHERE id = $2 AND {ROOM}"),
+            "UPDATE accounts SET available = available + $1, updated_at = $3 WHERE id = $2 \
+             AND available + frozen + incoming + $1 <= $4",
             d,
             true,
         ),
         Move::Available(d) => (
-            "UPDATE accounts SET available = available + $1, updated_at = $3 WHERE id = $2 AND available + $1 >= 0".to_owned(),
+            "UPDATE accounts SET available = available + $1, updated_at = $3 WHERE id = $2 AND available + $1 >= 0",
             d,
             false,
         ),
         Move::Frozen(d) => (
-            "UPDATE accounts SET frozen = frozen + $1, updated_at = $3 WHERE id = $2 AND frozen + $1 >= 0".to_owned(),
+            "UPDATE accounts SET frozen = frozen + $1, updated_at = $3 WHERE id = $2 AND frozen + $1 >= 0",
             d,
             false,
         ),
         Move::Incoming(d) if d >= 0 => (
-            format!("UPDATE accounts SET incoming = incoming + $1, updated_at = $3 WHERE id = $2 AND {ROOM}"),
+            "UPDATE accounts SET incoming = incoming + $1, updated_at = $3 WHERE id = $2 \
+             AND available + frozen + incoming + $1 <= $4",
             d,
             true,
         ),
         Move::Incoming(d) => (
-            "UPDATE accounts SET incoming = incoming + $1, updated_at = $3 WHERE id = $2 AND incoming + $1 >= 0".to_owned(),
+            "UPDATE accounts SET incoming = incoming + $1, updated_at = $3 WHERE id = $2 AND incoming + $1 >= 0",
             d,
             false,
         ),
         Move::Return(a) => (
-            "UPDATE accounts SET available = available + $1, updated_at = $3 WHERE id = $2".to_owned(),
+            "UPDATE accounts SET available = available + $1, updated_at = $3 WHERE id = $2",
             a,
             false,
         ),
         Move::Arrive(a) => (
             "UPDATE accounts SET available = available + $1, incoming = incoming - $1, updated_at = $3 \
-             WHERE id = $2 AND incoming >= $1"
-                .to_owned(),
+             WHERE id = $2 AND incoming >= $1",
             a,
             false,
         ),
     };
-    let mut query = sqlx::query(&sql)
+    let mut query = sqlx::query(sql)
         .bind(delta)
         .bind(account)
         .bind(store::now_ms());
