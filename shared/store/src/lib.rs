@@ -97,6 +97,14 @@ pub struct DbConfig {
     pub synchronous: Synchronous,
     /// SQLite only: how long a writer waits for the lock before `SQLITE_BUSY`.
     pub busy_timeout: Duration,
+    /// PostgreSQL only: the server ends a session that sits this long inside a transaction
+    /// without sending a statement (`idle_in_transaction_session_timeout`). A process frozen
+    /// mid-transaction (SIGSTOP, a paused container, a stalled VM) would otherwise hold its row
+    /// locks until it wakes, and every other instance that needs those rows (a coordinator's
+    /// recovery claiming a transaction, a participant's next branch on the same account) would
+    /// wait with it. Our transactions are a few statements long; seconds of silence inside one
+    /// mean the holder is gone, and ending its session rolls its writes back, which is safe.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 impl DbConfig {
@@ -107,6 +115,7 @@ impl DbConfig {
             acquire_timeout: Duration::from_secs(10),
             synchronous: Synchronous::default(),
             busy_timeout: Duration::from_secs(10),
+            idle_in_transaction_timeout: Duration::from_secs(5),
         }
     }
 
@@ -171,21 +180,22 @@ impl Db {
             .disable_statement_logging();
         let synchronous = config.synchronous;
         let busy_ms = config.busy_timeout.as_millis();
+        let idle_ms = config.idle_in_transaction_timeout.as_millis().max(1);
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        conn.execute(
-                            format!(
-                                "PRAGMA synchronous = {}; PRAGMA busy_timeout = {busy_ms}; PRAGMA foreign_keys = ON;",
-                                synchronous.pragma()
-                            )
-                            .as_str(),
-                        )
-                        .await?;
-                    }
+                    let settings = match backend {
+                        Backend::Sqlite => format!(
+                            "PRAGMA synchronous = {}; PRAGMA busy_timeout = {busy_ms}; PRAGMA foreign_keys = ON;",
+                            synchronous.pragma()
+                        ),
+                        Backend::Postgres => {
+                            format!("SET idle_in_transaction_session_timeout = {idle_ms}")
+                        }
+                    };
+                    conn.execute(settings.as_str()).await?;
                     Ok(())
                 })
             })

@@ -479,3 +479,46 @@ async fn a_transaction_abandoned_by_a_cancelled_task_does_not_poison_the_pool(db
 }
 
 both_backends!(a_transaction_abandoned_by_a_cancelled_task_does_not_poison_the_pool);
+
+/// A holder that goes silent inside a transaction (a frozen process, a paused container) loses
+/// its session after `idle_in_transaction_timeout`: its row lock is released and its write
+/// rolled back, so the next writer proceeds instead of waiting for the holder to wake.
+/// PostgreSQL only: a SQLite file has one writer at a time by design, and a frozen writer there
+/// is a whole-file matter the busy timeout reports.
+#[tokio::test]
+async fn a_writer_silent_inside_a_transaction_loses_its_locks_to_the_next() {
+    let Some(pg) = TestDb::postgres().await else {
+        return;
+    };
+    let mut cfg = DbConfig::new(pg.url());
+    cfg.idle_in_transaction_timeout = std::time::Duration::from_millis(500);
+    let db = Db::connect(&cfg).await.unwrap();
+    db.migrate(&MIGRATOR).await.unwrap();
+    seed_account(&db, 1, "alice", 0).await;
+    let mut frozen = db.begin().await.unwrap();
+    sqlx::query("UPDATE accounts SET available = available + 1000 WHERE id = $1")
+        .bind(1_i64)
+        .execute(&mut *frozen)
+        .await
+        .unwrap();
+    // The holder never speaks again; the next writer must get the row well before 10 s.
+    let started = std::time::Instant::now();
+    let next = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        sqlx::query("UPDATE accounts SET available = available + 1 WHERE id = $1")
+            .bind(1_i64)
+            .execute(db.pool()),
+    )
+    .await
+    .expect("the next writer still waits for the silent holder's lock");
+    next.unwrap();
+    assert!(started.elapsed() >= std::time::Duration::from_millis(400));
+    // The holder's session is gone: its commit fails and its write never lands.
+    assert!(frozen.commit().await.is_err());
+    let available: i64 = sqlx::query_scalar("SELECT available FROM accounts WHERE id = $1")
+        .bind(1_i64)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+    assert_eq!(available, 1, "only the next writer's update is kept");
+}
