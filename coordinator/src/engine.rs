@@ -22,6 +22,7 @@ use crate::request;
 pub use crate::request::{BranchRequest, ExecuteRequest};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
+use ids::Gid;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,7 +76,7 @@ impl Default for EngineConfig {
 /// What Execute answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExecuteOutcome {
-    pub gid: i64,
+    pub gid: Gid,
     pub status: Status,
     /// Why it is rolled back, with the id of the branch that caused it.
     pub reason: Option<(Rollback, Option<String>)>,
@@ -91,7 +92,7 @@ pub enum EngineError {
     #[error("idempotency key {0:?} was already used for a different request")]
     KeyReused(String),
     #[error("no transaction {0}")]
-    NotFound(i64),
+    NotFound(Gid),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -115,10 +116,10 @@ pub struct Engine {
     config: EngineConfig,
     owner: String,
     clients: Arc<participants::Clients>,
-    waiters: Mutex<HashMap<i64, watch::Sender<Decision>>>,
+    waiters: Mutex<HashMap<Gid, watch::Sender<Decision>>>,
     /// The transactions this process is driving right now.
-    driving: Arc<Mutex<HashSet<i64>>>,
-    keys: moka::future::Cache<String, (i64, String)>,
+    driving: Arc<Mutex<HashSet<Gid>>>,
+    keys: moka::future::Cache<String, (Gid, String)>,
     metrics: CoordinatorMetrics,
     failpoint: Option<String>,
 }
@@ -256,7 +257,7 @@ impl Engine {
 
     async fn replay(
         &self,
-        gid: i64,
+        gid: Gid,
         hash: &str,
         new: &NewTxn,
         req: &ExecuteRequest,
@@ -288,7 +289,7 @@ impl Engine {
         }
     }
 
-    fn subscribe(&self, gid: i64) -> watch::Receiver<Decision> {
+    fn subscribe(&self, gid: Gid) -> watch::Receiver<Decision> {
         let (tx, rx) = watch::channel((Status::Prepared, None));
         self.waiters
             .lock()
@@ -297,14 +298,14 @@ impl Engine {
         rx
     }
 
-    fn unsubscribe(&self, gid: i64) {
+    fn unsubscribe(&self, gid: Gid) {
         self.waiters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&gid);
     }
 
-    fn notify(&self, gid: i64, status: Status, reason: &Option<Rollback>) {
+    fn notify(&self, gid: Gid, status: Status, reason: &Option<Rollback>) {
         if let Some(tx) = self
             .waiters
             .lock()
@@ -328,7 +329,7 @@ impl Engine {
             Ok(Some(stored)) => self.drive_stored(stored).await,
             Ok(None) => {}
             Err(e) => {
-                tracing::warn!(gid = claim.gid, error = %e, "cannot load; recovery will pick it up")
+                tracing::warn!(gid = %claim.gid, error = %e, "cannot load; recovery will pick it up")
             }
         }
     }
@@ -341,7 +342,7 @@ impl Engine {
         };
         let span = tracing::info_span!("drive", gid = %gid);
         if let Err(e) = self.clone().drive_inner(stored).instrument(span).await {
-            tracing::warn!(gid, error = %e, "driving failed; recovery will pick it up");
+            tracing::warn!(gid = %gid, error = %e, "driving failed; recovery will pick it up");
         }
     }
 
@@ -466,7 +467,7 @@ impl Engine {
     }
 
     /// Operator action: make an unfinished transaction due now.
-    pub async fn retry_now(&self, gid: i64) -> Result<Status, EngineError> {
+    pub async fn retry_now(&self, gid: Gid) -> Result<Status, EngineError> {
         log::retry_now(&self.db, gid)
             .await?
             .ok_or(EngineError::NotFound(gid))
@@ -478,12 +479,12 @@ type CallFuture =
 
 /// A transaction this process is driving; leaving the set when dropped.
 struct Driving {
-    set: Arc<Mutex<HashSet<i64>>>,
-    gid: i64,
+    set: Arc<Mutex<HashSet<Gid>>>,
+    gid: Gid,
 }
 
 impl Driving {
-    fn enter(set: &Arc<Mutex<HashSet<i64>>>, gid: i64) -> Option<Driving> {
+    fn enter(set: &Arc<Mutex<HashSet<Gid>>>, gid: Gid) -> Option<Driving> {
         set.lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(gid)
@@ -493,7 +494,7 @@ impl Driving {
             })
     }
 
-    fn busy(set: &Mutex<HashSet<i64>>, gid: i64) -> bool {
+    fn busy(set: &Mutex<HashSet<Gid>>, gid: Gid) -> bool {
         set.lock().unwrap_or_else(|e| e.into_inner()).contains(&gid)
     }
 }
@@ -637,7 +638,7 @@ impl Run<'_> {
             }
             None => {
                 tracing::warn!(
-                    gid = self.stored.gid,
+                    gid = %self.stored.gid,
                     "the claim on this transaction was taken over; stopping"
                 );
                 Ok(false)
@@ -657,7 +658,7 @@ impl Run<'_> {
         let delay = self.engine.config.backoff.delay(round);
         self.engine.metrics.retry();
         tracing::info!(
-            gid = self.stored.gid,
+            gid = %self.stored.gid,
             status = %self.stored.txn.status,
             delay_ms = delay.as_millis() as u64,
             "work left; retrying later"

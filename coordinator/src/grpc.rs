@@ -4,6 +4,7 @@ use crate::engine::{BranchRequest, Engine, EngineError, ExecuteRequest};
 use crate::log;
 use crate::machine::{Mode, Status};
 use crate::view::{self, rollback_to_pb, status_to_pb};
+use ids::Gid;
 use proto::v1 as pb;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,10 +57,10 @@ fn status_from_pb(s: i32) -> Result<Option<Status>, GrpcStatus> {
     )
 }
 
-fn gid_of(raw: u64) -> Result<i64, GrpcStatus> {
-    i64::try_from(raw)
+fn gid_of(raw: u64) -> Result<Gid, GrpcStatus> {
+    Gid::from_u64(raw)
         .ok()
-        .filter(|g| *g > 0)
+        .filter(|g| g.as_u64() > 0)
         .ok_or_else(|| GrpcStatus::invalid_argument("gid must be between 1 and 2^63-1"))
 }
 
@@ -95,7 +96,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         };
         let out = self.engine.execute(req).await?;
         Ok(Response::new(pb::ExecuteResponse {
-            gid: out.gid as u64,
+            gid: out.gid.as_u64(),
             status: status_to_pb(out.status) as i32,
             reason: out
                 .reason
@@ -125,19 +126,19 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         let status = status_from_pb(r.status)?;
         let limit = i64::from(r.limit.clamp(1, 500));
         let before = if r.before_gid == 0 {
-            i64::MAX
+            None
         } else {
-            gid_of(r.before_gid)?
+            Some(gid_of(r.before_gid)?)
         };
         let rows = log::list(self.engine.db(), status, before, limit)
             .await
             .map_err(EngineError::from)?;
         let next = if rows.len() as i64 == limit {
-            rows.last().and_then(|s| s.gid.parse().ok()).unwrap_or(0)
+            rows.last().map_or(0, |s| s.gid.as_u64())
         } else {
             0
         };
-        let gids: Vec<i64> = rows.iter().filter_map(|s| s.gid.parse().ok()).collect();
+        let gids: Vec<Gid> = rows.iter().map(|s| s.gid).collect();
         let transactions = view::transactions(self.engine.db(), &gids).await?;
         Ok(Response::new(pb::ListResponse {
             transactions,

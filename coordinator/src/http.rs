@@ -9,6 +9,7 @@ use crate::view::transaction;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
 use host::Problem;
+use ids::Gid;
 use proto::v1 as pb;
 use serde::Deserialize;
 use serde_json::json;
@@ -38,10 +39,10 @@ impl From<EngineError> for Problem {
     }
 }
 
-fn parse_gid(raw: &str) -> Result<i64, Problem> {
-    raw.parse::<i64>()
+fn parse_gid(raw: &str) -> Result<Gid, Problem> {
+    raw.parse::<Gid>()
         .ok()
-        .filter(|g| *g > 0)
+        .filter(|g| g.as_u64() > 0)
         .ok_or_else(|| Problem::bad_request(format!("{raw:?} is not a transaction id")))
 }
 
@@ -71,15 +72,15 @@ async fn list(
         })?),
     };
     let before = match q.before.as_deref() {
-        None | Some("") => i64::MAX,
-        Some(b) => parse_gid(b)?,
+        None | Some("") => None,
+        Some(b) => Some(parse_gid(b)?),
     };
     let limit = q.limit.clamp(1, 500);
     let rows = log::list(engine.db(), status, before, limit)
         .await
         .map_err(EngineError::from)?;
     let next = (rows.len() as i64 == limit)
-        .then(|| rows.last().map(|r| r.gid.clone()))
+        .then(|| rows.last().map(|r| r.gid))
         .flatten();
     let counts: serde_json::Map<String, serde_json::Value> = log::counts(engine.db())
         .await

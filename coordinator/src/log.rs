@@ -9,6 +9,7 @@
 //! never commits already expired.
 
 use crate::machine::{Branch, First, Mode, Op, Rollback, Second, Status, Txn};
+use ids::Gid;
 use sqlx::Row;
 use store::{Db, StoreError};
 
@@ -24,7 +25,7 @@ pub struct NewBranch {
 /// A global transaction to record.
 #[derive(Debug, Clone)]
 pub struct NewTxn {
-    pub gid: i64,
+    pub gid: Gid,
     pub mode: Mode,
     pub idempotency_key: Option<String>,
     pub request_hash: String,
@@ -37,7 +38,7 @@ pub struct NewTxn {
 /// A recorded global transaction with what the driver needs.
 #[derive(Debug, Clone)]
 pub struct Stored {
-    pub gid: i64,
+    pub gid: Gid,
     pub txn: Txn,
     pub idempotency_key: Option<String>,
     pub created_at: i64,
@@ -180,6 +181,11 @@ fn corrupt(what: &str, value: &str) -> StoreError {
     StoreError::Corrupt(format!("unknown {what} {value:?} in the log"))
 }
 
+/// A gid as the log stores it (a `BIGINT`); a negative one is corruption, not a transaction.
+fn stored_gid(raw: i64) -> Result<Gid, StoreError> {
+    Gid::from_i64(raw).map_err(|_| corrupt("gid", &raw.to_string()))
+}
+
 /// `n` rows of `cols` placeholders each, numbered from `$1`, formatted by `row`.
 fn rows(n: usize, cols: usize, row: impl Fn(&[String]) -> String) -> String {
     rows_from(1, n, cols, row)
@@ -212,7 +218,7 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
          created_at, updated_at, deadline_at, next_attempt_at, attempts, owner, lease_until, epoch) \
          VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $8, $9, $8, 0, $10, $11, $12)",
     )
-    .bind(new.gid)
+    .bind(new.gid.as_i64())
     .bind(mode_str(new.mode))
     .bind(Status::Prepared.as_str())
     .bind(new.idempotency_key.clone())
@@ -238,7 +244,7 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
     let mut insert = sqlx::query(&sql);
     for (idx, b) in new.branches.iter().enumerate() {
         insert = insert
-            .bind(new.gid)
+            .bind(new.gid.as_i64())
             .bind(idx as i64)
             .bind(&b.branch_id)
             .bind(&b.participant)
@@ -261,13 +267,14 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
 }
 
 /// The transaction recorded under an idempotency key: (gid, request hash).
-pub async fn find_by_key(db: &Db, key: &str) -> Result<Option<(i64, String)>, StoreError> {
-    Ok(
+pub async fn find_by_key(db: &Db, key: &str) -> Result<Option<(Gid, String)>, StoreError> {
+    let row: Option<(i64, String)> =
         sqlx::query_as("SELECT gid, request_hash FROM global_txns WHERE idempotency_key = $1")
             .bind(key)
             .fetch_optional(db.pool())
-            .await?,
-    )
+            .await?;
+    row.map(|(gid, hash)| Ok((stored_gid(gid)?, hash)))
+        .transpose()
 }
 
 /// The largest gid ever recorded: the Snowflake generator's high-water mark at start-up
@@ -278,11 +285,11 @@ pub const MAX_GID: &str = "SELECT CAST(MAX(gid) AS BIGINT) FROM global_txns";
 /// Status and rollback reason of a transaction.
 pub async fn status_of(
     db: &Db,
-    gid: i64,
+    gid: Gid,
 ) -> Result<Option<(Status, Option<Rollback>)>, StoreError> {
     let row: Option<(String, Option<String>)> =
         sqlx::query_as("SELECT status, reason FROM global_txns WHERE gid = $1")
-            .bind(gid)
+            .bind(gid.as_i64())
             .fetch_optional(db.pool())
             .await?;
     row.map(|(s, r)| {
@@ -295,13 +302,13 @@ pub async fn status_of(
 }
 
 /// Loads a transaction with its branches.
-pub async fn load(db: &Db, gid: i64) -> Result<Option<Stored>, StoreError> {
+pub async fn load(db: &Db, gid: Gid) -> Result<Option<Stored>, StoreError> {
     Ok(load_many(db, &[gid]).await?.pop())
 }
 
 /// Loads transactions with their branches, in two queries whatever their number, in the
 /// order of `gids` (those that do not exist are left out).
-pub async fn load_many(db: &Db, gids: &[i64]) -> Result<Vec<Stored>, StoreError> {
+pub async fn load_many(db: &Db, gids: &[Gid]) -> Result<Vec<Stored>, StoreError> {
     if gids.is_empty() {
         return Ok(Vec::new());
     }
@@ -317,17 +324,17 @@ pub async fn load_many(db: &Db, gids: &[i64]) -> Result<Vec<Stored>, StoreError>
     let mut txns = sqlx::query(&txn_sql);
     let mut branch_rows = sqlx::query(&branch_sql);
     for gid in gids {
-        txns = txns.bind(*gid);
-        branch_rows = branch_rows.bind(*gid);
+        txns = txns.bind(gid.as_i64());
+        branch_rows = branch_rows.bind(gid.as_i64());
     }
     let txns = txns.fetch_all(db.pool()).await?;
-    let mut by_gid: std::collections::HashMap<i64, (Vec<Branch>, Vec<StoredBranch>)> =
+    let mut by_gid: std::collections::HashMap<Gid, (Vec<Branch>, Vec<StoredBranch>)> =
         std::collections::HashMap::new();
     for r in branch_rows.fetch_all(db.pool()).await? {
         let deps: String = r.try_get("depends_on")?;
         let phase1: String = r.try_get("phase1")?;
         let phase2: String = r.try_get("phase2")?;
-        let (states, branches) = by_gid.entry(r.try_get("gid")?).or_default();
+        let (states, branches) = by_gid.entry(stored_gid(r.try_get("gid")?)?).or_default();
         states.push(Branch {
             first: First::parse(&phase1).ok_or_else(|| corrupt("phase1", &phase1))?,
             second: Second::parse(&phase2).ok_or_else(|| corrupt("phase2", &phase2))?,
@@ -345,9 +352,9 @@ pub async fn load_many(db: &Db, gids: &[i64]) -> Result<Vec<Stored>, StoreError>
             last_error: r.try_get("last_error")?,
         });
     }
-    let mut loaded: std::collections::HashMap<i64, Stored> = std::collections::HashMap::new();
+    let mut loaded: std::collections::HashMap<Gid, Stored> = std::collections::HashMap::new();
     for row in txns {
-        let gid: i64 = row.try_get("gid")?;
+        let gid = stored_gid(row.try_get("gid")?)?;
         let status: String = row.try_get("status")?;
         let (states, branches) = by_gid.remove(&gid).unwrap_or_default();
         loaded.insert(
@@ -382,7 +389,7 @@ pub async fn load_many(db: &Db, gids: &[i64]) -> Result<Vec<Stored>, StoreError>
 /// What a driver writes back.
 #[derive(Debug)]
 pub struct Checkpoint<'a> {
-    pub gid: i64,
+    pub gid: Gid,
     pub owner: &'a str,
     /// The epoch of the claim this driver holds.
     pub epoch: i64,
@@ -419,7 +426,7 @@ pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<Option<i64>, Store
     .bind(lease_until)
     .bind(next_attempt_at)
     .bind(round)
-    .bind(c.gid)
+    .bind(c.gid.as_i64())
     .bind(c.owner)
     .bind(c.epoch)
     .bind(c.from.as_str())
@@ -441,7 +448,7 @@ pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<Option<i64>, Store
                 p[0], p[1], p[2], p[3], p[4]
             ))
         );
-        let mut update = sqlx::query(&sql).bind(c.gid);
+        let mut update = sqlx::query(&sql).bind(c.gid.as_i64());
         for (idx, (state, b)) in c.txn.branches.iter().zip(c.branches).enumerate() {
             update = update
                 .bind(idx as i64)
@@ -461,7 +468,7 @@ pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<Option<i64>, Store
         for a in c.new_attempts {
             insert = insert
                 .bind(store::random_id())
-                .bind(c.gid)
+                .bind(c.gid.as_i64())
                 .bind(a.idx)
                 .bind(a.op.as_str())
                 .bind(a.started_at)
@@ -479,7 +486,7 @@ pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<Option<i64>, Store
 /// A won claim: the transaction and the claim's fencing token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Claim {
-    pub gid: i64,
+    pub gid: Gid,
     pub epoch: i64,
 }
 
@@ -493,7 +500,7 @@ pub async fn claim_due(
     stale_owner_prefix: &str,
     lease_ms: i64,
     limit: i64,
-    busy: impl Fn(i64) -> bool,
+    busy: impl Fn(Gid) -> bool,
 ) -> Result<Vec<Claim>, StoreError> {
     let now = store::now_ms();
     let candidates: Vec<i64> = sqlx::query_scalar(
@@ -507,6 +514,10 @@ pub async fn claim_due(
     .fetch_all(db.pool())
     .await?;
     let mut claimed = Vec::with_capacity(candidates.len());
+    let candidates = candidates
+        .into_iter()
+        .map(stored_gid)
+        .collect::<Result<Vec<_>, _>>()?;
     for gid in candidates.into_iter().filter(|gid| !busy(*gid)) {
         let mut writer = db.begin().await?;
         // After the writer queue: a claim never commits with a lease that already ran out.
@@ -518,7 +529,7 @@ pub async fn claim_due(
         )
         .bind(owner)
         .bind(now + lease_ms)
-        .bind(gid)
+        .bind(gid.as_i64())
         .bind(now)
         .bind(format!("{stale_owner_prefix}%"))
         .fetch_optional(&mut *writer)
@@ -532,13 +543,13 @@ pub async fn claim_due(
 }
 
 /// Makes an unfinished transaction due now; returns its status (None: no such transaction).
-pub async fn retry_now(db: &Db, gid: i64) -> Result<Option<Status>, StoreError> {
+pub async fn retry_now(db: &Db, gid: Gid) -> Result<Option<Status>, StoreError> {
     let mut writer = db.begin().await?;
     sqlx::query(
         "UPDATE global_txns SET next_attempt_at = $1 WHERE gid = $2 AND status IN ('prepared', 'confirming', 'cancelling')",
     )
     .bind(store::now_ms())
-    .bind(gid)
+    .bind(gid.as_i64())
     .execute(&mut *writer)
     .await?;
     writer.commit().await?;
@@ -548,7 +559,7 @@ pub async fn retry_now(db: &Db, gid: i64) -> Result<Option<Status>, StoreError> 
 /// One line of a listing.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Summary {
-    pub gid: String,
+    pub gid: Gid,
     pub mode: String,
     pub status: String,
     pub reason: Option<String>,
@@ -562,7 +573,7 @@ pub struct Summary {
 pub async fn list(
     db: &Db,
     status: Option<Status>,
-    before: i64,
+    before: Option<Gid>,
     limit: i64,
 ) -> Result<Vec<Summary>, StoreError> {
     type Row = (i64, String, String, Option<String>, i64, i64, i64, i64);
@@ -570,17 +581,16 @@ pub async fn list(
         "SELECT gid, mode, status, reason, created_at, updated_at, attempts, next_attempt_at FROM global_txns \
          WHERE gid < $1 AND ($2 = '' OR status = $2) ORDER BY gid DESC LIMIT $3",
     )
-    .bind(before)
+    .bind(before.map_or(i64::MAX, Gid::as_i64))
     .bind(status.map(|s| s.as_str()).unwrap_or(""))
     .bind(limit)
     .fetch_all(db.pool())
     .await?;
-    Ok(rows
-        .into_iter()
+    rows.into_iter()
         .map(
             |(gid, mode, status, reason, created_at, updated_at, attempts, next_attempt_at)| {
-                Summary {
-                    gid: gid.to_string(),
+                Ok(Summary {
+                    gid: stored_gid(gid)?,
                     mode,
                     status,
                     reason: reason.map(|r| decode_reason(r).to_string()),
@@ -588,14 +598,14 @@ pub async fn list(
                     updated_at,
                     attempts,
                     next_attempt_at,
-                }
+                })
             },
         )
-        .collect())
+        .collect()
 }
 
 /// Every attempt of a transaction, oldest first.
-pub async fn timeline(db: &Db, gid: i64) -> Result<Vec<Attempt>, StoreError> {
+pub async fn timeline(db: &Db, gid: Gid) -> Result<Vec<Attempt>, StoreError> {
     Ok(timelines(db, &[gid])
         .await?
         .remove(&gid)
@@ -605,9 +615,9 @@ pub async fn timeline(db: &Db, gid: i64) -> Result<Vec<Attempt>, StoreError> {
 /// Every attempt of each of `gids`, oldest first, in one query.
 pub async fn timelines(
     db: &Db,
-    gids: &[i64],
-) -> Result<std::collections::HashMap<i64, Vec<Attempt>>, StoreError> {
-    let mut by_gid: std::collections::HashMap<i64, Vec<Attempt>> = std::collections::HashMap::new();
+    gids: &[Gid],
+) -> Result<std::collections::HashMap<Gid, Vec<Attempt>>, StoreError> {
+    let mut by_gid: std::collections::HashMap<Gid, Vec<Attempt>> = std::collections::HashMap::new();
     if gids.is_empty() {
         return Ok(by_gid);
     }
@@ -619,12 +629,12 @@ pub async fn timelines(
     );
     let mut query = sqlx::query_as::<_, Row>(&sql);
     for gid in gids {
-        query = query.bind(*gid);
+        query = query.bind(gid.as_i64());
     }
     for (gid, idx, op, started_at, duration_us, outcome, error, owner) in
         query.fetch_all(db.pool()).await?
     {
-        by_gid.entry(gid).or_default().push(Attempt {
+        by_gid.entry(stored_gid(gid)?).or_default().push(Attempt {
             idx,
             op: Op::parse(&op).ok_or_else(|| corrupt("op", &op))?,
             started_at,

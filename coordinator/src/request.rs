@@ -126,7 +126,7 @@ pub fn validate(
     }
     let request_hash = request_hash(mode, req);
     Ok(NewTxn {
-        gid: ids.next_id()?.as_i64(),
+        gid: ids.next_id()?,
         mode,
         idempotency_key: Some(req.idempotency_key.clone()).filter(|k| !k.is_empty()),
         request_hash,

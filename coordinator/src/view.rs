@@ -4,6 +4,7 @@
 use crate::engine::EngineError;
 use crate::log;
 use crate::machine::{First, Mode, Op, Rollback, Second, Status};
+use ids::Gid;
 use proto::v1 as pb;
 use store::Db;
 
@@ -18,7 +19,7 @@ pub fn status_to_pb(s: Status) -> pb::Status {
 }
 
 /// A transaction with its branches and timeline, as the API shows it.
-pub async fn transaction(db: &Db, gid: i64) -> Result<pb::GlobalTransaction, EngineError> {
+pub async fn transaction(db: &Db, gid: Gid) -> Result<pb::GlobalTransaction, EngineError> {
     transactions(db, &[gid])
         .await?
         .pop()
@@ -29,7 +30,7 @@ pub async fn transaction(db: &Db, gid: i64) -> Result<pb::GlobalTransaction, Eng
 /// `gids`; those that do not exist are left out).
 pub async fn transactions(
     db: &Db,
-    gids: &[i64],
+    gids: &[Gid],
 ) -> Result<Vec<pb::GlobalTransaction>, EngineError> {
     let mut timelines = log::timelines(db, gids).await?;
     Ok(log::load_many(db, gids)
@@ -95,7 +96,7 @@ fn shown(stored: log::Stored, timeline: &[log::Attempt]) -> pb::GlobalTransactio
         })
         .collect();
     pb::GlobalTransaction {
-        gid: gid as u64,
+        gid: gid.as_u64(),
         mode: match mode {
             Mode::Tcc => pb::Mode::Tcc,
             Mode::Saga => pb::Mode::Saga,

@@ -8,13 +8,18 @@ use std::time::Duration;
 use store::{Db, DbConfig};
 use testkit::{both_backends, TestDb};
 
+/// The one transaction these tests fence.
+fn gid() -> ids::Gid {
+    ids::Gid::from_u64(42).unwrap()
+}
+
 const OWNER: &str = "7:aaaa";
 
 async fn log_with_one_transaction(db: &TestDb, lease_ms: i64) -> (Db, log::Stored) {
     let db = Db::connect(&DbConfig::new(db.url())).await.unwrap();
     db.migrate(&coordinator::MIGRATOR).await.unwrap();
     let new = NewTxn {
-        gid: 42,
+        gid: gid(),
         mode: Mode::Tcc,
         idempotency_key: Some("fence".into()),
         request_hash: "h".into(),
@@ -93,7 +98,7 @@ async fn a_lapsed_claim_cannot_write_after_the_same_instance_claimed_again(db: T
         "a lapsed claim wrote"
     );
     assert_eq!(
-        log::status_of(&db, 42).await.unwrap().unwrap().0,
+        log::status_of(&db, gid()).await.unwrap().unwrap().0,
         Status::Cancelling
     );
 }
@@ -137,7 +142,7 @@ async fn a_status_is_replaced_only_from_the_status_the_writer_read(db: TestDb) {
 async fn recovery_never_claims_a_transaction_this_process_is_driving(db: TestDb) {
     let (db, _) = log_with_one_transaction(&db, 20).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
-    let claims = log::claim_due(&db, OWNER, "7:", 60_000, 10, |gid| gid == 42)
+    let claims = log::claim_due(&db, OWNER, "7:", 60_000, 10, |g| g == gid())
         .await
         .unwrap();
     assert!(claims.is_empty(), "{claims:?}");
