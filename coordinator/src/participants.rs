@@ -23,7 +23,7 @@ pub struct Clients {
 }
 
 impl Clients {
-    fn get(&self, addr: &str) -> Result<Client, String> {
+    fn get(&self, addr: &str) -> Result<Client, BadParticipant> {
         if let Some(c) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(addr) {
             return Ok(c.clone());
         }
@@ -58,7 +58,7 @@ impl Clients {
         let client = self.get(&branch.participant);
         let (clients, addr) = (self.clone(), branch.participant.clone());
         let request = proto::v1::BranchRequest {
-            gid: stored.gid as u64,
+            gid: stored.gid.as_u64(),
             branch_id: branch.branch_id.clone(),
             op: op.to_wire() as i32,
             payload: branch.payload.clone(),
@@ -71,7 +71,7 @@ impl Clients {
             let started_at = store::now_ms();
             let t = Instant::now();
             let result = match client {
-                Err(e) => CallResult::Error(e),
+                Err(e) => CallResult::Error(e.to_string()),
                 Ok(mut client) => {
                     let mut req = tonic::Request::new(request);
                     // The participant learns the deadline; our own timer below fires first, so
@@ -133,17 +133,27 @@ impl Clients {
     }
 }
 
+/// A participant address that cannot be called.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("participant {addr:?} {why}")]
+pub struct BadParticipant {
+    pub addr: String,
+    pub why: String,
+}
+
 /// A participant endpoint with connect timeout and HTTP/2 keepalive.
-pub fn endpoint(addr: &str) -> Result<Endpoint, String> {
+pub fn endpoint(addr: &str) -> Result<Endpoint, BadParticipant> {
+    let bad = |why: String| BadParticipant {
+        addr: addr.to_owned(),
+        why,
+    };
     if !(addr.starts_with("http://") || addr.starts_with("https://")) {
-        return Err(format!(
-            "participant {addr:?} must be an http:// or https:// URL"
-        ));
+        return Err(bad("must be an http:// or https:// URL".into()));
     }
     let endpoint =
-        Endpoint::from_shared(addr.to_owned()).map_err(|e| format!("participant {addr:?}: {e}"))?;
+        Endpoint::from_shared(addr.to_owned()).map_err(|e| bad(format!("is not a URL: {e}")))?;
     if endpoint.uri().host().is_none_or(str::is_empty) {
-        return Err(format!("participant {addr:?} has no host"));
+        return Err(bad("has no host".into()));
     }
     Ok(endpoint
         .connect_timeout(Duration::from_secs(2))

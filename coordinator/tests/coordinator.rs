@@ -526,7 +526,7 @@ async fn a_coordinator_refuses_a_node_id_a_live_instance_holds_and_takes_a_dead_
     ];
     let mut first = coordinator(&db, dir.path(), "first", &node).await;
     let (spec, ..) = coordinator_spec(&db, dir.path(), "second", &node);
-    let refused = Service::start(spec.clone()).await.unwrap_err();
+    let refused = Service::start(spec.clone()).await.unwrap_err().to_string();
     assert!(
         refused.contains("node id 7 is in use by a live instance"),
         "{refused}"
@@ -771,7 +771,7 @@ async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_messa
         let db = TestDb::sqlite();
         let name = format!("coordinator-{i}");
         let (spec, ..) = coordinator_spec(&db, dir.path(), &name, &[(key, &value)]);
-        let refused = Service::start(spec).await.unwrap_err();
+        let refused = Service::start(spec).await.unwrap_err().to_string();
         assert!(refused.contains("exited with"), "{key}={value}: {refused}");
         assert!(refused.contains(expected), "{key}={value}: {refused}");
     }

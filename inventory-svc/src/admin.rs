@@ -3,6 +3,7 @@
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
+use admin::{NewSku, Restock, StockAudit};
 use host::Problem;
 use serde::{Deserialize, Serialize};
 use store::{Db, StoreError};
@@ -30,17 +31,6 @@ pub struct Sku {
     pub sold: i64,
 }
 
-#[derive(Debug, Deserialize)]
-struct NewSku {
-    #[serde(default)]
-    available: i64,
-}
-
-#[derive(Debug, Deserialize)]
-struct Restock {
-    quantity: i64,
-}
-
 fn check_id(id: &str) -> Result<(), Problem> {
     tcc::check::id("sku", id).map_err(|r| Problem::bad_request(r.message))
 }
@@ -50,8 +40,7 @@ async fn fetch(db: &Db, id: &str) -> Result<Option<Sku>, Problem> {
         sqlx::query_as("SELECT id, available, reserved, sold FROM skus WHERE id = $1")
             .bind(id)
             .fetch_optional(db.pool())
-            .await
-            .map_err(StoreError::from)?,
+            .await?,
     )
 }
 
@@ -93,14 +82,13 @@ async fn create_sku(
     .bind(body.available)
     .bind(store::now_ms())
     .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?
+    .await?
     .rows_affected()
         == 1;
     if created && body.available > 0 {
         record_restock(&mut tx, &id, body.available).await?;
     }
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     let sku = fetch(&db, &id)
         .await?
         .ok_or_else(|| Problem::internal("SKU vanished"))?;
@@ -132,8 +120,7 @@ async fn restock(
     .bind(id.as_str())
     .bind(tcc::check::MAX_BALANCE)
     .execute(&mut *tx)
-    .await
-    .map_err(StoreError::from)?
+    .await?
     .rows_affected();
     if updated == 0 {
         return Err(match fetch(&db, &id).await? {
@@ -142,7 +129,7 @@ async fn restock(
         });
     }
     record_restock(&mut tx, &id, body.quantity).await?;
-    tx.commit().await.map_err(StoreError::from)?;
+    tx.commit().await?;
     let sku = fetch(&db, &id)
         .await?
         .ok_or_else(|| Problem::internal("SKU vanished"))?;
@@ -168,8 +155,7 @@ async fn list_skus(
     .bind(&page.after)
     .bind(page.limit())
     .fetch_all(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let next = page.next_after(&skus, |s| s.id.clone());
     Ok(HttpResponse::Ok().json(serde_json::json!({ "skus": skus, "next_after": next })))
 }
@@ -195,8 +181,7 @@ async fn reservations_of(
     )
     .bind(gid.as_i64())
     .fetch_all(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "gid": gid, "reservations": rows })))
 }
 
@@ -226,26 +211,9 @@ async fn list_reservations(
     .bind(branch)
     .bind(page.limit())
     .fetch_all(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let next = page.next_after(&rows, |r| format!("{}/{}", r.gid, r.branch_id));
     Ok(HttpResponse::Ok().json(serde_json::json!({ "reservations": rows, "next_after": next })))
-}
-
-/// The stock invariants of DESIGN §5 as this service sees them.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Audit {
-    pub skus: i64,
-    pub available: i64,
-    pub reserved: i64,
-    pub sold: i64,
-    pub restocked: i64,
-    /// Items in reservations still `reserved`: must equal `reserved`.
-    pub held: i64,
-    /// SKUs whose own available + reserved + sold differs from their restocks.
-    pub unbalanced_skus: i64,
-    pub negative_skus: i64,
-    pub consistent: bool,
 }
 
 /// `GET /admin/audit`.
@@ -258,31 +226,27 @@ async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
          FROM skus",
     )
     .fetch_one(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let restocked: i64 =
         sqlx::query_scalar("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM restocks")
             .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
+            .await?;
     let held: i64 =
         sqlx::query_scalar("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations WHERE status = 'reserved'")
             .fetch_one(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
+            .await?;
     let unbalanced: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM skus s WHERE s.available + s.reserved + s.sold <> \
          (SELECT CAST(COALESCE(SUM(r.quantity), 0) AS BIGINT) FROM restocks r WHERE r.sku = s.id)",
     )
     .fetch_one(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    tx.rollback().await.map_err(StoreError::from)?;
+    .await?;
+    tx.rollback().await?;
     let consistent = available + reserved + sold == restocked
         && reserved == held
         && negative == 0
         && unbalanced == 0;
-    Ok(HttpResponse::Ok().json(Audit {
+    Ok(HttpResponse::Ok().json(StockAudit {
         skus,
         available,
         reserved,

@@ -6,7 +6,8 @@
 //! is the price of distribution on this machine.
 
 use crate::bench::Backend;
-use crate::measure::{closed_loop, latency_ms};
+use crate::error::{write_json, LoadError};
+use crate::measure::{closed_loop, Latency};
 use crate::target::parse_duration;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -110,7 +111,7 @@ async fn place(db: &Db, id: i64, user: &str) -> Result<(), StoreError> {
 }
 
 /// Measures, prints and returns the report; the verdict is [`passed`].
-pub async fn baseline(args: BaselineArgs) -> Result<serde_json::Value, String> {
+pub async fn baseline(args: BaselineArgs) -> Result<BaselineReport, LoadError> {
     let _fresh;
     let url = match (&args.database_url, args.backend) {
         (Some(url), _) => url.clone(),
@@ -127,7 +128,7 @@ pub async fn baseline(args: BaselineArgs) -> Result<serde_json::Value, String> {
             }
             _fresh = testkit::TestDb::postgres()
                 .await
-                .ok_or("no PostgreSQL: set DATABASE_URL or install PostgreSQL")?;
+                .ok_or(LoadError::NoPostgres)?;
             _fresh.url().to_owned()
         }
     };
@@ -136,14 +137,11 @@ pub async fn baseline(args: BaselineArgs) -> Result<serde_json::Value, String> {
     config.synchronous = args
         .synchronous
         .parse()
-        .map_err(|e| format!("--synchronous: {e}"))?;
-    let db = Db::connect(&config).await.map_err(|e| e.to_string())?;
-    let mut tx = db.begin().await.map_err(|e| e.to_string())?;
+        .map_err(|e| LoadError::Args(format!("--synchronous: {e}")))?;
+    let db = Db::connect(&config).await?;
+    let mut tx = db.begin().await?;
     for sql in SCHEMA.iter().chain([&REQUESTS]) {
-        sqlx::query(sql)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| format!("{sql}: {e}"))?;
+        sqlx::query(sql).execute(&mut *tx).await?;
     }
     let users: Vec<String> = (0..args.users.max(1))
         .map(|k| format!("load-{k}"))
@@ -153,17 +151,15 @@ pub async fn baseline(args: BaselineArgs) -> Result<serde_json::Value, String> {
             .bind(u)
             .bind(if u == "merchant" { 0 } else { FUNDS })
             .execute(&mut *tx)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
     }
     sqlx::query(
         "INSERT INTO baseline_skus (id, available, sold, updated_at) VALUES ('coffee', $1, 0, 0)",
     )
     .bind(FUNDS)
     .execute(&mut *tx)
-    .await
-    .map_err(|e| e.to_string())?;
-    tx.commit().await.map_err(|e| e.to_string())?;
+    .await?;
+    tx.commit().await?;
 
     let next = AtomicU64::new(1);
     let failures = AtomicU64::new(0);
@@ -199,44 +195,68 @@ pub async fn baseline(args: BaselineArgs) -> Result<serde_json::Value, String> {
          (SELECT CAST(COUNT(*) AS BIGINT) FROM baseline_requests)",
     )
     .fetch_one(db.pool())
-    .await
-    .map_err(|e| e.to_string())?;
+    .await?;
     let consistent = money == FUNDS * users.len() as i64 && orders == sold && orders == requests;
     let backend = match db.backend() {
         store::Backend::Sqlite => format!("sqlite(synchronous={})", args.synchronous),
         store::Backend::Postgres => "postgres".into(),
     };
-    let report = serde_json::json!({
-        "what": "one order as ONE local transaction: key, debit, credit merchant, take stock, insert order",
-        "backend": backend,
-        "concurrency": args.concurrency,
-        "seconds": seconds,
-        "transactions": h.len(),
-        "transactions_per_second": h.len() as f64 / seconds,
-        "latency_ms": latency_ms(&h),
-        "failures": failures.load(Ordering::Relaxed),
-        "consistent": consistent,
-    });
-    println!(
-        "{} transactions in {seconds:.1} s: {:.1}/s on {backend}; latency p50 {} ms, p99 {} ms; {}",
-        h.len(),
-        h.len() as f64 / seconds,
-        report["latency_ms"]["p50"],
-        report["latency_ms"]["p99"],
-        if consistent {
-            "money, stock and keys consistent"
-        } else {
-            "INCONSISTENT"
-        }
-    );
+    let report = BaselineReport {
+        what: "one order as ONE local transaction: key, debit, credit merchant, take stock, insert order".into(),
+        backend,
+        concurrency: args.concurrency,
+        seconds,
+        transactions: h.len(),
+        transactions_per_second: h.len() as f64 / seconds,
+        latency_ms: Latency::of(&h),
+        failures: failures.load(Ordering::Relaxed),
+        consistent,
+    };
+    println!("{report}");
     if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report).expect("json"))
-            .map_err(|e| format!("writing {}: {e}", out.display()))?;
+        write_json(out, &report)?;
     }
     Ok(report)
 }
 
-/// Whether the monolith kept its own books and every order went through.
-pub fn passed(report: &serde_json::Value) -> bool {
-    report["consistent"] == true && report["failures"] == 0
+/// What the one-database baseline measured, and whether it kept its own books.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct BaselineReport {
+    pub what: String,
+    pub backend: String,
+    pub concurrency: u64,
+    pub seconds: f64,
+    pub transactions: u64,
+    pub transactions_per_second: f64,
+    pub latency_ms: Latency,
+    pub failures: u64,
+    /// Money conserved, every order sold its item, one order per key.
+    pub consistent: bool,
+}
+
+impl BaselineReport {
+    /// Whether the monolith kept its own books and every order went through.
+    pub fn passed(&self) -> bool {
+        self.consistent && self.failures == 0
+    }
+}
+
+impl std::fmt::Display for BaselineReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} transactions in {:.1} s: {:.1}/s on {}; latency p50 {} ms, p99 {} ms; {}",
+            self.transactions,
+            self.seconds,
+            self.transactions_per_second,
+            self.backend,
+            self.latency_ms.p50,
+            self.latency_ms.p99,
+            if self.consistent {
+                "money, stock and keys consistent"
+            } else {
+                "INCONSISTENT"
+            }
+        )
+    }
 }

@@ -2,7 +2,7 @@
 //! gRPC) and the coordinator (TCC transactions with three no-op participants). They isolate what
 //! a `run` through the public API mixes together.
 
-use crate::measure::{closed_loop, latency_ms};
+use crate::measure::{closed_loop, Latency};
 use clap::ValueEnum;
 use prost::Message;
 use proto::v1::{Op, Outcome};
@@ -110,27 +110,22 @@ pub async fn participant(args: ParticipantArgs) {
     std::env::set_var(format!("{prefix}DB__MAX_CONNECTIONS"), "32");
     let p = ParticipantProcess::start(name, &bin_dir.join(name), prefix, &db, dir.path()).await;
     let total = args.pairs + args.pairs / 10;
-    match args.service {
+    let api = admin::Api::new(name, p.http_url.clone(), testkit::participant::ADMIN_TOKEN);
+    let seeded = match args.service {
         Which::Payment => {
-            for (id, available) in [("bench", total as i64), ("merchant", 0)] {
-                p.admin(
-                    reqwest::Method::PUT,
-                    &format!("/admin/accounts/{id}"),
-                    Some(serde_json::json!({ "available": available })),
-                )
-                .await;
+            let payment = admin::Payment(api.clone());
+            match payment.open_account("bench", total as i64).await {
+                Ok(_) => payment.open_account("merchant", 0).await.map(drop),
+                Err(e) => Err(e),
             }
         }
-        Which::Inventory => {
-            p.admin(
-                reqwest::Method::PUT,
-                "/admin/skus/BENCH",
-                Some(serde_json::json!({ "available": total as i64 })),
-            )
-            .await;
-        }
-        Which::Order => {}
-    }
+        Which::Inventory => admin::Inventory(api.clone())
+            .open_sku("BENCH", total as i64)
+            .await
+            .map(drop),
+        Which::Order => Ok(()),
+    };
+    seeded.unwrap_or_else(|e| panic!("seeding {name}: {e}"));
 
     let warmup = args.pairs / 10;
     let pair = |gid: u64| {
@@ -157,7 +152,10 @@ pub async fn participant(args: ParticipantArgs) {
     let h = closed_loop(args.concurrency, warmup + 1..total + 1, None, pair).await;
     let elapsed = t0.elapsed();
     let measured = h.len();
-    let audit = p.admin_get("/admin/audit").await;
+    let audit: serde_json::Value = api
+        .get("/admin/audit")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
     let backend = match args.backend {
         Backend::Sqlite => format!("sqlite(synchronous={})", args.synchronous),
         Backend::Postgres => "postgres".into(),
@@ -169,7 +167,7 @@ pub async fn participant(args: ParticipantArgs) {
         "pairs": measured,
         "seconds": elapsed.as_secs_f64(),
         "pairs_per_second": measured as f64 / elapsed.as_secs_f64(),
-        "pair_latency_ms": latency_ms(&h),
+        "pair_latency_ms": Latency::of(&h),
         "audit": audit,
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
@@ -304,7 +302,7 @@ pub async fn coordinator(args: CoordinatorArgs) {
         "transactions": measured_count,
         "decided_per_second": measured / decided.as_secs_f64(),
         "completed_per_second": measured / finished.as_secs_f64(),
-        "execute_latency_ms": latency_ms(&h),
+        "execute_latency_ms": Latency::of(&h),
         "database_transactions_per_global_transaction": match (commits_before, commits_after) {
             (Some(b), Some(a)) => serde_json::json!((a - b) as f64 / measured),
             _ => serde_json::Value::Null,

@@ -5,6 +5,7 @@
 //! money and stock conserved, all parties agreeing, one order per key.
 
 use crate::bench::Backend;
+use crate::error::LoadError;
 use crate::run::{self, RunArgs};
 use crate::target::{parse_duration, Target};
 use std::path::PathBuf;
@@ -63,35 +64,40 @@ fn token() -> String {
         .collect()
 }
 
-pub async fn chaos(args: ChaosArgs) -> Result<bool, String> {
+pub async fn chaos(args: ChaosArgs) -> Result<bool, LoadError> {
     for name in &args.kill {
         if !SERVICES.contains(&name.as_str()) {
-            return Err(format!(
+            return Err(LoadError::Args(format!(
                 "--kill: {name:?} is not one of {}",
                 SERVICES.join(", ")
-            ));
+            )));
         }
     }
     let bin = match &args.bin_dir {
         Some(d) => d.join("platform"),
         None => std::env::current_exe()
-            .map_err(|e| e.to_string())?
+            .map_err(|source| LoadError::Io {
+                what: "this binary's path".into(),
+                source,
+            })?
             .with_file_name("platform"),
     };
     if !bin.exists() {
-        return Err(format!(
+        return Err(LoadError::Args(format!(
             "{} is missing: build it with `cargo build --release -p platform -p load-tests`",
             bin.display()
-        ));
+        )));
     }
     let db = match args.backend {
         Backend::Sqlite => testkit::TestDb::sqlite(),
         Backend::Postgres => testkit::TestDb::postgres()
             .await
-            .ok_or("no PostgreSQL: set DATABASE_URL or install PostgreSQL")?,
+            .ok_or(LoadError::NoPostgres)?,
     };
     let options = PlatformOptions::new(&token(), &token());
-    let mut platform = Platform::start(&bin, db, &options).await?;
+    let mut platform = Platform::start(&bin, db, &options)
+        .await
+        .map_err(|e| LoadError::Platform(e.to_string()))?;
     eprintln!(
         "chaos: platform up ({:?}) in {}",
         args.backend,
@@ -108,12 +114,9 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, String> {
     };
     // The platform's seed: a price for coffee (run creates the buyers, the merchant and stock).
     target
-        .admin(
-            &reqwest::Client::new(),
-            reqwest::Method::PUT,
-            format!("{}/admin/catalog/coffee", target.order_url),
-            serde_json::json!({ "name": "coffee", "price": 450 }),
-        )
+        .admin()?
+        .order
+        .put_catalog_item("coffee", "coffee", 450)
         .await?;
     let run_args = RunArgs {
         target: target.clone(),
@@ -149,7 +152,7 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, String> {
         service
             .restart()
             .await
-            .map_err(|e| format!("restarting {name}: {e}"))?;
+            .map_err(|e| LoadError::Platform(format!("restarting {name}: {e}")))?;
         kills += 1;
         eprintln!(
             "chaos: {:>5.1}s SIGKILL {name}, restarted after {:.0} ms down + {:.0} ms to ready",
@@ -160,16 +163,14 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, String> {
     }
     let report = load
         .await
-        .map_err(|e| format!("the load panicked: {e}"))??;
-    let exactly_once = run::exactly_once(&report);
-    let confirmed = report["outcomes"]["confirmed"].as_u64().unwrap_or(0);
+        .map_err(|e| LoadError::Platform(format!("the load panicked: {e}")))??;
+    let exactly_once = report.exactly_once();
+    let confirmed = report.confirmed();
     if confirmed == 0 {
         eprintln!("chaos: no order was confirmed, so the experiment proves nothing");
     }
     eprintln!("chaos: {kills} kills; auditing");
-    let audit = audit::run(&target.endpoints()?, args.settle)
-        .await
-        .map_err(|e| e.to_string())?;
+    let audit = audit::run(&platform.endpoints(), args.settle).await?;
     println!("{audit}");
     if args.keep {
         // The services stop (dropped); their logs and databases stay.

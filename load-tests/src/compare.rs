@@ -5,6 +5,7 @@
 
 use crate::baseline::{self, BaselineArgs};
 use crate::bench::Backend;
+use crate::error::{write_json, LoadError};
 use crate::run::{self, RunArgs};
 use crate::target::{parse_duration, Target};
 use std::path::PathBuf;
@@ -38,13 +39,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-pub async fn compare(args: CompareArgs) -> Result<bool, String> {
+pub async fn compare(args: CompareArgs) -> Result<bool, LoadError> {
     if matches!(args.backend, Backend::Postgres) && std::env::var_os("DATABASE_URL").is_none() {
-        return Err(
+        return Err(LoadError::Args(
             "set DATABASE_URL to the platform's PostgreSQL server, so that both sides \
-                    commit to the same server with the same settings"
+             commit to the same server with the same settings"
                 .into(),
-        );
+        ));
     }
     let (mut tcc, mut local) = (Vec::new(), Vec::new());
     let mut ok = true;
@@ -61,7 +62,7 @@ pub async fn compare(args: CompareArgs) -> Result<bool, String> {
             out: None,
         })
         .await?;
-        ok &= baseline::passed(&base);
+        ok &= base.passed();
         let report = run::run(RunArgs {
             target: args.target.clone(),
             concurrency: Some(args.concurrency),
@@ -81,11 +82,8 @@ pub async fn compare(args: CompareArgs) -> Result<bool, String> {
             quiet: true,
         })
         .await?;
-        ok &= run::exactly_once(&report);
-        let (t, b) = (
-            report["orders_per_second"].as_f64().unwrap_or(0.0),
-            base["transactions_per_second"].as_f64().unwrap_or(0.0),
-        );
+        ok &= report.exactly_once();
+        let (t, b) = (report.orders_per_second, base.transactions_per_second);
         println!(
             "round {round}: TCC {t:.1} orders/s, baseline {b:.1} tx/s, ratio {:.3}",
             t / b
@@ -101,19 +99,31 @@ pub async fn compare(args: CompareArgs) -> Result<bool, String> {
         t / b
     );
     if let Some(out) = &args.out {
-        let report = serde_json::json!({
-            "concurrency": args.concurrency,
-            "seconds_per_side": args.duration.as_secs_f64(),
-            "tcc_orders_per_second": tcc,
-            "baseline_transactions_per_second": local,
-            "median_tcc": t,
-            "median_baseline": b,
-            "ratio": t / b,
-        });
-        std::fs::write(out, serde_json::to_string_pretty(&report).expect("json"))
-            .map_err(|e| format!("writing {}: {e}", out.display()))?;
+        let report = CompareReport {
+            concurrency: args.concurrency,
+            seconds_per_side: args.duration.as_secs_f64(),
+            tcc_orders_per_second: tcc,
+            baseline_transactions_per_second: local,
+            median_tcc: t,
+            median_baseline: b,
+            ratio: t / b,
+        };
+        write_json(out, &report)?;
     }
     Ok(ok)
+}
+
+/// Both sides of every round, their medians and the ratio (`--out`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct CompareReport {
+    pub concurrency: u64,
+    pub seconds_per_side: f64,
+    pub tcc_orders_per_second: Vec<f64>,
+    pub baseline_transactions_per_second: Vec<f64>,
+    pub median_tcc: f64,
+    pub median_baseline: f64,
+    /// `median_tcc / median_baseline`: the price of distribution.
+    pub ratio: f64,
 }
 
 #[cfg(test)]

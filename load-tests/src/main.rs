@@ -17,6 +17,7 @@ mod baseline;
 mod bench;
 mod chaos;
 mod compare;
+mod error;
 mod measure;
 mod run;
 mod target;
@@ -63,14 +64,11 @@ struct AuditArgs {
     out: Option<PathBuf>,
 }
 
-async fn audit(args: AuditArgs) -> Result<bool, String> {
-    let report = audit::run(&args.target.endpoints()?, args.settle)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn audit(args: AuditArgs) -> Result<bool, error::LoadError> {
+    let report = audit::run(&args.target.endpoints()?, args.settle).await?;
     println!("{report}");
     if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report).expect("json"))
-            .map_err(|e| format!("writing {}: {e}", out.display()))?;
+        error::write_json(out, &report)?;
     }
     Ok(report.ok)
 }
@@ -79,9 +77,9 @@ async fn audit(args: AuditArgs) -> Result<bool, String> {
 async fn main() {
     let cli = Cli::parse();
     let verdict = match cli.command {
-        Command::Run(args) => run::run(args).await.map(|r| run::exactly_once(&r)),
+        Command::Run(args) => run::run(args).await.map(|r| r.exactly_once()),
         Command::Audit(args) => audit(args).await,
-        Command::Baseline(args) => baseline::baseline(args).await.map(|r| baseline::passed(&r)),
+        Command::Baseline(args) => baseline::baseline(args).await.map(|r| r.passed()),
         Command::Compare(args) => compare::compare(args).await,
         Command::Chaos(args) => chaos::chaos(args).await,
         Command::Participant(args) => {

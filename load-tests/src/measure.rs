@@ -2,6 +2,7 @@
 
 use futures::future::join_all;
 use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -39,13 +40,34 @@ where
     all
 }
 
-/// p50, p90, p99 and max of a histogram in microseconds, as milliseconds.
-pub fn latency_ms(h: &Histogram<u64>) -> serde_json::Value {
-    let ms = |us: u64| us as f64 / 1000.0;
-    serde_json::json!({
-        "p50": ms(h.value_at_quantile(0.50)),
-        "p90": ms(h.value_at_quantile(0.90)),
-        "p99": ms(h.value_at_quantile(0.99)),
-        "max": ms(h.max()),
-    })
+/// Latency percentiles of a run, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+impl Latency {
+    /// p50, p90, p99 and max of a histogram in microseconds.
+    pub fn of(h: &Histogram<u64>) -> Latency {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Latency {
+            p50: ms(h.value_at_quantile(0.50)),
+            p90: ms(h.value_at_quantile(0.90)),
+            p99: ms(h.value_at_quantile(0.99)),
+            max: ms(h.max()),
+        }
+    }
+}
+
+impl std::fmt::Display for Latency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+            self.p50, self.p90, self.p99, self.max
+        )
+    }
 }

@@ -6,11 +6,12 @@
 //! Every answer is classified against what the order was meant to do; a duplicate answered with
 //! another order than its original is an exactly-once violation and fails the run.
 
-use crate::measure::latency_ms;
+use crate::error::{write_json, LoadError};
+use crate::measure::{closed_loop, Latency};
 use crate::target::{parse_duration, Target};
 use hdrhistogram::Histogram;
 use order_svc::api::OrderView;
-use reqwest::Method;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::io::{IsTerminal, Write};
@@ -351,70 +352,27 @@ impl Shared {
 }
 
 /// Buyers funded, stock restocked, the sold-out SKU priced and empty.
-async fn set_up(args: &RunArgs, http: &reqwest::Client, orders: u64) -> Result<(), String> {
-    let t = &args.target;
-    let put = Method::PUT;
-    t.admin(
-        http,
-        put.clone(),
-        format!("{}/admin/accounts/{}", t.payment_url, args.merchant),
-        json!({ "available": 0 }),
-    )
-    .await?;
+async fn set_up(args: &RunArgs, orders: u64) -> Result<(), LoadError> {
+    let admin = args.target.admin()?;
+    admin.payment.open_account(&args.merchant, 0).await?;
     for k in 0..args.users {
         let user = format!("load-{k}");
-        t.admin(
-            http,
-            put.clone(),
-            format!("{}/admin/accounts/{user}", t.payment_url),
-            json!({ "available": 0 }),
-        )
-        .await?;
-        t.admin(
-            http,
-            Method::POST,
-            format!("{}/admin/accounts/{user}/deposits", t.payment_url),
-            json!({ "amount": 1_000_000_000_000_i64 }),
-        )
-        .await?;
+        admin.payment.open_account(&user, 0).await?;
+        admin.payment.deposit(&user, 1_000_000_000_000).await?;
     }
     for k in 0..BROKE_BUYERS {
-        t.admin(
-            http,
-            put.clone(),
-            format!("{}/admin/accounts/load-broke-{k}", t.payment_url),
-            json!({ "available": 0 }),
-        )
-        .await?;
+        admin
+            .payment
+            .open_account(&format!("load-broke-{k}"), 0)
+            .await?;
     }
-    t.admin(
-        http,
-        put.clone(),
-        format!("{}/admin/skus/{}", t.inventory_url, args.sku),
-        json!({ "available": 0 }),
-    )
-    .await?;
-    t.admin(
-        http,
-        Method::POST,
-        format!("{}/admin/skus/{}/restocks", t.inventory_url, args.sku),
-        json!({ "quantity": orders as i64 }),
-    )
-    .await?;
-    t.admin(
-        http,
-        put.clone(),
-        format!("{}/admin/skus/{SOLD_OUT_SKU}", t.inventory_url),
-        json!({ "available": 0 }),
-    )
-    .await?;
-    t.admin(
-        http,
-        put,
-        format!("{}/admin/catalog/{SOLD_OUT_SKU}", t.order_url),
-        json!({ "name": "sold out (load-tests)", "price": 100 }),
-    )
-    .await?;
+    admin.inventory.open_sku(&args.sku, 0).await?;
+    admin.inventory.restock(&args.sku, orders as i64).await?;
+    admin.inventory.open_sku(SOLD_OUT_SKU, 0).await?;
+    admin
+        .order
+        .put_catalog_item(SOLD_OUT_SKU, "sold out (load-tests)", 100)
+        .await?;
     Ok(())
 }
 
@@ -438,24 +396,11 @@ async fn drive(
     let limit = count.unwrap_or(u64::MAX);
     match mode {
         Mode::Closed(n) => {
-            let next = Arc::new(AtomicU64::new(0));
-            let mut workers = tokio::task::JoinSet::new();
-            for _ in 0..n.max(1) {
-                let (shared, next) = (shared.clone(), next.clone());
-                workers.spawn(async move {
-                    loop {
-                        if start.elapsed() >= until && count.is_none() {
-                            return;
-                        }
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= limit {
-                            return;
-                        }
-                        shared.place(key_prefix, i, Instant::now()).await;
-                    }
-                });
-            }
-            while workers.join_next().await.is_some() {}
+            let deadline = count.is_none().then(|| start + until);
+            closed_loop(n, 0..limit, deadline, |i| {
+                shared.place(key_prefix, i, Instant::now())
+            })
+            .await;
         }
         Mode::Open(rate) => {
             let mut tasks = tokio::task::JoinSet::new();
@@ -526,7 +471,7 @@ fn progress(
 }
 
 /// Runs the load, prints (and writes) the report and returns it; `Err` for a set-up failure.
-pub async fn run(args: RunArgs) -> Result<serde_json::Value, String> {
+pub async fn run(args: RunArgs) -> Result<RunReport, LoadError> {
     let prepared = prepare(&args).await?;
     load(args, prepared).await
 }
@@ -540,16 +485,22 @@ pub struct Prepared {
 }
 
 /// Checks the arguments and sets the platform up for the run.
-pub async fn prepare(args: &RunArgs) -> Result<Prepared, String> {
+pub async fn prepare(args: &RunArgs) -> Result<Prepared, LoadError> {
     if !(0.0..=1.0).contains(&(args.fail_share + args.duplicate_share))
         || args.fail_share < 0.0
         || args.duplicate_share < 0.0
     {
-        return Err("--fail-share and --duplicate-share must be ≥ 0 and sum to at most 1".into());
+        return Err(LoadError::Args(
+            "--fail-share and --duplicate-share must be ≥ 0 and sum to at most 1".into(),
+        ));
     }
     let mode = match (args.rate, args.concurrency) {
         (Some(r), _) if r > 0.0 && r.is_finite() => Mode::Open(r),
-        (Some(_), _) => return Err("--rate must be a positive number of orders per second".into()),
+        (Some(_), _) => {
+            return Err(LoadError::Args(
+                "--rate must be a positive number of orders per second".into(),
+            ))
+        }
         (None, c) => Mode::Closed(c.unwrap_or(8)),
     };
     let tag = args.tag.clone().unwrap_or_else(|| {
@@ -565,7 +516,10 @@ pub async fn prepare(args: &RunArgs) -> Result<Prepared, String> {
         .timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(1024)
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| LoadError::Io {
+            what: "an HTTP client".into(),
+            source: std::io::Error::other(e),
+        })?;
     // Enough stock that no order meant to succeed runs out: a generous bound on what the
     // platform can take in the run's time.
     let horizon = (args.duration + args.warmup).as_secs_f64() + 1.0;
@@ -574,7 +528,7 @@ pub async fn prepare(args: &RunArgs) -> Result<Prepared, String> {
         (None, Mode::Open(r)) => (r * horizon) as u64,
         (None, Mode::Closed(_)) => (5_000.0 * horizon) as u64,
     };
-    set_up(args, &http, planned * 2 + 1_000).await?;
+    set_up(args, planned * 2 + 1_000).await?;
 
     let secret = args.target.jwt_secret()?;
     let auth = order_svc::auth::Authenticator::new(
@@ -599,7 +553,7 @@ pub async fn prepare(args: &RunArgs) -> Result<Prepared, String> {
 }
 
 /// Sends the load of a prepared run, prints (and writes) the report and returns it.
-pub async fn load(args: RunArgs, prepared: Prepared) -> Result<serde_json::Value, String> {
+pub async fn load(args: RunArgs, prepared: Prepared) -> Result<RunReport, LoadError> {
     let Prepared {
         mode,
         tag,
@@ -658,80 +612,166 @@ pub async fn load(args: RunArgs, prepared: Prepared) -> Result<serde_json::Value
     }
     let stats = shared.stats.lock().expect("stats lock");
     let answered = stats.answered();
-    let report = json!({
-        "what": "POST /api/v1/orders through the public API",
-        "tag": tag,
-        "target": args.target.order_url,
-        "mode": match mode { Mode::Closed(_) => "closed", Mode::Open(_) => "open" },
-        "concurrency": match mode { Mode::Closed(n) => json!(n), Mode::Open(_) => json!(null) },
-        "rate": match mode { Mode::Open(r) => json!(r), Mode::Closed(_) => json!(null) },
-        "buyers": args.users,
-        "fail_share": args.fail_share,
-        "duplicate_share": args.duplicate_share,
-        "seconds": seconds,
-        "orders": answered,
-        "orders_per_second": answered as f64 / seconds,
-        "latency_ms": stats.latency.as_ref().map(latency_ms),
-        "latency_ms_by_outcome": stats.by_outcome.iter().map(|(k, h)| (k.clone(), latency_ms(h))).collect::<BTreeMap<_, _>>(),
-        "outcomes": stats.outcomes,
-        "kinds": stats.kinds,
-        "unexpected": stats.unexpected,
-        "unexpected_keys": stats.unexpected_keys,
-        "duplicates": {
-            "sent": stats.duplicates_sent,
-            "replayed": stats.duplicates_replayed,
-            "answered_with_another_order": stats.duplicate_mismatches,
-            "examples": stats.mismatch_examples,
+    let report = RunReport {
+        what: "POST /api/v1/orders through the public API".into(),
+        tag,
+        target: args.target.order_url.clone(),
+        mode: match mode {
+            Mode::Closed(_) => LoopKind::Closed,
+            Mode::Open(_) => LoopKind::Open,
         },
-        "not_sent": stats.not_sent,
-        "errors": shared.errors.load(Ordering::Relaxed),
-        "retried": shared.retried.load(Ordering::Relaxed),
-    });
-    print_summary(&report);
+        concurrency: match mode {
+            Mode::Closed(n) => Some(n),
+            Mode::Open(_) => None,
+        },
+        rate: match mode {
+            Mode::Open(r) => Some(r),
+            Mode::Closed(_) => None,
+        },
+        buyers: args.users,
+        fail_share: args.fail_share,
+        duplicate_share: args.duplicate_share,
+        seconds,
+        orders: answered,
+        orders_per_second: answered as f64 / seconds,
+        latency_ms: stats.latency.as_ref().map(Latency::of),
+        latency_ms_by_outcome: stats
+            .by_outcome
+            .iter()
+            .map(|(k, h)| (k.clone(), Latency::of(h)))
+            .collect(),
+        outcomes: stats.outcomes.clone(),
+        kinds: stats
+            .kinds
+            .iter()
+            .map(|(k, n)| ((*k).to_owned(), *n))
+            .collect(),
+        unexpected: stats.unexpected.clone(),
+        unexpected_keys: stats.unexpected_keys.clone(),
+        duplicates: Duplicates {
+            sent: stats.duplicates_sent,
+            replayed: stats.duplicates_replayed,
+            answered_with_another_order: stats.duplicate_mismatches,
+            examples: stats.mismatch_examples.clone(),
+        },
+        not_sent: stats.not_sent,
+        errors: shared.errors.load(Ordering::Relaxed),
+        retried: shared.retried.load(Ordering::Relaxed),
+    };
+    print!("{report}");
     if let Some(out) = &args.out {
-        std::fs::write(out, serde_json::to_string_pretty(&report).expect("json"))
-            .map_err(|e| format!("writing {}: {e}", out.display()))?;
+        write_json(out, &report)?;
         eprintln!("report written to {}", out.display());
     }
     Ok(report)
 }
 
-/// Whether every duplicate was answered with its original order (DESIGN §5.4 seen by clients).
-pub fn exactly_once(report: &serde_json::Value) -> bool {
-    report["duplicates"]["answered_with_another_order"] == 0
+/// Closed loop (a fixed number in flight) or open loop (a fixed arrival rate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LoopKind {
+    Closed,
+    Open,
 }
 
-fn print_summary(r: &serde_json::Value) {
-    let l = &r["latency_ms"];
-    println!(
-        "{} orders in {:.1} s: {:.1} orders/s; latency p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
-        r["orders"],
-        r["seconds"].as_f64().unwrap_or(0.0),
-        r["orders_per_second"].as_f64().unwrap_or(0.0),
-        l["p50"],
-        l["p90"],
-        l["p99"],
-        l["max"]
-    );
-    println!("outcomes: {}", r["outcomes"]);
-    if r["unexpected"].as_object().is_some_and(|m| !m.is_empty()) {
-        println!("unexpected: {}", r["unexpected"]);
+/// What a run measured and what it saw; written by `--out` as JSON, printed as a summary.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunReport {
+    pub what: String,
+    pub tag: String,
+    /// order-svc's URL.
+    pub target: String,
+    pub mode: LoopKind,
+    pub concurrency: Option<u64>,
+    pub rate: Option<f64>,
+    pub buyers: u64,
+    pub fail_share: f64,
+    pub duplicate_share: f64,
+    pub seconds: f64,
+    /// Orders answered in the measured time.
+    pub orders: u64,
+    pub orders_per_second: f64,
+    /// From the scheduled send to the answer (open loop), or from the send (closed loop).
+    pub latency_ms: Option<Latency>,
+    pub latency_ms_by_outcome: BTreeMap<String, Latency>,
+    /// `confirmed`, `cancelled:<reason>`, `http:<status>:<code>`, `error:<kind>`, counted.
+    pub outcomes: BTreeMap<String, u64>,
+    /// What the orders were meant to do, counted.
+    pub kinds: BTreeMap<String, u64>,
+    /// `<expected> → <got>`, counted.
+    pub unexpected: BTreeMap<String, u64>,
+    /// A few idempotency keys per unexpected outcome, to find in the services' logs.
+    pub unexpected_keys: BTreeMap<String, Vec<String>>,
+    pub duplicates: Duplicates,
+    /// Open loop: orders not sent because `--max-in-flight` were outstanding.
+    pub not_sent: u64,
+    /// Requests that failed (transport or a non-2xx answer).
+    pub errors: u64,
+    /// Requests resent with the same key (`--retries`).
+    pub retried: u64,
+}
+
+/// Orders sent twice with one key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Duplicates {
+    pub sent: u64,
+    /// Answered from the stored answer (`Idempotent-Replayed`).
+    pub replayed: u64,
+    /// Must be 0: DESIGN §5.4 seen by clients.
+    pub answered_with_another_order: u64,
+    pub examples: Vec<String>,
+}
+
+impl RunReport {
+    /// Whether every duplicate was answered with its original order (DESIGN §5.4 seen by
+    /// clients).
+    pub fn exactly_once(&self) -> bool {
+        self.duplicates.answered_with_another_order == 0
     }
-    let d = &r["duplicates"];
-    println!(
-        "duplicates: {} sent, {} replayed, {} answered with another order",
-        d["sent"], d["replayed"], d["answered_with_another_order"]
-    );
-    if r["not_sent"].as_u64().unwrap_or(0) > 0 {
-        println!("not sent (over --max-in-flight): {}", r["not_sent"]);
+
+    /// Orders confirmed in the measured time.
+    pub fn confirmed(&self) -> u64 {
+        self.outcomes.get("confirmed").copied().unwrap_or(0)
     }
-    if r["retried"].as_u64().unwrap_or(0) > 0 || r["errors"].as_u64().unwrap_or(0) > 0 {
-        println!(
-            "errors: {} requests failed, {} resent",
-            r["errors"], r["retried"]
-        );
+}
+
+impl std::fmt::Display for RunReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} orders in {:.1} s: {:.1} orders/s",
+            self.orders, self.seconds, self.orders_per_second
+        )?;
+        match &self.latency_ms {
+            Some(l) => writeln!(f, "; latency {l}")?,
+            None => writeln!(f)?,
+        }
+        writeln!(f, "outcomes: {:?}", self.outcomes)?;
+        if !self.unexpected.is_empty() {
+            writeln!(f, "unexpected: {:?}", self.unexpected)?;
+        }
+        let d = &self.duplicates;
+        writeln!(
+            f,
+            "duplicates: {} sent, {} replayed, {} answered with another order",
+            d.sent, d.replayed, d.answered_with_another_order
+        )?;
+        if self.not_sent > 0 {
+            writeln!(f, "not sent (over --max-in-flight): {}", self.not_sent)?;
+        }
+        if self.retried > 0 || self.errors > 0 {
+            writeln!(
+                f,
+                "errors: {} requests failed, {} resent",
+                self.errors, self.retried
+            )?;
+        }
+        writeln!(
+            f,
+            "tag: {} (Idempotency-Key prefix and X-Run-Tag)",
+            self.tag
+        )
     }
-    println!("tag: {} (Idempotency-Key prefix and X-Run-Tag)", r["tag"]);
 }
 
 #[cfg(test)]

@@ -2,6 +2,7 @@
 //! default the one-command platform on this machine (`cargo run --release -p platform`), whose
 //! admin token and JWT secret are read from its data folder.
 
+use crate::error::LoadError;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -29,31 +30,31 @@ pub struct Target {
 }
 
 impl Target {
-    fn secret(&self, given: &Option<String>, file: &str, flag: &str) -> Result<String, String> {
+    fn secret(
+        &self,
+        given: &Option<String>,
+        file: &str,
+        flag: &'static str,
+    ) -> Result<String, LoadError> {
         if let Some(s) = given {
             return Ok(s.clone());
         }
         let path = self.data.join(file);
         std::fs::read_to_string(&path)
             .map(|s| s.trim().to_owned())
-            .map_err(|e| {
-                format!(
-                    "no {flag} given and {} is unreadable ({e}): start the platform or pass {flag}",
-                    path.display()
-                )
-            })
+            .map_err(|source| LoadError::Secret { flag, path, source })
     }
 
-    pub fn admin_token(&self) -> Result<String, String> {
+    pub fn admin_token(&self) -> Result<String, LoadError> {
         self.secret(&self.admin_token, "admin-token", "--admin-token")
     }
 
-    pub fn jwt_secret(&self) -> Result<String, String> {
+    pub fn jwt_secret(&self) -> Result<String, LoadError> {
         self.secret(&self.jwt_secret, "order.jwt-secret", "--jwt-secret")
     }
 
-    pub fn endpoints(&self) -> Result<audit::Endpoints, String> {
-        Ok(audit::Endpoints {
+    pub fn endpoints(&self) -> Result<admin::Endpoints, LoadError> {
+        Ok(admin::Endpoints {
             coordinator: self.coordinator_url.clone(),
             order: self.order_url.clone(),
             payment: self.payment_url.clone(),
@@ -62,29 +63,9 @@ impl Target {
         })
     }
 
-    /// An admin call that must succeed (setting up accounts, stock and prices).
-    pub async fn admin(
-        &self,
-        http: &reqwest::Client,
-        method: reqwest::Method,
-        url: String,
-        body: serde_json::Value,
-    ) -> Result<serde_json::Value, String> {
-        let res = http
-            .request(method.clone(), &url)
-            .bearer_auth(self.admin_token()?)
-            .timeout(Duration::from_secs(30))
-            .json(&body)
-            .send()
-            .await
-            .map_err(|e| format!("{method} {url}: {}", audit::with_causes(&e)))?;
-        let status = res.status();
-        let body: serde_json::Value = res.json().await.unwrap_or_default();
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(format!("{method} {url}: {status} {body}"))
-        }
+    /// The four services' admin APIs (setting up accounts, stock and prices).
+    pub fn admin(&self) -> Result<admin::Admin, LoadError> {
+        Ok(admin::Admin::new(&self.endpoints()?))
     }
 }
 

@@ -3,9 +3,10 @@
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
+use admin::OrderAudit;
 use host::Problem;
 use serde::{Deserialize, Serialize};
-use store::{Db, StoreError};
+use store::Db;
 
 /// Mounts the routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -48,8 +49,7 @@ async fn get_order(db: web::Data<Db>, id: web::Path<String>) -> Result<HttpRespo
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = $1"))
             .bind(id)
             .fetch_optional(db.pool())
-            .await
-            .map_err(StoreError::from)?;
+            .await?;
     order
         .map(|o| HttpResponse::Ok().json(o))
         .ok_or_else(|| Problem::not_found(format!("no order {id}")))
@@ -62,8 +62,7 @@ async fn orders_of_gid(db: web::Data<Db>, gid: web::Path<String>) -> Result<Http
     ))
     .bind(gid)
     .fetch_all(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "gid": gid.to_string(), "orders": orders })))
 }
 
@@ -100,36 +99,19 @@ async fn list_orders(
     .bind(q.status.clone().unwrap_or_default())
     .bind(page.limit())
     .fetch_all(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let next = page.next_after(&orders, |o| o.id.to_string());
     Ok(HttpResponse::Ok().json(serde_json::json!({ "orders": orders, "next_after": next })))
 }
 
-/// Orders by status, and the exactly-once bookkeeping of the public API (DESIGN §5.4).
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Audit {
-    pub pending: i64,
-    pub confirmed: i64,
-    pub cancelled: i64,
-    /// Idempotency keys seen by `POST /api/v1/orders`.
-    pub requests: i64,
-    /// Keys whose request has no stored answer yet (in flight, or interrupted and not retried).
-    pub unanswered_requests: i64,
-    /// Orders no idempotency key points at: created by something other than the public API.
-    pub orders_without_request: i64,
-    /// Orders two or more keys point at: must be 0.
-    pub orders_with_several_requests: i64,
-}
-
-/// `GET /admin/audit`: one read transaction.
+/// `GET /admin/audit`: orders by status, and the exactly-once bookkeeping of the public API
+/// (DESIGN §5.4), in one read transaction.
 async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
     let mut tx = db.begin().await?;
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, CAST(COUNT(*) AS BIGINT) FROM orders GROUP BY status")
             .fetch_all(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
+            .await?;
     let count = |s: &str| {
         rows.iter()
             .find(|(k, _)| k == s)
@@ -142,24 +124,21 @@ async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
          FROM order_requests",
     )
     .fetch_one(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let without: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM orders o \
          WHERE NOT EXISTS (SELECT 1 FROM order_requests r WHERE r.order_id = o.id)",
     )
     .fetch_one(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let several: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM \
          (SELECT order_id FROM order_requests GROUP BY order_id HAVING COUNT(*) > 1) shared_orders",
     )
     .fetch_one(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    tx.rollback().await.map_err(StoreError::from)?;
-    Ok(HttpResponse::Ok().json(Audit {
+    .await?;
+    tx.rollback().await?;
+    Ok(HttpResponse::Ok().json(OrderAudit {
         pending: count("PENDING"),
         confirmed: count("CONFIRMED"),
         cancelled: count("CANCELLED"),

@@ -388,8 +388,7 @@ async fn get_order(
     .bind(order_id)
     .bind(&caller.user_id)
     .fetch_optional(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     if let Some(row) = row {
         return Ok(HttpResponse::Ok().json(OrderView::from(row)));
     }
@@ -401,8 +400,7 @@ async fn get_order(
     .bind(order_id)
     .bind(&caller.user_id)
     .fetch_optional(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     match stored {
         Some(Some(body)) => {
             let value: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
@@ -437,8 +435,7 @@ async fn list_orders(
     .bind(before)
     .bind(page.limit())
     .fetch_all(db.pool())
-    .await
-    .map_err(StoreError::from)?;
+    .await?;
     let next = page.next_after(&rows, |o| o.id.to_string());
     let orders: Vec<OrderView> = rows.into_iter().map(OrderView::from).collect();
     Ok(HttpResponse::Ok().json(json!({ "orders": orders, "next_after": next })))

@@ -4,7 +4,6 @@
 use crate::api::Api;
 use actix_web::{web, HttpResponse};
 use host::Problem;
-use serde::Deserialize;
 use serde_json::json;
 use store::{Db, StoreError};
 
@@ -30,18 +29,12 @@ pub(crate) async fn price_of(
     Ok(row)
 }
 
-#[derive(Debug, Deserialize)]
-struct CatalogItem {
-    name: String,
-    price: i64,
-}
-
 /// `PUT /admin/catalog/{sku}` `{"name": "...", "price": n}`.
 async fn put_catalog_item(
     api: web::Data<Api>,
     db: web::Data<Db>,
     sku: web::Path<String>,
-    body: web::Json<CatalogItem>,
+    body: web::Json<admin::CatalogItem>,
 ) -> Result<HttpResponse, Problem> {
     tcc::check::id("sku", &sku).map_err(|r| Problem::bad_request(r.message))?;
     tcc::check::units("price", body.price).map_err(|r| Problem::bad_request(r.message))?;
@@ -58,9 +51,8 @@ async fn put_catalog_item(
     .bind(body.price)
     .bind(store::now_ms())
     .execute(&mut *writer)
-    .await
-    .map_err(StoreError::from)?;
-    writer.commit().await.map_err(StoreError::from)?;
+    .await?;
+    writer.commit().await?;
     api.prices.invalidate(sku.as_str()).await;
     Ok(HttpResponse::Ok()
         .json(json!({ "sku": sku.as_str(), "name": body.name.trim(), "price": body.price })))

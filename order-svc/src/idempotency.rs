@@ -154,8 +154,7 @@ pub(crate) async fn replay(
         .bind(user)
         .bind(key)
         .fetch_optional(db.pool())
-        .await
-        .map_err(StoreError::from)?;
+        .await?;
         let Some((stored_hash, order_id, status, body, updated_at, txn_request)) = row else {
             return Err(Problem::internal("the idempotency record vanished"));
         };

@@ -3,8 +3,9 @@
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
+use admin::{Deposit, NewAccount, PaymentAudit};
 use host::Problem;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use store::Db;
 
 /// Mounts the routes.
@@ -29,17 +30,6 @@ pub struct Account {
     pub frozen: i64,
 }
 
-#[derive(Debug, Deserialize)]
-struct NewAccount {
-    #[serde(default)]
-    available: i64,
-}
-
-#[derive(Debug, Deserialize)]
-struct Deposit {
-    amount: i64,
-}
-
 fn check_id(id: &str) -> Result<(), Problem> {
     tcc::check::id("account id", id).map_err(|r| Problem::bad_request(r.message))
 }
@@ -49,8 +39,7 @@ async fn fetch(db: &Db, id: &str) -> Result<Option<Account>, Problem> {
         sqlx::query_as("SELECT id, available, frozen FROM accounts WHERE id = $1")
             .bind(id)
             .fetch_optional(db.pool())
-            .await
-            .map_err(store::StoreError::from)?,
+            .await?,
     )
 }
 
@@ -94,14 +83,13 @@ async fn create_account(
     .bind(body.available)
     .bind(now)
     .execute(&mut *tx)
-    .await
-    .map_err(store::StoreError::from)?
+    .await?
     .rows_affected()
         == 1;
     if created && body.available > 0 {
         record_deposit(&mut tx, &id, body.available).await?;
     }
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     let account = fetch(&db, &id)
         .await?
         .ok_or_else(|| Problem::internal("account vanished"))?;
@@ -131,8 +119,7 @@ async fn deposit(
     .bind(id.as_str())
     .bind(tcc::check::MAX_BALANCE)
     .execute(&mut *tx)
-    .await
-    .map_err(store::StoreError::from)?
+    .await?
     .rows_affected();
     if updated == 0 {
         return Err(match fetch(&db, &id).await? {
@@ -141,7 +128,7 @@ async fn deposit(
         });
     }
     record_deposit(&mut tx, &id, body.amount).await?;
-    tx.commit().await.map_err(store::StoreError::from)?;
+    tx.commit().await?;
     let account = fetch(&db, &id)
         .await?
         .ok_or_else(|| Problem::internal("account vanished"))?;
@@ -167,8 +154,7 @@ async fn list_accounts(
     .bind(&page.after)
     .bind(page.limit())
     .fetch_all(db.pool())
-    .await
-    .map_err(store::StoreError::from)?;
+    .await?;
     let next = page.next_after(&accounts, |a| a.id.clone());
     Ok(HttpResponse::Ok().json(serde_json::json!({ "accounts": accounts, "next_after": next })))
 }
@@ -192,8 +178,7 @@ async fn holds_of(db: web::Data<Db>, gid: web::Path<String>) -> Result<HttpRespo
     )
     .bind(gid.as_i64())
     .fetch_all(db.pool())
-    .await
-    .map_err(store::StoreError::from)?;
+    .await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "gid": gid, "holds": holds })))
 }
 
@@ -224,28 +209,9 @@ async fn list_holds(
     .bind(branch)
     .bind(page.limit())
     .fetch_all(db.pool())
-    .await
-    .map_err(store::StoreError::from)?;
+    .await?;
     let next = page.next_after(&holds, |h| format!("{}/{}", h.gid, h.branch_id));
     Ok(HttpResponse::Ok().json(serde_json::json!({ "holds": holds, "next_after": next })))
-}
-
-/// The money invariants of DESIGN §5 as this service sees them.
-#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Audit {
-    pub accounts: i64,
-    pub available: i64,
-    pub frozen: i64,
-    pub deposited: i64,
-    /// Money in holds still `frozen`: must equal `frozen`.
-    pub held: i64,
-    /// Room reserved on merchants for credits on their way (not money).
-    pub incoming: i64,
-    /// What the frozen holds reserved: must equal `incoming`.
-    pub reserved: i64,
-    pub negative_accounts: i64,
-    /// available + frozen == deposited, frozen == held, incoming == reserved, nothing negative.
-    pub consistent: bool,
 }
 
 /// `GET /admin/audit`: totals read in one transaction.
@@ -258,24 +224,21 @@ async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
          FROM accounts",
     )
     .fetch_one(&mut *tx)
-    .await
-    .map_err(store::StoreError::from)?;
+    .await?;
     let deposited: i64 =
         sqlx::query_scalar("SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT) FROM deposits")
             .fetch_one(&mut *tx)
-            .await
-            .map_err(store::StoreError::from)?;
+            .await?;
     let (held, reserved): (i64, i64) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT), CAST(COALESCE(SUM(amount * reserved), 0) AS BIGINT) \
          FROM holds WHERE status = 'frozen'",
     )
     .fetch_one(&mut *tx)
-    .await
-    .map_err(store::StoreError::from)?;
-    tx.rollback().await.map_err(store::StoreError::from)?;
+    .await?;
+    tx.rollback().await?;
     let consistent =
         available + frozen == deposited && frozen == held && incoming == reserved && negative == 0;
-    Ok(HttpResponse::Ok().json(Audit {
+    Ok(HttpResponse::Ok().json(PaymentAudit {
         accounts,
         available,
         frozen,

@@ -104,6 +104,40 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
+/// Why the platform could not start or keep running; printed once, as `platform: …`.
+#[derive(Debug, thiserror::Error)]
+enum PlatformError {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("--postgres {0:?} is not a postgres:// URL")]
+    NotPostgresUrl(String),
+    #[error("--postgres {0}")]
+    Postgres(String),
+    #[error("{service} exited with {status} while starting; see {}", log.display())]
+    Exited {
+        service: &'static str,
+        status: std::process::ExitStatus,
+        log: PathBuf,
+    },
+    #[error("{0} was not ready within 60 s")]
+    NotReady(&'static str),
+    #[error("seeding the demo data: {0}")]
+    Seed(#[from] admin::AdminError),
+    #[error(transparent)]
+    Config(#[from] host::config::ConfigError),
+}
+
+/// An I/O error on `path`, for `map_err`.
+fn io(path: &std::path::Path) -> impl FnOnce(std::io::Error) -> PlatformError + '_ {
+    move |source| PlatformError::Io {
+        what: path.display().to_string(),
+        source,
+    }
+}
+
 /// Set by the supervisor on the services it starts: its pid.
 const PARENT_ENV: &str = "TCC_PLATFORM_PARENT";
 
@@ -189,33 +223,33 @@ impl Storage {
     }
 
     /// Creates the four PostgreSQL databases that are missing (dropping them first on reset).
-    async fn prepare(&self, reset: bool) -> Result<(), String> {
+    async fn prepare(&self, reset: bool) -> Result<(), PlatformError> {
         let Storage::Postgres(server) = self else {
             return Ok(());
         };
         use sqlx::Connection;
         let mut admin = sqlx::PgConnection::connect(server.as_str())
             .await
-            .map_err(|e| format!("--postgres {server}: {e}"))?;
+            .map_err(|e| PlatformError::Postgres(format!("{server}: {e}")))?;
         for which in Which::ALL {
             let name = format!("tcc_{}", which.name());
             if reset {
                 sqlx::query(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .execute(&mut admin)
                     .await
-                    .map_err(|e| format!("dropping {name}: {e}"))?;
+                    .map_err(|e| PlatformError::Postgres(format!("dropping {name}: {e}")))?;
             }
             let exists: bool =
                 sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
                     .bind(&name)
                     .fetch_one(&mut admin)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| PlatformError::Postgres(format!("looking for {name}: {e}")))?;
             if !exists {
                 sqlx::query(&format!("CREATE DATABASE {name}"))
                     .execute(&mut admin)
                     .await
-                    .map_err(|e| format!("creating {name}: {e}"))?;
+                    .map_err(|e| PlatformError::Postgres(format!("creating {name}: {e}")))?;
             }
         }
         Ok(())
@@ -299,22 +333,23 @@ fn spawn(which: Which, layout: &Layout) -> std::io::Result<Child> {
         .spawn()
 }
 
-async fn wait_ready(which: Which, child: &mut Child, layout: &Layout) -> Result<(), String> {
+async fn wait_ready(which: Which, child: &mut Child, layout: &Layout) -> Result<(), PlatformError> {
     let (url, data) = (format!("{}/readyz", layout.http(which)), &layout.data);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .build()
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| PlatformError::Io {
+            what: "an HTTP client".into(),
+            source: std::io::Error::other(e),
+        })?;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
-            return Err(format!(
-                "{} exited with {status} while starting; see {}",
-                which.name(),
-                data.join("logs")
-                    .join(format!("{}.log", which.name()))
-                    .display()
-            ));
+            return Err(PlatformError::Exited {
+                service: which.name(),
+                status,
+                log: data.join("logs").join(format!("{}.log", which.name())),
+            });
         }
         if client
             .get(&url)
@@ -325,40 +360,14 @@ async fn wait_ready(which: Which, child: &mut Child, layout: &Layout) -> Result<
             return Ok(());
         }
         if Instant::now() > deadline {
-            return Err(format!("{} was not ready within 60 s", which.name()));
+            return Err(PlatformError::NotReady(which.name()));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
-async fn admin(
-    client: &reqwest::Client,
-    token: &str,
-    method: reqwest::Method,
-    url: String,
-    body: serde_json::Value,
-) -> Result<(), String> {
-    let res = client
-        .request(method, &url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    if res.status().is_success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{url}: {} {}",
-            res.status(),
-            res.text().await.unwrap_or_default()
-        ))
-    }
-}
-
 /// Demo data, on first start only.
-async fn seed(layout: &Layout) -> Result<bool, String> {
-    let token = layout.admin_token.as_str();
+async fn seed(layout: &Layout) -> Result<bool, PlatformError> {
     let marker = layout.data.join(match layout.storage {
         Storage::Sqlite(_) => ".seeded",
         Storage::Postgres(_) => ".seeded-postgres",
@@ -366,67 +375,50 @@ async fn seed(layout: &Layout) -> Result<bool, String> {
     if marker.exists() {
         return Ok(false);
     }
-    let client = reqwest::Client::new();
-    let put = reqwest::Method::PUT;
+    let admin = admin::Admin::new(&admin::Endpoints {
+        coordinator: layout.http(Which::Coordinator),
+        order: layout.http(Which::Order),
+        payment: layout.http(Which::Payment),
+        inventory: layout.http(Which::Inventory),
+        admin_token: layout.admin_token.clone(),
+    });
     for (id, cents) in [
         ("alice", 10_000),
         ("bob", 2_500),
         ("carol", 0),
         ("merchant", 0),
     ] {
-        admin(
-            &client,
-            token,
-            put.clone(),
-            format!("{}/admin/accounts/{id}", layout.http(Which::Payment)),
-            serde_json::json!({ "available": cents }),
-        )
-        .await?;
+        admin.payment.open_account(id, cents).await?;
     }
     for (sku, name, price, stock) in [
         ("coffee", "Bag of coffee", 450, 100),
         ("mug", "Enamel mug", 1_200, 10),
         ("vinyl", "Rare vinyl record", 9_900, 1),
     ] {
-        admin(
-            &client,
-            token,
-            put.clone(),
-            format!("{}/admin/skus/{sku}", layout.http(Which::Inventory)),
-            serde_json::json!({ "available": stock }),
-        )
-        .await?;
-        admin(
-            &client,
-            token,
-            put.clone(),
-            format!("{}/admin/catalog/{sku}", layout.http(Which::Order)),
-            serde_json::json!({ "name": name, "price": price }),
-        )
-        .await?;
+        admin.inventory.open_sku(sku, stock).await?;
+        admin.order.put_catalog_item(sku, name, price).await?;
     }
-    std::fs::write(&marker, "seeded\n").map_err(|e| e.to_string())?;
+    std::fs::write(&marker, "seeded\n").map_err(io(&marker))?;
     Ok(true)
 }
 
-async fn run(cli: Cli) -> Result<(), String> {
+async fn run(cli: Cli) -> Result<(), PlatformError> {
     if cli.reset && cli.data.exists() {
-        std::fs::remove_dir_all(&cli.data).map_err(|e| format!("--reset: {e}"))?;
+        std::fs::remove_dir_all(&cli.data).map_err(io(&cli.data))?;
     }
-    std::fs::create_dir_all(&cli.data).map_err(|e| e.to_string())?;
-    let data = std::fs::canonicalize(&cli.data).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&cli.data).map_err(io(&cli.data))?;
+    let data = std::fs::canonicalize(&cli.data).map_err(io(&cli.data))?;
     let storage = match &cli.postgres {
         None => Storage::Sqlite(data.clone()),
         Some(url) => Storage::Postgres(
             reqwest::Url::parse(url)
                 .ok()
                 .filter(|u| matches!(u.scheme(), "postgres" | "postgresql"))
-                .ok_or_else(|| format!("--postgres {url:?} is not a postgres:// URL"))?,
+                .ok_or_else(|| PlatformError::NotPostgresUrl(url.clone()))?,
         ),
     };
     storage.prepare(cli.reset).await?;
-    let admin_token = host::config::dev_secret(&data.join("admin-token"), "dev-admin")
-        .map_err(|e| e.to_string())?;
+    let admin_token = host::config::dev_secret(&data.join("admin-token"), "dev-admin")?;
     let layout = Layout {
         data: data.clone(),
         storage,
@@ -436,8 +428,10 @@ async fn run(cli: Cli) -> Result<(), String> {
 
     let mut services: Vec<Supervised> = Vec::new();
     for which in Which::ALL {
-        let mut child =
-            spawn(which, &layout).map_err(|e| format!("start {}: {e}", which.name()))?;
+        let mut child = spawn(which, &layout).map_err(|source| PlatformError::Io {
+            what: format!("starting {}", which.name()),
+            source,
+        })?;
         if let Err(e) = wait_ready(which, &mut child, &layout).await {
             let _ = child.kill();
             for s in &mut services {
@@ -458,8 +452,7 @@ async fn run(cli: Cli) -> Result<(), String> {
     let order_config = order_svc::default_config();
     let mut common = order_config.participant.common.clone();
     common.data_dir = data.clone();
-    let auth = order_svc::auth::Authenticator::from_config(&order_config.jwt, &common)
-        .map_err(|e| e.to_string())?;
+    let auth = order_svc::auth::Authenticator::from_config(&order_config.jwt, &common)?;
     let alice = auth.mint("alice", Duration::from_secs(24 * 3600));
     println!(
         "tcc-pay is running ({}{}).",
@@ -498,7 +491,10 @@ async fn run(cli: Cli) -> Result<(), String> {
     println!("Ctrl-C stops everything; the data stays (--reset starts over).");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| PlatformError::Io {
+            what: "SIGTERM's handler".into(),
+            source,
+        })?;
     loop {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => break,

@@ -15,6 +15,7 @@ const JWT_SECRET: &str = "e2e-jwt-secret-0123456789-0123456789";
 struct Platform {
     services: testkit::platform::Platform,
     http: reqwest::Client,
+    admin: admin::Admin,
 }
 
 impl std::ops::Deref for Platform {
@@ -47,6 +48,7 @@ impl Platform {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
         let platform = Platform {
+            admin: admin::Admin::new(&services.endpoints()),
             services,
             http: reqwest::Client::new(),
         };
@@ -78,37 +80,17 @@ impl Platform {
     }
 
     async fn seed(&self) {
-        for (id, cents) in [("alice", 10_000), ("bob", 1_000), ("merchant", 0)] {
-            let (s, b) = self
-                .admin(
-                    Method::PUT,
-                    "payment",
-                    &format!("/admin/accounts/{id}"),
-                    Some(json!({ "available": cents })),
-                )
-                .await;
-            assert!(s.is_success(), "{b}");
-        }
-        for (sku, price, stock) in [("coffee", 450, 100), ("vinyl", 9_900, 1)] {
-            let (s, b) = self
-                .admin(
-                    Method::PUT,
-                    "inventory",
-                    &format!("/admin/skus/{sku}"),
-                    Some(json!({ "available": stock })),
-                )
-                .await;
-            assert!(s.is_success(), "{b}");
-            let (s, b) = self
-                .admin(
-                    Method::PUT,
-                    "order",
-                    &format!("/admin/catalog/{sku}"),
-                    Some(json!({ "name": sku, "price": price })),
-                )
-                .await;
-            assert!(s.is_success(), "{b}");
-        }
+        let seeded = async {
+            for (id, cents) in [("alice", 10_000), ("bob", 1_000), ("merchant", 0)] {
+                self.admin.payment.open_account(id, cents).await?;
+            }
+            for (sku, price, stock) in [("coffee", 450, 100), ("vinyl", 9_900, 1)] {
+                self.admin.inventory.open_sku(sku, stock).await?;
+                self.admin.order.put_catalog_item(sku, sku, price).await?;
+            }
+            Ok::<_, admin::AdminError>(())
+        };
+        seeded.await.unwrap_or_else(|e| panic!("seeding: {e}"));
     }
 
     fn token(user: &str) -> String {
@@ -144,29 +126,14 @@ impl Platform {
     }
 
     async fn balance(&self, user: &str) -> i64 {
-        self.admin(
-            Method::GET,
-            "payment",
-            &format!("/admin/accounts/{user}"),
-            None,
-        )
-        .await
-        .1["available"]
-            .as_i64()
-            .unwrap()
+        let account = self.admin.payment.account(user).await;
+        account.unwrap_or_else(|e| panic!("{e}")).available
     }
 
     /// DESIGN §5, once the system is quiet (waiting up to 30 s): the `audit` crate's checks
     /// across the four services, the same ones `load-tests audit` prints.
     async fn assert_invariants(&self) {
-        let endpoints = audit::Endpoints {
-            coordinator: self.urls["coordinator"].clone(),
-            order: self.urls["order"].clone(),
-            payment: self.urls["payment"].clone(),
-            inventory: self.urls["inventory"].clone(),
-            admin_token: ADMIN.into(),
-        };
-        let report = audit::run(&endpoints, Duration::from_secs(30))
+        let report = audit::run(&self.endpoints(), Duration::from_secs(30))
             .await
             .unwrap_or_else(|e| panic!("audit: {e}"));
         assert!(report.ok, "{report}");

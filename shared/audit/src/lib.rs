@@ -9,44 +9,13 @@
 //! against snapshots that break it. `load-tests audit` prints the report; the end-to-end tests
 //! assert it.
 
+use admin::{Admin, OrderAudit, PaymentAudit, StockAudit};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::time::{Duration, Instant};
 
-/// Where the four services answer, and the admin token they share.
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    pub coordinator: String,
-    pub order: String,
-    pub payment: String,
-    pub inventory: String,
-    pub admin_token: String,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    #[error("{service} did not answer {path}: {detail}")]
-    Unreachable {
-        service: &'static str,
-        path: String,
-        /// The error with its causes ("connection refused" is three levels down in reqwest).
-        detail: String,
-    },
-    #[error("{service} answered {path} with {status}: {body}")]
-    Refused {
-        service: &'static str,
-        path: String,
-        status: u16,
-        body: String,
-    },
-    #[error("{service} answered {path} with an unexpected body: {detail}")]
-    Unreadable {
-        service: &'static str,
-        path: String,
-        detail: String,
-    },
-}
+pub use admin::{with_causes, AdminError as AuditError, Endpoints};
 
 /// One global transaction as the coordinator's log has it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,45 +53,6 @@ pub struct Reservation {
     pub status: String,
 }
 
-/// payment-svc's own audit.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Money {
-    pub available: i64,
-    pub frozen: i64,
-    pub deposited: i64,
-    pub held: i64,
-    /// Room reserved on merchants for credits on their way, and what open holds reserved.
-    #[serde(default)]
-    pub incoming: i64,
-    #[serde(default)]
-    pub reserved: i64,
-    pub negative_accounts: i64,
-}
-
-/// inventory-svc's own audit.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Stock {
-    pub available: i64,
-    pub reserved: i64,
-    pub sold: i64,
-    pub restocked: i64,
-    pub held: i64,
-    pub unbalanced_skus: i64,
-    pub negative_skus: i64,
-}
-
-/// order-svc's own audit.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-pub struct Orders {
-    pub pending: i64,
-    pub confirmed: i64,
-    pub cancelled: i64,
-    pub requests: i64,
-    pub unanswered_requests: i64,
-    pub orders_without_request: i64,
-    pub orders_with_several_requests: i64,
-}
-
 /// Everything the judgement reads, taken once the system was quiet (or the wait ran out).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Snapshot {
@@ -130,9 +60,9 @@ pub struct Snapshot {
     pub orders: Vec<Order>,
     pub holds: Vec<Hold>,
     pub reservations: Vec<Reservation>,
-    pub money: Money,
-    pub stock: Stock,
-    pub order_books: Orders,
+    pub money: PaymentAudit,
+    pub stock: StockAudit,
+    pub order_books: OrderAudit,
     /// How long the fetch waited for in-flight transactions to finish.
     pub waited_ms: u64,
 }
@@ -559,18 +489,12 @@ fn check(name: &'static str, counts: String, offenders: Vec<String>) -> Check {
 /// Waits up to `settle` for every global transaction to be terminal and no order pending, then
 /// reads everything. A system that does not settle is still read (and fails the judgement).
 pub async fn fetch(e: &Endpoints, settle: Duration) -> Result<Snapshot, AuditError> {
-    let client = Client {
-        http: reqwest::Client::new(),
-        e,
-    };
+    let admin = Admin::new(e);
     let start = Instant::now();
     loop {
-        let counts = client
-            .get(
-                "coordinator",
-                &e.coordinator,
-                "/api/v1/transactions?limit=1",
-            )
+        let counts: serde_json::Value = admin
+            .coordinator
+            .get("/api/v1/transactions?limit=1")
             .await?;
         let open: i64 = counts["counts"]
             .as_object()
@@ -581,63 +505,46 @@ pub async fn fetch(e: &Endpoints, settle: Duration) -> Result<Snapshot, AuditErr
                     .sum()
             })
             .unwrap_or(0);
-        let books: Orders = client.read("order", &e.order, "/admin/audit").await?;
+        let books = admin.order.audit().await?;
         if (open == 0 && books.pending == 0) || start.elapsed() >= settle {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let waited_ms = start.elapsed().as_millis() as u64;
-    let transactions = client
-        .pages(
-            "coordinator",
-            &e.coordinator,
-            "/api/v1/transactions?limit=500",
-            "before",
-            "transactions",
-            "next_before",
-        )
-        .await?;
-    let orders = client
-        .pages(
-            "order",
-            &e.order,
-            "/admin/orders?limit=1000",
-            "after",
-            "orders",
-            "next_after",
-        )
-        .await?;
-    let holds = client
-        .pages(
-            "payment",
-            &e.payment,
-            "/admin/holds?limit=1000",
-            "after",
-            "holds",
-            "next_after",
-        )
-        .await?;
-    let reservations = client
-        .pages(
-            "inventory",
-            &e.inventory,
-            "/admin/reservations?limit=1000",
-            "after",
-            "reservations",
-            "next_after",
-        )
-        .await?;
     Ok(Snapshot {
-        transactions,
-        orders,
-        holds,
-        reservations,
-        money: client.read("payment", &e.payment, "/admin/audit").await?,
-        stock: client
-            .read("inventory", &e.inventory, "/admin/audit")
+        transactions: admin
+            .coordinator
+            .pages(
+                "/api/v1/transactions?limit=500",
+                "before",
+                "transactions",
+                "next_before",
+            )
             .await?,
-        order_books: client.read("order", &e.order, "/admin/audit").await?,
+        orders: admin
+            .order
+            .0
+            .pages("/admin/orders?limit=1000", "after", "orders", "next_after")
+            .await?,
+        holds: admin
+            .payment
+            .0
+            .pages("/admin/holds?limit=1000", "after", "holds", "next_after")
+            .await?,
+        reservations: admin
+            .inventory
+            .0
+            .pages(
+                "/admin/reservations?limit=1000",
+                "after",
+                "reservations",
+                "next_after",
+            )
+            .await?,
+        money: admin.payment.audit().await?,
+        stock: admin.inventory.audit().await?,
+        order_books: admin.order.audit().await?,
         waited_ms,
     })
 }
@@ -645,123 +552,6 @@ pub async fn fetch(e: &Endpoints, settle: Duration) -> Result<Snapshot, AuditErr
 /// [`fetch`] then [`judge`].
 pub async fn run(e: &Endpoints, settle: Duration) -> Result<Report, AuditError> {
     Ok(judge(&fetch(e, settle).await?))
-}
-
-struct Client<'a> {
-    http: reqwest::Client,
-    e: &'a Endpoints,
-}
-
-impl Client<'_> {
-    async fn get(
-        &self,
-        service: &'static str,
-        base: &str,
-        path: &str,
-    ) -> Result<serde_json::Value, AuditError> {
-        let res = self
-            .http
-            .get(format!("{base}{path}"))
-            .bearer_auth(&self.e.admin_token)
-            .timeout(Duration::from_secs(30))
-            .send()
-            .await
-            .map_err(|e| AuditError::Unreachable {
-                service,
-                path: path.into(),
-                detail: with_causes(&e),
-            })?;
-        let status = res.status();
-        let body = res.text().await.map_err(|e| AuditError::Unreachable {
-            service,
-            path: path.into(),
-            detail: with_causes(&e),
-        })?;
-        if !status.is_success() {
-            return Err(AuditError::Refused {
-                service,
-                path: path.into(),
-                status: status.as_u16(),
-                body,
-            });
-        }
-        serde_json::from_str(&body).map_err(|e| AuditError::Unreadable {
-            service,
-            path: path.into(),
-            detail: e.to_string(),
-        })
-    }
-
-    async fn read<T: serde::de::DeserializeOwned>(
-        &self,
-        service: &'static str,
-        base: &str,
-        path: &str,
-    ) -> Result<T, AuditError> {
-        let v = self.get(service, base, path).await?;
-        serde_json::from_value(v).map_err(|e| AuditError::Unreadable {
-            service,
-            path: path.into(),
-            detail: e.to_string(),
-        })
-    }
-
-    /// Every row of a keyset-paged listing.
-    async fn pages<T: serde::de::DeserializeOwned>(
-        &self,
-        service: &'static str,
-        base: &str,
-        first: &str,
-        cursor_param: &str,
-        rows_field: &str,
-        next_field: &str,
-    ) -> Result<Vec<T>, AuditError> {
-        let mut all = Vec::new();
-        let mut path = first.to_owned();
-        loop {
-            let mut page = self.get(service, base, &path).await?;
-            let rows: Vec<T> = serde_json::from_value(page[rows_field].take()).map_err(|e| {
-                AuditError::Unreadable {
-                    service,
-                    path: path.clone(),
-                    detail: e.to_string(),
-                }
-            })?;
-            all.extend(rows);
-            match page[next_field].as_str() {
-                Some(next) => {
-                    path = format!("{first}&{cursor_param}={}", encode(next));
-                }
-                None => return Ok(all),
-            }
-        }
-    }
-}
-
-/// An error and its chain of causes, `: `-separated.
-pub fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let next = c.to_string();
-        if !text.contains(&next) {
-            text = format!("{text}: {next}");
-        }
-        cause = c.source();
-    }
-    text
-}
-
-/// Percent-encodes a cursor for a query string (cursors hold `/` and branch ids).
-fn encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -811,22 +601,22 @@ mod tests {
             orders: vec![order("1", "CONFIRMED"), order("2", "CANCELLED")],
             holds: vec![hold("1", "captured"), hold("2", "released")],
             reservations: vec![reservation("1", "sold")],
-            money: Money {
+            money: PaymentAudit {
                 available: 10_000,
                 deposited: 10_000,
-                ..Money::default()
+                ..PaymentAudit::default()
             },
-            stock: Stock {
+            stock: StockAudit {
                 available: 99,
                 sold: 1,
                 restocked: 100,
-                ..Stock::default()
+                ..StockAudit::default()
             },
-            order_books: Orders {
+            order_books: OrderAudit {
                 confirmed: 1,
                 cancelled: 1,
                 requests: 2,
-                ..Orders::default()
+                ..OrderAudit::default()
             },
             waited_ms: 0,
         }
@@ -970,10 +760,5 @@ mod tests {
         let mut s = healthy();
         s.order_books.pending = 1;
         assert_eq!(failed(&s), ["no order is left pending"]);
-    }
-
-    #[test]
-    fn cursors_are_percent_encoded() {
-        assert_eq!(encode("123/pay ment"), "123%2Fpay%20ment");
     }
 }

@@ -106,6 +106,14 @@ impl From<store::StoreError> for Problem {
     }
 }
 
+/// Handlers run their SQL with `?`: a sqlx error is a store error first (typed, transient or
+/// not), then a problem.
+impl From<sqlx::Error> for Problem {
+    fn from(e: sqlx::Error) -> Self {
+        store::StoreError::from(e).into()
+    }
+}
+
 /// JSON bodies: at most `limit` bytes; errors as problems.
 pub fn json_config(limit: usize) -> web::JsonConfig {
     web::JsonConfig::default()

@@ -247,15 +247,19 @@ impl Default for PurgeConfig {
     }
 }
 
+/// A barrier retention under [`MIN_RETENTION_HOURS`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "barrier_retention_hours must be at least {MIN_RETENTION_HOURS} (got {0}): a branch's \
+     barrier rows must outlive every duplicate of its last op"
+)]
+pub struct RetentionTooShort(pub u64);
+
 impl PurgeConfig {
     /// Refuses a retention under [`MIN_RETENTION_HOURS`].
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RetentionTooShort> {
         if self.barrier_retention_hours < MIN_RETENTION_HOURS {
-            return Err(format!(
-                "barrier_retention_hours must be at least {MIN_RETENTION_HOURS} (got {}): a \
-                 branch's barrier rows must outlive every duplicate of its last op",
-                self.barrier_retention_hours
-            ));
+            return Err(RetentionTooShort(self.barrier_retention_hours));
         }
         Ok(())
     }
@@ -283,7 +287,11 @@ mod retention_tests {
         let mut c = PurgeConfig::default();
         assert!(c.validate().is_ok());
         c.barrier_retention_hours = 23;
-        assert!(c.validate().unwrap_err().contains("at least 24"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("at least 24"));
         c.barrier_retention_hours = 0;
         assert!(c.validate().is_err());
     }

@@ -63,7 +63,9 @@ pub async fn start<H: Handler>(
     p: Participant<H>,
     shutdown: Shutdown,
 ) -> Result<Running, StartError> {
-    p.purge.validate().map_err(host::ConfigError)?;
+    p.purge
+        .validate()
+        .map_err(|e| host::ConfigError(e.to_string()))?;
     let db = Db::connect(&p.common.db_config()?).await?;
     db.migrate_all(&[p.migrator, &crate::MIGRATOR]).await?;
     let admin = actix_web::web::Data::new(AdminToken::resolve(&p.common, p.short_name)?);

@@ -26,7 +26,7 @@ mod process;
 pub mod scripted;
 
 pub use postgres::postgres_available;
-pub use process::{free_port, Service, ServiceSpec};
+pub use process::{free_port, Service, ServiceSpec, StartError};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -44,12 +44,17 @@ pub struct Platform {
     /// The databases, in [`SERVICES`] order.
     pub dbs: Vec<TestDb>,
     pub dir: tempfile::TempDir,
+    admin_token: String,
 }
 
 impl Platform {
     /// Starts the four services from the `platform` binary at `bin`; `first` is one fresh
     /// database, the other three are its siblings (same kind, same server).
-    pub async fn start(bin: &Path, first: TestDb, o: &PlatformOptions) -> Result<Platform, String> {
+    pub async fn start(
+        bin: &Path,
+        first: TestDb,
+        o: &PlatformOptions,
+    ) -> Result<Platform, crate::process::StartError> {
         let dir = temp_dir("platform-");
         let dbs = vec![
             first.sibling().await,
@@ -113,7 +118,19 @@ impl Platform {
             urls,
             dbs,
             dir,
+            admin_token: o.admin_token.clone(),
         })
+    }
+
+    /// Where the four services answer, with the admin token: for [`admin::Admin`] and the audit.
+    pub fn endpoints(&self) -> admin::Endpoints {
+        admin::Endpoints {
+            coordinator: self.urls["coordinator"].clone(),
+            order: self.urls["order"].clone(),
+            payment: self.urls["payment"].clone(),
+            inventory: self.urls["inventory"].clone(),
+            admin_token: self.admin_token.clone(),
+        }
     }
 
     /// The service of that name (one of [`SERVICES`]).

@@ -91,10 +91,34 @@ pub struct Service {
     starts: u32,
 }
 
+/// Why a service did not come up; the log's tail is in the error, where a test's failure shows it.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{service}: {what}: {source}")]
+    Io {
+        service: String,
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{service} exited with {status} before it was ready; log tail:\n{log_tail}")]
+    Exited {
+        service: String,
+        status: ExitStatus,
+        log_tail: String,
+    },
+    #[error("{service} was not ready at {url} within {within:?}; log tail:\n{log_tail}")]
+    NotReady {
+        service: String,
+        url: String,
+        within: Duration,
+        log_tail: String,
+    },
+}
+
 impl Service {
     /// Spawns the binary and waits until its ready URL answers 2xx. Fails with the tail of its
     /// log if it exits first or is not ready in time.
-    pub async fn start(spec: ServiceSpec) -> Result<Service, String> {
+    pub async fn start(spec: ServiceSpec) -> Result<Service, StartError> {
         let mut service = Service {
             spec,
             child: None,
@@ -104,12 +128,12 @@ impl Service {
         Ok(service)
     }
 
-    async fn spawn_and_wait(&mut self) -> Result<(), String> {
+    async fn spawn_and_wait(&mut self) -> Result<(), StartError> {
         let mut log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.spec.log_path)
-            .map_err(|e| format!("open {}: {e}", self.spec.log_path.display()))?;
+            .map_err(|e| self.io(format!("opening {}", self.spec.log_path.display()), e))?;
         self.starts += 1;
         writeln!(
             log,
@@ -117,7 +141,9 @@ impl Service {
             self.starts, self.spec.name
         )
         .ok();
-        let stderr = log.try_clone().map_err(|e| e.to_string())?;
+        let stderr = log
+            .try_clone()
+            .map_err(|e| self.io("sharing its log".into(), e))?;
         let child = Command::new(&self.spec.program)
             .args(&self.spec.args)
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
@@ -125,33 +151,27 @@ impl Service {
             .stdout(log)
             .stderr(stderr)
             .spawn()
-            .map_err(|e| {
-                format!(
-                    "spawn {} ({}): {e}",
-                    self.spec.name,
-                    self.spec.program.display()
-                )
-            })?;
+            .map_err(|e| self.io(format!("spawning {}", self.spec.program.display()), e))?;
         self.child = Some(child);
         self.wait_ready().await
     }
 
-    async fn wait_ready(&mut self) -> Result<(), String> {
+    async fn wait_ready(&mut self) -> Result<(), StartError> {
         let Some(url) = self.spec.ready_url.clone() else {
             return Ok(());
         };
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(2))
             .build()
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| self.io("an HTTP client".into(), std::io::Error::other(e)))?;
         let deadline = Instant::now() + self.spec.ready_timeout;
         loop {
             if let Some(status) = self.try_wait() {
-                return Err(format!(
-                    "{} exited with {status} before it was ready; log tail:\n{}",
-                    self.spec.name,
-                    self.log_tail(40)
-                ));
+                return Err(StartError::Exited {
+                    service: self.spec.name.clone(),
+                    status,
+                    log_tail: self.log_tail(40),
+                });
             }
             if let Ok(resp) = client.get(&url).send().await {
                 if resp.status().is_success() {
@@ -160,14 +180,22 @@ impl Service {
             }
             if Instant::now() > deadline {
                 self.kill();
-                return Err(format!(
-                    "{} was not ready at {url} within {:?}; log tail:\n{}",
-                    self.spec.name,
-                    self.spec.ready_timeout,
-                    self.log_tail(40)
-                ));
+                return Err(StartError::NotReady {
+                    service: self.spec.name.clone(),
+                    url,
+                    within: self.spec.ready_timeout,
+                    log_tail: self.log_tail(40),
+                });
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    fn io(&self, what: String, source: std::io::Error) -> StartError {
+        StartError::Io {
+            service: self.spec.name.clone(),
+            what,
+            source,
         }
     }
 
@@ -215,7 +243,7 @@ impl Service {
 
     /// Starts the process again with the same spec (after [`Service::kill`] or a crash) and
     /// waits until it is ready.
-    pub async fn restart(&mut self) -> Result<(), String> {
+    pub async fn restart(&mut self) -> Result<(), StartError> {
         self.kill();
         self.spawn_and_wait().await
     }

@@ -66,7 +66,8 @@ async fn a_binary_that_exits_before_it_is_ready_fails_start_with_its_log() {
         .arg("echo 'bad config: no port'; exit 3")
         .ready_url(format!("http://127.0.0.1:{}/readyz", free_port()));
     let err = Service::start(spec).await.unwrap_err();
-    assert!(err.contains("exited"), "{err}");
+    assert!(matches!(err, testkit::StartError::Exited { .. }), "{err}");
+    let err = err.to_string();
     assert!(
         err.contains("bad config: no port"),
         "the log tail is in the error: {err}"
