@@ -399,9 +399,11 @@ async fn payment_killed_during_its_confirms_has_each_interrupted_confirm_retried
         return;
     };
     let mut p = Platform::start(db).await;
-    let payment_db = store::Db::connect(&store::DbConfig::new(p.dbs[2].url()))
-        .await
-        .unwrap();
+    // This test holds a lock in a transaction that stays silent on purpose, longer than the
+    // server's default patience with frozen sessions.
+    let mut lock_holder = store::DbConfig::new(p.dbs[2].url());
+    lock_holder.idle_in_transaction_timeout = Duration::ZERO;
+    let payment_db = store::Db::connect(&lock_holder).await.unwrap();
     // Settling a hold (Confirm, Cancel) first takes advisory lock 42; Tries only insert holds.
     for ddl in [
         "CREATE FUNCTION wait_for_the_test() RETURNS trigger AS $$ \

@@ -34,6 +34,14 @@ pub struct DbSettings {
     pub max_connections: u32,
     /// SQLite only: `full` (default) or `normal`.
     pub synchronous: String,
+    /// PostgreSQL only: the server ends a session silent this long inside a transaction (a
+    /// frozen process), releasing its row locks; 0 turns it off.
+    #[serde(default = "default_idle_in_transaction_ms")]
+    pub idle_in_transaction_timeout_ms: u64,
+}
+
+fn default_idle_in_transaction_ms() -> u64 {
+    5_000
 }
 
 impl Default for DbSettings {
@@ -41,6 +49,7 @@ impl Default for DbSettings {
         DbSettings {
             max_connections: 16,
             synchronous: "full".into(),
+            idle_in_transaction_timeout_ms: default_idle_in_transaction_ms(),
         }
     }
 }
@@ -64,6 +73,8 @@ impl CommonConfig {
     pub fn db_config(&self) -> Result<store::DbConfig, ConfigError> {
         let mut cfg = store::DbConfig::new(self.database_url.clone());
         cfg.max_connections = self.db.max_connections;
+        cfg.idle_in_transaction_timeout =
+            std::time::Duration::from_millis(self.db.idle_in_transaction_timeout_ms);
         cfg.synchronous = self
             .db
             .synchronous

@@ -104,6 +104,7 @@ pub struct DbConfig {
     /// recovery claiming a transaction, a participant's next branch on the same account) would
     /// wait with it. Our transactions are a few statements long; seconds of silence inside one
     /// mean the holder is gone, and ending its session rolls its writes back, which is safe.
+    /// Zero turns it off. The holder's next statement fails as unavailable (SQLSTATE 25P03).
     pub idle_in_transaction_timeout: Duration,
 }
 
@@ -180,7 +181,8 @@ impl Db {
             .disable_statement_logging();
         let synchronous = config.synchronous;
         let busy_ms = config.busy_timeout.as_millis();
-        let idle_ms = config.idle_in_transaction_timeout.as_millis().max(1);
+        // 0 turns the server's timeout off, as PostgreSQL reads it.
+        let idle_ms = config.idle_in_transaction_timeout.as_millis();
         let pool = AnyPoolOptions::new()
             .max_connections(config.max_connections)
             .acquire_timeout(config.acquire_timeout)
@@ -397,7 +399,7 @@ impl StoreError {
 const PG_CONFLICT_CODES: [&str; 2] = ["40001", "40P01"];
 /// PostgreSQL classes 08 (connection exception) and 57P (operator intervention: shutdown,
 /// terminated backend).
-const PG_UNAVAILABLE_PREFIXES: [&str; 3] = ["08", "57P", "53"];
+const PG_UNAVAILABLE_PREFIXES: [&str; 4] = ["08", "57P", "53", "25P03"];
 /// SQLite primary result codes SQLITE_BUSY (5) and SQLITE_LOCKED (6); extended codes carry the
 /// primary code in their low byte.
 const SQLITE_BUSY: i64 = 5;

@@ -513,8 +513,10 @@ async fn a_writer_silent_inside_a_transaction_loses_its_locks_to_the_next() {
     .expect("the next writer still waits for the silent holder's lock");
     next.unwrap();
     assert!(started.elapsed() >= std::time::Duration::from_millis(400));
-    // The holder's session is gone: its commit fails and its write never lands.
-    assert!(frozen.commit().await.is_err());
+    // The holder's session is gone: its commit fails, as a transient error (the caller retries
+    // or recovery takes over), and its write never lands.
+    let gone = StoreError::from(frozen.commit().await.unwrap_err());
+    assert!(gone.is_transient(), "{gone:?}");
     let available: i64 = sqlx::query_scalar("SELECT available FROM accounts WHERE id = $1")
         .bind(1_i64)
         .fetch_one(db.pool())
