@@ -49,6 +49,18 @@ pub fn load_config() -> Result<Config, ConfigError> {
     host::load_config(default_config(), "ORDER_")
 }
 
+/// An access token for the public API, for `sub`, valid for `ttl`, signed with the secret
+/// `config` names (its configured secret, or the dev secret in its data folder).
+pub fn mint_token(
+    config: &Config,
+    sub: &str,
+    ttl: std::time::Duration,
+) -> Result<String, ConfigError> {
+    tcc::check::id("sub", sub).map_err(|r| ConfigError(r.message))?;
+    let auth = auth::Authenticator::from_config(&config.jwt, &config.participant.common)?;
+    Ok(auth.mint(sub, ttl))
+}
+
 /// Opens the database, runs migrations, and starts the gRPC and HTTP servers.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::StartError> {
     let authenticator = actix_web::web::Data::new(auth::Authenticator::from_config(

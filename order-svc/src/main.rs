@@ -39,10 +39,7 @@ async fn main() -> std::process::ExitCode {
 
 fn token(sub: &str, ttl_secs: u64) -> std::process::ExitCode {
     let result = order_svc::load_config().and_then(|config| {
-        tcc::check::id("sub", sub).map_err(|r| host::ConfigError(r.message))?;
-        let auth =
-            order_svc::auth::Authenticator::from_config(&config.jwt, &config.participant.common)?;
-        Ok(auth.mint(sub, std::time::Duration::from_secs(ttl_secs)))
+        order_svc::mint_token(&config, sub, std::time::Duration::from_secs(ttl_secs))
     });
     match result {
         Ok(token) => {

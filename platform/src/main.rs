@@ -8,6 +8,8 @@
 //! seconds, and the coordinator's recovery finishes what was in flight. Ctrl-C stops everything
 //! cleanly; a restart keeps the data; `--reset` starts over.
 
+mod trace_ui;
+
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -31,6 +33,10 @@ struct Cli {
     /// platform beside the first (the tests do).
     #[arg(long, default_value_t = 0)]
     port_offset: u16,
+    /// Do not start the trace UI (http://127.0.0.1:16686, OTLP on 4317, plus --port-offset)
+    /// nor export the services' spans to it.
+    #[arg(long)]
+    no_trace_ui: bool,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -41,6 +47,35 @@ enum Cmd {
     Serve {
         #[arg(value_enum)]
         service: Which,
+    },
+    /// Run the trace UI alone: the Jaeger UI with an in-memory OTLP receiver.
+    TraceUi(trace_ui::TraceUi),
+    /// Exit 0 if `url` answers 2xx within 2 s, 1 otherwise: a container's health check (the
+    /// images carry no curl).
+    Probe { url: String },
+    /// Print an access token for the public API, signed with order-svc's secret: the one in
+    /// `ORDER_JWT__SECRET` if set (as in the compose containers), else the dev secret in the
+    /// data folder (`--data`).
+    Token {
+        /// The user the token is for (the demo users: alice, bob, carol).
+        #[arg(long, default_value = "alice")]
+        sub: String,
+        /// Lifetime in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
+    },
+    /// Create the demo accounts, stock and catalog on running services (what the platform does
+    /// on its first start), e.g. on the compose platform.
+    Seed {
+        /// The admin token (default: `ADMIN_TOKEN`, else `<data>/admin-token`).
+        #[arg(long)]
+        admin_token: Option<String>,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        order_url: String,
+        #[arg(long, default_value = "http://127.0.0.1:8081")]
+        payment_url: String,
+        #[arg(long, default_value = "http://127.0.0.1:8082")]
+        inventory_url: String,
     },
 }
 
@@ -92,16 +127,40 @@ impl Which {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    if let Some(Cmd::Serve { service }) = cli.command {
-        return serve(service).await;
-    }
-    match run(cli).await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("platform: {e}");
-            std::process::ExitCode::FAILURE
+    match cli.command {
+        Some(Cmd::Serve { service }) => return serve(service).await,
+        Some(Cmd::Probe { url }) => return probe(&url).await,
+        Some(Cmd::TraceUi(ui)) => return report(serve_trace_ui(ui).await),
+        Some(Cmd::Token { sub, hours }) => return report(print_token(&cli.data, &sub, hours)),
+        Some(Cmd::Seed {
+            admin_token,
+            order_url,
+            payment_url,
+            inventory_url,
+        }) => {
+            let seeded = async {
+                let admin_token = match admin_token.or_else(|| std::env::var("ADMIN_TOKEN").ok()) {
+                    Some(t) => t,
+                    None => std::fs::read_to_string(cli.data.join("admin-token"))
+                        .map(|t| t.trim().to_owned())
+                        .map_err(io(&cli.data.join("admin-token")))?,
+                };
+                let admin = admin::Admin::new(&admin::Endpoints {
+                    coordinator: String::new(),
+                    order: order_url,
+                    payment: payment_url,
+                    inventory: inventory_url,
+                    admin_token,
+                });
+                seed_demo(&admin).await?;
+                println!("demo data seeded: alice ($100.00), bob ($25.00), carol ($0), merchant; coffee, mug, vinyl");
+                Ok(())
+            };
+            return report(seeded.await);
         }
+        None => {}
     }
+    report(run(cli).await)
 }
 
 /// Why the platform could not start or keep running; printed once, as `platform: …`.
@@ -128,6 +187,25 @@ enum PlatformError {
     Seed(#[from] admin::AdminError),
     #[error(transparent)]
     Config(#[from] host::config::ConfigError),
+    #[error(transparent)]
+    TraceUi(#[from] trace_ui::TraceUiError),
+}
+
+/// `platform trace-ui`: until SIGTERM or Ctrl-C.
+async fn serve_trace_ui(ui: trace_ui::TraceUi) -> Result<(), PlatformError> {
+    let (http, otlp) = (ui.http, ui.otlp);
+    let bound = ui.bind().await?;
+    println!("trace-ui: the Jaeger UI on http://{http}/, OTLP gRPC on {otlp}");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|source| PlatformError::Io {
+            what: "SIGTERM's handler".into(),
+            source,
+        })?;
+    tokio::select! {
+        r = bound.run() => Ok(r?),
+        _ = term.recv() => Ok(()),
+        _ = tokio::signal::ctrl_c() => Ok(()),
+    }
 }
 
 /// An I/O error on `path`, for `map_err`.
@@ -162,6 +240,27 @@ fn follow_the_supervisor() {
 }
 
 /// `platform serve <service>`: exactly what the service's own binary does.
+async fn probe(url: &str) -> std::process::ExitCode {
+    let answer = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+    {
+        Ok(client) => client.get(url).send().await,
+        Err(e) => Err(e),
+    };
+    match answer {
+        Ok(r) if r.status().is_success() => std::process::ExitCode::SUCCESS,
+        Ok(r) => {
+            eprintln!("probe: {url} answered {}", r.status());
+            std::process::ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("probe: {url}: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 async fn serve(which: Which) -> std::process::ExitCode {
     follow_the_supervisor();
     let name = format!("{}-svc", which.name());
@@ -272,6 +371,8 @@ struct Layout {
     storage: Storage,
     admin_token: String,
     port_offset: u16,
+    /// Where the services export their spans, if anywhere.
+    otlp: Option<String>,
 }
 
 impl Layout {
@@ -320,6 +421,12 @@ fn spawn(which: Which, layout: &Layout) -> std::io::Result<Child> {
         .env(format!("{p}DATA_DIR"), data)
         .env(format!("{p}DATABASE_URL"), storage.url(which))
         .env(format!("{p}ADMIN_TOKEN"), &layout.admin_token)
+        .envs(
+            layout
+                .otlp
+                .as_ref()
+                .map(|endpoint| ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)),
+        )
         .env(
             "LOG_FORMAT",
             std::env::var("LOG_FORMAT").unwrap_or_else(|_| "json".into()),
@@ -382,6 +489,13 @@ async fn seed(layout: &Layout) -> Result<bool, PlatformError> {
         inventory: layout.http(Which::Inventory),
         admin_token: layout.admin_token.clone(),
     });
+    seed_demo(&admin).await?;
+    std::fs::write(&marker, "seeded\n").map_err(io(&marker))?;
+    Ok(true)
+}
+
+/// The demo users, products and stock (an existing account or SKU is left as it is).
+async fn seed_demo(admin: &admin::Admin) -> Result<(), PlatformError> {
     for (id, cents) in [
         ("alice", 10_000),
         ("bob", 2_500),
@@ -398,8 +512,30 @@ async fn seed(layout: &Layout) -> Result<bool, PlatformError> {
         admin.inventory.open_sku(sku, stock).await?;
         admin.order.put_catalog_item(sku, name, price).await?;
     }
-    std::fs::write(&marker, "seeded\n").map_err(io(&marker))?;
-    Ok(true)
+    Ok(())
+}
+
+/// `platform token`: order-svc's configuration from the environment, its data folder `data`
+/// unless `ORDER_DATA_DIR` says otherwise.
+fn print_token(data: &std::path::Path, sub: &str, hours: u64) -> Result<(), PlatformError> {
+    let mut config = order_svc::load_config()?;
+    if std::env::var_os("ORDER_DATA_DIR").is_none() {
+        config.participant.common.data_dir = data.to_owned();
+    }
+    let token = order_svc::mint_token(&config, sub, Duration::from_secs(hours * 3600))?;
+    println!("{token}");
+    Ok(())
+}
+
+/// A subcommand's result as an exit code, its error on stderr.
+fn report(result: Result<(), PlatformError>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("platform: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(cli: Cli) -> Result<(), PlatformError> {
@@ -424,6 +560,37 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
         storage,
         admin_token,
         port_offset: cli.port_offset,
+        otlp: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok(),
+    };
+    let mut layout = layout;
+    // The trace UI in this process, unless asked not to or its ports are taken (then the
+    // platform runs without it, and says so). An OTLP endpoint already configured wins.
+    let trace_ui = if cli.no_trace_ui || layout.otlp.is_some() {
+        None
+    } else {
+        let offset = cli.port_offset;
+        let ui = trace_ui::TraceUi {
+            http: std::net::SocketAddr::from(([127, 0, 0, 1], 16686 + offset)),
+            otlp: std::net::SocketAddr::from(([127, 0, 0, 1], 4317 + offset)),
+            max_traces: 1000,
+            max_memory_mb: 256,
+        };
+        let http = ui.http;
+        match ui.bind().await {
+            Ok(bound) => {
+                layout.otlp = Some(format!("http://127.0.0.1:{}", 4317 + offset));
+                tokio::spawn(async move {
+                    if let Err(e) = bound.run().await {
+                        eprintln!("platform: {e}");
+                    }
+                });
+                Some(http)
+            }
+            Err(e) => {
+                eprintln!("platform: no trace UI ({e}); the services run without exporting spans");
+                None
+            }
+        }
     };
 
     let mut services: Vec<Supervised> = Vec::new();
@@ -472,9 +639,17 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
     println!();
     println!("  logs:        {}/logs/<service>.log", data.display());
     println!("  admin token: {}/admin-token", data.display());
+    if let Some(ui) = trace_ui {
+        println!("  traces:      http://{ui}/ (one order = one trace across the four services)");
+    }
     println!("  demo users:  alice ($100.00), bob ($25.00), carol ($0); products: coffee $4.50, mug $12.00, vinyl $99.00 (1 in stock)");
     println!();
-    println!("Place an order as alice (token valid 24 h; more with `cargo run -p order-svc -- token --sub bob`):");
+    let exe = std::env::current_exe().unwrap_or_else(|_| PathBuf::from("platform"));
+    println!(
+        "Place an order as alice (token valid 24 h; another user's: `{} --data {} token --sub bob`):",
+        exe.display(),
+        data.display()
+    );
     println!();
     println!("  TOKEN={alice}");
     println!(

@@ -114,6 +114,16 @@ impl Drop for TelemetryGuard {
 
 /// Sets up logging and tracing for this process. With an OTLP endpoint, call it from inside a
 /// tokio runtime (the gRPC exporter's connection lives there).
+/// `service.instance.id`: unique per process across hosts. The pid alone is not: every
+/// container's main process is pid 1, and a trace UI that keys processes by instance then
+/// shows a trace across four containers as one service's.
+fn instance_id(service: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{service}@{host}:{}", std::process::id())
+}
+
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     let mut builder = SdkTracerProvider::builder();
     if let Some(endpoint) = &config.otlp_endpoint {
@@ -154,7 +164,7 @@ fn install(
                 .with_service_name(config.service_name.clone())
                 .with_attribute(KeyValue::new(
                     "service.instance.id",
-                    std::process::id().to_string(),
+                    instance_id(&config.service_name),
                 ))
                 .build(),
         )
