@@ -5,7 +5,11 @@
 # stop it; then run the real server in the foreground (its log on stderr).
 set -euo pipefail
 
-if [ "${1:-postgres}" != postgres ]; then
+# Options alone (`-c fsync=off`, as testcontainers passes) are options of postgres.
+if [ "$#" = 0 ] || [ "${1:0:1}" = - ]; then
+  set -- postgres "$@"
+fi
+if [ "$1" != postgres ]; then
   exec "$@"
 fi
 
@@ -24,18 +28,28 @@ if [ ! -s "$PGDATA/PG_VERSION" ]; then
     echo "docker-entrypoint: POSTGRES_PASSWORD is not set (or set POSTGRES_HOST_AUTH_METHOD=trust)" >&2
     exit 1
   fi
-  pwfile=$(mktemp)
-  printf '%s' "${POSTGRES_PASSWORD:-}" > "$pwfile"
-  initdb --username="$user" --pwfile="$pwfile" --auth-local=trust --auth-host="${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" \
+  pw=()
+  if [ -n "${POSTGRES_PASSWORD:-}" ]; then
+    pwfile=$(mktemp)
+    trap 'rm -f "$pwfile"' EXIT
+    printf '%s' "$POSTGRES_PASSWORD" > "$pwfile"
+    pw=(--pwfile="$pwfile")
+  fi
+  # shellcheck disable=SC2086 # POSTGRES_INITDB_ARGS is a list of options, as in the official image
+  initdb --username="$user" "${pw[@]}" --auth-local=trust --auth-host="${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" \
     ${POSTGRES_INITDB_ARGS:-} -D "$PGDATA" >/dev/null
-  rm -f "$pwfile"
+  rm -f "${pwfile:-}"
   {
     echo "listen_addresses = '*'"
   } >> "$PGDATA/postgresql.conf"
   echo "host all all all ${POSTGRES_HOST_AUTH_METHOD:-scram-sha-256}" >> "$PGDATA/pg_hba.conf"
 
-  # The temporary server: no TCP, its log on stdout.
-  pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start
+  # The temporary server: the same options, no TCP, its log on stdout.
+  opts=""
+  if [ "$#" -gt 1 ]; then
+    opts="$(printf '%q ' "${@:2}")"
+  fi
+  pg_ctl -D "$PGDATA" -o "$opts-c listen_addresses=''" -w start
   psql=(psql -v ON_ERROR_STOP=1 --username "$user" --no-password --no-psqlrc)
   if [ "$db" != postgres ]; then
     echo 'CREATE DATABASE :"db"' | "${psql[@]}" --dbname postgres --set db="$db" >/dev/null

@@ -272,6 +272,9 @@ async fn the_one_command_platform_takes_a_run_and_an_audit_and_restarts_a_killed
         .arg(&data)
         .arg("--port-offset")
         .arg(offset.to_string())
+        // The trace UI below the test ports too (its default, 16686 + offset, is not).
+        .arg("--trace-ui-port")
+        .arg((8070 + offset).to_string())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true);
     if postgres {
@@ -333,6 +336,41 @@ async fn the_one_command_platform_takes_a_run_and_an_audit_and_restarts_a_killed
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(report["orders"], 150, "{report}");
     assert_eq!(report["unexpected"], json!({}), "{report}");
+
+    // The platform's own trace UI received the services' spans: an order is one trace across
+    // the four of them (the exporter sends in batches, every few seconds).
+    assert!(
+        banner.iter().any(|l| l.contains("traces:")),
+        "no trace UI in the banner: {banner:#?}"
+    );
+    let traces_url = format!(
+        "http://127.0.0.1:{}/api/traces?service=order-svc&limit=200",
+        8070 + offset
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let traces: Value = match reqwest::get(&traces_url).await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let four = traces["data"].as_array().into_iter().flatten().any(|t| {
+            let services: std::collections::BTreeSet<&str> = t["processes"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, p)| p["serviceName"].as_str())
+                .collect();
+            services.len() == 4
+        });
+        if four {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no trace across the four services in the platform's trace UI: {traces}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
 
     // SIGKILL payment-svc (pid from the banner); the platform brings it back.
     let pid: i32 = banner

@@ -37,6 +37,10 @@ struct Cli {
     /// nor export the services' spans to it.
     #[arg(long)]
     no_trace_ui: bool,
+    /// The trace UI's HTTP port (default 16686 plus --port-offset; its OTLP receiver is on
+    /// 4317 plus --port-offset).
+    #[arg(long)]
+    trace_ui_port: Option<u16>,
     #[command(subcommand)]
     command: Option<Cmd>,
 }
@@ -239,10 +243,12 @@ fn follow_the_supervisor() {
     }
 }
 
-/// `platform serve <service>`: exactly what the service's own binary does.
+/// `platform probe <url>`: the images' health check.
 async fn probe(url: &str) -> std::process::ExitCode {
+    // No proxy: a health check asks this container's own loopback, whatever HTTP_PROXY says.
     let answer = match reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
+        .no_proxy()
         .build()
     {
         Ok(client) => client.get(url).send().await,
@@ -261,6 +267,7 @@ async fn probe(url: &str) -> std::process::ExitCode {
     }
 }
 
+/// `platform serve <service>`: exactly what the service's own binary does.
 async fn serve(which: Which) -> std::process::ExitCode {
     follow_the_supervisor();
     let name = format!("{}-svc", which.name());
@@ -570,7 +577,10 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
     } else {
         let offset = cli.port_offset;
         let ui = trace_ui::TraceUi {
-            http: std::net::SocketAddr::from(([127, 0, 0, 1], 16686 + offset)),
+            http: std::net::SocketAddr::from((
+                [127, 0, 0, 1],
+                cli.trace_ui_port.unwrap_or(16686 + offset),
+            )),
             otlp: std::net::SocketAddr::from(([127, 0, 0, 1], 4317 + offset)),
             max_traces: 1000,
             max_memory_mb: 256,

@@ -49,12 +49,18 @@ fn docker_or_skip() -> bool {
 }
 
 fn run(cmd: &mut Command) -> Output {
+    // The program and its arguments only: the environment holds the run's secrets.
+    let shown = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
     let out = cmd
         .output()
-        .unwrap_or_else(|e| panic!("{cmd:?} did not start: {e}"));
+        .unwrap_or_else(|e| panic!("{shown} did not start: {e}"));
     assert!(
         out.status.success(),
-        "{cmd:?} failed with {}:\n{}\n{}",
+        "{shown} failed with {}:\n{}\n{}",
         out.status,
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
@@ -75,32 +81,39 @@ struct Project {
     ports: std::collections::HashMap<&'static str, u16>,
 }
 
+const PORTS: [&str; 7] = [
+    "ORDER_PORT",
+    "PAYMENT_PORT",
+    "INVENTORY_PORT",
+    "COORDINATOR_PORT",
+    "TRACE_UI_PORT",
+    "PROMETHEUS_PORT",
+    "POSTGRES_PORT",
+];
+
 impl Project {
+    /// Secrets of its own; ports come later ([`Project::take_ports`]), just before `up`, so
+    /// they are still free when the containers bind them.
     fn new() -> Project {
-        let ports: std::collections::HashMap<&'static str, u16> = [
-            "ORDER_PORT",
-            "PAYMENT_PORT",
-            "INVENTORY_PORT",
-            "COORDINATOR_PORT",
-            "TRACE_UI_PORT",
-            "PROMETHEUS_PORT",
-            "POSTGRES_PORT",
-        ]
-        .into_iter()
-        .map(|k| (k, testkit::free_port()))
-        .collect();
-        let mut vars = vec![
-            ("POSTGRES_PASSWORD", secret()),
-            ("ADMIN_TOKEN", secret()),
-            ("JWT_SECRET", format!("{}{}", secret(), secret())),
-            ("TCC_PAY_TAG", "test".to_owned()),
-        ];
-        vars.extend(ports.iter().map(|(k, p)| (*k, p.to_string())));
         Project {
             name: format!("tcc-pay-test-{}", std::process::id()),
-            vars,
-            ports,
+            vars: vec![
+                ("POSTGRES_PASSWORD", secret()),
+                ("ADMIN_TOKEN", secret()),
+                ("JWT_SECRET", format!("{}{}", secret(), secret())),
+                ("TCC_PAY_TAG", "test".to_owned()),
+            ],
+            ports: std::collections::HashMap::new(),
         }
+    }
+
+    fn take_ports(&mut self) {
+        self.ports = PORTS
+            .into_iter()
+            .map(|k| (k, testkit::free_port()))
+            .collect();
+        self.vars
+            .extend(self.ports.iter().map(|(k, p)| (*k, p.to_string())));
     }
 
     fn var(&self, k: &str) -> &str {
@@ -184,6 +197,7 @@ impl Drop for Project {
 /// The images the compose file names: the base image, PostgreSQL and Prometheus as `compose/up`
 /// builds them, and the platform image from this test's binary.
 fn build_images(p: &Project) {
+    sweep_stale_projects();
     run(&mut Command::new(repo().join("compose/base-image")));
     run(&mut p.compose(&["build", "postgres", "prometheus"]));
     let context = testkit::temp_dir("platform-image-");
@@ -199,8 +213,50 @@ fn build_images(p: &Project) {
     )
     .unwrap();
     run(Command::new("docker")
-        .args(["build", "-q", "-t", "tcc-pay/platform:test"])
+        .args([
+            "build",
+            "-q",
+            "--label",
+            "tcc-pay-test",
+            "-t",
+            "tcc-pay/platform:test",
+        ])
         .arg(context.path()));
+    // The previous run's platform image, untagged by this build.
+    let _ = Command::new("docker")
+        .args(["image", "prune", "-f", "--filter", "label=tcc-pay-test"])
+        .output();
+}
+
+/// Projects of earlier runs of this test whose process is gone (killed by a timeout, say).
+fn sweep_stale_projects() {
+    let Ok(out) = Command::new("docker")
+        .args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Label \"com.docker.compose.project\"}}",
+        ])
+        .output()
+    else {
+        return;
+    };
+    let names: std::collections::BTreeSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| n.starts_with("tcc-pay-test-"))
+        .map(str::to_owned)
+        .collect();
+    for name in names {
+        let pid = name.trim_start_matches("tcc-pay-test-");
+        if !Path::new("/proc").join(pid).exists() {
+            let stale = Project {
+                name,
+                vars: Vec::new(),
+                ports: std::collections::HashMap::new(),
+            };
+            drop(stale); // its Drop runs `down -v`
+        }
+    }
 }
 
 async fn order(
@@ -249,9 +305,10 @@ async fn the_compose_platform_confirms_cancels_traces_scrapes_and_survives_a_kil
     if !docker_or_skip() {
         return;
     }
-    let p = Project::new();
+    let mut p = Project::new();
     let t = Instant::now();
     build_images(&p);
+    p.take_ports();
     eprintln!(
         "compose test: images ready in {:.1} s",
         t.elapsed().as_secs_f64()
@@ -263,6 +320,23 @@ async fn the_compose_platform_confirms_cancels_traces_scrapes_and_survives_a_kil
         "compose test: all healthy {:.1} s after up",
         t.elapsed().as_secs_f64()
     );
+    // Published on the loopback only.
+    for service in [
+        "order",
+        "payment",
+        "inventory",
+        "coordinator",
+        "trace-ui",
+        "prometheus",
+        "postgres",
+    ] {
+        let ports = run(Command::new("docker").args(["port", &p.container(service)]));
+        let ports = String::from_utf8_lossy(&ports.stdout).into_owned();
+        assert!(
+            !ports.is_empty() && ports.lines().all(|l| l.contains("-> 127.0.0.1:")),
+            "{service} publishes beyond the loopback: {ports}"
+        );
+    }
 
     let endpoints = admin::Endpoints {
         coordinator: p.url("COORDINATOR_PORT"),
@@ -403,19 +477,15 @@ async fn the_compose_platform_confirms_cancels_traces_scrapes_and_survives_a_kil
         tokio::time::sleep(Duration::from_secs(3)).await;
         run(&mut p.compose(&["start", "payment"]));
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let inventory = p.container("inventory");
-        let pid = String::from_utf8_lossy(
-            &run(Command::new("docker").args(["inspect", "-f", "{{.State.Pid}}", &inventory]))
-                .stdout,
-        )
-        .trim()
-        .parse::<i32>()
-        .unwrap();
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        )
-        .unwrap();
+        // A crash: SIGKILL to every process of the container but its init (tini), which then
+        // exits like the service did; the restart policy, not an operator, brings it back.
+        run(Command::new("docker").args([
+            "exec",
+            &p.container("inventory"),
+            "bash",
+            "-c",
+            "kill -9 -1",
+        ]));
         let stats = Command::new("docker")
             .args([
                 "stats",

@@ -112,8 +112,6 @@ impl Drop for TelemetryGuard {
     }
 }
 
-/// Sets up logging and tracing for this process. With an OTLP endpoint, call it from inside a
-/// tokio runtime (the gRPC exporter's connection lives there).
 /// `service.instance.id`: unique per process across hosts. The pid alone is not: every
 /// container's main process is pid 1, and a trace UI that keys processes by instance then
 /// shows a trace across four containers as one service's.
@@ -124,6 +122,8 @@ fn instance_id(service: &str) -> String {
     format!("{service}@{host}:{}", std::process::id())
 }
 
+/// Sets up logging and tracing for this process. With an OTLP endpoint, call it from inside a
+/// tokio runtime (the gRPC exporter's connection lives there).
 pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> {
     let mut builder = SdkTracerProvider::builder();
     if let Some(endpoint) = &config.otlp_endpoint {
