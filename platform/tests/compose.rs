@@ -284,7 +284,13 @@ async fn order(
     }
 }
 
-/// Polls `get` every 500 ms until `found` says yes, for up to `within`.
+/// A JSON answer, or why there is none (for [`eventually`]).
+async fn get_json(http: &reqwest::Client, url: &str) -> Result<Value, String> {
+    let res = http.get(url).send().await.map_err(|e| e.to_string())?;
+    res.json().await.map_err(|e| e.to_string())
+}
+
+/// Polls `attempt` every 500 ms until it succeeds, for up to `within`.
 async fn eventually(
     within: Duration,
     what: &str,
@@ -385,14 +391,11 @@ async fn the_compose_platform_confirms_cancels_traces_scrapes_and_survives_a_kil
         Duration::from_secs(40),
         "a trace with all four services",
         async || {
-            let traces: Value = http
-                .get(format!("{ui}/api/traces?service=order-svc&limit=50"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let traces = get_json(
+                &http,
+                &format!("{ui}/api/traces?service=order-svc&limit=50"),
+            )
+            .await?;
             let services = |t: &Value| -> std::collections::BTreeSet<String> {
                 t["processes"]
                     .as_object()
@@ -423,14 +426,7 @@ async fn the_compose_platform_confirms_cancels_traces_scrapes_and_survives_a_kil
         Duration::from_secs(40),
         "every Prometheus target up",
         async || {
-            let targets: Value = http
-                .get(format!("{prometheus}/api/v1/targets"))
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let targets = get_json(&http, &format!("{prometheus}/api/v1/targets")).await?;
             let active = targets["data"]["activeTargets"]
                 .as_array()
                 .cloned()
