@@ -17,7 +17,7 @@
 
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 fn repo() -> PathBuf {
@@ -27,46 +27,7 @@ fn repo() -> PathBuf {
         .to_owned()
 }
 
-/// Whether an engine answers; without one, the loud skip or failure described in the module docs.
-fn docker_or_skip() -> bool {
-    let answers = Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if answers {
-        return true;
-    }
-    let required = std::env::var("REQUIRE_DOCKER").is_ok_and(|v| v == "1");
-    let allowed = std::env::var("ALLOW_SKIP_DOCKER").is_ok_and(|v| v == "1");
-    if required || !allowed {
-        panic!(
-            "no Docker engine answers `docker info`: this test needs one \
-             (ALLOW_SKIP_DOCKER=1 skips it knowingly; REQUIRE_DOCKER=1 forbids skipping)"
-        );
-    }
-    eprintln!("\n*** SKIPPED: no Docker engine (ALLOW_SKIP_DOCKER=1) ***\n");
-    false
-}
-
-fn run(cmd: &mut Command) -> Output {
-    // The program and its arguments only: the environment holds the run's secrets.
-    let shown = std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{shown} did not start: {e}"));
-    assert!(
-        out.status.success(),
-        "{shown} failed with {}:\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
-}
+use testkit::containers::{docker_or_skip, run};
 
 fn secret() -> String {
     (0..32)
@@ -194,38 +155,10 @@ impl Drop for Project {
     }
 }
 
-/// The images the compose file names: the base image, PostgreSQL and Prometheus as `compose/up`
-/// builds them, and the platform image from this test's binary.
-fn build_images(p: &Project) {
+/// The images the compose file names, the platform image from this test's binary.
+fn build_images() {
     sweep_stale_projects();
-    run(&mut Command::new(repo().join("compose/base-image")));
-    run(&mut p.compose(&["build", "postgres", "prometheus"]));
-    let context = testkit::temp_dir("platform-image-");
-    std::fs::create_dir_all(context.path().join("bin")).unwrap();
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_platform"),
-        context.path().join("bin/platform"),
-    )
-    .unwrap();
-    std::fs::copy(
-        repo().join("compose/platform/Dockerfile"),
-        context.path().join("Dockerfile"),
-    )
-    .unwrap();
-    run(Command::new("docker")
-        .args([
-            "build",
-            "-q",
-            "--label",
-            "tcc-pay-test",
-            "-t",
-            "tcc-pay/platform:test",
-        ])
-        .arg(context.path()));
-    // The previous run's platform image, untagged by this build.
-    let _ = Command::new("docker")
-        .args(["image", "prune", "-f", "--filter", "label=tcc-pay-test"])
-        .output();
+    testkit::containers::ensure_images(Path::new(env!("CARGO_BIN_EXE_platform")));
 }
 
 /// Projects of earlier runs of this test whose process is gone (killed by a timeout, say).
@@ -313,7 +246,7 @@ async fn the_compose_platform_confirms_cancels_traces_scrapes_and_survives_a_kil
     }
     let mut p = Project::new();
     let t = Instant::now();
-    build_images(&p);
+    build_images();
     p.take_ports();
     eprintln!(
         "compose test: images ready in {:.1} s",

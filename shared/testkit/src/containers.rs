@@ -1,0 +1,397 @@
+//! The platform as containers, for the faults only separate hosts can show: a participant cut
+//! off the network, frozen, or without its database.
+//!
+//! [`Cluster::start`] runs, on a user-defined network of its own, one PostgreSQL container per
+//! service (testcontainers-modules' `Postgres` on our local `tcc-pay/postgres:15`, which honours
+//! the official image's contract) and the four services as `GenericImage`s of
+//! `tcc-pay/platform:test`, each on its own database, waited for on `/readyz`. The services are
+//! reached from the test through ports mapped on the loopback, and reach each other by container
+//! name. Every container (and the network) is removed when the cluster is dropped, however the
+//! test ends. Nothing is ever pulled: [`ensure_images`] builds the images first (the base image
+//! offline when no registry answers), and a missing image fails instead of pulling.
+//!
+//! Docker missing: [`docker_or_skip`] fails the test with the reason unless
+//! `ALLOW_SKIP_DOCKER=1`, and never skips when `REQUIRE_DOCKER=1` (as in CI).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::runners::AsyncRunner;
+use testcontainers::{ContainerAsync, GenericImage, ImageExt};
+use testcontainers_modules::postgres::Postgres;
+
+/// The tag of the platform image the container tests build from their own binary.
+pub const PLATFORM_TAG: &str = "test";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .expect("the repository root")
+}
+
+/// Whether a Docker engine answers; without one, fails the test saying why, unless
+/// `ALLOW_SKIP_DOCKER=1` (then a loud skip), and always when `REQUIRE_DOCKER=1`.
+pub fn docker_or_skip() -> bool {
+    let answers = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if answers {
+        return true;
+    }
+    let required = std::env::var("REQUIRE_DOCKER").is_ok_and(|v| v == "1");
+    let allowed = std::env::var("ALLOW_SKIP_DOCKER").is_ok_and(|v| v == "1");
+    if required || !allowed {
+        panic!(
+            "no Docker engine answers `docker info`: this test needs one \
+             (ALLOW_SKIP_DOCKER=1 skips it knowingly; REQUIRE_DOCKER=1 forbids skipping)"
+        );
+    }
+    eprintln!("\n*** SKIPPED: no Docker engine (ALLOW_SKIP_DOCKER=1) ***\n");
+    false
+}
+
+/// Runs a command that must succeed; its program and arguments (never its environment, which
+/// may hold secrets) in the panic.
+pub fn run(cmd: &mut Command) -> Output {
+    let shown = std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{shown} did not start: {e}"));
+    assert!(
+        out.status.success(),
+        "{shown} failed with {}:\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The images the container tests use, built once per process: the base image (offline if
+/// need be), `tcc-pay/postgres:15` and `tcc-pay/prometheus:dev` from `compose/`, and
+/// `tcc-pay/platform:test` from `platform_bin` (the test's own build of the `platform` binary).
+pub fn ensure_images(platform_bin: &Path) {
+    static BUILT: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if *built {
+        return;
+    }
+    let compose = repo().join("compose");
+    run(&mut Command::new(compose.join("base-image")));
+    for (dir, tag) in [
+        ("postgres", "tcc-pay/postgres:15"),
+        ("prometheus", "tcc-pay/prometheus:dev"),
+    ] {
+        run(Command::new("docker")
+            .args(["build", "-q", "-t", tag])
+            .arg(compose.join(dir)));
+    }
+    let context = crate::temp_dir("platform-image-");
+    std::fs::create_dir_all(context.path().join("bin")).unwrap();
+    std::fs::copy(platform_bin, context.path().join("bin/platform")).unwrap();
+    std::fs::copy(
+        compose.join("platform/Dockerfile"),
+        context.path().join("Dockerfile"),
+    )
+    .unwrap();
+    run(Command::new("docker")
+        .args(["build", "-q", "--label", "tcc-pay-test"])
+        .arg("-t")
+        .arg(format!("tcc-pay/platform:{PLATFORM_TAG}"))
+        .arg(context.path()));
+    // The previous run's platform image, untagged by this build.
+    let _ = Command::new("docker")
+        .args(["image", "prune", "-f", "--filter", "label=tcc-pay-test"])
+        .output();
+    *built = true;
+}
+
+/// One of the four services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Svc {
+    Coordinator,
+    Order,
+    Payment,
+    Inventory,
+}
+
+impl Svc {
+    pub const ALL: [Svc; 4] = [Svc::Coordinator, Svc::Payment, Svc::Inventory, Svc::Order];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Svc::Coordinator => "coordinator",
+            Svc::Order => "order",
+            Svc::Payment => "payment",
+            Svc::Inventory => "inventory",
+        }
+    }
+
+    fn prefix(self) -> &'static str {
+        match self {
+            Svc::Coordinator => "COORDINATOR_",
+            Svc::Order => "ORDER_",
+            Svc::Payment => "PAYMENT_",
+            Svc::Inventory => "INVENTORY_",
+        }
+    }
+
+    /// (HTTP, gRPC) inside its container.
+    fn ports(self) -> (u16, u16) {
+        match self {
+            Svc::Coordinator => (8090, 50050),
+            Svc::Order => (8080, 50051),
+            Svc::Payment => (8081, 50052),
+            Svc::Inventory => (8082, 50053),
+        }
+    }
+}
+
+/// The four services and their four databases on a network of their own.
+pub struct Cluster {
+    pub network: String,
+    pub admin_token: String,
+    pub jwt_secret: String,
+    /// HTTP base URL (on the loopback) per service; see [`Cluster::url`].
+    urls: std::sync::RwLock<BTreeMap<Svc, String>>,
+    services: BTreeMap<Svc, ContainerAsync<GenericImage>>,
+    databases: BTreeMap<Svc, ContainerAsync<Postgres>>,
+    names: BTreeMap<Svc, String>,
+}
+
+impl std::fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cluster")
+            .field("network", &self.network)
+            .field(
+                "urls",
+                &*self.urls.read().unwrap_or_else(|e| e.into_inner()),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+fn secret() -> String {
+    (0..32)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}
+
+impl Cluster {
+    /// Starts the databases, then the coordinator and the participants, then order-svc;
+    /// returns once every service answers `/readyz`. `extra` adds environment variables to one
+    /// service (timeouts a scenario needs).
+    pub async fn start(extra: &[(Svc, &str, &str)]) -> Cluster {
+        let id = format!(
+            "tcc-{}-{}",
+            std::process::id(),
+            secret().get(..6).unwrap_or("x")
+        );
+        let network = format!("{id}-net");
+        let names: BTreeMap<Svc, String> = Svc::ALL
+            .into_iter()
+            .map(|s| (s, format!("{id}-{}", s.name())))
+            .collect();
+        let db_names: BTreeMap<Svc, String> = Svc::ALL
+            .into_iter()
+            .map(|s| (s, format!("{id}-pg-{}", s.name())))
+            .collect();
+        let starts = Svc::ALL.into_iter().map(|s| {
+            let image = Postgres::default()
+                .with_name("tcc-pay/postgres")
+                .with_tag("15")
+                .with_network(&network)
+                .with_container_name(&db_names[&s])
+                .with_startup_timeout(Duration::from_secs(120));
+            async move {
+                let c = image
+                    .start()
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL for {}: {e}", s.name()));
+                (s, c)
+            }
+        });
+        let databases: BTreeMap<Svc, ContainerAsync<Postgres>> = futures::future::join_all(starts)
+            .await
+            .into_iter()
+            .collect();
+
+        let (admin_token, jwt_secret) = (secret(), format!("{}{}", secret(), secret()));
+        let grpc = |s: Svc| format!("http://{}:{}", names[&s], s.ports().1);
+        let mut services = BTreeMap::new();
+        let mut urls = BTreeMap::new();
+        for s in Svc::ALL {
+            let (http, grpc_port) = s.ports();
+            let p = s.prefix();
+            let mut req = GenericImage::new("tcc-pay/platform", PLATFORM_TAG)
+                .with_exposed_port(http.tcp())
+                .with_wait_for(WaitFor::Nothing)
+                .with_cmd(["platform", "serve", s.name()])
+                .with_network(&network)
+                .with_container_name(&names[&s])
+                .with_env_var("PRODUCTION", "true")
+                .with_env_var("RUST_LOG", "warn")
+                .with_env_var(format!("{p}HTTP_ADDR"), format!("0.0.0.0:{http}"))
+                .with_env_var(format!("{p}GRPC_ADDR"), format!("0.0.0.0:{grpc_port}"))
+                .with_env_var(
+                    format!("{p}DATABASE_URL"),
+                    format!(
+                        "postgres://postgres:postgres@{}:5432/postgres",
+                        db_names[&s]
+                    ),
+                )
+                .with_env_var(format!("{p}ADMIN_TOKEN"), &admin_token);
+            req = match s {
+                Svc::Coordinator => req
+                    .with_env_var("COORDINATOR_LEASE_MS", "3000")
+                    .with_env_var("COORDINATOR_RECOVERY_INTERVAL_MS", "50")
+                    .with_env_var("COORDINATOR_RETRY_INITIAL_MS", "20")
+                    .with_env_var("COORDINATOR_RETRY_MAX_MS", "300"),
+                Svc::Order => req
+                    .with_env_var("ORDER_JWT__SECRET", &jwt_secret)
+                    .with_env_var("ORDER_API__COORDINATOR_URL", grpc(Svc::Coordinator))
+                    .with_env_var("ORDER_API__ORDER_URL", grpc(Svc::Order))
+                    .with_env_var("ORDER_API__PAYMENT_URL", grpc(Svc::Payment))
+                    .with_env_var("ORDER_API__INVENTORY_URL", grpc(Svc::Inventory))
+                    .with_env_var("ORDER_API__WAIT_MS", "3000")
+                    .with_env_var("ORDER_API__TRANSACTION_TIMEOUT_MS", "3000"),
+                _ => req,
+            };
+            for (svc, k, v) in extra {
+                if *svc == s {
+                    req = req.with_env_var(*k, *v);
+                }
+            }
+            let c = req
+                .start()
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", s.name()));
+            let port = c.get_host_port_ipv4(http).await.unwrap();
+            let url = format!("http://127.0.0.1:{port}");
+            wait_ready(s, &c, &url).await;
+            urls.insert(s, url);
+            services.insert(s, c);
+        }
+        Cluster {
+            network,
+            admin_token,
+            jwt_secret,
+            urls: std::sync::RwLock::new(urls),
+            services,
+            databases,
+            names,
+        }
+    }
+
+    /// The HTTP base URL of `s` on the loopback (it moves when `s` rejoins the network).
+    pub fn url(&self, s: Svc) -> String {
+        self.urls.read().unwrap_or_else(|e| e.into_inner())[&s].clone()
+    }
+
+    /// For [`admin::Admin`] and the audit.
+    pub fn endpoints(&self) -> admin::Endpoints {
+        admin::Endpoints {
+            coordinator: self.url(Svc::Coordinator),
+            order: self.url(Svc::Order),
+            payment: self.url(Svc::Payment),
+            inventory: self.url(Svc::Inventory),
+            admin_token: self.admin_token.clone(),
+        }
+    }
+
+    /// Cuts `s` off the network: nothing reaches it and it reaches nothing (its port mapped on
+    /// the loopback stays, so the test still sees it).
+    pub fn partition(&self, s: Svc) {
+        run(Command::new("docker").args(["network", "disconnect", &self.network, &self.names[&s]]));
+    }
+
+    /// Joins `s` to the network again, under the same name. Docker maps its published port
+    /// anew on the way, so its URL changes.
+    pub async fn heal(&self, s: Svc) {
+        run(Command::new("docker").args(["network", "connect", &self.network, &self.names[&s]]));
+        let port = self.services[&s]
+            .get_host_port_ipv4(s.ports().0)
+            .await
+            .unwrap();
+        self.urls
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(s, format!("http://127.0.0.1:{port}"));
+    }
+
+    /// Freezes every process of `s` (the cgroup freezer): it holds its connections and answers
+    /// nothing until [`Cluster::unpause`].
+    pub async fn pause(&self, s: Svc) {
+        self.services[&s].pause().await.unwrap();
+    }
+
+    pub async fn unpause(&self, s: Svc) {
+        self.services[&s].unpause().await.unwrap();
+    }
+
+    /// Stops the database of `s` (SIGINT, a clean shutdown of PostgreSQL) and keeps its data.
+    pub async fn stop_database(&self, s: Svc) {
+        self.databases[&s].stop().await.unwrap();
+    }
+
+    pub async fn start_database(&self, s: Svc) {
+        self.databases[&s].start().await.unwrap();
+    }
+
+    /// Waits until `s` answers `/readyz` again (after a fault), up to 60 s.
+    pub async fn wait_ready(&self, s: Svc) {
+        wait_ready(s, &self.services[&s], &self.url(s)).await;
+    }
+
+    /// The last lines of a service's log, for a failing assertion.
+    pub fn logs(&self, s: Svc, lines: usize) -> String {
+        let out = Command::new("docker")
+            .args(["logs", "--tail", &lines.to_string(), &self.names[&s]])
+            .output();
+        match out {
+            Ok(o) => format!(
+                "{}{}",
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => e.to_string(),
+        }
+    }
+}
+
+async fn wait_ready(s: Svc, c: &ContainerAsync<GenericImage>, url: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    loop {
+        if http
+            .get(format!("{url}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return;
+        }
+        if Instant::now() > deadline {
+            let out = c.stdout_to_vec().await.unwrap_or_default();
+            let err = c.stderr_to_vec().await.unwrap_or_default();
+            panic!(
+                "{} not ready at {url}/readyz within 60 s:\n{}{}",
+                s.name(),
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(&err)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
