@@ -5,10 +5,12 @@
 //! service (testcontainers-modules' `Postgres` on our local `tcc-pay/postgres:15`, which honours
 //! the official image's contract) and the four services as `GenericImage`s of
 //! `tcc-pay/platform:test`, each on its own database, waited for on `/readyz`. The services are
-//! reached from the test through ports mapped on the loopback, and reach each other by container
-//! name. Every container (and the network) is removed when the cluster is dropped, however the
-//! test ends. Nothing is ever pulled: [`ensure_images`] builds the images first (the base image
-//! offline when no registry answers), and a missing image fails instead of pulling.
+//! reached from the test through their HTTP ports published on 127.0.0.1 only (the databases
+//! are not published), and reach each other by container name. Every container, its volumes
+//! and the network are removed when the cluster is dropped (a test's panic included); what a
+//! killed test process left behind is swept by the next [`Cluster::start`]. Nothing is pulled:
+//! [`ensure_images`] builds the images first (the base image offline when no registry answers),
+//! and [`Cluster::start`] refuses to start when one is missing (testcontainers would pull it).
 //!
 //! Docker missing: [`docker_or_skip`] fails the test with the reason unless
 //! `ALLOW_SKIP_DOCKER=1`, and never skips when `REQUIRE_DOCKER=1` (as in CI).
@@ -114,6 +116,47 @@ pub fn ensure_images(platform_bin: &Path) {
     *built = true;
 }
 
+/// The label on every container of a cluster: the pid of the test process that started it.
+const KIT_LABEL: &str = "tcc-pay-test-kit";
+
+/// Containers and networks of clusters whose test process is gone (killed by a timeout, a
+/// Ctrl-C): a panic drops its cluster, a SIGKILL does not.
+fn sweep_stale() {
+    let alive = |pid: &str| Path::new("/proc").join(pid).exists();
+    if let Ok(out) = Command::new("docker")
+        .args(["ps", "-a", "--filter", &format!("label={KIT_LABEL}")])
+        .args([
+            "--format",
+            &format!("{{{{.ID}}}} {{{{.Label \"{KIT_LABEL}\"}}}}"),
+        ])
+        .output()
+    {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((id, pid)) = line.split_once(' ') {
+                if !alive(pid) {
+                    let _ = Command::new("docker").args(["rm", "-fv", id]).output();
+                }
+            }
+        }
+    }
+    if let Ok(out) = Command::new("docker")
+        .args(["network", "ls", "--format", "{{.Name}}"])
+        .output()
+    {
+        for name in String::from_utf8_lossy(&out.stdout).lines() {
+            // tcc-<pid>-<random>-net
+            let pid = name.strip_prefix("tcc-").and_then(|r| r.split('-').next());
+            if let Some(pid) = pid {
+                if name.ends_with("-net") && !alive(pid) {
+                    let _ = Command::new("docker")
+                        .args(["network", "rm", name])
+                        .output();
+                }
+            }
+        }
+    }
+}
+
 /// One of the four services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Svc {
@@ -190,6 +233,20 @@ impl Cluster {
     /// returns once every service answers `/readyz`. `extra` adds environment variables to one
     /// service (timeouts a scenario needs).
     pub async fn start(extra: &[(Svc, &str, &str)]) -> Cluster {
+        sweep_stale();
+        for image in [
+            "tcc-pay/postgres:15",
+            &format!("tcc-pay/platform:{PLATFORM_TAG}"),
+        ] {
+            let present = Command::new("docker")
+                .args(["image", "inspect", image])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            assert!(
+                present,
+                "{image} is missing: call ensure_images first (nothing is pulled)"
+            );
+        }
         let id = format!(
             "tcc-{}-{}",
             std::process::id(),
@@ -210,6 +267,12 @@ impl Cluster {
                 .with_tag("15")
                 .with_network(&network)
                 .with_container_name(&db_names[&s])
+                .with_label(KIT_LABEL, std::process::id().to_string())
+                // Reached by name on the network only: no port on the host.
+                .with_host_config_modifier(|hc| {
+                    hc.publish_all_ports = Some(false);
+                    hc.port_bindings = None;
+                })
                 .with_startup_timeout(Duration::from_secs(120));
             async move {
                 let c = image
@@ -237,6 +300,23 @@ impl Cluster {
                 .with_cmd(["platform", "serve", s.name()])
                 .with_network(&network)
                 .with_container_name(&names[&s])
+                .with_label(KIT_LABEL, std::process::id().to_string())
+                // Its HTTP port on the loopback only, on a port the engine picks.
+                .with_host_config_modifier(move |hc| {
+                    use testcontainers::bollard::models::PortBinding;
+                    hc.publish_all_ports = Some(false);
+                    hc.port_bindings = Some(
+                        [(
+                            format!("{http}/tcp"),
+                            Some(vec![PortBinding {
+                                host_ip: Some("127.0.0.1".into()),
+                                host_port: Some(String::new()),
+                            }]),
+                        )]
+                        .into_iter()
+                        .collect(),
+                    );
+                })
                 .with_env_var("PRODUCTION", "true")
                 .with_env_var("RUST_LOG", "warn")
                 .with_env_var(format!("{p}HTTP_ADDR"), format!("0.0.0.0:{http}"))
@@ -307,8 +387,9 @@ impl Cluster {
         }
     }
 
-    /// Cuts `s` off the network: nothing reaches it and it reaches nothing (its port mapped on
-    /// the loopback stays, so the test still sees it).
+    /// Cuts `s` off the network: nothing reaches it and it reaches nothing, its own database
+    /// included (a host partitioned away). Docker drops its published port meanwhile, so the
+    /// test does not reach it either until [`Cluster::heal`].
     pub fn partition(&self, s: Svc) {
         run(Command::new("docker").args(["network", "disconnect", &self.network, &self.names[&s]]));
     }
@@ -325,6 +406,7 @@ impl Cluster {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(s, format!("http://127.0.0.1:{port}"));
+        self.wait_ready(s).await;
     }
 
     /// Freezes every process of `s` (the cgroup freezer): it holds its connections and answers
@@ -338,6 +420,8 @@ impl Cluster {
     }
 
     /// Stops the database of `s` (SIGINT, a clean shutdown of PostgreSQL) and keeps its data.
+    /// [`Cluster::start_database`] returns before it accepts connections again: wait for the
+    /// service's readiness ([`Cluster::wait_ready`]), which asks its database.
     pub async fn stop_database(&self, s: Svc) {
         self.databases[&s].stop().await.unwrap();
     }
@@ -349,6 +433,19 @@ impl Cluster {
     /// Waits until `s` answers `/readyz` again (after a fault), up to 60 s.
     pub async fn wait_ready(&self, s: Svc) {
         wait_ready(s, &self.services[&s], &self.url(s)).await;
+    }
+
+    /// What `docker port` says of each of the cluster's eight containers, by name.
+    pub fn published_ports(&self) -> BTreeMap<String, String> {
+        let db_ids = self.databases.values().map(|d| d.id().to_owned());
+        let service_names = self.names.values().cloned();
+        service_names
+            .chain(db_ids)
+            .map(|c| {
+                let out = run(Command::new("docker").args(["port", &c]));
+                (c, String::from_utf8_lossy(&out.stdout).trim().to_owned())
+            })
+            .collect()
     }
 
     /// The last lines of a service's log, for a failing assertion.
