@@ -55,6 +55,13 @@ pub struct ChaosArgs {
     /// Write the run's report as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The platform as containers (one PostgreSQL container per service, Docker needed; the
+    /// images are built from the `platform` binary, nothing is pulled), and besides SIGKILLs,
+    /// network partitions and frozen processes, of the services and of their databases, in
+    /// turn: every `--interval`, the next of (partition, pause, kill) on the next of the eight
+    /// containers, held for `--down`.
+    #[arg(long)]
+    pub containers: bool,
 }
 
 /// A throwaway secret for this platform only.
@@ -65,6 +72,9 @@ fn token() -> String {
 }
 
 pub async fn chaos(args: ChaosArgs) -> Result<bool, LoadError> {
+    if args.containers {
+        return containers(args).await;
+    }
     for name in &args.kill {
         if !SERVICES.contains(&name.as_str()) {
             return Err(LoadError::Args(format!(
@@ -73,21 +83,7 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, LoadError> {
             )));
         }
     }
-    let bin = match &args.bin_dir {
-        Some(d) => d.join("platform"),
-        None => std::env::current_exe()
-            .map_err(|source| LoadError::Io {
-                what: "this binary's path".into(),
-                source,
-            })?
-            .with_file_name("platform"),
-    };
-    if !bin.exists() {
-        return Err(LoadError::Args(format!(
-            "{} is missing: build it with `cargo build --release -p platform -p load-tests`",
-            bin.display()
-        )));
-    }
+    let bin = platform_binary(&args)?;
     let db = match args.backend {
         Backend::Sqlite => testkit::TestDb::sqlite(),
         Backend::Postgres => testkit::TestDb::postgres()
@@ -178,4 +174,119 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, LoadError> {
         eprintln!("chaos: kept {}", dir.keep().display());
     }
     Ok(exactly_once && confirmed > 0 && audit.ok)
+}
+
+/// The `platform` binary: `--bin-dir`, or beside this one.
+fn platform_binary(args: &ChaosArgs) -> Result<PathBuf, LoadError> {
+    let bin = match &args.bin_dir {
+        Some(d) => d.join("platform"),
+        None => std::env::current_exe()
+            .map_err(|source| LoadError::Io {
+                what: "this binary's path".into(),
+                source,
+            })?
+            .with_file_name("platform"),
+    };
+    if !bin.exists() {
+        return Err(LoadError::Args(format!(
+            "{} is missing: build it with `cargo build --release -p platform -p load-tests`",
+            bin.display()
+        )));
+    }
+    Ok(bin)
+}
+
+/// `chaos --containers`: the same load and audit, on the platform as containers, with
+/// partitions and pauses as well as kills, of the services and of their databases.
+async fn containers(args: ChaosArgs) -> Result<bool, LoadError> {
+    use testkit::containers::{Cluster, FaultKind, Node, Svc};
+    let bin = platform_binary(&args)?;
+    if std::process::Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .map_or(true, |o| !o.status.success())
+    {
+        return Err(LoadError::Platform(
+            "--containers needs a Docker engine, and `docker info` does not answer".into(),
+        ));
+    }
+    testkit::containers::ensure_images(&bin);
+    let cluster = Cluster::start(&[]).await;
+    eprintln!(
+        "chaos: the platform is up as containers on {}",
+        cluster.network
+    );
+    let endpoints = cluster.endpoints();
+    let target = Target {
+        order_url: endpoints.order.clone(),
+        payment_url: endpoints.payment.clone(),
+        inventory_url: endpoints.inventory.clone(),
+        coordinator_url: endpoints.coordinator.clone(),
+        data: PathBuf::from("/nonexistent"),
+        admin_token: Some(cluster.admin_token.clone()),
+        jwt_secret: Some(cluster.jwt_secret.clone()),
+    };
+    target
+        .admin()?
+        .order
+        .put_catalog_item("coffee", "coffee", 450)
+        .await?;
+    let run_args = RunArgs {
+        target,
+        concurrency: Some(args.concurrency),
+        rate: None,
+        duration: args.duration,
+        count: None,
+        warmup: Duration::ZERO,
+        users: 64,
+        merchant: "merchant".into(),
+        sku: "coffee".into(),
+        fail_share: args.fail_share,
+        duplicate_share: args.duplicate_share,
+        retries: args.retries,
+        tag: Some(format!("chaos-{}", std::process::id())),
+        max_in_flight: 4096,
+        out: args.out.clone(),
+        quiet: true,
+    };
+    let prepared = run::prepare(&run_args).await?;
+    let load = tokio::spawn(run::load(run_args, prepared));
+    // Every container in turn, one kind of fault per round of eight: partitions, then pauses,
+    // then kills; each container meets each kind once in 24 faults.
+    let nodes: Vec<Node> = Svc::ALL
+        .into_iter()
+        .flat_map(|s| [Node::Service(s), Node::Database(s)])
+        .collect();
+    let start = Instant::now();
+    let mut faults = std::collections::BTreeMap::<String, u32>::new();
+    let mut i = 0;
+    while start.elapsed() + args.interval + args.down < args.duration && !load.is_finished() {
+        tokio::time::sleep(args.interval).await;
+        let (kind, node) = (
+            FaultKind::ALL[(i / nodes.len()) % 3],
+            nodes[i % nodes.len()],
+        );
+        let at = start.elapsed();
+        let t = Instant::now();
+        cluster.fault(kind, node, args.down).await;
+        eprintln!(
+            "chaos: {:>5.1}s {} {node}, back after {:.0} ms",
+            at.as_secs_f64(),
+            kind.name(),
+            t.elapsed().as_secs_f64() * 1000.0
+        );
+        *faults.entry(node.to_string()).or_default() += 1;
+        i += 1;
+    }
+    let report = load
+        .await
+        .map_err(|e| LoadError::Platform(format!("the load panicked: {e}")))??;
+    eprintln!("chaos: {i} faults: {faults:?}; auditing");
+    let audit = audit::run(&endpoints, args.settle).await?;
+    println!("{audit}");
+    let confirmed = report.confirmed();
+    if confirmed == 0 {
+        eprintln!("chaos: no order was confirmed, so the experiment proves nothing");
+    }
+    Ok(report.exactly_once() && confirmed > 0 && audit.ok)
 }

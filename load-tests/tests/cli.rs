@@ -435,3 +435,48 @@ async fn the_one_command_platform_takes_a_run_and_an_audit_and_restarts_a_killed
 }
 
 both_backends!(the_one_command_platform_takes_a_run_and_an_audit_and_restarts_a_killed_service);
+
+/// `chaos --containers`: the platform as containers, and every kind of fault (partition,
+/// pause, kill) on services and databases in turn under load; the audit holds.
+#[tokio::test]
+async fn chaos_in_containers_partitions_pauses_and_kills_under_load_and_the_audit_still_holds() {
+    if !testkit::containers::docker_or_skip() {
+        return;
+    }
+    let bin = bin_dir();
+    let chaos = load_tests(&[
+        "chaos",
+        "--containers",
+        // Long enough for the 24 faults of one round of each kind even on a loaded machine
+        // (about 3 s a fault at worst here).
+        "--duration",
+        "90s",
+        "--interval",
+        "300ms",
+        "--down",
+        "500ms",
+        "--concurrency",
+        "4",
+        "--fail-share",
+        "0.2",
+        "--bin-dir",
+        bin.to_str().unwrap(),
+    ])
+    .await;
+    assert!(chaos.status.success(), "{}", text(&chaos));
+    let stderr = String::from_utf8_lossy(&chaos.stderr);
+    for fault in ["partition", "pause", "kill"] {
+        for node in ["coordinator", "payment", "inventory", "order"] {
+            assert!(
+                stderr.contains(&format!("{fault} {node}")),
+                "no {fault} of {node} (or its database): {}",
+                text(&chaos)
+            );
+        }
+    }
+    assert!(
+        String::from_utf8_lossy(&chaos.stdout).contains("all invariants hold"),
+        "{}",
+        text(&chaos)
+    );
+}

@@ -198,6 +198,43 @@ impl Svc {
     }
 }
 
+/// A container of the cluster: a service, or a service's database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Node {
+    Service(Svc),
+    Database(Svc),
+}
+
+impl std::fmt::Display for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Node::Service(s) => write!(f, "{}", s.name()),
+            Node::Database(s) => write!(f, "{}'s PostgreSQL", s.name()),
+        }
+    }
+}
+
+/// What can happen to a container: cut off the network, frozen, or SIGKILLed (and started
+/// again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultKind {
+    Partition,
+    Pause,
+    Kill,
+}
+
+impl FaultKind {
+    pub const ALL: [FaultKind; 3] = [FaultKind::Partition, FaultKind::Pause, FaultKind::Kill];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Partition => "partition",
+            FaultKind::Pause => "pause",
+            FaultKind::Kill => "kill",
+        }
+    }
+}
+
 /// The four services and their four databases on a network of their own.
 pub struct Cluster {
     pub network: String,
@@ -294,6 +331,8 @@ impl Cluster {
         for s in Svc::ALL {
             let (http, grpc_port) = s.ports();
             let p = s.prefix();
+            // A fixed host port, so the service keeps its URL across a partition or a restart.
+            let host_port = crate::free_port();
             let mut req = GenericImage::new("tcc-pay/platform", PLATFORM_TAG)
                 .with_exposed_port(http.tcp())
                 .with_wait_for(WaitFor::Nothing)
@@ -301,7 +340,7 @@ impl Cluster {
                 .with_network(&network)
                 .with_container_name(&names[&s])
                 .with_label(KIT_LABEL, std::process::id().to_string())
-                // Its HTTP port on the loopback only, on a port the engine picks.
+                // Its HTTP port on the loopback only, on the port picked above.
                 .with_host_config_modifier(move |hc| {
                     use testcontainers::bollard::models::PortBinding;
                     hc.publish_all_ports = Some(false);
@@ -310,7 +349,7 @@ impl Cluster {
                             format!("{http}/tcp"),
                             Some(vec![PortBinding {
                                 host_ip: Some("127.0.0.1".into()),
-                                host_port: Some(String::new()),
+                                host_port: Some(host_port.to_string()),
                             }]),
                         )]
                         .into_iter()
@@ -354,8 +393,7 @@ impl Cluster {
                 .start()
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}", s.name()));
-            let port = c.get_host_port_ipv4(http).await.unwrap();
-            let url = format!("http://127.0.0.1:{port}");
+            let url = format!("http://127.0.0.1:{host_port}");
             wait_ready(s, &c, &url).await;
             urls.insert(s, url);
             services.insert(s, c);
@@ -389,23 +427,15 @@ impl Cluster {
 
     /// Cuts `s` off the network: nothing reaches it and it reaches nothing, its own database
     /// included (a host partitioned away). Docker drops its published port meanwhile, so the
-    /// test does not reach it either until [`Cluster::heal`].
+    /// test does not reach it either until [`Cluster::heal`] (which restores the same port).
     pub fn partition(&self, s: Svc) {
         run(Command::new("docker").args(["network", "disconnect", &self.network, &self.names[&s]]));
     }
 
-    /// Joins `s` to the network again, under the same name. Docker maps its published port
-    /// anew on the way, so its URL changes.
+    /// Joins `s` to the network again, under the same name (and the same host port), and waits
+    /// until it answers.
     pub async fn heal(&self, s: Svc) {
         run(Command::new("docker").args(["network", "connect", &self.network, &self.names[&s]]));
-        let port = self.services[&s]
-            .get_host_port_ipv4(s.ports().0)
-            .await
-            .unwrap();
-        self.urls
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(s, format!("http://127.0.0.1:{port}"));
         self.wait_ready(s).await;
     }
 
@@ -433,6 +463,41 @@ impl Cluster {
     /// Waits until `s` answers `/readyz` again (after a fault), up to 60 s.
     pub async fn wait_ready(&self, s: Svc) {
         wait_ready(s, &self.services[&s], &self.url(s)).await;
+    }
+
+    /// The container of a service or of a service's database.
+    fn container_of(&self, n: Node) -> String {
+        match n {
+            Node::Service(s) => self.names[&s].clone(),
+            Node::Database(s) => self.databases[&s].id().to_owned(),
+        }
+    }
+
+    /// One fault on a service or a database, held for `down`, then undone; returns once the
+    /// affected service answers `/readyz` again. What chaos runs in turn.
+    pub async fn fault(&self, kind: FaultKind, n: Node, down: Duration) {
+        let id = self.container_of(n);
+        match kind {
+            FaultKind::Partition => {
+                run(Command::new("docker").args(["network", "disconnect", &self.network, &id]));
+                tokio::time::sleep(down).await;
+                run(Command::new("docker").args(["network", "connect", &self.network, &id]));
+            }
+            FaultKind::Pause => {
+                run(Command::new("docker").args(["pause", &id]));
+                tokio::time::sleep(down).await;
+                run(Command::new("docker").args(["unpause", &id]));
+            }
+            FaultKind::Kill => {
+                run(Command::new("docker").args(["kill", &id]));
+                tokio::time::sleep(down).await;
+                run(Command::new("docker").args(["start", &id]));
+            }
+        }
+        let s = match n {
+            Node::Service(s) | Node::Database(s) => s,
+        };
+        self.wait_ready(s).await;
     }
 
     /// What `docker port` says of each of the cluster's eight containers, by name.
