@@ -108,33 +108,7 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, LoadError> {
         admin_token: Some(options.admin_token.clone()),
         jwt_secret: Some(options.jwt_secret.clone()),
     };
-    // The platform's seed: a price for coffee (run creates the buyers, the merchant and stock).
-    target
-        .admin()?
-        .order
-        .put_catalog_item("coffee", "coffee", 450)
-        .await?;
-    let run_args = RunArgs {
-        target: target.clone(),
-        concurrency: Some(args.concurrency),
-        rate: None,
-        duration: args.duration,
-        count: None,
-        warmup: Duration::ZERO,
-        users: 64,
-        merchant: "merchant".into(),
-        sku: "coffee".into(),
-        fail_share: args.fail_share,
-        duplicate_share: args.duplicate_share,
-        retries: args.retries,
-        tag: Some(format!("chaos-{}", std::process::id())),
-        max_in_flight: 4096,
-        out: args.out.clone(),
-        quiet: true,
-    };
-    // Set up before the first kill: chaos is for the orders, not for the set-up.
-    let prepared = run::prepare(&run_args).await?;
-    let load = tokio::spawn(run::load(run_args, prepared));
+    let load = start_load(&args, target.clone()).await?;
     let start = Instant::now();
     let mut kills = 0;
     while start.elapsed() + args.interval < args.duration && !load.is_finished() {
@@ -226,31 +200,7 @@ async fn containers(args: ChaosArgs) -> Result<bool, LoadError> {
         admin_token: Some(cluster.admin_token.clone()),
         jwt_secret: Some(cluster.jwt_secret.clone()),
     };
-    target
-        .admin()?
-        .order
-        .put_catalog_item("coffee", "coffee", 450)
-        .await?;
-    let run_args = RunArgs {
-        target,
-        concurrency: Some(args.concurrency),
-        rate: None,
-        duration: args.duration,
-        count: None,
-        warmup: Duration::ZERO,
-        users: 64,
-        merchant: "merchant".into(),
-        sku: "coffee".into(),
-        fail_share: args.fail_share,
-        duplicate_share: args.duplicate_share,
-        retries: args.retries,
-        tag: Some(format!("chaos-{}", std::process::id())),
-        max_in_flight: 4096,
-        out: args.out.clone(),
-        quiet: true,
-    };
-    let prepared = run::prepare(&run_args).await?;
-    let load = tokio::spawn(run::load(run_args, prepared));
+    let load = start_load(&args, target).await?;
     // Every container in turn, one kind of fault per round of eight: partitions, then pauses,
     // then kills; each container meets each kind once in 24 faults.
     let nodes: Vec<Node> = Svc::ALL
@@ -289,4 +239,38 @@ async fn containers(args: ChaosArgs) -> Result<bool, LoadError> {
         eprintln!("chaos: no order was confirmed, so the experiment proves nothing");
     }
     Ok(report.exactly_once() && confirmed > 0 && audit.ok)
+}
+
+/// The chaos load on `target`: a price for coffee (run creates the buyers, the merchant and
+/// stock), set up before the first fault (chaos is for the orders, not for the set-up), then
+/// sent in the background.
+async fn start_load(
+    args: &ChaosArgs,
+    target: Target,
+) -> Result<tokio::task::JoinHandle<Result<run::RunReport, LoadError>>, LoadError> {
+    target
+        .admin()?
+        .order
+        .put_catalog_item("coffee", "coffee", 450)
+        .await?;
+    let run_args = RunArgs {
+        target,
+        concurrency: Some(args.concurrency),
+        rate: None,
+        duration: args.duration,
+        count: None,
+        warmup: Duration::ZERO,
+        users: 64,
+        merchant: "merchant".into(),
+        sku: "coffee".into(),
+        fail_share: args.fail_share,
+        duplicate_share: args.duplicate_share,
+        retries: args.retries,
+        tag: Some(format!("chaos-{}", std::process::id())),
+        max_in_flight: 4096,
+        out: args.out.clone(),
+        quiet: true,
+    };
+    let prepared = run::prepare(&run_args).await?;
+    Ok(tokio::spawn(run::load(run_args, prepared)))
 }
