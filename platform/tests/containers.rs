@@ -112,10 +112,10 @@ struct Fault {
 
 /// Four clients ordering while `fault` runs and 5 s after it ends, each resending an
 /// unanswered or 5xx order with the same key (as a client told to would).
-async fn load_during<F: std::future::Future<Output = ()>>(
+async fn load_during(
     c: &Cluster,
     tag: &str,
-    fault: impl FnOnce(Instant) -> F,
+    fault: impl std::future::Future<Output = ()>,
 ) -> (Seen, Fault) {
     let http = http();
     let start = Instant::now();
@@ -149,7 +149,7 @@ async fn load_during<F: std::future::Future<Output = ()>>(
     let faults = async {
         tokio::time::sleep(Duration::from_secs(3)).await;
         let began = start.elapsed();
-        fault(start).await;
+        fault.await;
         let ended = start.elapsed();
         tokio::time::sleep(Duration::from_secs(5)).await;
         done.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -250,28 +250,38 @@ async fn through_the_containers_an_order_confirms_and_one_without_money_is_cance
     .await;
 }
 
+/// A fault scenario: its own cluster, the load while `fault` runs, the checks of
+/// [`assert_fault_bit_and_recovered`], then the full audit (every transaction terminal, money
+/// and stock conserved, nothing frozen or reserved, all parties agreeing). Returns what the
+/// load saw, for the scenario's own assertions.
+async fn fault_scenario(tag: &str, fault: impl AsyncFnOnce(&Cluster)) -> Seen {
+    let _one = SERIAL.lock().await;
+    let mut outcome = None;
+    within_5_minutes(async {
+        let c = cluster(&[]).await;
+        let (seen, f) = load_during(&c, tag, fault(&c)).await;
+        assert_fault_bit_and_recovered(tag, &seen, &f);
+        let waited = audit(&c, Duration::from_secs(120)).await;
+        eprintln!(
+            "{tag}: audit waited {:.1} s for the last transactions",
+            waited.as_secs_f64()
+        );
+        outcome = Some(seen);
+    })
+    .await;
+    outcome.expect("the scenario ran")
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn payment_cut_off_the_network_for_10_s_under_load_gets_every_confirmed_orders_money_once() {
     if !testkit::containers::docker_or_skip() {
         return;
     }
-    let _one = SERIAL.lock().await;
-    within_5_minutes(async {
-        let c = cluster(&[]).await;
-        let (seen, fault) = load_during(&c, "partition", |_| async {
-            c.partition(Svc::Payment);
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            c.heal(Svc::Payment).await;
-        })
-        .await;
-        assert_fault_bit_and_recovered("partition", &seen, &fault);
-        // Money captured equals the confirmed orders' amounts, nothing frozen, every
-        // transaction terminal: the audit's checks.
-        let waited = audit(&c, Duration::from_secs(120)).await;
-        eprintln!(
-            "partition: audit waited {:.1} s for the last transactions",
-            waited.as_secs_f64()
-        );
+    // Money captured equals the confirmed orders' amounts, nothing left frozen: the audit.
+    fault_scenario("partition", async |c: &Cluster| {
+        c.partition(Svc::Payment);
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        c.heal(Svc::Payment).await;
     })
     .await;
 }
@@ -281,30 +291,19 @@ async fn inventory_frozen_during_its_tries_times_out_cancels_and_keeps_nothing_r
     if !testkit::containers::docker_or_skip() {
         return;
     }
-    let _one = SERIAL.lock().await;
-    within_5_minutes(async {
-        let c = cluster(&[]).await;
-        let (seen, fault) = load_during(&c, "frozen", |_| async {
-            c.pause(Svc::Inventory).await;
-            tokio::time::sleep(Duration::from_secs(6)).await;
-            c.unpause(Svc::Inventory).await;
-        })
-        .await;
-        assert_fault_bit_and_recovered("frozen", &seen, &fault);
-        assert!(
-            seen.count("cancelled") > 0,
-            "no order timed out while inventory was frozen: {:?}",
-            seen.outcomes
-        );
-        // The Tries that reach inventory after it thaws meet the barrier: nothing stays
-        // reserved (the audit's check), every transaction terminal.
-        let waited = audit(&c, Duration::from_secs(120)).await;
-        eprintln!(
-            "frozen: audit waited {:.1} s for the last transactions",
-            waited.as_secs_f64()
-        );
+    // The Tries that reach inventory after it thaws meet the barrier: nothing stays reserved
+    // (the audit's check).
+    let seen = fault_scenario("frozen", async |c: &Cluster| {
+        c.pause(Svc::Inventory).await;
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        c.unpause(Svc::Inventory).await;
     })
     .await;
+    assert!(
+        seen.count("cancelled") > 0,
+        "no order timed out while inventory was frozen: {:?}",
+        seen.outcomes
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,22 +311,11 @@ async fn payments_database_lost_for_20_s_under_load_answers_fast_and_finishes_ev
     if !testkit::containers::docker_or_skip() {
         return;
     }
-    let _one = SERIAL.lock().await;
-    within_5_minutes(async {
-        let c = cluster(&[]).await;
-        let (seen, fault) = load_during(&c, "lost-db", |_| async {
-            c.stop_database(Svc::Payment).await;
-            tokio::time::sleep(Duration::from_secs(20)).await;
-            c.start_database(Svc::Payment).await;
-            c.wait_ready(Svc::Payment).await;
-        })
-        .await;
-        assert_fault_bit_and_recovered("lost database", &seen, &fault);
-        let waited = audit(&c, Duration::from_secs(120)).await;
-        eprintln!(
-            "lost database: audit waited {:.1} s for the last transactions",
-            waited.as_secs_f64()
-        );
+    fault_scenario("lost-database", async |c: &Cluster| {
+        c.stop_database(Svc::Payment).await;
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        c.start_database(Svc::Payment).await;
+        c.wait_ready(Svc::Payment).await;
     })
     .await;
 }
@@ -338,22 +326,11 @@ async fn the_coordinator_cut_from_its_database_mid_decision_finishes_every_trans
     if !testkit::containers::docker_or_skip() {
         return;
     }
-    let _one = SERIAL.lock().await;
-    within_5_minutes(async {
-        let c = cluster(&[]).await;
-        let (seen, fault) = load_during(&c, "coordinator-db", |_| async {
-            c.stop_database(Svc::Coordinator).await;
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            c.start_database(Svc::Coordinator).await;
-            c.wait_ready(Svc::Coordinator).await;
-        })
-        .await;
-        assert_fault_bit_and_recovered("coordinator's database lost", &seen, &fault);
-        let waited = audit(&c, Duration::from_secs(120)).await;
-        eprintln!(
-            "coordinator's database lost: audit waited {:.1} s for the last transactions",
-            waited.as_secs_f64()
-        );
+    fault_scenario("coordinator-database", async |c: &Cluster| {
+        c.stop_database(Svc::Coordinator).await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        c.start_database(Svc::Coordinator).await;
+        c.wait_ready(Svc::Coordinator).await;
     })
     .await;
 }
