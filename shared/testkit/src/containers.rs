@@ -241,7 +241,7 @@ pub struct Cluster {
     pub admin_token: String,
     pub jwt_secret: String,
     /// HTTP base URL (on the loopback) per service; see [`Cluster::url`].
-    urls: std::sync::RwLock<BTreeMap<Svc, String>>,
+    urls: BTreeMap<Svc, String>,
     services: BTreeMap<Svc, ContainerAsync<GenericImage>>,
     databases: BTreeMap<Svc, ContainerAsync<Postgres>>,
     names: BTreeMap<Svc, String>,
@@ -251,10 +251,7 @@ impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("network", &self.network)
-            .field(
-                "urls",
-                &*self.urls.read().unwrap_or_else(|e| e.into_inner()),
-            )
+            .field("urls", &self.urls)
             .finish_non_exhaustive()
     }
 }
@@ -402,16 +399,17 @@ impl Cluster {
             network,
             admin_token,
             jwt_secret,
-            urls: std::sync::RwLock::new(urls),
+            urls,
             services,
             databases,
             names,
         }
     }
 
-    /// The HTTP base URL of `s` on the loopback (it moves when `s` rejoins the network).
+    /// The HTTP base URL of `s` on the loopback (a fixed port: it survives partitions and
+    /// restarts).
     pub fn url(&self, s: Svc) -> String {
-        self.urls.read().unwrap_or_else(|e| e.into_inner())[&s].clone()
+        self.urls[&s].clone()
     }
 
     /// For [`admin::Admin`] and the audit.
