@@ -1,5 +1,6 @@
 //! Admin and read API over HTTP (under `/admin`, behind the admin token): orders by id, by
-//! transaction, by user, and counts by status for the audit.
+//! transaction, by user, counts by status for the audit, and the crash failpoints (not in
+//! production).
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
@@ -11,12 +12,14 @@ use store::Db;
 /// Mounts the routes.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
-        crate::catalog::admin_routes(web::scope("/admin"))
-            .wrap(from_fn(host::require_admin))
-            .route("/orders", web::get().to(list_orders))
-            .route("/orders/{id}", web::get().to(get_order))
-            .route("/transactions/{gid}/orders", web::get().to(orders_of_gid))
-            .route("/audit", web::get().to(audit)),
+        host::Failpoints::<crate::api::Crash>::routes(crate::catalog::admin_routes(web::scope(
+            "/admin",
+        )))
+        .wrap(from_fn(host::require_admin))
+        .route("/orders", web::get().to(list_orders))
+        .route("/orders/{id}", web::get().to(get_order))
+        .route("/transactions/{gid}/orders", web::get().to(orders_of_gid))
+        .route("/audit", web::get().to(audit)),
     );
 }
 

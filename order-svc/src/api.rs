@@ -186,6 +186,25 @@ impl Api {
     }
 }
 
+/// Where order-svc can be made to crash, for the container tests and the labs (armed through
+/// `/admin/failpoints`, refused in production; see [`host::failpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Crash {
+    /// The coordinator has answered; the client's response is not stored yet. The client's
+    /// retry with the same key must get the same order.
+    AfterCoordinatorAnswer,
+}
+
+impl host::failpoint::Point for Crash {
+    const ALL: &'static [Crash] = &[Crash::AfterCoordinatorAnswer];
+
+    fn name(self) -> &'static str {
+        match self {
+            Crash::AfterCoordinatorAnswer => "after_coordinator_answer",
+        }
+    }
+}
+
 /// Mounts the public routes and the catalog admin route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/orders", web::post().to(place_order))
@@ -251,6 +270,7 @@ async fn place_order(
     caller: Caller,
     api: web::Data<Api>,
     db: web::Data<Db>,
+    crash: web::Data<host::Failpoints<Crash>>,
     body: web::Json<NewOrderBody>,
 ) -> Result<HttpResponse, Problem> {
     let key = idempotency_key(&req)?;
@@ -293,6 +313,7 @@ async fn place_order(
         },
     };
     let answer = execute(&api, checkout).await;
+    crash.hit(Crash::AfterCoordinatorAnswer);
     Ok(answered(&db, user, &key, answer).await?)
 }
 

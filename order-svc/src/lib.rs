@@ -68,6 +68,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
         &config.participant.common,
     )?);
     let api = actix_web::web::Data::new(api::Api::new(config.api.clone())?);
+    let crash = actix_web::web::Data::new(host::Failpoints::<api::Crash>::new(
+        config.participant.common.production,
+    ));
     tcc::service::start(
         tcc::service::Participant {
             name: "order-svc",
@@ -77,7 +80,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
             migrator: &MIGRATOR,
             handler: branch::Orders,
             routes: std::sync::Arc::new(move |cfg| {
-                cfg.app_data(authenticator.clone()).app_data(api.clone());
+                cfg.app_data(authenticator.clone())
+                    .app_data(api.clone())
+                    .app_data(crash.clone());
                 admin::routes(cfg);
                 api::routes(cfg);
             }),

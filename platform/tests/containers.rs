@@ -1,8 +1,17 @@
 //! The faults only separate hosts can show, on the platform as containers
-//! (`testkit::containers`): a participant cut off the network while its Confirms are in flight,
-//! a participant frozen during its Tries (the hanging Try), and a participant's database lost
-//! for a while. Each scenario runs under load and ends with the full DESIGN §5 audit across the
-//! four databases; the smoke test is the one users copy.
+//! (`testkit::containers`), each under load:
+//! - a participant cut off the network while its Confirms are in flight;
+//! - a participant frozen during its Tries (the hanging Try);
+//! - a participant's database lost for a while, or frozen (nothing fails fast: only timeouts
+//!   bound the wait);
+//! - the coordinator cut from its database mid-decision;
+//! - a coordinator killed while it holds leases, with a standby on the same database that must
+//!   wait for them to expire;
+//! - order-svc killed at a failpoint between the coordinator's answer and storing the client's
+//!   response.
+//!
+//! Each ends with the full DESIGN §5 audit across the four databases, and every client's final
+//! answer is checked against where its order ended. The smoke test is the one users copy.
 //!
 //! The scenarios run one at a time (each cluster is eight containers on a 2-core machine).
 //! Without a Docker engine they fail saying why, unless `ALLOW_SKIP_DOCKER=1`; `REQUIRE_DOCKER=1`
@@ -11,7 +20,7 @@
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
-use testkit::containers::{Cluster, Svc};
+use testkit::containers::{Cluster, Node, Svc};
 
 /// One cluster at a time, across the tests of this file.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -77,6 +86,8 @@ async fn order(http: &reqwest::Client, c: &Cluster, user: &str, key: &str) -> (S
 struct Seen {
     outcomes: BTreeMap<String, u64>,
     attempts: Vec<(Duration, Duration, String)>,
+    /// Each key's final answer, and the order id it named.
+    answers: Vec<(String, String, Option<String>)>,
 }
 
 impl Seen {
@@ -130,16 +141,18 @@ async fn load_during(
                 // Told to retry (a 5xx, no answer), it does, with the same key, for up to a
                 // minute: every key ends with an answer, which the audit checks.
                 let first = Instant::now();
-                let answer = loop {
+                let (answer, body) = loop {
                     let t = Instant::now();
-                    let answer = order(http, c, "alice", &key).await.0;
+                    let (answer, body) = order(http, c, "alice", &key).await;
                     seen.attempts.push((t - start, t.elapsed(), answer.clone()));
                     let retry = answer.starts_with("error:") || answer.starts_with("http:5");
                     if !retry || first.elapsed() > Duration::from_secs(60) {
-                        break answer;
+                        break (answer, body);
                     }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 };
+                let order_id = body["order_id"].as_str().map(str::to_owned);
+                seen.answers.push((key, answer.clone(), order_id));
                 *seen.outcomes.entry(answer).or_default() += 1;
                 i += 1;
             }
@@ -162,6 +175,7 @@ async fn load_during(
             *seen.outcomes.entry(k).or_default() += n;
         }
         seen.attempts.extend(s.attempts);
+        seen.answers.extend(s.answers);
     }
     (seen, fault)
 }
@@ -195,8 +209,8 @@ fn assert_fault_bit_and_recovered(what: &str, seen: &Seen, f: &Fault) {
 
 /// The full audit, waiting up to `settle` for every transaction to be terminal; returns how
 /// long that took.
-async fn audit(c: &Cluster, settle: Duration) -> Duration {
-    let report = audit::run(&c.endpoints(), settle)
+async fn audit(endpoints: &admin::Endpoints, settle: Duration) -> Duration {
+    let report = audit::run(endpoints, settle)
         .await
         .unwrap_or_else(|e| panic!("audit: {e}"));
     assert!(report.ok, "{report}");
@@ -245,28 +259,82 @@ async fn through_the_containers_an_order_confirms_and_one_without_money_is_cance
             (&first["order_id"], &first["gid"]),
             "{replay}"
         );
-        audit(&c, Duration::from_secs(30)).await;
+        // Production mode: no way to crash a service over HTTP.
+        let refused = admin::Admin::new(&c.endpoints())
+            .order
+            .0
+            .put::<_, Value>(
+                "/admin/failpoints/after_coordinator_answer",
+                &json!({"times": 1}),
+            )
+            .await;
+        assert!(
+            matches!(refused, Err(admin::AdminError::Refused { status: 403, .. })),
+            "{refused:?}"
+        );
+        audit(&c.endpoints(), Duration::from_secs(30)).await;
     })
     .await;
 }
 
-/// A fault scenario: its own cluster, the load while `fault` runs, the checks of
-/// [`assert_fault_bit_and_recovered`], then the full audit (every transaction terminal, money
-/// and stock conserved, nothing frozen or reserved, all parties agreeing). Returns what the
-/// load saw, for the scenario's own assertions.
+/// Every client's answer agrees with where its order ended: `confirmed` and `cancelled`
+/// answers name orders CONFIRMED and CANCELLED in order-svc's database (a `pending` answer may
+/// end either way, which the audit checks). Returns how many answers were compared.
+fn assert_answers_match_orders(what: &str, c: &Cluster, seen: &Seen) -> usize {
+    let stored: BTreeMap<String, String> = c
+        .sql(Svc::Order, "SELECT id, status FROM orders")
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(id, status)| (id.to_owned(), status.to_owned()))
+        .collect();
+    let mut compared = 0;
+    for (key, answer, order_id) in &seen.answers {
+        let expected = match answer.as_str() {
+            "confirmed" => "CONFIRMED",
+            "cancelled" => "CANCELLED",
+            _ => continue,
+        };
+        let id = order_id
+            .as_deref()
+            .unwrap_or_else(|| panic!("{what}: {key} answered {answer} without an order id"));
+        assert_eq!(
+            stored.get(id).map(String::as_str),
+            Some(expected),
+            "{what}: {key} was answered {answer}, its order {id} ended otherwise"
+        );
+        compared += 1;
+    }
+    compared
+}
+
+/// The load while `fault` runs on `c`, the checks of [`assert_fault_bit_and_recovered`], the
+/// full audit through `endpoints` (every transaction terminal, money and stock conserved,
+/// nothing frozen or reserved, all parties agreeing), and every answer checked against its
+/// order. Returns what the load saw, for the scenario's own assertions.
+async fn load_fault_and_audit(
+    c: &Cluster,
+    endpoints: &admin::Endpoints,
+    tag: &str,
+    fault: impl std::future::Future<Output = ()>,
+) -> Seen {
+    let (seen, f) = load_during(c, tag, fault).await;
+    assert_fault_bit_and_recovered(tag, &seen, &f);
+    let waited = audit(endpoints, Duration::from_secs(120)).await;
+    let compared = assert_answers_match_orders(tag, c, &seen);
+    eprintln!(
+        "{tag}: audit waited {:.1} s for the last transactions; {compared} final answers match their orders",
+        waited.as_secs_f64()
+    );
+    seen
+}
+
+/// A fault scenario on a cluster of its own: [`load_fault_and_audit`] with `fault`.
 async fn fault_scenario(tag: &str, fault: impl AsyncFnOnce(&Cluster)) -> Seen {
     let _one = SERIAL.lock().await;
     let mut outcome = None;
     within_5_minutes(async {
         let c = cluster(&[]).await;
-        let (seen, f) = load_during(&c, tag, fault(&c)).await;
-        assert_fault_bit_and_recovered(tag, &seen, &f);
-        let waited = audit(&c, Duration::from_secs(120)).await;
-        eprintln!(
-            "{tag}: audit waited {:.1} s for the last transactions",
-            waited.as_secs_f64()
-        );
-        outcome = Some(seen);
+        outcome = Some(load_fault_and_audit(&c, &c.endpoints(), tag, fault(&c)).await);
     })
     .await;
     outcome.expect("the scenario ran")
@@ -278,12 +346,65 @@ async fn payment_cut_off_the_network_for_10_s_under_load_gets_every_confirmed_or
         return;
     }
     // Money captured equals the confirmed orders' amounts, nothing left frozen: the audit.
+    let mut failed_confirms = 0;
     fault_scenario("partition", async |c: &Cluster| {
-        c.partition(Svc::Payment);
+        // Catch the second phase in flight: freeze payment-svc until a decided transaction
+        // waits on its Confirm there, then cut it off.
+        let mut freezes = 0;
+        let pending = loop {
+            c.pause(Svc::Payment).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let pending = pending_confirms(c, Svc::Payment);
+            if pending > 0 {
+                c.partition(Svc::Payment);
+                c.unpause(Svc::Payment).await;
+                break pending;
+            }
+            c.unpause(Svc::Payment).await;
+            freezes += 1;
+            assert!(freezes < 30, "no Confirm to payment-svc was ever pending");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        eprintln!("partition: cut with {pending} Confirms pending, after {freezes} misses");
         tokio::time::sleep(Duration::from_secs(10)).await;
+        // The Confirms in flight at the cut failed; the coordinator logged them.
+        failed_confirms = failed_calls(c, "confirm", Svc::Payment);
         c.heal(Svc::Payment).await;
     })
     .await;
+    assert!(
+        failed_confirms > 0,
+        "no Confirm to payment-svc failed during the partition: the fault missed the second phase"
+    );
+}
+
+/// Decided transactions whose Confirm to `to` has not been answered yet, from the coordinator's
+/// log.
+fn pending_confirms(c: &Cluster, to: Svc) -> u64 {
+    let n = c.sql(
+        Svc::Coordinator,
+        &format!(
+            "SELECT count(*) FROM global_txns g JOIN branches b ON g.gid = b.gid \
+             WHERE g.status = 'confirming' AND b.phase2 = 'pending' AND b.participant LIKE '%-{}:%'",
+            to.name()
+        ),
+    );
+    n.parse().unwrap_or_else(|_| panic!("a count, not {n:?}"))
+}
+
+/// How many of the coordinator's calls of `op` to `to` did not succeed, from its log.
+fn failed_calls(c: &Cluster, op: &str, to: Svc) -> u64 {
+    let n = c.sql(
+        Svc::Coordinator,
+        &format!(
+            "SELECT count(*) FROM attempts a JOIN branches b ON a.gid = b.gid AND a.idx = b.idx \
+             WHERE a.op = '{op}' AND a.outcome <> 'success' AND b.participant LIKE '%-{}:%'",
+            to.name()
+        ),
+    );
+    let n: u64 = n.parse().unwrap_or_else(|_| panic!("a count, not {n:?}"));
+    eprintln!("failed {op} calls to {}: {n}", to.name());
+    n
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -333,4 +454,214 @@ async fn the_coordinator_cut_from_its_database_mid_decision_finishes_every_trans
         c.wait_ready(Svc::Coordinator).await;
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payments_database_frozen_for_10_s_under_load_answers_within_the_bound_and_finishes_everything(
+) {
+    if !testkit::containers::docker_or_skip() {
+        return;
+    }
+    // The database holds its connections and answers nothing (a VM paused, a disk stalled):
+    // nothing fails fast, so only the timeouts stand between a client and a hang.
+    fault_scenario("frozen-database", async |c: &Cluster| {
+        c.fault(
+            testkit::containers::FaultKind::Pause,
+            Node::Database(Svc::Payment),
+            Duration::from_secs(10),
+        )
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_while_it_holds_leases_is_taken_over_by_the_standby_only_once_they_expire(
+) {
+    if !testkit::containers::docker_or_skip() {
+        return;
+    }
+    let _one = SERIAL.lock().await;
+    within_5_minutes(async {
+        let mut c = cluster(&[]).await;
+        let http = http();
+        // order-svc connects to the first coordinator; its owner id is the one in the log.
+        let (outcome, body) = order(&http, &c, "alice", "standby-warm").await;
+        assert_eq!(outcome, "confirmed", "{body}");
+        let first = c.sql(Svc::Coordinator, "SELECT DISTINCT owner FROM attempts");
+        assert!(!first.is_empty() && !first.contains('\n'), "one owner: {first:?}");
+        // The standby answers to the first one's name too: once the first is gone, order-svc
+        // reconnects to it.
+        let standby = c.add_standby_coordinator().await;
+        let mut endpoints = c.endpoints();
+        endpoints.coordinator = standby;
+
+        let held = std::sync::Mutex::new(BTreeMap::<i64, i64>::new());
+        let killed_at = std::sync::Mutex::new(0i64);
+        let seen = load_fault_and_audit(&c, &endpoints, "standby", async {
+            // payment-svc frozen: the first coordinator's calls to it hang, so it holds the
+            // leases of the transactions in flight when it dies.
+            c.pause(Svc::Payment).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            c.kill(Node::Service(Svc::Coordinator));
+            *killed_at.lock().unwrap() = now_ms();
+            *held.lock().unwrap() = c
+                .sql(
+                    Svc::Coordinator,
+                    &format!(
+                        "SELECT gid, lease_until FROM global_txns WHERE owner = '{first}' \
+                         AND status IN ('prepared', 'confirming', 'cancelling')"
+                    ),
+                )
+                .lines()
+                .map(|l| {
+                    let (g, l) = l.split_once('|').expect("gid|lease_until");
+                    (g.parse().unwrap(), l.parse().unwrap())
+                })
+                .collect();
+            c.unpause(Svc::Payment).await;
+        })
+        .await;
+        assert!(
+            !c.running(Node::Service(Svc::Coordinator)),
+            "the first coordinator stayed dead"
+        );
+        let held = held.into_inner().unwrap();
+        let killed_at = killed_at.into_inner().unwrap();
+        assert!(!held.is_empty(), "the first coordinator held no lease when it died");
+
+        // Every call of every owner, from the log.
+        let mut calls: BTreeMap<i64, Vec<(String, i64, i64)>> = BTreeMap::new();
+        for line in c
+            .sql(
+                Svc::Coordinator,
+                "SELECT gid, owner, started_at, started_at + (duration_us + 999) / 1000 FROM attempts",
+            )
+            .lines()
+        {
+            let f: Vec<&str> = line.split('|').collect();
+            calls.entry(f[0].parse().unwrap()).or_default().push((
+                f[1].to_owned(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            ));
+        }
+        // No transaction was ever driven by both: calls of different owners never overlap.
+        for (gid, cs) in &calls {
+            for x in cs {
+                for y in cs {
+                    assert!(
+                        x.0 == y.0 || x.2 <= y.1 + 1 || y.2 <= x.1 + 1,
+                        "gid {gid}: {x:?} overlaps {y:?}"
+                    );
+                }
+            }
+        }
+        // The standby drove every transaction the first held, and not one call before its
+        // lease ran out.
+        let mut lag = Vec::new();
+        for (gid, lease_until) in &held {
+            let theirs: Vec<i64> = calls
+                .get(gid)
+                .into_iter()
+                .flatten()
+                .filter(|(owner, _, _)| *owner != first)
+                .map(|(_, start, _)| *start)
+                .collect();
+            let earliest = theirs.iter().min().copied().unwrap_or_else(|| {
+                panic!("gid {gid}: held by the killed coordinator, never driven by the standby")
+            });
+            assert!(
+                earliest >= *lease_until,
+                "gid {gid}: the standby called at {earliest}, before the lease ran out at {lease_until}"
+            );
+            lag.push(earliest - killed_at);
+        }
+        eprintln!(
+            "standby: the killed coordinator held {} leases; the standby's first calls came {:?} ms after the kill; {} orders, finally {:?}",
+            held.len(),
+            lag,
+            seen.outcomes.values().sum::<u64>(),
+            seen.outcomes
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_svc_killed_between_the_coordinators_answer_and_storing_it_gives_the_retry_the_same_order(
+) {
+    if !testkit::containers::docker_or_skip() {
+        return;
+    }
+    let _one = SERIAL.lock().await;
+    within_5_minutes(async {
+        // Failpoints are refused in production: this order-svc runs without it.
+        let c = cluster(&[(Svc::Order, "PRODUCTION", "false")]).await;
+        let admin = admin::Admin::new(&c.endpoints());
+        let armed: Value = admin
+            .order
+            .0
+            .put(
+                "/admin/failpoints/after_coordinator_answer",
+                &json!({"times": 1}),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("arming: {e}"));
+        assert_eq!(armed["armed"][0]["times"], 1, "{armed}");
+
+        let http = http();
+        let (outcome, body) = order(&http, &c, "alice", "crash-1").await;
+        assert_eq!(outcome, "error:transport", "{body}");
+        // It died by its own SIGKILL at the failpoint: the coordinator has the transaction,
+        // order-svc has the key without an answer.
+        let order_node = Node::Service(Svc::Order);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while c.running(order_node) {
+            assert!(Instant::now() < deadline, "order-svc did not die");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(c.exit_code(order_node), 137, "{}", c.logs(Svc::Order, 20));
+        let txns = c.sql(Svc::Coordinator, "SELECT gid, status FROM global_txns");
+        let (gid, status) = txns.split_once('|').expect("one transaction");
+        assert!(!txns.contains('\n'), "one transaction: {txns}");
+        assert!(
+            ["confirming", "succeeded"].contains(&status),
+            "decided to confirm: {txns}"
+        );
+        let request = c.sql(
+            Svc::Order,
+            "SELECT order_id, coalesce(response_status, 0) FROM order_requests WHERE idempotency_key = 'crash-1'",
+        );
+        let (order_id, response) = request.split_once('|').expect("the key's row");
+        assert_eq!(response, "0", "the answer was not stored: {request}");
+
+        c.restart(order_node).await;
+        let (outcome, retry) = order(&http, &c, "alice", "crash-1").await;
+        assert_eq!(outcome, "confirmed", "{retry}");
+        assert_eq!(
+            (retry["order_id"].as_str(), retry["gid"].as_str()),
+            (Some(order_id), Some(gid)),
+            "the retry names the order and the transaction of the first request: {retry}"
+        );
+        let (_, again) = order(&http, &c, "alice", "crash-1").await;
+        assert_eq!(again, retry, "a third time, the same answer");
+        assert_eq!(
+            c.sql(Svc::Order, "SELECT count(*) FROM orders"),
+            "1",
+            "one order for the key"
+        );
+        // The restarted process came up with no failpoint armed.
+        let listed: Value = admin.order.0.get("/admin/failpoints").await.unwrap();
+        assert_eq!(listed["armed"], json!([]), "{listed}");
+        audit(&c.endpoints(), Duration::from_secs(30)).await;
+    })
+    .await;
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
 }

@@ -282,6 +282,64 @@ async fn a_retry_after_the_price_changed_answers_with_the_order_as_first_placed(
     assert_eq!(p.balance("alice").await, 10_000 - 450, "charged once");
 }
 
+/// order-svc dies by its own SIGKILL (a failpoint) after the coordinator answered and before it
+/// stored the client's answer: the client sees the connection drop. Its retry with the same key
+/// must get the order that was placed, not a second one, and the money moves once.
+async fn order_svc_killed_between_the_coordinators_answer_and_storing_it_gives_the_retry_the_same_order(
+    db: TestDb,
+) {
+    let mut p = Platform::start(db).await;
+    let (s, armed) = p
+        .admin(
+            Method::PUT,
+            "order",
+            "/admin/failpoints/after_coordinator_answer",
+            Some(json!({"times": 1})),
+        )
+        .await;
+    assert!(s.is_success(), "{armed}");
+    let sent = p
+        .http
+        .post(p.url("order", "/api/v1/orders"))
+        .bearer_auth(Platform::token("alice"))
+        .header("Idempotency-Key", "crash-after-answer")
+        .json(&json!({"sku": "coffee", "quantity": 1}))
+        .send()
+        .await;
+    assert!(sent.is_err(), "order-svc answered: {sent:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while p.order.is_running() {
+        assert!(std::time::Instant::now() < deadline, "order-svc still runs");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The coordinator had decided: the money is taken (frozen or captured) already.
+    assert_eq!(p.balance("alice").await, 10_000 - 450);
+    p.order.restart().await.unwrap();
+    let body = json!({"sku": "coffee", "quantity": 1});
+    let (status, retry) = p.order("alice", "crash-after-answer", body.clone()).await;
+    assert_eq!(status, 201, "{retry}");
+    assert_eq!(retry["status"], "confirmed", "{retry}");
+    let (_, again) = p.order("alice", "crash-after-answer", body).await;
+    assert_eq!(again, retry, "the key's answer");
+    let (s, listed) = p
+        .admin(Method::GET, "order", "/admin/orders?user_id=alice", None)
+        .await;
+    assert!(s.is_success(), "{listed}");
+    let ids: Vec<&str> = listed["orders"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["id"].as_str())
+        .collect();
+    assert_eq!(
+        ids,
+        [retry["order_id"].as_str().unwrap()],
+        "one order: {listed}"
+    );
+    p.assert_invariants().await;
+    assert_eq!(p.balance("alice").await, 10_000 - 450, "charged once");
+}
+
 /// Order ids resume above the largest one stored: a restart whose clock is behind it waits
 /// (or, far behind, refuses) instead of handing out an order id again.
 async fn order_ids_never_repeat_after_a_restart_with_the_clock_behind(db: TestDb) {
@@ -1046,6 +1104,7 @@ both_backends!(
     one_key_sent_twenty_times_at_once_creates_one_order,
     bad_requests_get_4xx_problems_and_change_nothing,
     a_retry_after_the_price_changed_answers_with_the_order_as_first_placed,
+    order_svc_killed_between_the_coordinators_answer_and_storing_it_gives_the_retry_the_same_order,
     order_ids_never_repeat_after_a_restart_with_the_clock_behind,
     listings_page_past_the_first_page_and_show_each_user_only_their_own,
     every_admin_api_wants_its_token_and_every_service_reports_its_metrics,

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod failpoint;
 pub mod metrics;
 pub mod page;
 pub mod problem;
@@ -15,6 +16,7 @@ pub mod serve;
 
 pub use app::StartError;
 pub use config::{load_config, CommonConfig, ConfigError};
+pub use failpoint::Failpoints;
 pub use metrics::{HttpMetrics, Metrics};
 pub use page::Page;
 pub use problem::Problem;

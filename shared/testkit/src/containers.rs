@@ -12,6 +12,11 @@
 //! [`ensure_images`] builds the images first (the base image offline when no registry answers),
 //! and [`Cluster::start`] refuses to start when one is missing (testcontainers would pull it).
 //!
+//! Beyond the faults ([`Cluster::fault`]): a standby coordinator on the same database that
+//! answers to the first one's name ([`Cluster::add_standby_coordinator`]), SQL in any service's
+//! database ([`Cluster::sql`], to read the coordinator's log), and the services run under an
+//! init so that one can SIGKILL itself at a failpoint (`host::failpoint`).
+//!
 //! Docker missing: [`docker_or_skip`] fails the test with the reason unless
 //! `ALLOW_SKIP_DOCKER=1`, and never skips when `REQUIRE_DOCKER=1` (as in CI).
 
@@ -245,6 +250,19 @@ pub struct Cluster {
     services: BTreeMap<Svc, ContainerAsync<GenericImage>>,
     databases: BTreeMap<Svc, ContainerAsync<Postgres>>,
     names: BTreeMap<Svc, String>,
+    db_names: BTreeMap<Svc, String>,
+    /// The test's own environment variables, per service.
+    extra: Vec<(Svc, String, String)>,
+    /// Containers started outside testcontainers (standby coordinators), removed on drop.
+    standbys: Vec<String>,
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for name in &self.standbys {
+            let _ = Command::new("docker").args(["rm", "-fv", name]).output();
+        }
+    }
 }
 
 impl std::fmt::Debug for Cluster {
@@ -322,24 +340,38 @@ impl Cluster {
             .collect();
 
         let (admin_token, jwt_secret) = (secret(), format!("{}{}", secret(), secret()));
-        let grpc = |s: Svc| format!("http://{}:{}", names[&s], s.ports().1);
-        let mut services = BTreeMap::new();
-        let mut urls = BTreeMap::new();
+        let mut cluster = Cluster {
+            network,
+            admin_token,
+            jwt_secret,
+            urls: BTreeMap::new(),
+            services: BTreeMap::new(),
+            databases,
+            names,
+            db_names,
+            extra: extra
+                .iter()
+                .map(|(s, k, v)| (*s, k.to_string(), v.to_string()))
+                .collect(),
+            standbys: Vec::new(),
+        };
         for s in Svc::ALL {
-            let (http, grpc_port) = s.ports();
-            let p = s.prefix();
+            let http = s.ports().0;
             // A fixed host port, so the service keeps its URL across a partition or a restart.
             let host_port = crate::free_port();
             let mut req = GenericImage::new("tcc-pay/platform", PLATFORM_TAG)
                 .with_exposed_port(http.tcp())
                 .with_wait_for(WaitFor::Nothing)
                 .with_cmd(["platform", "serve", s.name()])
-                .with_network(&network)
-                .with_container_name(&names[&s])
+                .with_network(&cluster.network)
+                .with_container_name(&cluster.names[&s])
                 .with_label(KIT_LABEL, std::process::id().to_string())
-                // Its HTTP port on the loopback only, on the port picked above.
+                // Its HTTP port on the loopback only, on the port picked above; an init as
+                // PID 1, so the service can SIGKILL itself at a failpoint (a namespace's PID 1
+                // cannot) and a crash stops the container.
                 .with_host_config_modifier(move |hc| {
                     use testcontainers::bollard::models::PortBinding;
+                    hc.init = Some(true);
                     hc.publish_all_ports = Some(false);
                     hc.port_bindings = Some(
                         [(
@@ -352,58 +384,161 @@ impl Cluster {
                         .into_iter()
                         .collect(),
                     );
-                })
-                .with_env_var("PRODUCTION", "true")
-                .with_env_var("RUST_LOG", "warn")
-                .with_env_var(format!("{p}HTTP_ADDR"), format!("0.0.0.0:{http}"))
-                .with_env_var(format!("{p}GRPC_ADDR"), format!("0.0.0.0:{grpc_port}"))
-                .with_env_var(
-                    format!("{p}DATABASE_URL"),
-                    format!(
-                        "postgres://postgres:postgres@{}:5432/postgres",
-                        db_names[&s]
-                    ),
-                )
-                .with_env_var(format!("{p}ADMIN_TOKEN"), &admin_token);
-            req = match s {
-                Svc::Coordinator => req
-                    .with_env_var("COORDINATOR_LEASE_MS", "3000")
-                    .with_env_var("COORDINATOR_RECOVERY_INTERVAL_MS", "50")
-                    .with_env_var("COORDINATOR_RETRY_INITIAL_MS", "20")
-                    .with_env_var("COORDINATOR_RETRY_MAX_MS", "300"),
-                Svc::Order => req
-                    .with_env_var("ORDER_JWT__SECRET", &jwt_secret)
-                    .with_env_var("ORDER_API__COORDINATOR_URL", grpc(Svc::Coordinator))
-                    .with_env_var("ORDER_API__ORDER_URL", grpc(Svc::Order))
-                    .with_env_var("ORDER_API__PAYMENT_URL", grpc(Svc::Payment))
-                    .with_env_var("ORDER_API__INVENTORY_URL", grpc(Svc::Inventory))
-                    .with_env_var("ORDER_API__WAIT_MS", "3000")
-                    .with_env_var("ORDER_API__TRANSACTION_TIMEOUT_MS", "3000"),
-                _ => req,
-            };
-            for (svc, k, v) in extra {
-                if *svc == s {
-                    req = req.with_env_var(*k, *v);
-                }
+                });
+            for (k, v) in cluster.env(s) {
+                req = req.with_env_var(k, v);
             }
             let c = req
                 .start()
                 .await
                 .unwrap_or_else(|e| panic!("{}: {e}", s.name()));
             let url = format!("http://127.0.0.1:{host_port}");
-            wait_ready(s, &c, &url).await;
-            urls.insert(s, url);
-            services.insert(s, c);
+            wait_ready(&cluster.names[&s], &url).await;
+            cluster.urls.insert(s, url);
+            cluster.services.insert(s, c);
         }
-        Cluster {
-            network,
-            admin_token,
-            jwt_secret,
-            urls,
-            services,
-            databases,
-            names,
+        cluster
+    }
+
+    /// The environment of `s`'s container: its addresses, database, token and timeouts, then
+    /// the test's `extra` (which wins).
+    fn env(&self, s: Svc) -> Vec<(String, String)> {
+        let (http, grpc_port) = s.ports();
+        let p = s.prefix();
+        let grpc = |s: Svc| format!("http://{}:{}", self.names[&s], s.ports().1);
+        let mut env: Vec<(String, String)> = vec![
+            ("PRODUCTION".into(), "true".into()),
+            ("RUST_LOG".into(), "warn".into()),
+            (format!("{p}HTTP_ADDR"), format!("0.0.0.0:{http}")),
+            (format!("{p}GRPC_ADDR"), format!("0.0.0.0:{grpc_port}")),
+            (
+                format!("{p}DATABASE_URL"),
+                format!(
+                    "postgres://postgres:postgres@{}:5432/postgres",
+                    self.db_names[&s]
+                ),
+            ),
+            (format!("{p}ADMIN_TOKEN"), self.admin_token.clone()),
+        ];
+        let own: &[(&str, String)] = match s {
+            Svc::Coordinator => &[
+                ("COORDINATOR_LEASE_MS", "3000".into()),
+                ("COORDINATOR_RECOVERY_INTERVAL_MS", "50".into()),
+                ("COORDINATOR_RETRY_INITIAL_MS", "20".into()),
+                ("COORDINATOR_RETRY_MAX_MS", "300".into()),
+            ],
+            Svc::Order => &[
+                ("ORDER_JWT__SECRET", self.jwt_secret.clone()),
+                ("ORDER_API__COORDINATOR_URL", grpc(Svc::Coordinator)),
+                ("ORDER_API__ORDER_URL", grpc(Svc::Order)),
+                ("ORDER_API__PAYMENT_URL", grpc(Svc::Payment)),
+                ("ORDER_API__INVENTORY_URL", grpc(Svc::Inventory)),
+                ("ORDER_API__WAIT_MS", "3000".into()),
+                ("ORDER_API__TRANSACTION_TIMEOUT_MS", "3000".into()),
+            ],
+            Svc::Payment | Svc::Inventory => &[],
+        };
+        env.extend(own.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        for (svc, k, v) in &self.extra {
+            if *svc == s {
+                env.retain(|(key, _)| key != k);
+                env.push((k.clone(), v.clone()));
+            }
         }
+        env
+    }
+
+    /// Starts a second coordinator on the same database, answering to the first one's name as
+    /// well (a network alias: two replicas behind one service name, as compose's `--scale`
+    /// makes them). Clients connected to the first stay with it; once it is gone, the name
+    /// leads to the standby alone. Returns the standby's HTTP URL on the loopback, once it
+    /// answers `/readyz`. Removed with the cluster.
+    pub async fn add_standby_coordinator(&mut self) -> String {
+        let s = Svc::Coordinator;
+        let name = format!("{}-standby-{}", self.names[&s], self.standbys.len() + 1);
+        let host_port = crate::free_port();
+        // The environment holds the admin token: a file, never the command line.
+        let dir = crate::temp_dir("standby-env-");
+        let env_file = dir.path().join("env");
+        // A node id of its own: ids are unique per node, and a live holder's is refused.
+        let node_id = self.standbys.len() + 1;
+        let lines: String = self
+            .env(s)
+            .into_iter()
+            .chain([("COORDINATOR_NODE_ID".into(), node_id.to_string())])
+            .map(|(k, v)| format!("{k}={v}\n"))
+            .collect();
+        std::fs::write(&env_file, lines).unwrap();
+        run(Command::new("docker")
+            .args(["run", "-d", "--init", "--name", &name])
+            .args(["--label", &format!("{KIT_LABEL}={}", std::process::id())])
+            .args(["--network", &self.network])
+            .args(["--network-alias", &self.names[&s]])
+            .args(["-p", &format!("127.0.0.1:{host_port}:{}", s.ports().0)])
+            .arg("--env-file")
+            .arg(&env_file)
+            .arg(format!("tcc-pay/platform:{PLATFORM_TAG}"))
+            .args(["platform", "serve", s.name()]));
+        self.standbys.push(name.clone());
+        let url = format!("http://127.0.0.1:{host_port}");
+        wait_ready(&name, &url).await;
+        url
+    }
+
+    /// Runs `query` with psql in the database container of `s`: its rows, one per line, the
+    /// columns separated by `|`.
+    pub fn sql(&self, s: Svc, query: &str) -> String {
+        let out = run(Command::new("docker").args([
+            "exec",
+            &self.db_names[&s],
+            "psql",
+            "-U",
+            "postgres",
+            "-At",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            query,
+        ]));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// SIGKILLs a service or a database (its container stops; nothing restarts it).
+    pub fn kill(&self, n: Node) {
+        run(Command::new("docker").args(["kill", &self.container_of(n)]));
+    }
+
+    /// Starts a killed (or crashed) container again and waits until its service answers
+    /// `/readyz`.
+    pub async fn restart(&self, n: Node) {
+        run(Command::new("docker").args(["start", &self.container_of(n)]));
+        let (Node::Service(s) | Node::Database(s)) = n;
+        self.wait_ready(s).await;
+    }
+
+    /// The exit code of the container of `n` (137: SIGKILLed).
+    pub fn exit_code(&self, n: Node) -> i64 {
+        let out = run(Command::new("docker").args([
+            "inspect",
+            "-f",
+            "{{.State.ExitCode}}",
+            &self.container_of(n),
+        ]));
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("an exit code, not {text:?}"))
+    }
+
+    /// Whether the container of `n` is running.
+    pub fn running(&self, n: Node) -> bool {
+        let out = run(Command::new("docker").args([
+            "inspect",
+            "-f",
+            "{{.State.Running}}",
+            &self.container_of(n),
+        ]));
+        String::from_utf8_lossy(&out.stdout).trim() == "true"
     }
 
     /// The HTTP base URL of `s` on the loopback (a fixed port: it survives partitions and
@@ -460,7 +595,7 @@ impl Cluster {
 
     /// Waits until `s` answers `/readyz` again (after a fault), up to 60 s.
     pub async fn wait_ready(&self, s: Svc) {
-        wait_ready(s, &self.services[&s], &self.url(s)).await;
+        wait_ready(&self.names[&s], &self.url(s)).await;
     }
 
     /// The container of a service or of a service's database.
@@ -487,14 +622,12 @@ impl Cluster {
                 run(Command::new("docker").args(["unpause", &id]));
             }
             FaultKind::Kill => {
-                run(Command::new("docker").args(["kill", &id]));
+                self.kill(n);
                 tokio::time::sleep(down).await;
                 run(Command::new("docker").args(["start", &id]));
             }
         }
-        let s = match n {
-            Node::Service(s) | Node::Database(s) => s,
-        };
+        let (Node::Service(s) | Node::Database(s)) = n;
         self.wait_ready(s).await;
     }
 
@@ -513,21 +646,13 @@ impl Cluster {
 
     /// The last lines of a service's log, for a failing assertion.
     pub fn logs(&self, s: Svc, lines: usize) -> String {
-        let out = Command::new("docker")
-            .args(["logs", "--tail", &lines.to_string(), &self.names[&s]])
-            .output();
-        match out {
-            Ok(o) => format!(
-                "{}{}",
-                String::from_utf8_lossy(&o.stdout),
-                String::from_utf8_lossy(&o.stderr)
-            ),
-            Err(e) => e.to_string(),
-        }
+        container_logs(&self.names[&s], lines)
     }
 }
 
-async fn wait_ready(s: Svc, c: &ContainerAsync<GenericImage>, url: &str) {
+/// Waits until the service in container `name` answers `/readyz` at `url`, up to 60 s; then
+/// fails with its log.
+async fn wait_ready(name: &str, url: &str) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
@@ -542,16 +667,32 @@ async fn wait_ready(s: Svc, c: &ContainerAsync<GenericImage>, url: &str) {
         {
             return;
         }
-        if Instant::now() > deadline {
-            let out = c.stdout_to_vec().await.unwrap_or_default();
-            let err = c.stderr_to_vec().await.unwrap_or_default();
+        let exited = Command::new("docker")
+            .args(["inspect", "-f", "{{.State.Running}}", name])
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "false");
+        if exited || Instant::now() > deadline {
             panic!(
-                "{} not ready at {url}/readyz within 60 s:\n{}{}",
-                s.name(),
-                String::from_utf8_lossy(&out),
-                String::from_utf8_lossy(&err)
+                "{name} not ready at {url}/readyz ({}):\n{}",
+                if exited { "it exited" } else { "60 s" },
+                container_logs(name, 100)
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The last `lines` lines of a container's output.
+fn container_logs(name: &str, lines: usize) -> String {
+    match Command::new("docker")
+        .args(["logs", "--tail", &lines.to_string(), name])
+        .output()
+    {
+        Ok(o) => format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        ),
+        Err(e) => e.to_string(),
     }
 }

@@ -1,0 +1,268 @@
+//! Crash failpoints armed at run time: the process SIGKILLs itself the next `times` times it
+//! reaches a named point.
+//!
+//! Some crashes only matter at one exact step of a protocol — order-svc between the
+//! coordinator's answer and storing the client's response, say — where a SIGKILL from outside
+//! would have to be lucky. A failpoint puts the crash there. The container tests and the course
+//! labs arm one through the admin API (`PUT /admin/failpoints/{point}` with `{"times": n}`), and
+//! the process that restarts comes up with none armed, so a test can watch the recovery. Production
+//! mode refuses to arm any: a failpoint is a way to kill the process over HTTP.
+//!
+//! A service names its points as an enum implementing [`Point`]; an unknown name is a 404 that
+//! lists the known ones.
+
+use crate::Problem;
+use actix_web::{http::StatusCode, web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+
+/// A service's crash points.
+pub trait Point: Copy + Ord + std::fmt::Debug + Send + Sync + 'static {
+    /// Every point, for listing and for parsing names.
+    const ALL: &'static [Self];
+    /// The point's name in the admin API and in the log.
+    fn name(self) -> &'static str;
+}
+
+/// Why a failpoint could not be armed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FailpointError {
+    #[error("failpoints are refused in production mode")]
+    Production,
+    #[error("no failpoint {name:?}; known: {known}")]
+    Unknown { name: String, known: String },
+    #[error("times must be between 1 and {max}")]
+    Times { max: u32 },
+}
+
+impl From<FailpointError> for Problem {
+    fn from(e: FailpointError) -> Problem {
+        let (status, code) = match e {
+            FailpointError::Production => (StatusCode::FORBIDDEN, "failpoints_refused"),
+            FailpointError::Unknown { .. } => (StatusCode::NOT_FOUND, "not_found"),
+            FailpointError::Times { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+        };
+        Problem::new(status, code, e.to_string())
+    }
+}
+
+/// The most crashes one arming may ask for.
+pub const MAX_TIMES: u32 = 1_000;
+
+/// The armed points of one process, and how many more crashes each has left.
+#[derive(Debug)]
+pub struct Failpoints<P: Point> {
+    production: bool,
+    /// Whether any point is armed: the only thing a hit on the hot path reads.
+    any: AtomicBool,
+    armed: Mutex<BTreeMap<P, u32>>,
+}
+
+impl<P: Point> Failpoints<P> {
+    /// None armed; arming is refused when `production`.
+    pub fn new(production: bool) -> Self {
+        Failpoints {
+            production,
+            any: AtomicBool::new(false),
+            armed: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// The point called `name`.
+    pub fn parse(name: &str) -> Result<P, FailpointError> {
+        P::ALL
+            .iter()
+            .copied()
+            .find(|p| p.name() == name)
+            .ok_or_else(|| FailpointError::Unknown {
+                name: name.chars().take(64).collect(),
+                known: P::ALL
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+    }
+
+    /// Makes the next `times` hits of `point` kill the process.
+    pub fn arm(&self, point: P, times: u32) -> Result<(), FailpointError> {
+        if self.production {
+            return Err(FailpointError::Production);
+        }
+        if !(1..=MAX_TIMES).contains(&times) {
+            return Err(FailpointError::Times { max: MAX_TIMES });
+        }
+        let mut armed = self.lock();
+        armed.insert(point, times);
+        self.any.store(true, Ordering::SeqCst);
+        Ok(())
+    }
+
+    pub fn disarm(&self, point: P) {
+        let mut armed = self.lock();
+        armed.remove(&point);
+        self.any.store(!armed.is_empty(), Ordering::SeqCst);
+    }
+
+    /// The armed points and the crashes each has left.
+    pub fn armed(&self) -> Vec<(P, u32)> {
+        self.lock().iter().map(|(p, n)| (*p, *n)).collect()
+    }
+
+    /// Kills the process (SIGKILL: no destructor, no flush, as a power cut would) when `point`
+    /// is armed; otherwise returns at once.
+    pub fn hit(&self, point: P) {
+        if !self.any.load(Ordering::Relaxed) {
+            return;
+        }
+        let fire = {
+            let mut armed = self.lock();
+            match armed.get_mut(&point) {
+                Some(left) => {
+                    *left -= 1;
+                    if *left == 0 {
+                        armed.remove(&point);
+                    }
+                    true
+                }
+                None => false,
+            }
+        };
+        if fire {
+            tracing::warn!(failpoint = point.name(), "failpoint: killing this process");
+            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<P, u32>> {
+        self.armed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `GET /failpoints`, `PUT /failpoints/{point}` (`{"times": n}`) and
+    /// `DELETE /failpoints/{point}` on `scope` (an admin scope: the caller puts the token in
+    /// front). Each answers the armed points. Needs `web::Data<Failpoints<P>>`.
+    pub fn routes(scope: actix_web::Scope) -> actix_web::Scope {
+        scope
+            .route("/failpoints", web::get().to(list::<P>))
+            .route("/failpoints/{point}", web::put().to(arm::<P>))
+            .route("/failpoints/{point}", web::delete().to(disarm::<P>))
+    }
+}
+
+/// One armed point, as the admin API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Armed {
+    pub point: String,
+    pub times: u32,
+}
+
+/// The admin API's answer: what is armed, and every point there is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailpointList {
+    pub armed: Vec<Armed>,
+    pub known: Vec<String>,
+}
+
+/// `PUT /admin/failpoints/{point}`'s body.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Arm {
+    pub times: u32,
+}
+
+fn listing<P: Point>(f: &Failpoints<P>) -> HttpResponse {
+    HttpResponse::Ok().json(FailpointList {
+        armed: f
+            .armed()
+            .into_iter()
+            .map(|(p, times)| Armed {
+                point: p.name().into(),
+                times,
+            })
+            .collect(),
+        known: P::ALL.iter().map(|p| p.name().into()).collect(),
+    })
+}
+
+async fn list<P: Point>(f: web::Data<Failpoints<P>>) -> HttpResponse {
+    listing(&f)
+}
+
+async fn arm<P: Point>(
+    f: web::Data<Failpoints<P>>,
+    point: web::Path<String>,
+    body: web::Json<Arm>,
+) -> Result<HttpResponse, Problem> {
+    let point = Failpoints::<P>::parse(&point)?;
+    f.arm(point, body.times)?;
+    tracing::warn!(
+        failpoint = point.name(),
+        times = body.times,
+        "failpoint armed"
+    );
+    Ok(listing(&f))
+}
+
+async fn disarm<P: Point>(
+    f: web::Data<Failpoints<P>>,
+    point: web::Path<String>,
+) -> Result<HttpResponse, Problem> {
+    let point = Failpoints::<P>::parse(&point)?;
+    f.disarm(point);
+    Ok(listing(&f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+    enum Here {
+        One,
+        Two,
+    }
+
+    impl Point for Here {
+        const ALL: &'static [Here] = &[Here::One, Here::Two];
+        fn name(self) -> &'static str {
+            match self {
+                Here::One => "one",
+                Here::Two => "two",
+            }
+        }
+    }
+
+    #[test]
+    fn production_mode_refuses_to_arm_a_failpoint() {
+        let f = Failpoints::<Here>::new(true);
+        assert_eq!(f.arm(Here::One, 1), Err(FailpointError::Production));
+        assert!(f.armed().is_empty());
+        // Nothing armed: a hit returns.
+        f.hit(Here::One);
+    }
+
+    #[test]
+    fn a_point_is_parsed_by_name_and_an_unknown_one_lists_the_known() {
+        assert_eq!(Failpoints::<Here>::parse("two"), Ok(Here::Two));
+        let e = Failpoints::<Here>::parse("three").unwrap_err();
+        assert_eq!(e.to_string(), r#"no failpoint "three"; known: one, two"#);
+    }
+
+    #[test]
+    fn arming_counts_are_bounded_and_disarming_clears() {
+        let f = Failpoints::<Here>::new(false);
+        assert_eq!(
+            f.arm(Here::One, 0),
+            Err(FailpointError::Times { max: MAX_TIMES })
+        );
+        f.arm(Here::Two, 3).unwrap();
+        assert_eq!(f.armed(), vec![(Here::Two, 3)]);
+        // Another point's hit leaves it armed.
+        f.hit(Here::One);
+        assert_eq!(f.armed(), vec![(Here::Two, 3)]);
+        f.disarm(Here::Two);
+        assert!(f.armed().is_empty());
+    }
+}
