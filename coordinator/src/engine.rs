@@ -23,12 +23,36 @@ pub use crate::request::{BranchRequest, ExecuteRequest};
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use ids::Gid;
+use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{Db, StoreError};
 use tokio::sync::watch;
 use tracing::Instrument;
+
+/// Where the coordinator can be made to SIGKILL itself, for crash tests and the labs: at start
+/// (`COORDINATOR_FAILPOINT=after_decision`) or at run time (`PUT
+/// /api/v1/admin/failpoints/{point}`); refused in production (see [`host::failpoint`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Crash {
+    /// The transaction is recorded; no participant was called yet.
+    AfterInsert,
+    /// The decision is durable; no second-phase call was sent yet.
+    AfterDecision,
+}
+
+impl host::failpoint::Point for Crash {
+    const ALL: &'static [Crash] = &[Crash::AfterInsert, Crash::AfterDecision];
+
+    fn name(self) -> &'static str {
+        match self {
+            Crash::AfterInsert => "after_insert",
+            Crash::AfterDecision => "after_decision",
+        }
+    }
+}
 
 /// Limits and timings of the engine.
 #[derive(Debug, Clone)]
@@ -121,7 +145,7 @@ pub struct Engine {
     driving: Arc<Mutex<HashSet<Gid>>>,
     keys: moka::future::Cache<String, (Gid, String)>,
     metrics: CoordinatorMetrics,
-    failpoint: Option<String>,
+    failpoints: Arc<host::Failpoints<Crash>>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -140,6 +164,7 @@ impl Engine {
         db: Db,
         config: EngineConfig,
         metrics: CoordinatorMetrics,
+        failpoints: Arc<host::Failpoints<Crash>>,
         stop: impl std::future::Future<Output = ()> + Send + 'static,
     ) -> Result<Arc<Engine>, EngineError> {
         let owner = format!(
@@ -173,9 +198,7 @@ impl Engine {
                 .time_to_live(Duration::from_secs(600))
                 .build(),
             metrics,
-            failpoint: std::env::var("COORDINATOR_FAILPOINT")
-                .ok()
-                .filter(|s| !s.is_empty()),
+            failpoints,
         }))
     }
 
@@ -183,13 +206,10 @@ impl Engine {
         &self.db
     }
 
-    /// Test hook: `COORDINATOR_FAILPOINT=<name>` makes the process SIGKILL itself there, so
-    /// crash recovery can be tested at exact points.
-    fn failpoint(&self, name: &str) {
-        if self.failpoint.as_deref() == Some(name) {
-            tracing::warn!(failpoint = name, "failpoint: killing this process");
-            let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
-        }
+    /// The process SIGKILLs itself here when the point is armed, so crash recovery can be
+    /// tested at exact points.
+    fn failpoint(&self, at: Crash) {
+        self.failpoints.hit(at);
     }
 
     /// Validates and records a transaction, starts driving it, and waits up to `wait` for the
@@ -231,7 +251,7 @@ impl Engine {
                 .await;
         }
         self.metrics.started(new.mode);
-        self.failpoint("after_insert");
+        self.failpoint(Crash::AfterInsert);
         let engine = self.clone();
         let gid = new.gid;
         // The driver starts from what was just written instead of reading it back.
@@ -555,7 +575,7 @@ impl Run<'_> {
                         self.engine.metrics.finished(self.stored.txn.mode, status);
                     }
                     if matches!(status, Status::Confirming | Status::Cancelling) {
-                        self.engine.failpoint("after_decision");
+                        self.engine.failpoint(Crash::AfterDecision);
                     }
                 }
                 Effect::Call { branch, op } => {

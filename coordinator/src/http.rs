@@ -19,7 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/transactions", web::get().to(list))
         .route("/api/v1/transactions/{gid}", web::get().to(show))
         .service(
-            web::scope("/api/v1/admin")
+            host::Failpoints::<crate::engine::Crash>::routes(web::scope("/api/v1/admin"))
                 .wrap(from_fn(host::require_admin))
                 .route("/transactions/{gid}/retry", web::post().to(retry)),
         );

@@ -50,6 +50,9 @@ pub struct Config {
     pub retry_max_ms: u64,
     /// A node id lease not renewed for this long is free; a restart waits this long at most.
     pub node_lease_ms: u64,
+    /// Crash at this point the first time it is reached (crash tests; refused in production).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failpoint: Option<engine::Crash>,
 }
 
 impl Default for Config {
@@ -65,6 +68,7 @@ impl Default for Config {
             retry_initial_ms: 100,
             retry_max_ms: 30_000,
             node_lease_ms: e.node_lease.as_millis() as u64,
+            failpoint: None,
         }
     }
 }
@@ -102,10 +106,17 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let admin = actix_web::web::Data::new(AdminToken::resolve(&config.common, "coordinator")?);
     let metrics = Metrics::new();
     let coordinator_metrics = metrics.register(metrics::CoordinatorMetrics::new);
+    let failpoints = Arc::new(host::Failpoints::new(config.common.production));
+    if let Some(at) = config.failpoint {
+        failpoints
+            .arm(at, 0)
+            .map_err(|e| ConfigError(format!("failpoint: {e}")))?;
+    }
     let engine = engine::Engine::new(
         db.clone(),
         config.engine(),
         coordinator_metrics,
+        failpoints.clone(),
         shutdown.clone().wait(),
     )
     .await
@@ -113,6 +124,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     engine.spawn_recovery(shutdown.clone().wait());
     let grpc = grpc::CoordinatorService::new(engine.clone()).into_server();
     let engine_data = actix_web::web::Data::new(engine);
+    let failpoint_data = actix_web::web::Data::from(failpoints);
     host::app::start(
         ServiceParts {
             name: "coordinator",
@@ -122,7 +134,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
             metrics,
             grpc: tonic::service::Routes::new(grpc),
             http: Arc::new(move |cfg| {
-                cfg.app_data(engine_data.clone()).app_data(admin.clone());
+                cfg.app_data(engine_data.clone())
+                    .app_data(admin.clone())
+                    .app_data(failpoint_data.clone());
                 http::routes(cfg);
             }),
             shutdown_grace: Duration::from_secs(config.common.shutdown_grace_secs),

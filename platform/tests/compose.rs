@@ -295,6 +295,19 @@ async fn the_compose_platform_confirms_cancels_traces_scrapes_and_survives_a_kil
     }
     .await
     .unwrap_or_else(|e| panic!("seeding: {e}"));
+    // The compose platform runs in production mode: no failpoint can be armed.
+    let refused = admin
+        .order
+        .0
+        .put::<_, serde_json::Value>(
+            "/admin/failpoints/after_coordinator_answer",
+            &serde_json::json!({}),
+        )
+        .await;
+    assert!(
+        matches!(refused, Err(admin::AdminError::Refused { status: 403, .. })),
+        "{refused:?}"
+    );
 
     // Through the public API: one order confirms, one that cannot be paid is cancelled.
     let http = reqwest::Client::builder()

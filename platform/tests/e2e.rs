@@ -289,12 +289,44 @@ async fn order_svc_killed_between_the_coordinators_answer_and_storing_it_gives_t
     db: TestDb,
 ) {
     let mut p = Platform::start(db).await;
+    // Bad arming is a 4xx problem and arms nothing.
+    for (path, body, status) in [
+        ("/admin/failpoints/nowhere", json!({}), 404),
+        (
+            "/admin/failpoints/after_coordinator_answer",
+            json!({"after": -1}),
+            400,
+        ),
+        (
+            "/admin/failpoints/after_coordinator_answer",
+            json!({"times": 1}),
+            400,
+        ),
+        (
+            "/admin/failpoints/after_coordinator_answer",
+            json!({"after": 2_000_000}),
+            400,
+        ),
+    ] {
+        let (s, b) = p.admin(Method::PUT, "order", path, Some(body)).await;
+        assert_eq!(s.as_u16(), status, "{path}: {b}");
+        assert!(b["detail"].is_string(), "a problem: {b}");
+    }
+    let (_, listed) = p
+        .admin(Method::GET, "order", "/admin/failpoints", None)
+        .await;
+    assert_eq!(listed["armed"], json!([]), "{listed}");
+    // One order first (the platform warmed up), then the crash at the next.
+    let (status, warm) = p
+        .order("bob", "warm-up", json!({"sku": "coffee", "quantity": 1}))
+        .await;
+    assert_eq!(status, 201, "{warm}");
     let (s, armed) = p
         .admin(
             Method::PUT,
             "order",
             "/admin/failpoints/after_coordinator_answer",
-            Some(json!({"times": 1})),
+            Some(json!({"after": 0})),
         )
         .await;
     assert!(s.is_success(), "{armed}");
@@ -325,6 +357,11 @@ async fn order_svc_killed_between_the_coordinators_answer_and_storing_it_gives_t
         .admin(Method::GET, "order", "/admin/orders?user_id=alice", None)
         .await;
     assert!(s.is_success(), "{listed}");
+    // The restarted process came up with nothing armed.
+    let (_, failpoints) = p
+        .admin(Method::GET, "order", "/admin/failpoints", None)
+        .await;
+    assert_eq!(failpoints["armed"], json!([]), "{failpoints}");
     let ids: Vec<&str> = listed["orders"]
         .as_array()
         .into_iter()
@@ -947,6 +984,11 @@ async fn every_admin_api_wants_its_token_and_every_service_reports_its_metrics(d
         ("payment", Method::GET, "/admin/accounts"),
         ("inventory", Method::GET, "/admin/skus"),
         ("order", Method::GET, "/admin/audit"),
+        (
+            "order",
+            Method::PUT,
+            "/admin/failpoints/after_coordinator_answer",
+        ),
         ("coordinator", Method::POST, retry.as_str()),
     ] {
         for token in [None, Some("not-the-token")] {

@@ -117,8 +117,10 @@ pub fn dev_secret(path: &std::path::Path, prefix: &str) -> Result<String, Config
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
 
-/// Loads `T` from its defaults, the TOML file named by `CONFIG_FILE` (if set), and environment
-/// variables starting with `env_prefix` (e.g. `PAYMENT_`).
+/// Loads `T` from its defaults, the TOML file named by `CONFIG_FILE` (if set), `PRODUCTION` (one
+/// switch for every service of a deployment: compose and the container tests set it), and
+/// environment variables starting with `env_prefix` (e.g. `PAYMENT_`; `PAYMENT_PRODUCTION` wins
+/// over `PRODUCTION`).
 pub fn load_config<T>(defaults: T, env_prefix: &str) -> Result<T, ConfigError>
 where
     T: Serialize + DeserializeOwned,
@@ -130,7 +132,9 @@ where
         }
         figment = figment.merge(Toml::file(path));
     }
-    let figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    let figment = figment
+        .merge(Env::raw().only(&["PRODUCTION"]))
+        .merge(Env::prefixed(env_prefix).split("__"));
     figment.extract::<T>().map_err(|e| {
         // `#[serde(flatten)]` loses the key of an error in the flattened part; extracting that
         // part alone finds it again.
@@ -175,7 +179,27 @@ mod tests {
         merchant: String,
     }
 
+    fn svc() -> Svc {
+        Svc {
+            common: CommonConfig::local("x", 1, 2),
+            merchant: "merchant".into(),
+        }
+    }
+
     // figment's Jail closures return figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn production_without_a_prefix_switches_every_service_and_the_prefixed_one_wins() {
+        figment::Jail::expect_with(|jail| {
+            assert!(!load_config(svc(), "HOSTTEST_").unwrap().common.production);
+            jail.set_env("PRODUCTION", "true");
+            assert!(load_config(svc(), "HOSTTEST_").unwrap().common.production);
+            jail.set_env("HOSTTEST_PRODUCTION", "false");
+            assert!(!load_config(svc(), "HOSTTEST_").unwrap().common.production);
+            Ok(())
+        });
+    }
+
     #[allow(clippy::result_large_err)]
     #[test]
     fn env_overrides_defaults_including_nested_keys() {

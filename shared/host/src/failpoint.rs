@@ -1,12 +1,13 @@
-//! Crash failpoints armed at run time: the process SIGKILLs itself the next `times` times it
-//! reaches a named point.
+//! Crash failpoints armed at run time: the process SIGKILLs itself when it reaches a named point
+//! (the next time, or after letting a given number of hits pass).
 //!
 //! Some crashes only matter at one exact step of a protocol — order-svc between the
 //! coordinator's answer and storing the client's response, say — where a SIGKILL from outside
 //! would have to be lucky. A failpoint puts the crash there. The container tests and the course
-//! labs arm one through the admin API (`PUT /admin/failpoints/{point}` with `{"times": n}`), and
-//! the process that restarts comes up with none armed, so a test can watch the recovery. Production
-//! mode refuses to arm any: a failpoint is a way to kill the process over HTTP.
+//! labs arm one through the admin API (`PUT /admin/failpoints/{point}` with `{"after": n}`: let
+//! n hits pass, crash at the next), and the process that restarts comes up with none armed, so a
+//! test can watch the recovery. Production mode refuses to arm any: a failpoint is a way to kill
+//! the process over HTTP.
 //!
 //! A service names its points as an enum implementing [`Point`]; an unknown name is a 404 that
 //! lists the known ones.
@@ -33,8 +34,8 @@ pub enum FailpointError {
     Production,
     #[error("no failpoint {name:?}; known: {known}")]
     Unknown { name: String, known: String },
-    #[error("times must be between 1 and {max}")]
-    Times { max: u32 },
+    #[error("after must be at most {max}")]
+    After { max: u32 },
 }
 
 impl From<FailpointError> for Problem {
@@ -42,16 +43,16 @@ impl From<FailpointError> for Problem {
         let (status, code) = match e {
             FailpointError::Production => (StatusCode::FORBIDDEN, "failpoints_refused"),
             FailpointError::Unknown { .. } => (StatusCode::NOT_FOUND, "not_found"),
-            FailpointError::Times { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
+            FailpointError::After { .. } => (StatusCode::BAD_REQUEST, "bad_request"),
         };
         Problem::new(status, code, e.to_string())
     }
 }
 
-/// The most crashes one arming may ask for.
-pub const MAX_TIMES: u32 = 1_000;
+/// The most hits an armed point may let pass.
+pub const MAX_AFTER: u32 = 1_000_000;
 
-/// The armed points of one process, and how many more crashes each has left.
+/// The armed points of one process, and how many hits each lets pass before it fires.
 #[derive(Debug)]
 pub struct Failpoints<P: Point> {
     production: bool,
@@ -86,16 +87,16 @@ impl<P: Point> Failpoints<P> {
             })
     }
 
-    /// Makes the next `times` hits of `point` kill the process.
-    pub fn arm(&self, point: P, times: u32) -> Result<(), FailpointError> {
+    /// Makes `point` let `after` hits pass, then kill the process at the next.
+    pub fn arm(&self, point: P, after: u32) -> Result<(), FailpointError> {
         if self.production {
             return Err(FailpointError::Production);
         }
-        if !(1..=MAX_TIMES).contains(&times) {
-            return Err(FailpointError::Times { max: MAX_TIMES });
+        if after > MAX_AFTER {
+            return Err(FailpointError::After { max: MAX_AFTER });
         }
         let mut armed = self.lock();
-        armed.insert(point, times);
+        armed.insert(point, after);
         self.any.store(true, Ordering::SeqCst);
         Ok(())
     }
@@ -106,7 +107,7 @@ impl<P: Point> Failpoints<P> {
         self.any.store(!armed.is_empty(), Ordering::SeqCst);
     }
 
-    /// The armed points and the crashes each has left.
+    /// The armed points and the hits each still lets pass.
     pub fn armed(&self) -> Vec<(P, u32)> {
         self.lock().iter().map(|(p, n)| (*p, *n)).collect()
     }
@@ -119,20 +120,23 @@ impl<P: Point> Failpoints<P> {
         }
         let fire = {
             let mut armed = self.lock();
-            match armed.get_mut(&point) {
-                Some(left) => {
-                    *left -= 1;
-                    if *left == 0 {
-                        armed.remove(&point);
-                    }
-                    true
+            let fire = match armed.get_mut(&point) {
+                Some(0) => armed.remove(&point).is_some(),
+                Some(pass) => {
+                    *pass -= 1;
+                    false
                 }
                 None => false,
-            }
+            };
+            self.any.store(!armed.is_empty(), Ordering::SeqCst);
+            fire
         };
         if fire {
             tracing::warn!(failpoint = point.name(), "failpoint: killing this process");
             let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            // Still here: PID 1 of a PID namespace (a container without an init) ignores its
+            // own SIGKILL. Abort: no flushing, no unwinding, as close to a kill as it gets.
+            std::process::abort();
         }
     }
 
@@ -140,7 +144,7 @@ impl<P: Point> Failpoints<P> {
         self.armed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// `GET /failpoints`, `PUT /failpoints/{point}` (`{"times": n}`) and
+    /// `GET /failpoints`, `PUT /failpoints/{point}` (`{"after": n}`) and
     /// `DELETE /failpoints/{point}` on `scope` (an admin scope: the caller puts the token in
     /// front). Each answers the armed points. Needs `web::Data<Failpoints<P>>`.
     pub fn routes(scope: actix_web::Scope) -> actix_web::Scope {
@@ -155,7 +159,8 @@ impl<P: Point> Failpoints<P> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Armed {
     pub point: String,
-    pub times: u32,
+    /// Hits it still lets pass before it fires.
+    pub after: u32,
 }
 
 /// The admin API's answer: what is armed, and every point there is.
@@ -166,10 +171,12 @@ pub struct FailpointList {
 }
 
 /// `PUT /admin/failpoints/{point}`'s body.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Arm {
-    pub times: u32,
+    /// Hits to let pass first (0, the default: fire at the next).
+    #[serde(default)]
+    pub after: u32,
 }
 
 fn listing<P: Point>(f: &Failpoints<P>) -> HttpResponse {
@@ -177,9 +184,9 @@ fn listing<P: Point>(f: &Failpoints<P>) -> HttpResponse {
         armed: f
             .armed()
             .into_iter()
-            .map(|(p, times)| Armed {
+            .map(|(p, after)| Armed {
                 point: p.name().into(),
-                times,
+                after,
             })
             .collect(),
         known: P::ALL.iter().map(|p| p.name().into()).collect(),
@@ -196,10 +203,10 @@ async fn arm<P: Point>(
     body: web::Json<Arm>,
 ) -> Result<HttpResponse, Problem> {
     let point = Failpoints::<P>::parse(&point)?;
-    f.arm(point, body.times)?;
+    f.arm(point, body.after)?;
     tracing::warn!(
         failpoint = point.name(),
-        times = body.times,
+        after = body.after,
         "failpoint armed"
     );
     Ok(listing(&f))
@@ -237,7 +244,7 @@ mod tests {
     #[test]
     fn production_mode_refuses_to_arm_a_failpoint() {
         let f = Failpoints::<Here>::new(true);
-        assert_eq!(f.arm(Here::One, 1), Err(FailpointError::Production));
+        assert_eq!(f.arm(Here::One, 0), Err(FailpointError::Production));
         assert!(f.armed().is_empty());
         // Nothing armed: a hit returns.
         f.hit(Here::One);
@@ -251,18 +258,21 @@ mod tests {
     }
 
     #[test]
-    fn arming_counts_are_bounded_and_disarming_clears() {
+    fn an_armed_point_lets_its_hits_pass_and_disarming_clears_it() {
         let f = Failpoints::<Here>::new(false);
         assert_eq!(
-            f.arm(Here::One, 0),
-            Err(FailpointError::Times { max: MAX_TIMES })
+            f.arm(Here::One, MAX_AFTER + 1),
+            Err(FailpointError::After { max: MAX_AFTER })
         );
         f.arm(Here::Two, 3).unwrap();
-        assert_eq!(f.armed(), vec![(Here::Two, 3)]);
-        // Another point's hit leaves it armed.
+        // Another point's hit leaves it as it was; its own hits count down (none fires yet).
         f.hit(Here::One);
         assert_eq!(f.armed(), vec![(Here::Two, 3)]);
+        f.hit(Here::Two);
+        f.hit(Here::Two);
+        assert_eq!(f.armed(), vec![(Here::Two, 1)]);
         f.disarm(Here::Two);
         assert!(f.armed().is_empty());
+        assert!(!f.any.load(Ordering::SeqCst));
     }
 }
