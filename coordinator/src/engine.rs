@@ -75,6 +75,8 @@ pub struct EngineConfig {
     pub max_clock_behind: Duration,
     /// A node id lease not renewed for this long is free (see [`store::node`]).
     pub node_lease: Duration,
+    /// The participants transactions may name.
+    pub participants: participants::Known,
 }
 
 impl Default for EngineConfig {
@@ -93,6 +95,7 @@ impl Default for EngineConfig {
             max_wait: Duration::from_secs(60),
             max_clock_behind: Duration::from_secs(10),
             node_lease: Duration::from_secs(3),
+            participants: participants::Known::default(),
         }
     }
 }

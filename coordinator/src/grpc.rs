@@ -14,11 +14,13 @@ use tonic::{Request, Response, Status as GrpcStatus};
 #[derive(Debug, Clone)]
 pub struct CoordinatorService {
     engine: Arc<Engine>,
+    /// Get, List and Retry are operator calls: they need it, as over HTTP.
+    admin: host::AdminToken,
 }
 
 impl CoordinatorService {
-    pub fn new(engine: Arc<Engine>) -> Self {
-        CoordinatorService { engine }
+    pub fn new(engine: Arc<Engine>, admin: host::AdminToken) -> Self {
+        CoordinatorService { engine, admin }
     }
 
     pub fn into_server(self) -> pb::coordinator_server::CoordinatorServer<Self> {
@@ -112,6 +114,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GlobalTransaction>, GrpcStatus> {
+        self.admin.check_grpc(request.metadata())?;
         let gid = gid_of(request.into_inner().gid)?;
         Ok(Response::new(
             view::transaction(self.engine.db(), gid).await?,
@@ -122,6 +125,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, GrpcStatus> {
+        self.admin.check_grpc(request.metadata())?;
         let r = request.into_inner();
         let status = status_from_pb(r.status)?;
         let limit = i64::from(r.limit.clamp(1, 500));
@@ -150,6 +154,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::RetryResponse>, GrpcStatus> {
+        self.admin.check_grpc(request.metadata())?;
         let gid = gid_of(request.into_inner().gid)?;
         let status = self.engine.retry_now(gid).await?;
         Ok(Response::new(pb::RetryResponse {

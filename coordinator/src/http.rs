@@ -1,6 +1,6 @@
-//! The coordinator's HTTP API: list transactions by status and show one with its branch
-//! timeline (open reads, as an operator dashboard would make them), and the operator's retry
-//! (behind the admin token).
+//! The coordinator's HTTP API, all behind the admin token: list transactions by status, show
+//! one with its branch timeline, and the operator's retry. The reads are operator reads: a
+//! transaction's payloads name accounts, amounts and stock, its timeline internal addresses.
 
 use crate::engine::{Engine, EngineError};
 use crate::log;
@@ -16,13 +16,17 @@ use serde_json::json;
 use std::sync::Arc;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/transactions", web::get().to(list))
-        .route("/api/v1/transactions/{gid}", web::get().to(show))
-        .service(
-            host::Failpoints::<crate::engine::Crash>::routes(web::scope("/api/v1/admin"))
-                .wrap(from_fn(host::require_admin))
-                .route("/transactions/{gid}/retry", web::post().to(retry)),
-        );
+    cfg.service(
+        web::scope("/api/v1/transactions")
+            .wrap(from_fn(host::require_admin))
+            .route("", web::get().to(list))
+            .route("/{gid}", web::get().to(show)),
+    )
+    .service(
+        host::Failpoints::<crate::engine::Crash>::routes(web::scope("/api/v1/admin"))
+            .wrap(from_fn(host::require_admin))
+            .route("/transactions/{gid}/retry", web::post().to(retry)),
+    );
 }
 
 impl From<EngineError> for Problem {

@@ -50,6 +50,11 @@ pub struct Config {
     pub retry_max_ms: u64,
     /// A node id lease not renewed for this long is free; a restart waits this long at most.
     pub node_lease_ms: u64,
+    /// The participants transactions may name, `name → gRPC URL`
+    /// (`COORDINATOR_PARTICIPANTS__PAYMENT=http://…`): any other address is refused before
+    /// anything is stored. Required in production; empty in dev accepts any address.
+    #[serde(default)]
+    pub participants: std::collections::BTreeMap<String, String>,
     /// Crash at this point the first time it is reached (crash tests; refused in production).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failpoint: Option<engine::Crash>,
@@ -68,6 +73,7 @@ impl Default for Config {
             retry_initial_ms: 100,
             retry_max_ms: 30_000,
             node_lease_ms: e.node_lease.as_millis() as u64,
+            participants: Default::default(),
             failpoint: None,
         }
     }
@@ -79,8 +85,18 @@ impl Config {
         host::load_config(Config::default(), "COORDINATOR_")
     }
 
-    fn engine(&self) -> engine::EngineConfig {
-        engine::EngineConfig {
+    fn engine(&self) -> Result<engine::EngineConfig, ConfigError> {
+        let participants = participants::Known::new(&self.participants)
+            .map_err(|e| ConfigError(format!("participants: {e}")))?;
+        if self.common.production && participants.is_open() {
+            return Err(ConfigError(
+                "participants must be configured in production mode \
+                 (COORDINATOR_PARTICIPANTS__<NAME>=<gRPC URL>, one per participant)"
+                    .into(),
+            ));
+        }
+        Ok(engine::EngineConfig {
+            participants,
             node_id: self.node_id,
             lease: Duration::from_millis(self.lease_ms.max(100)),
             default_timeout: Duration::from_millis(self.default_timeout_ms.max(1)),
@@ -92,7 +108,7 @@ impl Config {
                 Duration::from_millis(self.retry_max_ms.max(1)),
             ),
             ..engine::EngineConfig::default()
-        }
+        })
     }
 }
 
@@ -101,6 +117,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     if config.node_id > ids::MAX_NODE {
         return Err(ConfigError(format!("node_id must be 0..={}", ids::MAX_NODE)).into());
     }
+    let engine_config = config.engine()?;
     let db = Db::connect(&config.common.db_config()?).await?;
     db.migrate(&MIGRATOR).await?;
     let admin = actix_web::web::Data::new(AdminToken::resolve(&config.common, "coordinator")?);
@@ -114,7 +131,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     }
     let engine = engine::Engine::new(
         db.clone(),
-        config.engine(),
+        engine_config,
         coordinator_metrics,
         failpoints.clone(),
         shutdown.clone().wait(),
@@ -122,7 +139,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     .await
     .map_err(|e| ConfigError(e.to_string()))?;
     engine.spawn_recovery(shutdown.clone().wait());
-    let grpc = grpc::CoordinatorService::new(engine.clone()).into_server();
+    let grpc = grpc::CoordinatorService::new(engine.clone(), admin.get_ref().clone()).into_server();
     let engine_data = actix_web::web::Data::new(engine);
     let failpoint_data = actix_web::web::Data::from(failpoints);
     host::app::start(

@@ -6,7 +6,7 @@ use crate::log::{self, Attempt, Stored};
 use crate::machine::{CallResult, Op};
 use crate::metrics::CoordinatorMetrics;
 use proto::v1::participant_client::ParticipantClient;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use telemetry::grpc::TracePropagation;
@@ -15,6 +15,48 @@ use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
 
 type Client = ParticipantClient<InterceptedService<Channel, TracePropagation>>;
+
+/// The participants this coordinator may call, by name. A transaction naming any other
+/// address is refused before it is stored, so no client can make the coordinator call a host
+/// of its choosing. Empty: any address (dev only: production refuses to start without it).
+#[derive(Debug, Clone, Default)]
+pub struct Known {
+    /// Address (without a trailing `/`) → name.
+    by_addr: BTreeMap<String, String>,
+}
+
+impl Known {
+    /// From the configuration's `name → address` map; every address must be callable.
+    pub fn new(by_name: &BTreeMap<String, String>) -> Result<Known, BadParticipant> {
+        let mut by_addr = BTreeMap::new();
+        for (name, addr) in by_name {
+            endpoint(addr)?;
+            by_addr.insert(addr.trim_end_matches('/').to_owned(), name.clone());
+        }
+        Ok(Known { by_addr })
+    }
+
+    /// Whether any address is accepted (nothing configured).
+    pub fn is_open(&self) -> bool {
+        self.by_addr.is_empty()
+    }
+
+    /// `addr` is one of the configured participants (or nothing is configured).
+    pub fn check(&self, addr: &str) -> Result<(), String> {
+        if self.is_open() || self.by_addr.contains_key(addr.trim_end_matches('/')) {
+            return Ok(());
+        }
+        let names: std::collections::BTreeSet<&str> =
+            self.by_addr.values().map(String::as_str).collect();
+        Err(format!(
+            "is not one this coordinator knows (it knows {})",
+            names.into_iter().collect::<Vec<_>>().join(", ")
+        ))
+    }
+}
+
+/// The most channels kept: bounded even when any address is accepted (dev).
+const MAX_CHANNELS: usize = 1_024;
 
 /// One reused channel per participant address.
 #[derive(Debug, Default)]
@@ -29,10 +71,12 @@ impl Clients {
         }
         let channel = endpoint(addr)?.connect_lazy();
         let client = ParticipantClient::with_interceptor(channel, TracePropagation);
-        self.map
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(addr.to_owned(), client.clone());
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= MAX_CHANNELS {
+            // Rare and harmless: channels are made again on demand.
+            map.clear();
+        }
+        map.insert(addr.to_owned(), client.clone());
         Ok(client)
     }
 

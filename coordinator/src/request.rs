@@ -83,6 +83,9 @@ pub fn validate(
         }
         participants::endpoint(&b.participant)
             .map_err(|e| EngineError::Invalid(format!("branch {:?}: {e}", b.branch_id)))?;
+        config.participants.check(&b.participant).map_err(|why| {
+            EngineError::Invalid(format!("branch {:?}: participant {why}", b.branch_id))
+        })?;
         if b.payload.len() > config.max_payload_bytes {
             return invalid(format!(
                 "branch {:?}: payload of {} bytes is over the limit of {}",

@@ -291,15 +291,89 @@ async fn bad_requests_are_invalid_arguments_and_store_nothing(db: TestDb) {
     }
     assert!(c.list_all().await.is_empty(), "nothing stored");
     assert!(a.calls().is_empty(), "nobody called");
-    let res = reqwest::get(format!("{}/api/v1/transactions/notanumber", c.http_url))
+    let http = reqwest::Client::new();
+    let res = http
+        .get(format!("{}/api/v1/transactions/notanumber", c.http_url))
+        .bearer_auth(ADMIN)
+        .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 400);
     assert_eq!(res.headers()["content-type"], "application/problem+json");
-    let res = reqwest::get(format!("{}/api/v1/transactions/12345", c.http_url))
+    let res = http
+        .get(format!("{}/api/v1/transactions/12345", c.http_url))
+        .bearer_auth(ADMIN)
+        .send()
         .await
         .unwrap();
     assert_eq!(res.status(), 404);
+}
+
+/// The coordinator's reads are operator reads (payloads name accounts and amounts, timelines
+/// internal addresses): over HTTP and over gRPC, without the admin token they are refused, and
+/// so is the gRPC retry. Execute needs no token.
+async fn reads_and_retries_without_the_admin_token_are_refused_over_http_and_grpc(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let a = Scripted::start().await;
+    let r = c.execute(tcc("k", &[&a])).await.unwrap();
+    c.wait_terminal(r.gid, Duration::from_secs(10)).await;
+    let http = reqwest::Client::new();
+    for path in [
+        "/api/v1/transactions".to_owned(),
+        "/api/v1/transactions?status=succeeded".to_owned(),
+        format!("/api/v1/transactions/{}", r.gid),
+    ] {
+        for token in [None, Some("not-the-token")] {
+            let mut req = http.get(format!("{}{path}", c.http_url));
+            if let Some(t) = token {
+                req = req.bearer_auth(t);
+            }
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status(), 401, "{path} with {token:?}");
+            assert_eq!(res.headers()["content-type"], "application/problem+json");
+            let body = res.text().await.unwrap();
+            assert!(!body.contains(&r.gid.to_string()), "{path}: {body}");
+        }
+    }
+    let channel = tonic::transport::Endpoint::from_shared(c.grpc_url.clone())
+        .unwrap()
+        .connect_lazy();
+    let mut anonymous = proto::v1::coordinator_client::CoordinatorClient::new(channel);
+    let denied = [
+        anonymous.get(pb::GetRequest { gid: r.gid }).await.map(drop),
+        anonymous
+            .list(pb::ListRequest {
+                status: 0,
+                limit: 10,
+                before_gid: 0,
+            })
+            .await
+            .map(drop),
+        anonymous
+            .retry(pb::RetryRequest { gid: r.gid })
+            .await
+            .map(drop),
+    ];
+    for d in denied {
+        let status = d.expect_err("refused without the token");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
+    }
+    // With it, the same reads answer.
+    assert_eq!(c.get(r.gid).await.gid, r.gid);
+    let res = http
+        .get(format!("{}/api/v1/transactions/{}", c.http_url, r.gid))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    // Execute is the order service's call, not an operator's: no token.
+    let channel = tonic::transport::Endpoint::from_shared(c.grpc_url.clone())
+        .unwrap()
+        .connect_lazy();
+    let mut plain = proto::v1::coordinator_client::CoordinatorClient::new(channel);
+    assert!(plain.execute(tcc("k2", &[&a])).await.is_ok());
 }
 
 /// SIGKILL at one point of the protocol, restart, and check the transaction ends as it must.
@@ -735,6 +809,55 @@ async fn a_saga_whose_steps_outlast_the_lease_is_driven_once_by_one_claim(db: Te
     }
 }
 
+/// With its participants configured, the coordinator calls no other address: a transaction
+/// naming one is refused before anything is stored or called (no request forgery through it),
+/// and the known ones still work.
+async fn a_transaction_naming_a_participant_the_coordinator_does_not_know_is_refused_and_nothing_called(
+    db: TestDb,
+) {
+    let dir = testkit::temp_dir("coord-");
+    let (a, b, stranger) = three().await;
+    let (url_a, url_b) = (a.url(), b.url());
+    let c = coordinator(
+        &db,
+        dir.path(),
+        "coordinator",
+        &[
+            ("COORDINATOR_PARTICIPANTS__A", url_a.as_str()),
+            ("COORDINATOR_PARTICIPANTS__B", url_b.as_str()),
+        ],
+    )
+    .await;
+    for (what, parts) in [
+        ("a stranger beside known ones", vec![&a, &stranger, &b]),
+        ("only a stranger", vec![&stranger]),
+    ] {
+        let err = c.execute(tcc("", &parts)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{what}: {err}");
+        assert!(
+            err.message()
+                .contains("participant is not one this coordinator knows (it knows a, b)"),
+            "{what}: {err}"
+        );
+    }
+    let mut elsewhere = tcc("", &[&a]);
+    elsewhere.branches[0].participant = "http://169.254.169.254:80".into();
+    let err = c.execute(elsewhere).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(c.list_all().await.is_empty(), "nothing stored");
+    assert!(
+        a.calls().is_empty() && b.calls().is_empty() && stranger.calls().is_empty(),
+        "nobody called"
+    );
+    // The known ones (a trailing slash is the same address).
+    let mut known = tcc("", &[&a, &b]);
+    known.branches[1].participant = format!("{url_b}/");
+    let r = c.execute(known).await.unwrap();
+    let t = c.wait_terminal(r.gid, Duration::from_secs(10)).await;
+    assert_eq!(t.status(), pb::Status::Succeeded);
+    assert_eq!(b.calls_of(r.gid, Op::Confirm).len(), 1);
+}
+
 both_backends!(
     all_tries_succeeding_ends_succeeded_with_each_op_taking_effect_once,
     one_rejected_try_cancels_every_branch_including_a_try_that_had_not_arrived,
@@ -754,6 +877,8 @@ both_backends!(
     a_key_recorded_by_the_previous_version_still_replays,
     a_coordinator_refuses_a_node_id_a_live_instance_holds_and_takes_a_dead_ones,
     a_listed_page_shows_every_transaction_with_its_own_branches_and_timeline,
+    a_transaction_naming_a_participant_the_coordinator_does_not_know_is_refused_and_nothing_called,
+    reads_and_retries_without_the_admin_token_are_refused_over_http_and_grpc,
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -762,17 +887,70 @@ async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_messa
     let bad_toml = dir.path().join("bad.toml");
     std::fs::write(&bad_toml, "lease_ms = [not toml").unwrap();
     let missing = dir.path().join("missing.toml");
-    let cases: [(&str, String, &str); 3] = [
-        ("CONFIG_FILE", missing.display().to_string(), "missing.toml"),
-        ("CONFIG_FILE", bad_toml.display().to_string(), "bad.toml"),
-        ("COORDINATOR_NODE_ID", "1024".into(), "node_id"),
+    let production = [
+        ("PRODUCTION", "true".to_owned()),
+        (
+            "COORDINATOR_PARTICIPANTS__P",
+            "http://127.0.0.1:1".to_owned(),
+        ),
+        (
+            "COORDINATOR_ADMIN_TOKEN",
+            "t".repeat(host::serve::MIN_PRODUCTION_TOKEN),
+        ),
     ];
-    for (i, (key, value, expected)) in cases.into_iter().enumerate() {
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (
+            vec![("CONFIG_FILE", missing.display().to_string())],
+            "missing.toml",
+        ),
+        (
+            vec![("CONFIG_FILE", bad_toml.display().to_string())],
+            "bad.toml",
+        ),
+        (vec![("COORDINATOR_NODE_ID", "1024".into())], "node_id"),
+        (
+            vec![("COORDINATOR_FAILPOINT", "after_lunch".into())],
+            "COORDINATOR_FAILPOINT",
+        ),
+        (
+            vec![("COORDINATOR_PARTICIPANTS__P", "ftp://x".into())],
+            "participants",
+        ),
+        (
+            production
+                .iter()
+                .cloned()
+                .filter(|(k, _)| *k != "COORDINATOR_PARTICIPANTS__P")
+                .collect(),
+            "participants must be configured in production mode",
+        ),
+        (
+            production
+                .iter()
+                .cloned()
+                .chain([(
+                    "COORDINATOR_ADMIN_TOKEN",
+                    "a-token-of-31-characters-------".into(),
+                )])
+                .collect(),
+            "admin_token must be at least 32 characters in production mode",
+        ),
+        (
+            production
+                .iter()
+                .cloned()
+                .chain([("COORDINATOR_FAILPOINT", "after_decision".into())])
+                .collect(),
+            "failpoints are refused in production mode",
+        ),
+    ];
+    for (i, (env, expected)) in cases.into_iter().enumerate() {
         let db = TestDb::sqlite();
         let name = format!("coordinator-{i}");
-        let (spec, ..) = coordinator_spec(&db, dir.path(), &name, &[(key, &value)]);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let (spec, ..) = coordinator_spec(&db, dir.path(), &name, &env);
         let refused = Service::start(spec).await.unwrap_err().to_string();
-        assert!(refused.contains("exited with"), "{key}={value}: {refused}");
-        assert!(refused.contains(expected), "{key}={value}: {refused}");
+        assert!(refused.contains("exited with"), "{env:?}: {refused}");
+        assert!(refused.contains(expected), "{env:?}: {refused}");
     }
 }

@@ -9,6 +9,9 @@ use proto::v1::{Op, Outcome};
 use std::path::PathBuf;
 use std::time::Instant;
 use testkit::participant::ParticipantProcess;
+
+/// The admin token of the coordinator under test (its reads need it).
+const ADMIN_TOKEN: &str = "load-tests-admin-token";
 use testkit::TestDb;
 
 #[derive(Debug, clap::Args)]
@@ -204,7 +207,7 @@ pub async fn coordinator(args: CoordinatorArgs) {
         .env("COORDINATOR_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
         .env("COORDINATOR_DATABASE_URL", db.url())
         .env("COORDINATOR_DATA_DIR", dir.path().join("data"))
-        .env("COORDINATOR_ADMIN_TOKEN", "load-tests-admin-token")
+        .env("COORDINATOR_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("COORDINATOR_DB__SYNCHRONOUS", &args.synchronous)
         .env("COORDINATOR_DB__MAX_CONNECTIONS", "32")
         .env("RUST_LOG", "warn")
@@ -274,6 +277,7 @@ pub async fn coordinator(args: CoordinatorArgs) {
             .get(format!(
                 "http://127.0.0.1:{http}/api/v1/transactions?limit=1"
             ))
+            .bearer_auth(ADMIN_TOKEN)
             .send()
             .await
             .unwrap()

@@ -421,6 +421,19 @@ fn spawn(which: Which, layout: &Layout) -> std::io::Result<Child> {
             .env("ORDER_API__PAYMENT_URL", layout.grpc(Which::Payment))
             .env("ORDER_API__INVENTORY_URL", layout.grpc(Which::Inventory));
     }
+    if which == Which::Coordinator {
+        // The only participants its transactions may name.
+        command
+            .env("COORDINATOR_PARTICIPANTS__ORDER", layout.grpc(Which::Order))
+            .env(
+                "COORDINATOR_PARTICIPANTS__PAYMENT",
+                layout.grpc(Which::Payment),
+            )
+            .env(
+                "COORDINATOR_PARTICIPANTS__INVENTORY",
+                layout.grpc(Which::Inventory),
+            );
+    }
     command
         .args(["serve", which.name()])
         .env(format!("{p}HTTP_ADDR"), format!("127.0.0.1:{http}"))
@@ -668,8 +681,9 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
     );
     println!("       -H 'Idempotency-Key: my-first-order' -H 'content-type: application/json' \\");
     println!("       -d '{{\"sku\": \"coffee\", \"quantity\": 2}}'");
+    println!("  ADMIN=$(cat {}/admin-token)", data.display());
     println!(
-        "  curl -s {}/api/v1/transactions          # the coordinator's log",
+        "  curl -s {}/api/v1/transactions -H \"Authorization: Bearer $ADMIN\"   # the coordinator's log",
         layout.http(Which::Coordinator)
     );
     println!();

@@ -6,14 +6,33 @@ use proto::v1::coordinator_client::CoordinatorClient;
 use std::time::Duration;
 use testkit::scripted::Scripted;
 use testkit::{free_port, Service, ServiceSpec, TestDb};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 pub const ADMIN: &str = "coordinator-test-admin-token";
 
+/// The coordinator's gRPC client as an operator holds it: every call carries the admin token
+/// (Get, List and Retry need it; Execute ignores it).
+pub type Client = CoordinatorClient<InterceptedService<Channel, Operator>>;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Operator;
+
+impl tonic::service::Interceptor for Operator {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {ADMIN}").parse().expect("an ASCII token"),
+        );
+        Ok(req)
+    }
+}
+
 pub struct Coord {
     pub service: Service,
-    pub client: CoordinatorClient<Channel>,
+    pub client: Client,
     pub http_url: String,
+    pub grpc_url: String,
 }
 
 pub async fn coordinator(
@@ -30,8 +49,9 @@ pub async fn coordinator(
         .connect_lazy();
     Coord {
         service,
-        client: CoordinatorClient::new(channel),
+        client: CoordinatorClient::with_interceptor(channel, Operator),
         http_url: format!("http://127.0.0.1:{http}"),
+        grpc_url: format!("http://127.0.0.1:{grpc}"),
     }
 }
 
@@ -111,7 +131,10 @@ impl Coord {
 
     /// The transaction as the HTTP API shows it (with every branch's timeline).
     pub async fn detail(&self, gid: u64) -> serde_json::Value {
-        reqwest::get(format!("{}/api/v1/transactions/{gid}", self.http_url))
+        reqwest::Client::new()
+            .get(format!("{}/api/v1/transactions/{gid}", self.http_url))
+            .bearer_auth(ADMIN)
+            .send()
             .await
             .unwrap()
             .json()

@@ -115,13 +115,13 @@ impl AdminToken {
 
     /// The configured token; in dev mode without one, the token stored in
     /// `<data_dir>/<service>.admin-token`, generated on first start. Production mode requires a
-    /// configured token of at least 16 characters.
+    /// configured token of at least [`MIN_PRODUCTION_TOKEN`] characters.
     pub fn resolve(common: &CommonConfig, service: &str) -> Result<AdminToken, ConfigError> {
         if let Some(token) = &common.admin_token {
-            if common.production && token.len() < 16 {
-                return Err(ConfigError(
-                    "admin_token must be at least 16 characters in production mode".into(),
-                ));
+            if common.production && token.len() < MIN_PRODUCTION_TOKEN {
+                return Err(ConfigError(format!(
+                    "admin_token must be at least {MIN_PRODUCTION_TOKEN} characters in production mode"
+                )));
             }
             return Ok(AdminToken(token.clone()));
         }
@@ -147,12 +147,7 @@ impl AdminToken {
                     "Bearer realm=\"admin\"",
                 )
             })?;
-        let (a, b) = (presented.as_bytes(), self.0.as_bytes());
-        let mut diff = a.len() ^ b.len();
-        for i in 0..a.len().max(b.len()) {
-            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
-        }
-        if diff == 0 {
+        if self.matches(presented) {
             Ok(())
         } else {
             Err(Problem::unauthorized(
@@ -161,7 +156,39 @@ impl AdminToken {
             ))
         }
     }
+
+    /// Checks gRPC metadata `authorization: Bearer <token>` in constant time: UNAUTHENTICATED
+    /// otherwise (operator calls over gRPC need the token the HTTP ones do).
+    pub fn check_grpc(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), tonic::Status> {
+        let presented = metadata
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                tonic::Status::unauthenticated(
+                    "this call needs the admin token as `authorization: Bearer <token>` metadata",
+                )
+            })?;
+        if self.matches(presented) {
+            Ok(())
+        } else {
+            Err(tonic::Status::unauthenticated("the admin token is wrong"))
+        }
+    }
+
+    /// Compares in time that depends on the lengths only, never on where they differ.
+    fn matches(&self, presented: &str) -> bool {
+        let (a, b) = (presented.as_bytes(), self.0.as_bytes());
+        let mut diff = a.len() ^ b.len();
+        for i in 0..a.len().max(b.len()) {
+            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+        }
+        diff == 0
+    }
 }
+
+/// The shortest admin token production mode accepts (32 random bytes' worth of hex is 64).
+pub const MIN_PRODUCTION_TOKEN: usize = 32;
 
 /// Middleware (for `actix_web::middleware::from_fn`, on the admin scope) that answers 401 unless
 /// the request carries the [`AdminToken`] found in the app data as `web::Data<AdminToken>`.
@@ -190,7 +217,9 @@ mod tests {
         assert!(AdminToken::resolve(&common, "x").is_err());
         common.admin_token = Some("short".into());
         assert!(AdminToken::resolve(&common, "x").is_err());
-        common.admin_token = Some("a-long-enough-production-token".into());
+        common.admin_token = Some("x".repeat(MIN_PRODUCTION_TOKEN - 1));
+        assert!(AdminToken::resolve(&common, "x").is_err());
+        common.admin_token = Some("x".repeat(MIN_PRODUCTION_TOKEN));
         assert!(AdminToken::resolve(&common, "x").is_ok());
     }
 

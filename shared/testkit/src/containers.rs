@@ -422,6 +422,9 @@ impl Cluster {
         ];
         let own: &[(&str, String)] = match s {
             Svc::Coordinator => &[
+                ("COORDINATOR_PARTICIPANTS__ORDER", grpc(Svc::Order)),
+                ("COORDINATOR_PARTICIPANTS__PAYMENT", grpc(Svc::Payment)),
+                ("COORDINATOR_PARTICIPANTS__INVENTORY", grpc(Svc::Inventory)),
                 ("COORDINATOR_LEASE_MS", "3000".into()),
                 ("COORDINATOR_RECOVERY_INTERVAL_MS", "50".into()),
                 ("COORDINATOR_RETRY_INITIAL_MS", "20".into()),

@@ -84,6 +84,9 @@ impl Platform {
         let grpc = |i: usize| format!("http://127.0.0.1:{}", ports[i].1);
         let coordinator = Service::start(
             spec(0, "COORDINATOR_")
+                .env("COORDINATOR_PARTICIPANTS__ORDER", grpc(1))
+                .env("COORDINATOR_PARTICIPANTS__PAYMENT", grpc(2))
+                .env("COORDINATOR_PARTICIPANTS__INVENTORY", grpc(3))
                 .env("COORDINATOR_LEASE_MS", "3000")
                 .env("COORDINATOR_RECOVERY_INTERVAL_MS", "50")
                 .env("COORDINATOR_RETRY_INITIAL_MS", "20")
