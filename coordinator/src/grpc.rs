@@ -34,11 +34,14 @@ impl From<EngineError> for GrpcStatus {
             EngineError::Invalid(m) => GrpcStatus::invalid_argument(m.clone()),
             EngineError::KeyReused(_) => GrpcStatus::already_exists(e.to_string()),
             EngineError::NotFound(_) => GrpcStatus::not_found(e.to_string()),
-            EngineError::Store(s) if s.is_transient() => GrpcStatus::unavailable(e.to_string()),
+            EngineError::Store(s) if s.is_transient() => {
+                tracing::warn!(error = %e, "coordinator database unavailable");
+                GrpcStatus::unavailable("the coordinator's database did not answer; retry")
+            }
             EngineError::NodeLost => GrpcStatus::unavailable(e.to_string()),
             EngineError::Store(_) | EngineError::Id(_) | EngineError::Node(_) => {
                 tracing::error!(error = %e, "coordinator error");
-                GrpcStatus::internal(e.to_string())
+                GrpcStatus::internal("the coordinator failed (see its log)")
             }
         }
     }

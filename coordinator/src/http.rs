@@ -36,8 +36,10 @@ impl From<EngineError> for Problem {
             EngineError::Invalid(m) => Problem::bad_request(m),
             EngineError::KeyReused(_) => Problem::conflict("idempotency_key_reused", e.to_string()),
             EngineError::Store(s) => s.into(),
-            EngineError::Id(i) => Problem::internal(i.to_string()),
-            EngineError::Node(n) => Problem::internal(n.to_string()),
+            EngineError::Id(_) | EngineError::Node(_) => {
+                tracing::error!(error = %e, "no transaction id can be made");
+                Problem::unavailable("no transaction id can be made right now; retry later")
+            }
             EngineError::NodeLost => Problem::unavailable(e.to_string()),
         }
     }

@@ -919,8 +919,8 @@ async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_messa
         (
             production
                 .iter()
-                .cloned()
                 .filter(|(k, _)| *k != "COORDINATOR_PARTICIPANTS__P")
+                .cloned()
                 .collect(),
             "participants must be configured in production mode",
         ),

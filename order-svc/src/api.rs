@@ -348,7 +348,10 @@ async fn first_attempt(
         .ids(db)
         .await?
         .next_id()
-        .map_err(|e| Problem::unavailable(e.to_string()))?
+        .map_err(|e| {
+            tracing::error!(error = %e, "no order id can be made");
+            Problem::unavailable("no order id can be made right now; retry later")
+        })?
         .as_i64();
     let planned = checkout(api, db, user, order_id, body).await?;
     let fresh = idempotency::begin(

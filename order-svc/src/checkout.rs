@@ -126,17 +126,15 @@ pub(crate) async fn execute(api: &Api, checkout: Checkout) -> Answer {
         Err(status) if !proto::is_transient(&status) => {
             // The coordinator refused a request this service built: a bug, not the client's.
             tracing::error!(order_id, error = %status, "the coordinator refused the transaction");
-            return Answer::problem(&Problem::internal(format!(
-                "the coordinator refused the order: {}",
-                status.message()
-            )));
+            return Answer::problem(&Problem::internal(
+                "the order could not be placed: the transaction was refused (see the service log)",
+            ));
         }
         Err(status) => {
             tracing::warn!(order_id, error = %status, "the coordinator did not answer");
-            return Answer::problem(&Problem::unavailable(format!(
-                "the order could not be placed right now ({}); retry with the same Idempotency-Key",
-                status.message()
-            )));
+            return Answer::problem(&Problem::unavailable(
+                "the order could not be placed right now; retry with the same Idempotency-Key",
+            ));
         }
     };
     let (status, reason) = match outcome.status() {

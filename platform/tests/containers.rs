@@ -434,7 +434,20 @@ async fn payments_database_lost_for_20_s_under_load_answers_fast_and_finishes_ev
     }
     fault_scenario("lost-database", async |c: &Cluster| {
         c.stop_database(Svc::Payment).await;
-        tokio::time::sleep(Duration::from_secs(20)).await;
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        // Not ready, says why, and says nothing of where its database is.
+        let res = http()
+            .get(format!("{}/readyz", c.url(Svc::Payment)))
+            .send()
+            .await
+            .expect("payment-svc answers");
+        assert_eq!(res.status(), 503);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(
+            body["detail"], "not ready: the database does not answer",
+            "{body}"
+        );
+        tokio::time::sleep(Duration::from_secs(17)).await;
         c.start_database(Svc::Payment).await;
         c.wait_ready(Svc::Payment).await;
     })

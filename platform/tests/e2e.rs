@@ -219,6 +219,12 @@ async fn a_retry_after_a_503_with_the_same_key_places_the_order(db: TestDb) {
         Some(true),
         "{first}"
     );
+    // What to do, and nothing about where the coordinator is or how the call failed.
+    assert_eq!(
+        first["detail"],
+        "the order could not be placed right now; retry with the same Idempotency-Key",
+        "{first}"
+    );
     p.coordinator.restart().await.unwrap();
     let (status, second) = p.order("alice", "retry-me", body.clone()).await;
     assert_eq!(status, 201, "{second}");

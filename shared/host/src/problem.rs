@@ -97,8 +97,10 @@ impl ResponseError for Problem {
 
 impl From<store::StoreError> for Problem {
     fn from(e: store::StoreError) -> Self {
+        // The error's text names hosts, tables and SQL: logged, never answered.
         if e.is_transient() {
-            Problem::unavailable(e.to_string())
+            tracing::warn!(error = %e, "database unavailable");
+            Problem::unavailable("the database did not answer; retry later")
         } else {
             tracing::error!(error = %e, "database error");
             Problem::internal("database error")

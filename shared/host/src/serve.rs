@@ -86,9 +86,11 @@ pub fn health_routes(cfg: &mut web::ServiceConfig) {
 }
 
 async fn readyz(db: web::Data<store::Db>) -> Result<HttpResponse, Problem> {
-    db.ping()
-        .await
-        .map_err(|e| Problem::unavailable(format!("database: {e}")))?;
+    db.ping().await.map_err(|e| {
+        // Unauthenticated: the answer says what is wrong, the log says where.
+        tracing::warn!(error = %e, "not ready: the database does not answer");
+        Problem::unavailable("not ready: the database does not answer")
+    })?;
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 

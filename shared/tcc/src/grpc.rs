@@ -142,10 +142,11 @@ impl<H: Handler> ParticipantService<H> {
         };
         let verdict = self.call_with_local_retries(&branch, op, &payload).await.map_err(|e| {
             tracing::warn!(%gid, branch = %branch.branch_id, %op, error = %e, "branch call failed");
+            // The caller's timeline shows the kind; the text (hosts, SQL) stays in this log.
             if e.is_transient() {
-                Status::unavailable(e.to_string())
+                Status::unavailable("the participant's database did not answer")
             } else {
-                Status::internal(e.to_string())
+                Status::internal("the participant failed on its database (see its log)")
             }
         })?;
         tracing::debug!(%gid, branch = %branch.branch_id, %op, verdict = verdict.as_str(), "branch call");
