@@ -943,6 +943,14 @@ async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_messa
                 .collect(),
             "failpoints are refused in production mode",
         ),
+        (
+            production
+                .iter()
+                .cloned()
+                .chain([("COORDINATOR_DB__SYNCHRONOUS", "off".into())])
+                .collect(),
+            "synchronous = off is refused in production mode",
+        ),
     ];
     for (i, (env, expected)) in cases.into_iter().enumerate() {
         let db = TestDb::sqlite();

@@ -80,6 +80,13 @@ impl CommonConfig {
             .synchronous
             .parse()
             .map_err(|e: store::StoreError| ConfigError(e.to_string()))?;
+        if self.production && cfg.synchronous == store::Synchronous::Off {
+            // A commit that a power cut can undo breaks every promise of the log and the barrier.
+            return Err(ConfigError(
+                "db.synchronous = off is refused in production mode (it loses commits on a power cut)"
+                    .into(),
+            ));
+        }
         Ok(cfg)
     }
 }
@@ -184,6 +191,24 @@ mod tests {
             common: CommonConfig::local("x", 1, 2),
             merchant: "merchant".into(),
         }
+    }
+
+    #[test]
+    fn production_mode_refuses_sqlite_without_synchronous_commits() {
+        let mut common = CommonConfig::local("x", 1, 2);
+        common.db.synchronous = "off".into();
+        assert!(
+            common.db_config().is_ok(),
+            "dev mode may trade durability for speed"
+        );
+        common.production = true;
+        let refused = common.db_config().unwrap_err().to_string();
+        assert!(
+            refused.contains("synchronous = off is refused in production"),
+            "{refused}"
+        );
+        common.db.synchronous = "normal".into();
+        assert!(common.db_config().is_ok());
     }
 
     // figment's Jail closures return figment's own (large) error type.

@@ -70,6 +70,25 @@ impl HttpMetrics {
     }
 }
 
+/// The method as a label: one of the standard ones, or `other`. A client can send any token as
+/// a method; one label value each would grow the metrics without bound.
+fn method_label(m: &actix_web::http::Method) -> &'static str {
+    use actix_web::http::Method;
+    const KNOWN: [(Method, &str); 7] = [
+        (Method::GET, "GET"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::DELETE, "DELETE"),
+        (Method::PATCH, "PATCH"),
+        (Method::HEAD, "HEAD"),
+        (Method::OPTIONS, "OPTIONS"),
+    ];
+    KNOWN
+        .iter()
+        .find(|(k, _)| k == m)
+        .map_or("other", |(_, name)| name)
+}
+
 /// Middleware (for `actix_web::middleware::from_fn`) recording [`HttpMetrics`], which must be in
 /// the app data as `web::Data<HttpMetrics>`.
 pub async fn track_requests(
@@ -78,7 +97,7 @@ pub async fn track_requests(
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
     let metrics = req.app_data::<web::Data<HttpMetrics>>().cloned();
     let route = req.match_pattern().unwrap_or_else(|| "unmatched".into());
-    let method = req.method().to_string();
+    let method = method_label(req.method()).to_owned();
     let started = Instant::now();
     let res = next.call(req).await;
     if let Some(m) = metrics {
@@ -98,4 +117,42 @@ pub async fn track_requests(
             .observe(started.elapsed().as_secs_f64());
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::middleware::from_fn;
+    use actix_web::{test, App, HttpResponse};
+
+    #[actix_web::test]
+    async fn made_up_methods_share_one_label_so_clients_cannot_grow_the_metrics() {
+        let metrics = Metrics::new();
+        let http = web::Data::new(HttpMetrics::new(&metrics));
+        let app = test::init_service(
+            App::new()
+                .wrap(from_fn(track_requests))
+                .app_data(http)
+                .default_service(web::to(HttpResponse::NotFound)),
+        )
+        .await;
+        for method in ["GET", "BREW", "WHEN", "X-1", "PURGE"] {
+            let req = test::TestRequest::default()
+                .method(actix_web::http::Method::from_bytes(method.as_bytes()).unwrap())
+                .uri("/anything")
+                .to_request();
+            test::call_service(&app, req).await;
+        }
+        let text = metrics.render();
+        let methods: std::collections::BTreeSet<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("http_requests_total{"))
+            .filter_map(|l| l.split("method=\"").nth(1)?.split('"').next())
+            .collect();
+        assert_eq!(methods, ["GET", "other"].into(), "{text}");
+        assert!(
+            text.contains(r#"method="other""#) && text.contains("} 4"),
+            "{text}"
+        );
+    }
 }
