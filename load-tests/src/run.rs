@@ -42,7 +42,8 @@ pub struct RunArgs {
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub warmup: Duration,
     /// Buyers `load-0` … `load-N-1`, funded before the run (one hot account row would serialise
-    /// every order).
+    /// every order). Each is held to order-svc's per-user limit (10 orders/s by default): for
+    /// higher rates, more buyers.
     #[arg(long, default_value_t = 64)]
     pub users: u64,
     /// The account order-svc pays every order to (created if missing).
@@ -59,8 +60,9 @@ pub struct RunArgs {
     /// concurrent twins. Both answers must name the same order.
     #[arg(long, default_value_t = 0.0)]
     pub duplicate_share: f64,
-    /// Times an order is resent with the same key after a transport error or a 5xx (as a real
-    /// client would; its latency then includes the retries).
+    /// Times an order is resent with the same key after a transport error, a 5xx, a 409, or a
+    /// 429 (after its `Retry-After`), as a real client would; its latency then includes the
+    /// retries. Without retries a 429 is counted as its own outcome, `http:429:rate_limited`.
     #[arg(long, default_value_t = 0)]
     pub retries: u32,
     /// The run's tag: prefixes every Idempotency-Key and travels as `X-Run-Tag`, recorded on
@@ -98,7 +100,7 @@ impl Kind {
     }
 }
 
-const BROKE_BUYERS: u64 = 4;
+const BROKE_BUYERS: u64 = 16;
 const SOLD_OUT_SKU: &str = "load-sold-out";
 
 /// A deterministic spread of kinds over order numbers (a hash, so shares hold in any window).
@@ -186,6 +188,8 @@ struct Reply {
     outcome: String,
     order_id: Option<String>,
     replayed: bool,
+    /// A 429's `Retry-After`.
+    retry_after: Option<Duration>,
 }
 
 struct Shared {
@@ -231,11 +235,17 @@ impl Shared {
                     outcome: format!("error:{what}"),
                     order_id: None,
                     replayed: false,
+                    retry_after: None,
                 };
             }
         };
         let status = res.status();
         let replayed = res.headers().contains_key("idempotent-replayed");
+        let retry_after = res
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .map(Duration::from_secs);
         let body = res.bytes().await.unwrap_or_default();
         match serde_json::from_slice::<OrderView>(&body) {
             Ok(o) if status.is_success() => Reply {
@@ -245,6 +255,7 @@ impl Shared {
                 },
                 order_id: Some(o.order_id),
                 replayed,
+                retry_after: None,
             },
             _ => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
@@ -261,26 +272,33 @@ impl Shared {
                     outcome: format!("http:{}:{code}", status.as_u16()),
                     order_id: None,
                     replayed,
+                    retry_after,
                 }
             }
         }
     }
 
-    /// [`Shared::send`], resent with the same key after a transport error or a 5xx.
+    /// [`Shared::send`], resent with the same key after a transport error, a 5xx, or a 429
+    /// (after its `Retry-After`, at most 10 s).
     async fn send_retrying(&self, user: &str, key: &str, sku: &str) -> Reply {
         let mut attempt = 0;
         loop {
             let reply = self.send(user, key, sku).await;
-            // Transport errors and 5xx, and 409 (the same key still in progress elsewhere).
+            // Transport errors and 5xx, 409 (the same key still in progress elsewhere), and
+            // 429 (this user's rate limit).
             let retryable = reply.outcome.starts_with("error:")
                 || reply.outcome.starts_with("http:5")
-                || reply.outcome.starts_with("http:409");
+                || reply.outcome.starts_with("http:409")
+                || reply.outcome.starts_with("http:429");
             if !retryable || attempt >= self.retries {
                 return reply;
             }
             attempt += 1;
             self.retried.fetch_add(1, Ordering::Relaxed);
-            let backoff = Duration::from_millis(100 << attempt.min(5));
+            let backoff = match reply.retry_after {
+                Some(wait) => wait.min(Duration::from_secs(10)),
+                None => Duration::from_millis(100 << attempt.min(5)),
+            };
             tokio::time::sleep(backoff).await;
         }
     }

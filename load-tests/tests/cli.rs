@@ -192,6 +192,67 @@ async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(
     assert!(stdout.contains("INVARIANTS VIOLATED"), "{stdout}");
 }
 
+/// One buyer faster than order-svc's per-user limit: without retries its 429s are their own
+/// outcome; with retries the run waits each `Retry-After` out and every order is placed.
+async fn a_run_past_the_rate_limit_counts_429s_or_waits_them_out(db: TestDb) {
+    let mut options = PlatformOptions::new(ADMIN, JWT);
+    options.env = vec![
+        ("ORDER_API__RATE_LIMIT__PER_SECOND".into(), "2".into()),
+        ("ORDER_API__RATE_LIMIT__BURST".into(), "2".into()),
+    ];
+    let p = Platform::start(&bin_dir().join("platform"), db, &options)
+        .await
+        .unwrap();
+    let reqwest = reqwest::Client::new();
+    let priced = reqwest
+        .put(format!("{}/admin/catalog/coffee", p.urls["order"]))
+        .bearer_auth(ADMIN)
+        .json(&json!({"name": "coffee", "price": 450}))
+        .send()
+        .await
+        .unwrap();
+    assert!(priced.status().is_success());
+    let run = |retries: &'static str, tag: &'static str| {
+        let out = p.dir.path().join(format!("{tag}.json"));
+        let mut args: Vec<String> = [
+            "run",
+            "--count",
+            "12",
+            "--concurrency",
+            "4",
+            "--warmup",
+            "0s",
+            "--users",
+            "1",
+            "--retries",
+            retries,
+            "--tag",
+            tag,
+            "--quiet",
+            "--out",
+        ]
+        .map(String::from)
+        .to_vec();
+        args.push(out.display().to_string());
+        args.extend(target_args(&p));
+        async move {
+            let o = load_tests(&args.iter().map(String::as_str).collect::<Vec<_>>()).await;
+            let report: Value =
+                serde_json::from_str(&std::fs::read_to_string(&out).unwrap_or_default())
+                    .unwrap_or_else(|_| panic!("{}", text(&o)));
+            report
+        }
+    };
+    let impatient = run("0", "impatient").await;
+    let limited = impatient["outcomes"]["http:429:rate_limited"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(limited > 0, "{impatient}");
+    let patient = run("20", "patient").await;
+    assert_eq!(patient["outcomes"], json!({"confirmed": 12}), "{patient}");
+    assert!(patient["retried"].as_u64().unwrap() > 0, "{patient}");
+}
+
 async fn chaos_kills_every_service_under_load_and_the_audit_still_holds(db: TestDb) {
     let backend = if db.url().starts_with("sqlite") {
         "sqlite"
@@ -247,6 +308,7 @@ async fn chaos_kills_every_service_under_load_and_the_audit_still_holds(db: Test
 both_backends!(
     run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit,
     chaos_kills_every_service_under_load_and_the_audit_still_holds,
+    a_run_past_the_rate_limit_counts_429s_or_waits_them_out,
 );
 
 /// Ports for a one-command platform beside everything else: HTTP below the test ports

@@ -51,6 +51,9 @@ pub struct ApiConfig {
     pub max_quantity: i64,
     /// A node id lease not renewed for this long is free (see `store::node`).
     pub node_lease_ms: u64,
+    /// Orders per user and second (`rate_limit.per_second = 0` turns it off).
+    #[serde(default)]
+    pub rate_limit: crate::limit::RateLimitConfig,
 }
 
 impl Default for ApiConfig {
@@ -66,6 +69,7 @@ impl Default for ApiConfig {
             transaction_timeout_ms: 10_000,
             max_quantity: 1_000,
             node_lease_ms: 3_000,
+            rate_limit: crate::limit::RateLimitConfig::default(),
         }
     }
 }
@@ -81,6 +85,7 @@ pub struct Api {
     ids: std::sync::Arc<OnceCell<OrderIds>>,
     pub(crate) coordinator: CoordinatorClient,
     pub(crate) prices: moka::future::Cache<String, Option<(String, i64)>>,
+    limiter: std::sync::Arc<crate::limit::OrderLimiter>,
 }
 
 impl std::fmt::Debug for Api {
@@ -106,6 +111,7 @@ impl Api {
             .tcp_nodelay(true)
             .connect_lazy();
         Ok(Api {
+            limiter: std::sync::Arc::new(crate::limit::OrderLimiter::new(config.rate_limit)?),
             ids: std::sync::Arc::default(),
             coordinator: pb::coordinator_client::CoordinatorClient::with_interceptor(
                 channel,
@@ -273,6 +279,7 @@ async fn place_order(
     crash: web::Data<host::Failpoints<Crash>>,
     body: web::Json<NewOrderBody>,
 ) -> Result<HttpResponse, Problem> {
+    api.limiter.check(caller.user_id.as_str())?;
     let key = idempotency_key(&req)?;
     let body = body.into_inner();
     tcc::check::id("sku", &body.sku).map_err(|r| Problem::bad_request(r.message))?;

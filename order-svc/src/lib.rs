@@ -18,6 +18,7 @@ mod catalog;
 mod checkout;
 pub mod domain;
 mod idempotency;
+pub mod limit;
 
 use host::app::Running;
 use host::serve::Shutdown;

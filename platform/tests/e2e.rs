@@ -681,6 +681,9 @@ async fn one_key_sent_twenty_times_at_once_creates_one_order(db: TestDb) {
         })
         .collect();
     assert_eq!(ids.len(), 1);
+    // Twenty at once is alice's whole burst (the per-user rate limit): the 21st waits for a
+    // token.
+    tokio::time::sleep(Duration::from_millis(250)).await;
     let (status, body) = p
         .order("alice", "same", json!({"sku": "coffee", "quantity": 2}))
         .await;
@@ -689,6 +692,67 @@ async fn one_key_sent_twenty_times_at_once_creates_one_order(db: TestDb) {
     let (_, o) = p.admin(Method::GET, "order", "/admin/audit", None).await;
     assert_eq!(o["confirmed"], 1);
     assert_eq!(p.balance("alice").await, 10_000 - 450);
+}
+
+/// One user sending faster than the per-user limit (10/s, bursts of 20) gets 429s with
+/// `Retry-After`, no 5xx; another user at the same moment is served; a refused request stored
+/// nothing, so after the wait the same key places its order.
+async fn thirty_orders_in_one_second_from_one_user_get_429s_with_retry_after_and_no_5xx(
+    db: TestDb,
+) {
+    let p = Platform::start(db).await;
+    // Money for every order that could get through, so each 201 is a confirmed order.
+    p.admin.payment.deposit("alice", 100_000).await.unwrap();
+    let coffee = json!({"sku": "coffee", "quantity": 1});
+    let (answers, carols) = tokio::join!(
+        join_all((0..30).map(|i| {
+            let http = p.http.clone();
+            let url = p.url("order", "/api/v1/orders");
+            let body = coffee.clone();
+            async move {
+                let res = http
+                    .post(url)
+                    .bearer_auth(Platform::token("alice"))
+                    .header("Idempotency-Key", format!("burst-{i}"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let retry_after = res
+                    .headers()
+                    .get("retry-after")
+                    .map(|v| v.to_str().unwrap().parse::<u64>().unwrap());
+                let ct = res.headers().get("content-type").cloned();
+                (i, res.status().as_u16(), retry_after, ct)
+            }
+        })),
+        p.order("carol", "carol-1", coffee.clone())
+    );
+    let placed = answers.iter().filter(|a| a.1 == 201).count();
+    let limited: Vec<_> = answers.iter().filter(|a| a.1 == 429).collect();
+    assert_eq!(placed + limited.len(), 30, "only 201 and 429: {answers:?}");
+    assert!(placed >= 20, "the burst is served: {answers:?}");
+    assert!(!limited.is_empty(), "past the burst, 429s: {answers:?}");
+    for (_, _, retry_after, ct) in &limited {
+        assert!(matches!(retry_after, Some(1..=2)), "{answers:?}");
+        assert_eq!(ct.as_ref().unwrap(), "application/problem+json");
+    }
+    assert_eq!(carols.0, 201, "another user is not slowed: {}", carols.1);
+    // After the wait, a refused key places its order (nothing was stored under it).
+    let (i, _, retry_after, _) = limited[0];
+    tokio::time::sleep(Duration::from_secs(retry_after.unwrap())).await;
+    let (status, body) = p.order("alice", format!("burst-{i}"), coffee).await;
+    assert_eq!(
+        (status.as_u16(), body["status"].as_str()),
+        (201, Some("confirmed")),
+        "{body}"
+    );
+    p.assert_invariants().await;
+    assert_eq!(
+        p.balance("alice").await,
+        110_000 - 450 * (placed as i64 + 1),
+        "charged for each order placed, and only those"
+    );
 }
 
 async fn bad_requests_get_4xx_problems_and_change_nothing(db: TestDb) {
@@ -1150,6 +1214,7 @@ both_backends!(
     payment_killed_with_orders_in_flight_and_restarted_ends_consistent,
     coordinator_killed_with_orders_in_flight_and_restarted_leaves_every_order_terminal,
     one_key_sent_twenty_times_at_once_creates_one_order,
+    thirty_orders_in_one_second_from_one_user_get_429s_with_retry_after_and_no_5xx,
     bad_requests_get_4xx_problems_and_change_nothing,
     a_retry_after_the_price_changed_answers_with_the_order_as_first_placed,
     order_svc_killed_between_the_coordinators_answer_and_storing_it_gives_the_retry_the_same_order,

@@ -24,6 +24,9 @@ pub struct ProblemBody {
     pub code: Option<String>,
     #[serde(skip)]
     pub www_authenticate: Option<String>,
+    /// Seconds for `Retry-After` (a 429).
+    #[serde(skip)]
+    pub retry_after: Option<u64>,
 }
 
 impl Problem {
@@ -35,6 +38,7 @@ impl Problem {
             detail: Some(detail.into()),
             code: Some(code.to_owned()),
             www_authenticate: None,
+            retry_after: None,
         }))
     }
 
@@ -58,6 +62,13 @@ impl Problem {
 
     pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::CONFLICT, code, detail)
+    }
+
+    /// 429 with `Retry-After: <secs>` (at least 1).
+    pub fn too_many_requests(detail: impl Into<String>, retry_after_secs: u64) -> Self {
+        let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail);
+        p.0.retry_after = Some(retry_after_secs.max(1));
+        p
     }
 
     pub fn unavailable(detail: impl Into<String>) -> Self {
@@ -90,6 +101,9 @@ impl ResponseError for Problem {
         res.content_type("application/problem+json");
         if let Some(challenge) = &self.0.www_authenticate {
             res.insert_header(("WWW-Authenticate", challenge.as_str()));
+        }
+        if let Some(secs) = self.0.retry_after {
+            res.insert_header(("Retry-After", secs.to_string()));
         }
         res.json(&*self.0)
     }

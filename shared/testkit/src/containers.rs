@@ -438,6 +438,10 @@ impl Cluster {
                 ("ORDER_API__INVENTORY_URL", grpc(Svc::Inventory)),
                 ("ORDER_API__WAIT_MS", "3000".into()),
                 ("ORDER_API__TRANSACTION_TIMEOUT_MS", "3000".into()),
+                // The scenarios' load is one buyer at about 30 orders/s: above the per-user
+                // limit, which is not what they test.
+                ("ORDER_API__RATE_LIMIT__PER_SECOND", "1000".into()),
+                ("ORDER_API__RATE_LIMIT__BURST", "1000".into()),
             ],
             Svc::Payment | Svc::Inventory => &[],
         };

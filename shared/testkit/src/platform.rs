@@ -18,6 +18,8 @@ pub struct PlatformOptions {
     pub otlp: Option<String>,
     /// `RUST_LOG` of the services.
     pub log: String,
+    /// More environment for every service (each reads its own prefix).
+    pub env: Vec<(String, String)>,
 }
 
 impl PlatformOptions {
@@ -27,6 +29,7 @@ impl PlatformOptions {
             jwt_secret: jwt_secret.into(),
             otlp: None,
             log: "warn".into(),
+            env: Vec::new(),
         }
     }
 }
@@ -65,7 +68,7 @@ impl Platform {
         let ports: Vec<(u16, u16)> = (0..4).map(|_| (free_port(), free_port())).collect();
         let spec = |i: usize, prefix: &str| {
             let (name, (http, grpc)) = (SERVICES[i], ports[i]);
-            let s = ServiceSpec::new(name, bin, dir.path())
+            let mut s = ServiceSpec::new(name, bin, dir.path())
                 .arg("serve")
                 .arg(name)
                 .env(format!("{prefix}HTTP_ADDR"), format!("127.0.0.1:{http}"))
@@ -76,6 +79,9 @@ impl Platform {
                 .env("RUST_LOG", &o.log)
                 .env("LOG_FORMAT", "json")
                 .ready_url(format!("http://127.0.0.1:{http}/readyz"));
+            for (k, v) in &o.env {
+                s = s.env(k, v);
+            }
             match &o.otlp {
                 Some(endpoint) => s.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
                 None => s,
