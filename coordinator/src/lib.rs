@@ -56,7 +56,7 @@ pub struct Config {
     #[serde(default)]
     pub participants: std::collections::BTreeMap<String, String>,
     /// Crash at this point the first time it is reached (crash tests; refused in production).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub failpoint: Option<engine::Crash>,
 }
 

@@ -951,6 +951,14 @@ async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_messa
                 .collect(),
             "synchronous = off is refused in production mode",
         ),
+        (
+            production
+                .iter()
+                .cloned()
+                .chain([("COORDINATOR_LEASE_MSEC", "5000".into())])
+                .collect(),
+            "unknown configuration key lease_msec (env COORDINATOR_LEASE_MSEC)",
+        ),
     ];
     for (i, (env, expected)) in cases.into_iter().enumerate() {
         let db = TestDb::sqlite();

@@ -3,7 +3,7 @@
 //! `__`, e.g. `PAYMENT_DB__MAX_CONNECTIONS=32`).
 
 use figment::providers::{Env, Format, Serialized, Toml};
-use figment::Figment;
+use figment::{Figment, Provider};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -132,17 +132,20 @@ pub fn load_config<T>(defaults: T, env_prefix: &str) -> Result<T, ConfigError>
 where
     T: Serialize + DeserializeOwned,
 {
+    let known = Figment::from(Serialized::defaults(&defaults));
     let mut figment = Figment::from(Serialized::defaults(defaults));
+    let mut given = vec![Figment::from(Env::prefixed(env_prefix).split("__"))];
     if let Ok(path) = std::env::var("CONFIG_FILE") {
         if !std::path::Path::new(&path).exists() {
             return Err(ConfigError(format!("CONFIG_FILE {path} does not exist")));
         }
-        figment = figment.merge(Toml::file(path));
+        figment = figment.merge(Toml::file(&path));
+        given.push(Figment::from(Toml::file(&path)));
     }
     let figment = figment
         .merge(Env::raw().only(&["PRODUCTION"]))
         .merge(Env::prefixed(env_prefix).split("__"));
-    figment.extract::<T>().map_err(|e| {
+    let config = figment.extract::<T>().map_err(|e| {
         // `#[serde(flatten)]` loses the key of an error in the flattened part; extracting that
         // part alone finds it again.
         let e = match figment.extract::<CommonConfig>() {
@@ -150,7 +153,56 @@ where
             _ => e,
         };
         describe(e, env_prefix)
-    })
+    })?;
+    // serde ignores keys it does not know (and `flatten` cannot deny them): a misspelt key
+    // would silently leave its default in force. Refused in production, a warning in dev (where
+    // a shell may hold unrelated variables with the same prefix).
+    let production = figment.extract_inner::<bool>("production").unwrap_or(false);
+    let known = known.data().map_err(|e| describe(e, env_prefix))?;
+    let known = known
+        .get(&figment::Profile::Default)
+        .cloned()
+        .unwrap_or_default();
+    for source in given {
+        let data = source.data().map_err(|e| describe(e, env_prefix))?;
+        for dict in data.values() {
+            for key in unknown_keys(&known, dict, "") {
+                let env = format!("{env_prefix}{}", key.replace('.', "__").to_uppercase());
+                let message = format!("unknown configuration key {key} (env {env})");
+                if production {
+                    return Err(ConfigError(message));
+                }
+                tracing::warn!("{message}: ignored");
+            }
+        }
+    }
+    Ok(config)
+}
+
+/// The keys of `given` (dotted paths) that `known` does not have. An empty table in `known`
+/// is a map (`participants`): any key below it is known.
+fn unknown_keys(
+    known: &figment::value::Dict,
+    given: &figment::value::Dict,
+    at: &str,
+) -> Vec<String> {
+    use figment::value::Value;
+    let mut unknown = Vec::new();
+    for (key, value) in given {
+        let path = if at.is_empty() {
+            key.clone()
+        } else {
+            format!("{at}.{key}")
+        };
+        match (known.get(key), value) {
+            (None, _) => unknown.push(path),
+            (Some(Value::Dict(_, k)), Value::Dict(_, g)) if !k.is_empty() => {
+                unknown.extend(unknown_keys(k, g, &path));
+            }
+            _ => {}
+        }
+    }
+    unknown
 }
 
 fn describe(errors: figment::Error, env_prefix: &str) -> ConfigError {
@@ -221,6 +273,72 @@ mod tests {
             assert!(load_config(svc(), "HOSTTEST_").unwrap().common.production);
             jail.set_env("HOSTTEST_PRODUCTION", "false");
             assert!(!load_config(svc(), "HOSTTEST_").unwrap().common.production);
+            Ok(())
+        });
+    }
+
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn a_misspelt_key_is_refused_in_production_naming_it_and_only_warned_in_dev() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("HOSTTEST_HTTP_ADR", "0.0.0.0:1");
+            jail.set_env("HOSTTEST_DB__MAX_CONECTIONS", "3");
+            assert!(load_config(svc(), "HOSTTEST_").is_ok(), "dev: a warning");
+            jail.set_env("PRODUCTION", "true");
+            let refused = load_config(svc(), "HOSTTEST_").unwrap_err().to_string();
+            assert!(
+                refused.contains("unknown configuration key")
+                    && (refused.contains("HOSTTEST_HTTP_ADR")
+                        || refused.contains("HOSTTEST_DB__MAX_CONECTIONS")),
+                "{refused}"
+            );
+            Ok(())
+        });
+    }
+
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn known_keys_nested_keys_and_a_map_s_own_keys_pass_in_production() {
+        #[derive(Debug, Serialize, Deserialize)]
+        struct WithMap {
+            #[serde(flatten)]
+            common: CommonConfig,
+            participants: std::collections::BTreeMap<String, String>,
+            secret: Option<String>,
+        }
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PRODUCTION", "true");
+            jail.set_env("HOSTTEST_DB__MAX_CONNECTIONS", "3");
+            jail.set_env("HOSTTEST_PARTICIPANTS__PAYMENT", "http://p:1");
+            jail.set_env("HOSTTEST_SECRET", "s");
+            jail.create_file(
+                "c.toml",
+                "shutdown_grace_secs = 3\n[db]\nsynchronous = \"normal\"\n",
+            )?;
+            jail.set_env("CONFIG_FILE", "c.toml");
+            let cfg = load_config(
+                WithMap {
+                    common: CommonConfig::local("x", 1, 2),
+                    participants: Default::default(),
+                    secret: None,
+                },
+                "HOSTTEST_",
+            )
+            .unwrap();
+            assert_eq!(cfg.participants["payment"], "http://p:1");
+            assert_eq!(cfg.secret.as_deref(), Some("s"));
+            jail.create_file("c.toml", "shutdown_grace_sec = 3\n")?;
+            let refused = load_config(
+                WithMap {
+                    common: CommonConfig::local("x", 1, 2),
+                    participants: Default::default(),
+                    secret: None,
+                },
+                "HOSTTEST_",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(refused.contains("shutdown_grace_sec "), "{refused}");
             Ok(())
         });
     }
