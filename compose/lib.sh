@@ -53,15 +53,16 @@ build_images() {
   compose build
 }
 
-# Waits until every container of the project is healthy (up to $1 seconds).
+# Waits until every container of the project is healthy, or done for a one-shot job (the
+# certificates: exited with 0), up to $1 seconds.
 wait_healthy() {
   local deadline=$((SECONDS + ${1:-180})) ids unhealthy
   while :; do
     ids=$(compose ps -q)
     unhealthy=""
     for id in $ids; do
-      status=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$id")
-      if [ "$status" != healthy ]; then
+      status=$(docker inspect -f '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}:{{.State.ExitCode}}{{end}}' "$id")
+      if [ "$status" != healthy ] && [ "$status" != exited:0 ]; then
         unhealthy="$unhealthy $(docker inspect -f '{{.Name}}' "$id" | tr -d /)=$status"
       fi
     done

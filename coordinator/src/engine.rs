@@ -77,6 +77,9 @@ pub struct EngineConfig {
     pub node_lease: Duration,
     /// The participants transactions may name.
     pub participants: participants::Known,
+    /// The coordinator's certificates, to call participants over mutual TLS (`None`: plaintext,
+    /// dev only).
+    pub participants_tls: Option<trust::Trust>,
 }
 
 impl Default for EngineConfig {
@@ -96,6 +99,7 @@ impl Default for EngineConfig {
             max_clock_behind: Duration::from_secs(10),
             node_lease: Duration::from_secs(3),
             participants: participants::Known::default(),
+            participants_tls: None,
         }
     }
 }
@@ -187,13 +191,17 @@ impl Engine {
             stop,
         )
         .await?;
+        let clients = Arc::new(participants::Clients::new(
+            config.participants_tls.clone(),
+            config.participants.clone(),
+        ));
         Ok(Arc::new(Engine {
             db,
             ids,
             node,
             owner,
             config,
-            clients: Arc::default(),
+            clients,
             waiters: Mutex::new(HashMap::new()),
             driving: Arc::default(),
             keys: moka::future::Cache::builder()
@@ -230,6 +238,17 @@ impl Engine {
             if let Some((gid, hash)) = self.keys.get(key).await {
                 return self.replay(gid, &hash, &new, &req, wait).await;
             }
+        }
+        if let Err(refused) = request::check_participants(&self.config, &req) {
+            // The key's transaction, recorded when its participants were on the list (a
+            // participant moved or left since): its answer, not a refusal.
+            if let Some(key) = &new.idempotency_key {
+                if let Some((gid, hash)) = log::find_by_key(&self.db, key).await? {
+                    self.keys.insert(key.clone(), (gid, hash.clone())).await;
+                    return self.replay(gid, &hash, &new, &req, wait).await;
+                }
+            }
+            return Err(refused);
         }
         let mut rx = self.subscribe(new.gid);
         let lease_until = match log::insert(&self.db, &new, &self.owner, self.lease_ms()).await {

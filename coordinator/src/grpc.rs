@@ -18,6 +18,18 @@ pub struct CoordinatorService {
     admin: host::AdminToken,
 }
 
+/// Over mutual TLS, the role the caller's certificate proved must be `role`: Execute is
+/// order-svc's call, reads and retries an operator's (who also shows the admin token). Without
+/// TLS (dev) there is no role to check.
+fn require_role<T>(request: &Request<T>, role: &str) -> Result<(), GrpcStatus> {
+    match request.extensions().get::<trust::CallerRole>() {
+        Some(trust::CallerRole(proved)) if *proved != role => Err(GrpcStatus::permission_denied(
+            format!("this call is for the {role} role, not {proved}"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 impl CoordinatorService {
     pub fn new(engine: Arc<Engine>, admin: host::AdminToken) -> Self {
         CoordinatorService { engine, admin }
@@ -75,6 +87,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ExecuteRequest>,
     ) -> Result<Response<pb::ExecuteResponse>, GrpcStatus> {
+        require_role(&request, "order")?;
         let r = request.into_inner();
         let ms = |v: u64| (v > 0).then(|| Duration::from_millis(v));
         let req = ExecuteRequest {
@@ -117,6 +130,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::GetRequest>,
     ) -> Result<Response<pb::GlobalTransaction>, GrpcStatus> {
+        require_role(&request, "operator")?;
         self.admin.check_grpc(request.metadata())?;
         let gid = gid_of(request.into_inner().gid)?;
         Ok(Response::new(
@@ -128,6 +142,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::ListRequest>,
     ) -> Result<Response<pb::ListResponse>, GrpcStatus> {
+        require_role(&request, "operator")?;
         self.admin.check_grpc(request.metadata())?;
         let r = request.into_inner();
         let status = status_from_pb(r.status)?;
@@ -157,6 +172,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         &self,
         request: Request<pb::RetryRequest>,
     ) -> Result<Response<pb::RetryResponse>, GrpcStatus> {
+        require_role(&request, "operator")?;
         self.admin.check_grpc(request.metadata())?;
         let gid = gid_of(request.into_inner().gid)?;
         let status = self.engine.retry_now(gid).await?;

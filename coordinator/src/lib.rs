@@ -117,7 +117,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     if config.node_id > ids::MAX_NODE {
         return Err(ConfigError(format!("node_id must be 0..={}", ids::MAX_NODE)).into());
     }
-    let engine_config = config.engine()?;
+    let mut engine_config = config.engine()?;
+    let tls = config.common.trust("coordinator")?;
+    engine_config.participants_tls = tls.clone();
     let db = Db::connect(&config.common.db_config()?).await?;
     db.migrate(&MIGRATOR).await?;
     let admin = actix_web::web::Data::new(AdminToken::resolve(&config.common, "coordinator")?);
@@ -158,6 +160,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
             }),
             shutdown_grace: Duration::from_secs(config.common.shutdown_grace_secs),
             json_limit: 64 * 1024,
+            tls,
+            // Transactions come from order-svc; reads and retries from operators.
+            grpc_callers: &["order", "operator"],
         },
         shutdown,
     )

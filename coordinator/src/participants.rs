@@ -36,6 +36,13 @@ impl Known {
         Ok(Known { by_addr })
     }
 
+    /// The role the participant at `addr` must prove over TLS: its configured name, when that
+    /// is a role (`payment`); `None` (check the URL's host) otherwise.
+    pub fn role_of(&self, addr: &str) -> Option<&'static str> {
+        let name = self.by_addr.get(addr.trim_end_matches('/'))?;
+        trust::ROLES.iter().copied().find(|r| r == name)
+    }
+
     /// Whether any address is accepted (nothing configured).
     pub fn is_open(&self) -> bool {
         self.by_addr.is_empty()
@@ -58,18 +65,30 @@ impl Known {
 /// The most channels kept: bounded even when any address is accepted (dev).
 const MAX_CHANNELS: usize = 1_024;
 
-/// One reused channel per participant address.
+/// One reused channel per participant address, over mutual TLS when the coordinator has
+/// certificates.
 #[derive(Debug, Default)]
 pub struct Clients {
     map: RwLock<HashMap<String, Client>>,
+    tls: Option<trust::Trust>,
+    /// Which role each known address must prove (its name in the allow-list).
+    known: Known,
 }
 
 impl Clients {
+    pub fn new(tls: Option<trust::Trust>, known: Known) -> Clients {
+        Clients {
+            map: RwLock::default(),
+            tls,
+            known,
+        }
+    }
+
     fn get(&self, addr: &str) -> Result<Client, BadParticipant> {
         if let Some(c) = self.map.read().unwrap_or_else(|e| e.into_inner()).get(addr) {
             return Ok(c.clone());
         }
-        let channel = endpoint(addr)?.connect_lazy();
+        let channel = connect(addr, self.tls.as_ref(), self.known.role_of(addr))?.connect_lazy();
         let client = ParticipantClient::with_interceptor(channel, TracePropagation);
         let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
         if map.len() >= MAX_CHANNELS {
@@ -185,7 +204,31 @@ pub struct BadParticipant {
     pub why: String,
 }
 
-/// A participant endpoint with connect timeout and HTTP/2 keepalive.
+/// A participant endpoint with connect timeout and HTTP/2 keepalive, over mutual TLS with
+/// `tls`.
+fn connect(
+    addr: &str,
+    tls: Option<&trust::Trust>,
+    role: Option<&str>,
+) -> Result<Endpoint, BadParticipant> {
+    endpoint(addr)?;
+    let e = trust::endpoint(addr, tls, role).map_err(|e| BadParticipant {
+        addr: addr.to_owned(),
+        why: format!("cannot be dialled over TLS: {e}"),
+    })?;
+    Ok(settings(e))
+}
+
+fn settings(endpoint: Endpoint) -> Endpoint {
+    endpoint
+        .connect_timeout(Duration::from_secs(2))
+        .tcp_nodelay(true)
+        .http2_keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
+}
+
+/// Checks that `addr` is a participant URL that can be dialled; the endpoint, plaintext.
 pub fn endpoint(addr: &str) -> Result<Endpoint, BadParticipant> {
     let bad = |why: String| BadParticipant {
         addr: addr.to_owned(),
@@ -199,10 +242,5 @@ pub fn endpoint(addr: &str) -> Result<Endpoint, BadParticipant> {
     if endpoint.uri().host().is_none_or(str::is_empty) {
         return Err(bad("has no host".into()));
     }
-    Ok(endpoint
-        .connect_timeout(Duration::from_secs(2))
-        .tcp_nodelay(true)
-        .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .keep_alive_while_idle(true))
+    Ok(settings(endpoint))
 }

@@ -31,6 +31,18 @@ pub struct ExecuteRequest {
     pub concurrent: bool,
 }
 
+/// Every branch names a participant this coordinator is configured to call (see
+/// [`crate::participants::Known`]). Checked for new transactions only: a replay answers with
+/// what was recorded, whatever the list says now.
+pub fn check_participants(config: &EngineConfig, req: &ExecuteRequest) -> Result<(), EngineError> {
+    for b in &req.branches {
+        config.participants.check(&b.participant).map_err(|why| {
+            EngineError::Invalid(format!("branch {:?}: participant {why}", b.branch_id))
+        })?;
+    }
+    Ok(())
+}
+
 /// Checks a request and turns it into the transaction to record (a new gid from `ids`).
 pub fn validate(
     config: &EngineConfig,
@@ -83,9 +95,6 @@ pub fn validate(
         }
         participants::endpoint(&b.participant)
             .map_err(|e| EngineError::Invalid(format!("branch {:?}: {e}", b.branch_id)))?;
-        config.participants.check(&b.participant).map_err(|why| {
-            EngineError::Invalid(format!("branch {:?}: participant {why}", b.branch_id))
-        })?;
         if b.payload.len() > config.max_payload_bytes {
             return invalid(format!(
                 "branch {:?}: payload of {} bytes is over the limit of {}",

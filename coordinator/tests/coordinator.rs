@@ -336,9 +336,14 @@ async fn reads_and_retries_without_the_admin_token_are_refused_over_http_and_grp
             assert!(!body.contains(&r.gid.to_string()), "{path}: {body}");
         }
     }
-    let channel = tonic::transport::Endpoint::from_shared(c.grpc_url.clone())
-        .unwrap()
-        .connect_lazy();
+    // An operator's certificate without the operator's token.
+    let channel = trust::endpoint(
+        &c.grpc_url,
+        Some(&testkit::trust("operator")),
+        Some("coordinator"),
+    )
+    .unwrap()
+    .connect_lazy();
     let mut anonymous = proto::v1::coordinator_client::CoordinatorClient::new(channel);
     let denied = [
         anonymous.get(pb::GetRequest { gid: r.gid }).await.map(drop),
@@ -359,8 +364,32 @@ async fn reads_and_retries_without_the_admin_token_are_refused_over_http_and_grp
         let status = d.expect_err("refused without the token");
         assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status}");
     }
-    // With it, the same reads answer.
+    // With it, the same reads answer; not with order-svc's certificate, though, even with the
+    // token; and an operator cannot start a transaction.
     assert_eq!(c.get(r.gid).await.gid, r.gid);
+    let order_with_token = proto::v1::coordinator_client::CoordinatorClient::with_interceptor(
+        trust::endpoint(
+            &c.grpc_url,
+            Some(&testkit::trust("order")),
+            Some("coordinator"),
+        )
+        .unwrap()
+        .connect_lazy(),
+        Operator,
+    );
+    let refused = order_with_token
+        .clone()
+        .get(pb::GetRequest { gid: r.gid })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    let refused = c
+        .operator
+        .clone()
+        .execute(tcc("k3", &[&a]))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
     let res = http
         .get(format!("{}/api/v1/transactions/{}", c.http_url, r.gid))
         .bearer_auth(ADMIN)
@@ -369,9 +398,13 @@ async fn reads_and_retries_without_the_admin_token_are_refused_over_http_and_grp
         .unwrap();
     assert_eq!(res.status(), 200);
     // Execute is the order service's call, not an operator's: no token.
-    let channel = tonic::transport::Endpoint::from_shared(c.grpc_url.clone())
-        .unwrap()
-        .connect_lazy();
+    let channel = trust::endpoint(
+        &c.grpc_url,
+        Some(&testkit::trust("order")),
+        Some("coordinator"),
+    )
+    .unwrap()
+    .connect_lazy();
     let mut plain = proto::v1::coordinator_client::CoordinatorClient::new(channel);
     assert!(plain.execute(tcc("k2", &[&a])).await.is_ok());
 }
@@ -856,6 +889,27 @@ async fn a_transaction_naming_a_participant_the_coordinator_does_not_know_is_ref
     let t = c.wait_terminal(r.gid, Duration::from_secs(10)).await;
     assert_eq!(t.status(), pb::Status::Succeeded);
     assert_eq!(b.calls_of(r.gid, Op::Confirm).len(), 1);
+
+    // b leaves the list (a restart with a new configuration): a retry of a transaction
+    // recorded with b still gets its answer; a new one naming b is refused.
+    let placed = c.execute(tcc("placed-with-b", &[&a, &b])).await.unwrap();
+    c.wait_terminal(placed.gid, Duration::from_secs(10)).await;
+    let Coord { mut service, .. } = c;
+    service.kill();
+    let c = coordinator(
+        &db,
+        dir.path(),
+        "coordinator-without-b",
+        &[("COORDINATOR_PARTICIPANTS__A", url_a.as_str())],
+    )
+    .await;
+    let again = c
+        .execute(tcc("placed-with-b", &[&a, &b]))
+        .await
+        .expect("a replay, not a refusal");
+    assert_eq!((again.gid, again.replayed), (placed.gid, true));
+    let err = c.execute(tcc("new-with-b", &[&a, &b])).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
 }
 
 both_backends!(
@@ -887,6 +941,9 @@ async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_messa
     let bad_toml = dir.path().join("bad.toml");
     std::fs::write(&bad_toml, "lease_ms = [not toml").unwrap();
     let missing = dir.path().join("missing.toml");
+    // Production wants provided certificates: these stand in for them.
+    let pki = trust::dev::issue(testkit::pki_dir(), "coordinator").unwrap();
+    let no_certs = dir.path().join("no-certs");
     let production = [
         ("PRODUCTION", "true".to_owned()),
         (
@@ -897,6 +954,9 @@ async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_messa
             "COORDINATOR_ADMIN_TOKEN",
             "t".repeat(host::serve::MIN_PRODUCTION_TOKEN),
         ),
+        ("COORDINATOR_TLS__CA_FILE", pki.ca.display().to_string()),
+        ("COORDINATOR_TLS__CERT_FILE", pki.cert.display().to_string()),
+        ("COORDINATOR_TLS__KEY_FILE", pki.key.display().to_string()),
     ];
     let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
         (
@@ -958,6 +1018,40 @@ async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_messa
                 .chain([("COORDINATOR_LEASE_MSEC", "5000".into())])
                 .collect(),
             "unknown configuration key lease_msec (env COORDINATOR_LEASE_MSEC)",
+        ),
+        (
+            production
+                .iter()
+                .filter(|(k, _)| !k.starts_with("COORDINATOR_TLS__"))
+                .cloned()
+                .chain([("COORDINATOR_TLS__DIR", no_certs.display().to_string())])
+                .collect(),
+            "tls: production mode needs provided certificates",
+        ),
+        (
+            // The issuing folder: it holds the CA's key.
+            production
+                .iter()
+                .filter(|(k, _)| !k.starts_with("COORDINATOR_TLS__"))
+                .cloned()
+                .collect(),
+            "tls: the CA's private key is in",
+        ),
+        (
+            production
+                .iter()
+                .cloned()
+                .chain([("COORDINATOR_TLS__MODE", "off".into())])
+                .collect(),
+            "tls: mode = off is refused in production mode",
+        ),
+        (
+            production
+                .iter()
+                .filter(|(k, _)| *k != "COORDINATOR_TLS__KEY_FILE")
+                .cloned()
+                .collect(),
+            "key_file is missing",
         ),
     ];
     for (i, (env, expected)) in cases.into_iter().enumerate() {

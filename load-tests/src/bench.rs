@@ -208,6 +208,8 @@ pub async fn coordinator(args: CoordinatorArgs) {
         .env("COORDINATOR_DATABASE_URL", db.url())
         .env("COORDINATOR_DATA_DIR", dir.path().join("data"))
         .env("COORDINATOR_ADMIN_TOKEN", ADMIN_TOKEN)
+        // One CA with the scripted participants and this client: mutual TLS as in production.
+        .env("COORDINATOR_TLS__DIR", testkit::pki_dir())
         .env("COORDINATOR_DB__SYNCHRONOUS", &args.synchronous)
         .env("COORDINATOR_DB__MAX_CONNECTIONS", "32")
         .env("RUST_LOG", "warn")
@@ -216,9 +218,13 @@ pub async fn coordinator(args: CoordinatorArgs) {
     let _service = testkit::Service::start(spec)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
-        .unwrap()
-        .connect_lazy();
+    let channel = trust::endpoint(
+        &format!("http://127.0.0.1:{grpc}"),
+        Some(&testkit::trust("order")),
+        Some("coordinator"),
+    )
+    .unwrap()
+    .connect_lazy();
     let client = pb::coordinator_client::CoordinatorClient::new(channel);
     let request = |i: u64| pb::ExecuteRequest {
         mode: pb::Mode::Tcc as i32,

@@ -159,10 +159,17 @@ async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(
         text(&compare)
     );
 
-    // Money frozen by a Try no coordinator ever started: the audit must say so and exit 1.
-    let mut payment = ParticipantClient::connect(p.grpc_urls["payment"].clone())
-        .await
-        .unwrap();
+    // Money frozen by a Try no coordinator ever started (sent with the coordinator's own
+    // certificate, as an insider who stole it could): the audit must say so and exit 1.
+    let stolen = trust::dev::issue(&p.dir.path().join("tls"), "coordinator").unwrap();
+    let stolen = trust::Trust::from_files(&stolen.ca, &stolen.cert, &stolen.key).unwrap();
+    let mut payment = ParticipantClient::new(
+        trust::endpoint(&p.grpc_urls["payment"], Some(&stolen), Some("payment"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
     let answer = payment
         .branch(BranchRequest {
             gid: 42,

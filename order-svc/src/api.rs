@@ -97,14 +97,16 @@ impl std::fmt::Debug for Api {
 }
 
 impl Api {
-    pub fn new(config: ApiConfig) -> Result<Api, host::ConfigError> {
+    /// The API with its coordinator client, over mutual TLS with `tls` (order-svc's
+    /// certificates; `None`: plaintext, dev only).
+    pub fn new(config: ApiConfig, tls: Option<&trust::Trust>) -> Result<Api, host::ConfigError> {
         if config.node_id > ids::MAX_NODE {
             return Err(host::ConfigError(format!(
                 "api.node_id must be 0..={}",
                 ids::MAX_NODE
             )));
         }
-        let channel = tonic::transport::Endpoint::from_shared(config.coordinator_url.clone())
+        let channel = trust::endpoint(&config.coordinator_url, tls, Some("coordinator"))
             .map_err(|e| host::ConfigError(format!("coordinator_url: {e}")))?
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_millis(config.wait_ms + 5_000))

@@ -68,7 +68,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
         &config.jwt,
         &config.participant.common,
     )?);
-    let api = actix_web::web::Data::new(api::Api::new(config.api.clone())?);
+    // The same certificates serve its participant role and call the coordinator.
+    let tls = config.participant.common.trust("order")?;
+    let api = actix_web::web::Data::new(api::Api::new(config.api.clone(), tls.as_ref())?);
     let crash = actix_web::web::Data::new(host::Failpoints::<api::Crash>::new(
         config.participant.common.production,
     ));

@@ -68,6 +68,17 @@ enum Cmd {
         #[arg(long, default_value_t = 24)]
         hours: u64,
     },
+    /// Issue a CA and a certificate for each role (coordinator, order, payment, inventory,
+    /// operator) into DIR (kept: what is there already stays). With --split OUT, also give each
+    /// service a folder of its own, OUT/<service>, holding the CA's certificate and its own
+    /// certificate and key only: what it reads in production with `<PREFIX>TLS__DIR` (compose
+    /// runs this once; the CA's key and the operator's stay in DIR).
+    Certs {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        split: Option<PathBuf>,
+    },
     /// Create the demo accounts, stock and catalog on running services (what the platform does
     /// on its first start), e.g. on the compose platform.
     Seed {
@@ -136,6 +147,7 @@ async fn main() -> std::process::ExitCode {
         Some(Cmd::Probe { url }) => return probe(&url).await,
         Some(Cmd::TraceUi(ui)) => return report(serve_trace_ui(ui).await),
         Some(Cmd::Token { sub, hours }) => return report(print_token(&cli.data, &sub, hours)),
+        Some(Cmd::Certs { dir, split }) => return report(issue_certs(&dir, split.as_deref())),
         Some(Cmd::Seed {
             admin_token,
             order_url,
@@ -189,6 +201,8 @@ enum PlatformError {
     NotReady(&'static str),
     #[error("seeding the demo data: {0}")]
     Seed(#[from] admin::AdminError),
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
     #[error(transparent)]
     Config(#[from] host::config::ConfigError),
     #[error(transparent)]
@@ -544,6 +558,31 @@ fn print_token(data: &std::path::Path, sub: &str, hours: u64) -> Result<(), Plat
     }
     let token = order_svc::mint_token(&config, sub, Duration::from_secs(hours * 3600))?;
     println!("{token}");
+    Ok(())
+}
+
+fn issue_certs(
+    dir: &std::path::Path,
+    split: Option<&std::path::Path>,
+) -> Result<(), PlatformError> {
+    for role in trust::ROLES {
+        trust::dev::issue(dir, role)?;
+    }
+    println!(
+        "certificates for {} under {} (CA: {})",
+        trust::ROLES.join(", "),
+        dir.display(),
+        trust::dev::files_in(dir, "coordinator").ca.display()
+    );
+    if let Some(out) = split {
+        for w in Which::ALL {
+            trust::dev::split(dir, w.name(), &out.join(w.name()))?;
+        }
+        println!(
+            "each service's own folder under {} (the CA's certificate, its certificate and key)",
+            out.display()
+        );
+    }
     Ok(())
 }
 

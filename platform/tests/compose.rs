@@ -112,7 +112,8 @@ impl Project {
         String::from_utf8_lossy(&out.stdout).trim().to_owned()
     }
 
-    /// Every container healthy, within `within`.
+    /// Every container healthy (the certificates' one-shot job: exited with 0), within
+    /// `within`.
     fn wait_healthy(&self, within: Duration) {
         let deadline = Instant::now() + within;
         loop {
@@ -126,13 +127,17 @@ impl Project {
                     let out = run(Command::new("docker").args([
                         "inspect",
                         "-f",
-                        "{{.Name}}={{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}",
+                        "{{.Name}}={{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}:{{.State.ExitCode}}{{end}}",
                         id,
                     ]));
                     String::from_utf8_lossy(&out.stdout).trim().to_owned()
                 })
                 .collect();
-            if states.len() == 7 && states.iter().all(|s| s.ends_with("=healthy")) {
+            if states.len() == 8
+                && states
+                    .iter()
+                    .all(|s| s.ends_with("=healthy") || s.ends_with("_certs_1=exited:0"))
+            {
                 return;
             }
             if Instant::now() > deadline {

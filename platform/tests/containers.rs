@@ -618,7 +618,7 @@ async fn order_svc_killed_between_the_coordinators_answer_and_storing_it_gives_t
     let _one = SERIAL.lock().await;
     within_5_minutes(async {
         // Failpoints are refused in production: this order-svc runs without it.
-        let c = cluster(&[(Svc::Order, "ORDER_PRODUCTION", "false")]).await;
+        let c = cluster(&[(Svc::Order, "PRODUCTION", "false")]).await;
         let http = http();
         // One order first (the cluster warmed up), then the crash at the next.
         let (outcome, warm) = order(&http, &c, "alice", "warm-up").await;

@@ -755,6 +755,94 @@ async fn thirty_orders_in_one_second_from_one_user_get_429s_with_retry_after_and
     );
 }
 
+/// Behind the public API, every gRPC hop is mutual TLS with an allow-list of callers: a
+/// participant's Try from someone without a certificate, with a certificate another CA signed,
+/// or with one of ours that is not the coordinator's, is refused, and no money moves; the
+/// coordinator refuses a participant's certificate too. (With the coordinator's own
+/// certificate it would go through: `load-tests`' audit test sends such a Try.)
+async fn a_participant_call_without_the_coordinators_certificate_is_refused_and_moves_nothing(
+    db: TestDb,
+) {
+    use proto::v1::participant_client::ParticipantClient;
+    let p = Platform::start(db).await;
+    let rogue_try = || proto::v1::BranchRequest {
+        gid: 42,
+        branch_id: "rogue".into(),
+        op: proto::v1::Op::Try as i32,
+        payload: prost::Message::encode_to_vec(&proto::pay::v1::PaymentBranch {
+            account_id: "alice".into(),
+            amount: 100,
+            merchant_id: "merchant".into(),
+        }),
+    };
+    let payment = p.grpc_urls["payment"].clone();
+    // No certificate, plaintext: not even a gRPC answer.
+    let plain = tonic::transport::Endpoint::from_shared(payment.clone())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(2))
+        .connect()
+        .await;
+    if let Ok(channel) = plain {
+        let refused = ParticipantClient::new(channel).branch(rogue_try()).await;
+        assert!(refused.is_err(), "plaintext answered: {refused:?}");
+    }
+    let ours = |role: &str| {
+        let f = trust::dev::issue(&p.dir.path().join("tls"), role).unwrap();
+        trust::Trust::from_files(&f.ca, &f.cert, &f.key).unwrap()
+    };
+    // TLS, but a certificate another CA signed (the test process's own).
+    let stranger = trust::endpoint(&payment, Some(&testkit::trust("coordinator")), None)
+        .unwrap()
+        .connect()
+        .await;
+    if let Ok(channel) = stranger {
+        let refused = ParticipantClient::new(channel).branch(rogue_try()).await;
+        assert!(
+            refused.is_err(),
+            "another CA's certificate answered: {refused:?}"
+        );
+    }
+    // Our CA's certificate, but order-svc's: not a caller payment takes.
+    for role in ["order", "inventory", "operator"] {
+        let channel = trust::endpoint(&payment, Some(&ours(role)), Some("payment"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let refused = ParticipantClient::new(channel)
+            .branch(rogue_try())
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            tonic::Code::PermissionDenied,
+            "{role}: {refused}"
+        );
+        assert!(refused.message().contains("coordinator only"), "{refused}");
+    }
+    // Nor does the coordinator take transactions from a participant's certificate.
+    let channel = trust::endpoint(
+        &p.grpc_urls["coordinator"],
+        Some(&ours("payment")),
+        Some("coordinator"),
+    )
+    .unwrap()
+    .connect()
+    .await
+    .unwrap();
+    let refused = proto::v1::coordinator_client::CoordinatorClient::new(channel)
+        .list(proto::v1::ListRequest {
+            status: 0,
+            limit: 1,
+            before_gid: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused}");
+    assert_eq!(p.balance("alice").await, 10_000, "no money moved");
+    p.assert_invariants().await;
+}
+
 async fn bad_requests_get_4xx_problems_and_change_nothing(db: TestDb) {
     let p = Platform::start(db).await;
     let post = |headers: Vec<(&'static str, String)>, body: String| {
@@ -1215,6 +1303,7 @@ both_backends!(
     coordinator_killed_with_orders_in_flight_and_restarted_leaves_every_order_terminal,
     one_key_sent_twenty_times_at_once_creates_one_order,
     thirty_orders_in_one_second_from_one_user_get_429s_with_retry_after_and_no_5xx,
+    a_participant_call_without_the_coordinators_certificate_is_refused_and_moves_nothing,
     bad_requests_get_4xx_problems_and_change_nothing,
     a_retry_after_the_price_changed_answers_with_the_order_as_first_placed,
     order_svc_killed_between_the_coordinators_answer_and_storing_it_gives_the_retry_the_same_order,

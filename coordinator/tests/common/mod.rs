@@ -11,9 +11,9 @@ use tonic::transport::Channel;
 
 pub const ADMIN: &str = "coordinator-test-admin-token";
 
-/// The coordinator's gRPC client as an operator holds it: every call carries the admin token
-/// (Get, List and Retry need it; Execute ignores it).
-pub type Client = CoordinatorClient<InterceptedService<Channel, Operator>>;
+/// The coordinator's gRPC client as an operator holds it: the operator's certificate, and the
+/// admin token on every call (Get, List and Retry need both).
+pub type OperatorClient = CoordinatorClient<InterceptedService<Channel, Operator>>;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Operator;
@@ -30,7 +30,10 @@ impl tonic::service::Interceptor for Operator {
 
 pub struct Coord {
     pub service: Service,
-    pub client: Client,
+    /// As order-svc calls it (its certificate): Execute.
+    pub client: CoordinatorClient<Channel>,
+    /// As an operator calls it: Get, List, Retry.
+    pub operator: OperatorClient,
     pub http_url: String,
     pub grpc_url: String,
 }
@@ -43,13 +46,21 @@ pub async fn coordinator(
 ) -> Coord {
     let (spec, http, grpc) = coordinator_spec(db, dir, name, extra);
     let service = Service::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+    // Certificates of the test process's CA: order-svc's, and an operator's.
+    let channel = |role: &str| {
+        trust::endpoint(
+            &format!("http://127.0.0.1:{grpc}"),
+            Some(&testkit::trust(role)),
+            Some("coordinator"),
+        )
         .unwrap()
         .timeout(Duration::from_secs(30))
-        .connect_lazy();
+        .connect_lazy()
+    };
     Coord {
         service,
-        client: CoordinatorClient::with_interceptor(channel, Operator),
+        client: CoordinatorClient::new(channel("order")),
+        operator: CoordinatorClient::with_interceptor(channel("operator"), Operator),
         http_url: format!("http://127.0.0.1:{http}"),
         grpc_url: format!("http://127.0.0.1:{grpc}"),
     }
@@ -69,6 +80,7 @@ pub fn coordinator_spec(
         .env("COORDINATOR_DATABASE_URL", db.url())
         .env("COORDINATOR_DATA_DIR", dir.join("data"))
         .env("COORDINATOR_ADMIN_TOKEN", ADMIN)
+        .env("COORDINATOR_TLS__DIR", testkit::pki_dir())
         .env("COORDINATOR_LEASE_MS", "3000")
         .env("COORDINATOR_RECOVERY_INTERVAL_MS", "50")
         .env("COORDINATOR_RETRY_INITIAL_MS", "20")
@@ -121,7 +133,7 @@ impl Coord {
     }
 
     pub async fn get(&self, gid: u64) -> pb::GlobalTransaction {
-        self.client
+        self.operator
             .clone()
             .get(pb::GetRequest { gid })
             .await
@@ -145,7 +157,7 @@ impl Coord {
     pub async fn wait_terminal(&self, gid: u64, timeout: Duration) -> pb::GlobalTransaction {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            if let Ok(t) = self.client.clone().get(pb::GetRequest { gid }).await {
+            if let Ok(t) = self.operator.clone().get(pb::GetRequest { gid }).await {
                 let t = t.into_inner();
                 if matches!(t.status(), pb::Status::Succeeded | pb::Status::Failed) {
                     return t;
@@ -160,7 +172,7 @@ impl Coord {
     }
 
     pub async fn list_all(&self) -> Vec<pb::GlobalTransaction> {
-        self.client
+        self.operator
             .clone()
             .list(pb::ListRequest {
                 status: 0,

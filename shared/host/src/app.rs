@@ -20,6 +20,8 @@ pub enum StartError {
     Store(#[from] store::StoreError),
     #[error("cannot listen: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Trust(#[from] trust::TrustError),
 }
 
 /// A service's own HTTP routes and app data.
@@ -37,6 +39,10 @@ pub struct ServiceParts {
     pub shutdown_grace: Duration,
     /// Largest JSON body accepted, in bytes.
     pub json_limit: usize,
+    /// Mutual TLS for the gRPC server (`None`: plaintext, dev only), and the roles whose
+    /// certificates it takes calls from.
+    pub tls: Option<trust::Trust>,
+    pub grpc_callers: &'static [&'static str],
 }
 
 impl std::fmt::Debug for ServiceParts {
@@ -80,6 +86,8 @@ pub async fn start(parts: ServiceParts, shutdown: Shutdown) -> std::io::Result<R
         http,
         shutdown_grace,
         json_limit,
+        tls,
+        grpc_callers,
     } = parts;
     let http_metrics = web::Data::new(HttpMetrics::new(&metrics));
     let db_data = web::Data::new(db);
@@ -112,14 +120,30 @@ pub async fn start(parts: ServiceParts, shutdown: Shutdown) -> std::io::Result<R
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("bind gRPC {grpc_addr}: {e}")))?;
     let grpc_bound = grpc_listener.local_addr()?;
-    let grpc_server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(t) = &tls {
+        builder = builder
+            .tls_config(t.server_config())
+            .map_err(std::io::Error::other)?;
+    }
+    let callers = tls.as_ref().map(|_| trust::Callers {
+        allowed: grpc_callers,
+    });
+    let grpc_server = builder
         .layer(telemetry::grpc::TraceLayer)
+        .layer(tower::util::option_layer(callers))
         .add_routes(grpc)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(grpc_listener).with_nodelay(Some(true)),
             shutdown.clone().wait(),
         );
-    tracing::info!(service = name, http = %http_bound, grpc = %grpc_bound, "listening");
+    tracing::info!(
+        service = name,
+        http = %http_bound,
+        grpc = %grpc_bound,
+        mutual_tls = tls.is_some(),
+        "listening"
+    );
     let task = tokio::spawn(serve::run(server, grpc_server, shutdown.clone()));
     Ok(Running {
         http_addr: http_bound,

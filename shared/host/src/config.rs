@@ -25,6 +25,10 @@ pub struct CommonConfig {
     /// (refused in production mode).
     pub admin_token: Option<String>,
     pub db: DbSettings,
+    /// Mutual TLS on gRPC (`TLS__MODE`, `TLS__DIR`, `TLS__CA_FILE`, `TLS__CERT_FILE`,
+    /// `TLS__KEY_FILE`; see the `trust` crate).
+    #[serde(default)]
+    pub tls: trust::TlsSettings,
     /// Seconds to let in-flight requests finish after SIGTERM.
     pub shutdown_grace_secs: u64,
 }
@@ -65,8 +69,14 @@ impl CommonConfig {
             production: false,
             admin_token: None,
             db: DbSettings::default(),
+            tls: trust::TlsSettings::default(),
             shutdown_grace_secs: 10,
         }
+    }
+
+    /// This service's certificates for gRPC (`role`: its name), or `None` with TLS off (dev).
+    pub fn trust(&self, role: &str) -> Result<Option<trust::Trust>, trust::TrustError> {
+        trust::Trust::resolve(&self.tls, &self.data_dir, self.production, role)
     }
 
     /// The store configuration these settings describe.
@@ -124,10 +134,11 @@ pub fn dev_secret(path: &std::path::Path, prefix: &str) -> Result<String, Config
 #[error("configuration: {0}")]
 pub struct ConfigError(pub String);
 
-/// Loads `T` from its defaults, the TOML file named by `CONFIG_FILE` (if set), `PRODUCTION` (one
-/// switch for every service of a deployment: compose and the container tests set it), and
-/// environment variables starting with `env_prefix` (e.g. `PAYMENT_`; `PAYMENT_PRODUCTION` wins
-/// over `PRODUCTION`).
+/// Loads `T` from its defaults, the TOML file named by `CONFIG_FILE` (if set), and environment
+/// variables starting with `env_prefix` (e.g. `PAYMENT_`). Production mode is on when any
+/// source says so: the file, `PRODUCTION` (one switch for every service of a deployment, as
+/// compose and the container tests set it) or `<PREFIX>PRODUCTION`; no source can turn it off
+/// again.
 pub fn load_config<T>(defaults: T, env_prefix: &str) -> Result<T, ConfigError>
 where
     T: Serialize + DeserializeOwned,
@@ -142,9 +153,13 @@ where
         figment = figment.merge(Toml::file(&path));
         given.push(Figment::from(Toml::file(&path)));
     }
-    let figment = figment
-        .merge(Env::raw().only(&["PRODUCTION"]))
-        .merge(Env::prefixed(env_prefix).split("__"));
+    let mut figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    let says_production = |f: &Figment| f.extract_inner::<bool>("production").unwrap_or(false);
+    if given.iter().any(says_production)
+        || says_production(&Figment::from(Env::raw().only(&["PRODUCTION"])))
+    {
+        figment = figment.merge(Serialized::default("production", true));
+    }
     let config = figment.extract::<T>().map_err(|e| {
         // `#[serde(flatten)]` loses the key of an error in the flattened part; extracting that
         // part alone finds it again.
@@ -167,6 +182,9 @@ where
         let data = source.data().map_err(|e| describe(e, env_prefix))?;
         for dict in data.values() {
             for key in unknown_keys(&known, dict, "") {
+                if injected_by_an_orchestrator(&key) {
+                    continue;
+                }
                 let env = format!("{env_prefix}{}", key.replace('.', "__").to_uppercase());
                 let message = format!("unknown configuration key {key} (env {env})");
                 if production {
@@ -177,6 +195,12 @@ where
         }
     }
     Ok(config)
+}
+
+/// Variables an orchestrator sets for a service named like ours (Kubernetes' service links:
+/// `ORDER_PORT`, `ORDER_SERVICE_HOST`, `ORDER_PORT_50051_TCP_ADDR`, …), not configuration.
+fn injected_by_an_orchestrator(key: &str) -> bool {
+    key == "port" || key.starts_with("port_") || key.starts_with("service_")
 }
 
 /// The keys of `given` (dotted paths) that `known` does not have. An empty table in `known`
@@ -266,13 +290,33 @@ mod tests {
     // figment's Jail closures return figment's own (large) error type.
     #[allow(clippy::result_large_err)]
     #[test]
-    fn production_without_a_prefix_switches_every_service_and_the_prefixed_one_wins() {
+    fn production_is_on_when_any_source_says_so_and_none_can_turn_it_off() {
         figment::Jail::expect_with(|jail| {
             assert!(!load_config(svc(), "HOSTTEST_").unwrap().common.production);
             jail.set_env("PRODUCTION", "true");
             assert!(load_config(svc(), "HOSTTEST_").unwrap().common.production);
             jail.set_env("HOSTTEST_PRODUCTION", "false");
-            assert!(!load_config(svc(), "HOSTTEST_").unwrap().common.production);
+            assert!(
+                load_config(svc(), "HOSTTEST_").unwrap().common.production,
+                "a service's own false does not undo the deployment's true"
+            );
+            jail.set_env("PRODUCTION", "false");
+            jail.create_file("c.toml", "production = true\n")?;
+            jail.set_env("CONFIG_FILE", "c.toml");
+            assert!(load_config(svc(), "HOSTTEST_").unwrap().common.production);
+            Ok(())
+        });
+    }
+
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn kubernetes_service_link_variables_are_not_taken_for_misspelt_keys() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PRODUCTION", "true");
+            jail.set_env("HOSTTEST_PORT", "tcp://10.0.0.1:50051");
+            jail.set_env("HOSTTEST_SERVICE_HOST", "10.0.0.1");
+            jail.set_env("HOSTTEST_PORT_50051_TCP_ADDR", "10.0.0.1");
+            assert!(load_config(svc(), "HOSTTEST_").is_ok());
             Ok(())
         });
     }

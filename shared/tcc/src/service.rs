@@ -69,6 +69,10 @@ pub async fn start<H: Handler>(
     let db = Db::connect(&p.common.db_config()?).await?;
     db.migrate_all(&[p.migrator, &crate::MIGRATOR]).await?;
     let admin = actix_web::web::Data::new(AdminToken::resolve(&p.common, p.short_name)?);
+    let tls = p
+        .common
+        .trust(p.short_name)
+        .map_err(host::StartError::from)?;
     let metrics = Metrics::new();
     let participant = ParticipantService::new(
         db.clone(),
@@ -91,6 +95,9 @@ pub async fn start<H: Handler>(
             }),
             shutdown_grace: Duration::from_secs(p.common.shutdown_grace_secs),
             json_limit: 16 * 1024,
+            tls,
+            // A participant's branches are the coordinator's to drive, no one else's.
+            grpc_callers: &["coordinator"],
         },
         shutdown,
     )

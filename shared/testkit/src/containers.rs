@@ -24,7 +24,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
-use testcontainers::core::{IntoContainerPort, WaitFor};
+use testcontainers::core::{AccessMode, IntoContainerPort, Mount, WaitFor};
 use testcontainers::runners::AsyncRunner;
 use testcontainers::{ContainerAsync, GenericImage, ImageExt};
 use testcontainers_modules::postgres::Postgres;
@@ -255,6 +255,9 @@ pub struct Cluster {
     extra: Vec<(Svc, String, String)>,
     /// Containers started outside testcontainers (standby coordinators), removed on drop.
     standbys: Vec<String>,
+    /// The cluster's CA and the services' certificates (production mode needs provided ones),
+    /// mounted read-only at `/tls` in every service.
+    pki: tempfile::TempDir,
 }
 
 impl Drop for Cluster {
@@ -340,6 +343,7 @@ impl Cluster {
             .collect();
 
         let (admin_token, jwt_secret) = (secret(), format!("{}{}", secret(), secret()));
+        let pki = cluster_pki();
         let mut cluster = Cluster {
             network,
             admin_token,
@@ -354,6 +358,7 @@ impl Cluster {
                 .map(|(s, k, v)| (*s, k.to_string(), v.to_string()))
                 .collect(),
             standbys: Vec::new(),
+            pki,
         };
         for s in Svc::ALL {
             let http = s.ports().0;
@@ -362,6 +367,13 @@ impl Cluster {
             let mut req = GenericImage::new("tcc-pay/platform", PLATFORM_TAG)
                 .with_exposed_port(http.tcp())
                 .with_wait_for(WaitFor::Nothing)
+                .with_mount(
+                    Mount::bind_mount(
+                        cluster.pki.path().join(s.name()).display().to_string(),
+                        "/tls",
+                    )
+                    .with_access_mode(AccessMode::ReadOnly),
+                )
                 .with_cmd(["platform", "serve", s.name()])
                 .with_network(&cluster.network)
                 .with_container_name(&cluster.names[&s])
@@ -419,6 +431,7 @@ impl Cluster {
                 ),
             ),
             (format!("{p}ADMIN_TOKEN"), self.admin_token.clone()),
+            (format!("{p}TLS__DIR"), "/tls".into()),
         ];
         let own: &[(&str, String)] = match s {
             Svc::Coordinator => &[
@@ -481,6 +494,11 @@ impl Cluster {
             .args(["--label", &format!("{KIT_LABEL}={}", std::process::id())])
             .args(["--network", &self.network])
             .args(["--network-alias", &self.names[&s]])
+            .arg("-v")
+            .arg(format!(
+                "{}:/tls:ro",
+                self.pki.path().join(s.name()).display()
+            ))
             .args(["-p", &format!("127.0.0.1:{host_port}:{}", s.ports().0)])
             .arg("--env-file")
             .arg(&env_file)
@@ -655,6 +673,43 @@ impl Cluster {
     pub fn logs(&self, s: Svc, lines: usize) -> String {
         container_logs(&self.names[&s], lines)
     }
+}
+
+/// The cluster's CA (in `issued/`, never mounted) and, per service, a folder of its own
+/// (`<service>/`: the CA's certificate, its certificate and key) mounted at `/tls`; readable by
+/// the image's user (a test's throwaway keys).
+fn cluster_pki() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = crate::temp_dir("cluster-pki-");
+    for s in Svc::ALL {
+        trust::dev::split(
+            &dir.path().join("issued"),
+            s.name(),
+            &dir.path().join(s.name()),
+        )
+        .unwrap_or_else(|e| panic!("certificates for {}: {e}", s.name()));
+    }
+    for entry in walk(dir.path()) {
+        let mode = if entry.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    dir
+}
+
+/// `dir` and everything below it.
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut all = vec![dir.to_owned()];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                all.extend(walk(&p));
+            } else {
+                all.push(p);
+            }
+        }
+    }
+    all
 }
 
 /// Waits until the service in container `name` answers `/readyz` at `url`, up to 60 s; then

@@ -118,6 +118,23 @@ impl TestDb {
     }
 }
 
+/// The test process's dev PKI: one CA for every service and test client this process starts
+/// on its own (the coordinator tests' coordinators, scripted participants, participant
+/// processes and their test clients), so they trust each other over mutual TLS. Services
+/// started with `<PREFIX>TLS__DIR` set to it issue their certificates here.
+pub fn pki_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| temp_dir("pki-")).path()
+}
+
+/// The certificates of `role` from [`pki_dir`] (issued on first use).
+pub fn trust(role: &str) -> trust::Trust {
+    let files = trust::dev::issue(pki_dir(), role)
+        .unwrap_or_else(|e| panic!("test certificates for {role}: {e}"));
+    trust::Trust::from_files(&files.ca, &files.cert, &files.key)
+        .unwrap_or_else(|e| panic!("test certificates for {role}: {e}"))
+}
+
 /// A temporary folder for a test's files (logs, data folders of spawned services).
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new()

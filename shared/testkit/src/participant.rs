@@ -7,7 +7,7 @@ use proto::v1::participant_client::ParticipantClient;
 use proto::v1::{BranchRequest, BranchResponse, Op};
 use std::path::Path;
 use std::time::Duration;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 /// The admin token the test processes are started with.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
@@ -55,12 +55,14 @@ impl ParticipantProcess {
             .env(var("DATABASE_URL"), db.url())
             .env(var("DATA_DIR"), dir.join("data"))
             .env(var("ADMIN_TOKEN"), ADMIN_TOKEN)
+            .env(var("TLS__DIR"), crate::pki_dir())
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "warn")
             .ready_url(format!("http://127.0.0.1:{http_port}/readyz"));
         let service = Service::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
         let grpc_url = format!("http://127.0.0.1:{grpc_port}");
-        let channel = Endpoint::from_shared(grpc_url.clone())
+        // The test calls the participant as the coordinator does: with its certificate.
+        let channel = trust::endpoint(&grpc_url, Some(&crate::trust("coordinator")), None)
             .expect("valid URL")
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_secs(10))

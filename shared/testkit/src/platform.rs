@@ -76,6 +76,8 @@ impl Platform {
                 .env(format!("{prefix}DATABASE_URL"), dbs[i].url())
                 .env(format!("{prefix}DATA_DIR"), dir.path().join(name))
                 .env(format!("{prefix}ADMIN_TOKEN"), &o.admin_token)
+                // One dev CA for the four (their data folders differ).
+                .env(format!("{prefix}TLS__DIR"), dir.path().join("tls"))
                 .env("RUST_LOG", &o.log)
                 .env("LOG_FORMAT", "json")
                 .ready_url(format!("http://127.0.0.1:{http}/readyz"));

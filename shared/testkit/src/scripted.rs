@@ -247,8 +247,12 @@ impl Scripted {
         let service = Service {
             state: state.clone(),
         };
+        // Mutual TLS with the test process's CA (crate::pki_dir), as a real participant.
+        let server = tonic::transport::Server::builder()
+            .tls_config(crate::trust("inventory").server_config())
+            .expect("TLS for a scripted participant");
         tokio::spawn(
-            tonic::transport::Server::builder()
+            { server }
                 .add_service(ParticipantServer::new(service))
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),
