@@ -337,14 +337,8 @@ async fn reads_and_retries_without_the_admin_token_are_refused_over_http_and_grp
         }
     }
     // An operator's certificate without the operator's token.
-    let channel = trust::endpoint(
-        &c.grpc_url,
-        Some(&testkit::trust("operator")),
-        Some("coordinator"),
-    )
-    .unwrap()
-    .connect_lazy();
-    let mut anonymous = proto::v1::coordinator_client::CoordinatorClient::new(channel);
+    let mut anonymous =
+        proto::v1::coordinator_client::CoordinatorClient::new(channel_as(&c.grpc_url, "operator"));
     let denied = [
         anonymous.get(pb::GetRequest { gid: r.gid }).await.map(drop),
         anonymous
@@ -368,13 +362,7 @@ async fn reads_and_retries_without_the_admin_token_are_refused_over_http_and_grp
     // token; and an operator cannot start a transaction.
     assert_eq!(c.get(r.gid).await.gid, r.gid);
     let order_with_token = proto::v1::coordinator_client::CoordinatorClient::with_interceptor(
-        trust::endpoint(
-            &c.grpc_url,
-            Some(&testkit::trust("order")),
-            Some("coordinator"),
-        )
-        .unwrap()
-        .connect_lazy(),
+        channel_as(&c.grpc_url, "order"),
         Operator,
     );
     let refused = order_with_token
@@ -398,15 +386,7 @@ async fn reads_and_retries_without_the_admin_token_are_refused_over_http_and_grp
         .unwrap();
     assert_eq!(res.status(), 200);
     // Execute is the order service's call, not an operator's: no token.
-    let channel = trust::endpoint(
-        &c.grpc_url,
-        Some(&testkit::trust("order")),
-        Some("coordinator"),
-    )
-    .unwrap()
-    .connect_lazy();
-    let mut plain = proto::v1::coordinator_client::CoordinatorClient::new(channel);
-    assert!(plain.execute(tcc("k2", &[&a])).await.is_ok());
+    assert!(c.execute(tcc("k2", &[&a])).await.is_ok());
 }
 
 /// SIGKILL at one point of the protocol, restart, and check the transaction ends as it must.

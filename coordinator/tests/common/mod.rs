@@ -46,17 +46,9 @@ pub async fn coordinator(
 ) -> Coord {
     let (spec, http, grpc) = coordinator_spec(db, dir, name, extra);
     let service = Service::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
+    let grpc_url = format!("http://127.0.0.1:{grpc}");
     // Certificates of the test process's CA: order-svc's, and an operator's.
-    let channel = |role: &str| {
-        trust::endpoint(
-            &format!("http://127.0.0.1:{grpc}"),
-            Some(&testkit::trust(role)),
-            Some("coordinator"),
-        )
-        .unwrap()
-        .timeout(Duration::from_secs(30))
-        .connect_lazy()
-    };
+    let channel = |role: &str| channel_as(&grpc_url, role);
     Coord {
         service,
         client: CoordinatorClient::new(channel("order")),
@@ -118,6 +110,15 @@ pub fn tcc(key: &str, parts: &[&Scripted]) -> pb::ExecuteRequest {
         wait_ms: 10_000,
         concurrent: false,
     }
+}
+
+/// A channel to the coordinator at `grpc_url` with the certificate of `role` (of the test
+/// process's CA).
+pub fn channel_as(grpc_url: &str, role: &str) -> Channel {
+    trust::endpoint(grpc_url, Some(&testkit::trust(role)), Some("coordinator"))
+        .unwrap()
+        .timeout(Duration::from_secs(30))
+        .connect_lazy()
 }
 
 impl Coord {
