@@ -19,9 +19,20 @@ pub struct JwtConfig {
     pub secret: Option<String>,
     pub issuer: String,
     pub audience: String,
-    /// Allowed clock skew for `exp` and `nbf`.
+    /// Allowed clock skew for `exp` and `nbf` (at most [`MAX_LEEWAY_SECS`]).
     pub leeway_secs: u64,
+    /// The longest a token may be valid: one whose `exp` is further away than this is refused
+    /// (a leaked long-lived token is a long-lived account takeover).
+    #[serde(default = "default_max_lifetime")]
+    pub max_lifetime_secs: u64,
 }
+
+fn default_max_lifetime() -> u64 {
+    24 * 3600
+}
+
+/// The most clock skew a deployment may allow.
+pub const MAX_LEEWAY_SECS: u64 = 300;
 
 impl Default for JwtConfig {
     fn default() -> Self {
@@ -30,6 +41,7 @@ impl Default for JwtConfig {
             issuer: "tcc-pay-dev".into(),
             audience: "tcc-pay-orders".into(),
             leeway_secs: 30,
+            max_lifetime_secs: default_max_lifetime(),
         }
     }
 }
@@ -72,6 +84,8 @@ pub enum AuthError {
     Audience,
     #[error("the token's claims are incomplete or invalid: {0}")]
     Claims(String),
+    #[error("the token is valid for longer than this service accepts")]
+    TooLong,
 }
 
 impl From<AuthError> for Problem {
@@ -94,6 +108,7 @@ pub struct Authenticator {
     validation: Validation,
     issuer: String,
     audience: String,
+    max_lifetime: u64,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -123,6 +138,7 @@ impl Authenticator {
             validation,
             issuer: config.issuer.clone(),
             audience: config.audience.clone(),
+            max_lifetime: config.max_lifetime_secs,
         }
     }
 
@@ -132,6 +148,14 @@ impl Authenticator {
         config: &JwtConfig,
         common: &CommonConfig,
     ) -> Result<Authenticator, ConfigError> {
+        if config.leeway_secs > MAX_LEEWAY_SECS {
+            return Err(ConfigError(format!(
+                "jwt.leeway_secs must be at most {MAX_LEEWAY_SECS}"
+            )));
+        }
+        if config.max_lifetime_secs == 0 {
+            return Err(ConfigError("jwt.max_lifetime_secs must be positive".into()));
+        }
         if let Some(secret) = &config.secret {
             if common.production && secret.len() < MIN_PRODUCTION_SECRET {
                 return Err(ConfigError(format!(
@@ -195,6 +219,10 @@ impl Authenticator {
                     _ => AuthError::Malformed,
                 }
             })?;
+        let now = jsonwebtoken::get_current_timestamp();
+        if data.claims.exp > now + self.max_lifetime + self.validation.leeway {
+            return Err(AuthError::TooLong);
+        }
         let sub = data.claims.sub;
         tcc::check::id("sub", &sub).map_err(|r| AuthError::Claims(r.message))?;
         Ok(Caller { user_id: sub })
@@ -307,6 +335,27 @@ mod tests {
         let other = signed(&claims("bob"), Algorithm::HS256, SECRET);
         parts[1] = other.split('.').nth(1).unwrap().to_owned();
         assert_eq!(verify(&parts.join(".")), Err(AuthError::Signature));
+    }
+
+    #[test]
+    fn a_token_valid_for_longer_than_the_maximum_is_refused_and_the_leeway_is_bounded() {
+        let config = JwtConfig::default();
+        let auth = Authenticator::new(b"a-test-secret-of-enough-length-000", &config);
+        let day = auth.mint("alice", Duration::from_secs(24 * 3600));
+        assert!(auth.verify(Some(&format!("Bearer {day}"))).is_ok());
+        let week = auth.mint("alice", Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(
+            auth.verify(Some(&format!("Bearer {week}"))),
+            Err(AuthError::TooLong)
+        );
+        let common = CommonConfig::local("order", 1, 2);
+        let lax = JwtConfig {
+            leeway_secs: MAX_LEEWAY_SECS + 1,
+            secret: Some("x".repeat(40)),
+            ..JwtConfig::default()
+        };
+        let refused = Authenticator::from_config(&lax, &common).unwrap_err();
+        assert!(refused.to_string().contains("leeway_secs"), "{refused}");
     }
 
     #[test]

@@ -58,6 +58,12 @@ pub fn mint_token(
     ttl: std::time::Duration,
 ) -> Result<String, ConfigError> {
     tcc::check::id("sub", sub).map_err(|r| ConfigError(r.message))?;
+    if ttl.as_secs() > config.jwt.max_lifetime_secs {
+        return Err(ConfigError(format!(
+            "a token may live at most {} h here (jwt.max_lifetime_secs); a longer one would be refused",
+            config.jwt.max_lifetime_secs / 3600
+        )));
+    }
     let auth = auth::Authenticator::from_config(&config.jwt, &config.participant.common)?;
     Ok(auth.mint(sub, ttl))
 }

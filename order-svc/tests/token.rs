@@ -41,4 +41,16 @@ fn the_token_command_mints_a_token_signed_with_the_dev_secret() {
         .unwrap();
     assert!(!prod.status.success());
     assert!(String::from_utf8_lossy(&prod.stderr).contains("production"));
+
+    // A token that would outlive what the service accepts is not minted.
+    let long = std::process::Command::new(env!("CARGO_BIN_EXE_order-svc"))
+        .args(["token", "--sub", "alice", "--ttl-secs", "172800"])
+        .env("ORDER_DATA_DIR", dir.path().join("data"))
+        .output()
+        .unwrap();
+    assert!(!long.status.success());
+    assert!(
+        String::from_utf8_lossy(&long.stderr).contains("at most 24 h"),
+        "{long:?}"
+    );
 }
