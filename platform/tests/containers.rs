@@ -97,9 +97,20 @@ impl Seen {
 
     /// Answers of attempts started within `[from, to)`.
     fn between(&self, from: Duration, to: Duration) -> BTreeMap<&str, u64> {
+        self.count_where(|at, _| at >= from && at < to)
+    }
+
+    /// Answers of attempts in flight at some time within `[from, to)`: started before `to`,
+    /// answered after `from` (a fault can hold every client's request from before it began
+    /// until after it ended, so that none starts during it).
+    fn overlapping(&self, from: Duration, to: Duration) -> BTreeMap<&str, u64> {
+        self.count_where(|at, took| at < to && at + took > from)
+    }
+
+    fn count_where(&self, keep: impl Fn(Duration, Duration) -> bool) -> BTreeMap<&str, u64> {
         let mut m = BTreeMap::new();
-        for (at, _, outcome) in &self.attempts {
-            if *at >= from && *at < to {
+        for (at, took, outcome) in &self.attempts {
+            if keep(*at, *took) {
                 *m.entry(outcome.as_str()).or_default() += 1;
             }
         }
@@ -180,11 +191,11 @@ async fn load_during(
     (seen, fault)
 }
 
-/// What every fault scenario asserts of its load: the fault bit (some attempt made during it
+/// What every fault scenario asserts of its load: the fault bit (some attempt in flight during it
 /// was not confirmed), the platform recovered (orders placed after it confirm), and no request
 /// hung (every attempt answered within 10 s: the order API answers `pending` after 3 s here).
 fn assert_fault_bit_and_recovered(what: &str, seen: &Seen, f: &Fault) {
-    let during = seen.between(f.began, f.ended);
+    let during = seen.overlapping(f.began, f.ended);
     let after = seen.between(f.ended + Duration::from_secs(2), Duration::MAX);
     eprintln!(
         "{what}: {} orders, finally {:?}; during the fault {during:?}; after it {after:?}; slowest attempt {:.2} s",
