@@ -248,11 +248,11 @@ impl Scripted {
             state: state.clone(),
         };
         // Mutual TLS with the test process's CA (crate::pki_dir), as a real participant.
-        let server = tonic::transport::Server::builder()
+        let mut server = tonic::transport::Server::builder()
             .tls_config(crate::trust("inventory").server_config())
             .expect("TLS for a scripted participant");
         tokio::spawn(
-            { server }
+            server
                 .add_service(ParticipantServer::new(service))
                 .serve_with_incoming_shutdown(
                     tonic::transport::server::TcpIncoming::from(listener),

@@ -138,10 +138,8 @@ pub fn issue(dir: &Path, role: &str) -> Result<Files, TrustError> {
     let ca_key = KeyPair::from_pem(&ca_key).map_err(gen)?;
     let issuer = Issuer::new(ca_params()?, ca_key);
 
-    let role_dir = dir.join(role);
-    let role_dir = if role_dir.exists() {
-        role_dir
-    } else {
+    // Missing (the early return above): issue it; `place` keeps a racing process's instead.
+    {
         let key = KeyPair::generate().map_err(gen)?;
         let mut p = CertificateParams::new(Vec::<String>::new()).map_err(gen)?;
         p.distinguished_name.push(DnType::CommonName, role);
@@ -168,9 +166,8 @@ pub fn issue(dir: &Path, role: &str) -> Result<Files, TrustError> {
                 ("cert.pem", cert.pem(), false),
                 ("key.pem", key.serialize_pem(), true),
             ],
-        )?
-    };
-    let _ = (ca_dir, role_dir);
+        )?;
+    }
     Ok(files_in(dir, role))
 }
 
