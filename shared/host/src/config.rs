@@ -154,6 +154,30 @@ where
         given.push(Figment::from(Toml::file(&path)));
     }
     let mut figment = figment.merge(Env::prefixed(env_prefix).split("__"));
+    let known_data = known.data().map_err(|e| describe(e, env_prefix))?;
+    let known = known_data
+        .get(&figment::Profile::Default)
+        .cloned()
+        .unwrap_or_default();
+    let mut read_from_files = Vec::new();
+    for source in &given {
+        // A source that cannot be read is reported by the extraction below, naming its file.
+        let Ok(data) = source.data() else { continue };
+        for dict in data.values() {
+            for (key, file) in file_keys(&known, dict, "") {
+                let value = read_secret_file(&key, &file, env_prefix)?;
+                let stem = key.strip_suffix("_file").unwrap_or(&key).to_owned();
+                if given.iter().any(|g| g.find_value(&stem).is_ok()) {
+                    let env = format!("{env_prefix}{}", stem.replace('.', "__").to_uppercase());
+                    return Err(ConfigError(format!(
+                        "{stem} is set both directly and through {key} (env {env} and {env}_FILE): set one"
+                    )));
+                }
+                figment = figment.merge(Serialized::default(&stem, value));
+                read_from_files.push(key);
+            }
+        }
+    }
     let says_production = |f: &Figment| f.extract_inner::<bool>("production").unwrap_or(false);
     if given.iter().any(says_production)
         || says_production(&Figment::from(Env::raw().only(&["PRODUCTION"])))
@@ -173,16 +197,11 @@ where
     // would silently leave its default in force. Refused in production, a warning in dev (where
     // a shell may hold unrelated variables with the same prefix).
     let production = figment.extract_inner::<bool>("production").unwrap_or(false);
-    let known = known.data().map_err(|e| describe(e, env_prefix))?;
-    let known = known
-        .get(&figment::Profile::Default)
-        .cloned()
-        .unwrap_or_default();
     for source in given {
         let data = source.data().map_err(|e| describe(e, env_prefix))?;
         for dict in data.values() {
             for key in unknown_keys(&known, dict, "") {
-                if injected_by_an_orchestrator(&key) {
+                if injected_by_an_orchestrator(&key) || read_from_files.contains(&key) {
                     continue;
                 }
                 let env = format!("{env_prefix}{}", key.replace('.', "__").to_uppercase());
@@ -195,6 +214,55 @@ where
         }
     }
     Ok(config)
+}
+
+/// The `<key>_file` entries of `given` (dotted path, file name) whose `<key>` is a known
+/// setting without a `_file` setting of its own (`tls.ca_file` is a path, not an indirection):
+/// the file holds the value, as orchestrators mount secrets (`ADMIN_TOKEN_FILE=/run/secrets/…`),
+/// so a secret needs neither an environment variable nor a command line.
+fn file_keys(
+    known: &figment::value::Dict,
+    given: &figment::value::Dict,
+    at: &str,
+) -> Vec<(String, String)> {
+    use figment::value::Value;
+    let mut found = Vec::new();
+    for (key, value) in given {
+        let path = if at.is_empty() {
+            key.clone()
+        } else {
+            format!("{at}.{key}")
+        };
+        match (known.get(key), value) {
+            (Some(Value::Dict(_, k)), Value::Dict(_, g)) => {
+                found.extend(file_keys(k, g, &path));
+            }
+            (None, Value::String(_, file)) => {
+                let stem_known = key
+                    .strip_suffix("_file")
+                    .is_some_and(|stem| !matches!(known.get(stem), None | Some(Value::Dict(..))));
+                if stem_known {
+                    found.push((path, file.clone()));
+                }
+            }
+            _ => {}
+        }
+    }
+    found
+}
+
+/// A secret's value from its file: the contents without the final line break. The error names
+/// the setting and the file, never the contents.
+fn read_secret_file(key: &str, file: &str, env_prefix: &str) -> Result<String, ConfigError> {
+    let env = format!("{env_prefix}{}", key.replace('.', "__").to_uppercase());
+    let contents = std::fs::read_to_string(file)
+        .map_err(|e| ConfigError(format!("{key} (env {env}): cannot read {file}: {e}")))?;
+    let value = contents.strip_suffix('\n').unwrap_or(&contents);
+    let value = value.strip_suffix('\r').unwrap_or(value);
+    if value.trim().is_empty() {
+        return Err(ConfigError(format!("{key} (env {env}): {file} is empty")));
+    }
+    Ok(value.to_owned())
 }
 
 /// Variables an orchestrator sets for a service named like ours (Kubernetes' service links:
@@ -383,6 +451,58 @@ mod tests {
             .unwrap_err()
             .to_string();
             assert!(refused.contains("shutdown_grace_sec "), "{refused}");
+            Ok(())
+        });
+    }
+
+    #[allow(clippy::result_large_err)]
+    #[test]
+    fn a_secret_is_read_from_the_file_its_file_variable_names_and_never_echoed() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("PRODUCTION", "true");
+            jail.create_file("token", "from-a-file-0123456789abcdef0123456789\n")?;
+            jail.set_env("HOSTTEST_ADMIN_TOKEN_FILE", "token");
+            jail.set_env("HOSTTEST_TLS__CA_FILE", "ca.pem");
+            let cfg = load_config(svc(), "HOSTTEST_").unwrap();
+            assert_eq!(
+                cfg.common.admin_token.as_deref(),
+                Some("from-a-file-0123456789abcdef0123456789")
+            );
+            assert_eq!(
+                cfg.common.tls.ca_file.as_deref(),
+                Some(std::path::Path::new("ca.pem")),
+                "a setting whose own name ends in _file is a path, not an indirection"
+            );
+
+            jail.set_env("HOSTTEST_ADMIN_TOKEN", "also-set-directly");
+            let both = load_config(svc(), "HOSTTEST_").unwrap_err().to_string();
+            assert!(both.contains("set one"), "{both}");
+            assert!(!both.contains("from-a-file"), "{both}");
+
+            jail.set_env("HOSTTEST_ADMIN_TOKEN", "");
+            jail.set_env("HOSTTEST_ADMIN_TOKEN_FILE", "missing");
+            let missing = load_config(svc(), "HOSTTEST_").unwrap_err().to_string();
+            assert!(
+                missing.contains("HOSTTEST_ADMIN_TOKEN_FILE") && missing.contains("missing"),
+                "{missing}"
+            );
+
+            jail.create_file("empty", "\n")?;
+            jail.set_env("HOSTTEST_ADMIN_TOKEN_FILE", "empty");
+            let empty = load_config(svc(), "HOSTTEST_").unwrap_err().to_string();
+            assert!(empty.contains("is empty"), "{empty}");
+
+            // The same from a configuration file.
+            jail.set_env("HOSTTEST_ADMIN_TOKEN_FILE", "token");
+            std::env::remove_var("HOSTTEST_ADMIN_TOKEN_FILE");
+            std::env::remove_var("HOSTTEST_ADMIN_TOKEN");
+            jail.create_file("c.toml", "admin_token_file = \"token\"\n")?;
+            jail.set_env("CONFIG_FILE", "c.toml");
+            let cfg = load_config(svc(), "HOSTTEST_").unwrap();
+            assert_eq!(
+                cfg.common.admin_token.as_deref(),
+                Some("from-a-file-0123456789abcdef0123456789")
+            );
             Ok(())
         });
     }
