@@ -106,6 +106,7 @@ pub async fn chaos(args: ChaosArgs) -> Result<bool, LoadError> {
         coordinator_url: platform.urls["coordinator"].clone(),
         data: platform.dir.path().to_owned(),
         admin_token: Some(options.admin_token.clone()),
+        tokens: None,
         jwt_secret: Some(options.jwt_secret.clone()),
     };
     let load = start_load(&args, target.clone()).await?;
@@ -197,7 +198,8 @@ async fn containers(args: ChaosArgs) -> Result<bool, LoadError> {
         inventory_url: endpoints.inventory.clone(),
         coordinator_url: endpoints.coordinator.clone(),
         data: PathBuf::from("/nonexistent"),
-        admin_token: Some(cluster.admin_token.clone()),
+        admin_token: None,
+        tokens: Some(cluster.tokens.clone()),
         jwt_secret: Some(cluster.jwt_secret.clone()),
     };
     let load = start_load(&args, target).await?;

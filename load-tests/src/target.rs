@@ -17,13 +17,17 @@ pub struct Target {
     pub inventory_url: String,
     #[arg(long, default_value = "http://127.0.0.1:8090")]
     pub coordinator_url: String,
-    /// The platform's data folder: `admin-token` and `order.jwt-secret` are read from it unless
-    /// given below.
+    /// Where the secrets are read from unless given below: the platform's data folder
+    /// (`admin-token`, `order.jwt-secret`), or compose's `compose/secrets`
+    /// (`<service>-admin-token`, `jwt-secret`).
     #[arg(long, default_value = "data")]
     pub data: PathBuf,
-    /// The admin bearer token the four services share.
+    /// An admin bearer token the four services share (the dev platform's).
     #[arg(long)]
     pub admin_token: Option<String>,
+    /// Each service's own token (set by code that started the services).
+    #[arg(skip)]
+    pub tokens: Option<admin::Tokens>,
     /// order-svc's HS256 secret, to sign the buyers' tokens.
     #[arg(long)]
     pub jwt_secret: Option<String>,
@@ -45,12 +49,32 @@ impl Target {
             .map_err(|source| LoadError::Secret { flag, path, source })
     }
 
-    pub fn admin_token(&self) -> Result<String, LoadError> {
+    /// The services' admin tokens: given, one per service in the folder (compose's
+    /// `<service>-admin-token`), or the one the dev platform's services share.
+    pub fn tokens(&self) -> Result<admin::Tokens, LoadError> {
+        if let Some(tokens) = &self.tokens {
+            return Ok(tokens.clone());
+        }
+        if self.admin_token.is_none() && self.data.join("order-admin-token").exists() {
+            let own = |s: &str| self.secret(&None, &format!("{s}-admin-token"), "--admin-token");
+            return Ok(admin::Tokens {
+                coordinator: own("coordinator")?,
+                order: own("order")?,
+                payment: own("payment")?,
+                inventory: own("inventory")?,
+            });
+        }
         self.secret(&self.admin_token, "admin-token", "--admin-token")
+            .map(admin::Tokens::same)
     }
 
     pub fn jwt_secret(&self) -> Result<String, LoadError> {
-        self.secret(&self.jwt_secret, "order.jwt-secret", "--jwt-secret")
+        let file = if self.data.join("jwt-secret").exists() {
+            "jwt-secret"
+        } else {
+            "order.jwt-secret"
+        };
+        self.secret(&self.jwt_secret, file, "--jwt-secret")
     }
 
     pub fn endpoints(&self) -> Result<admin::Endpoints, LoadError> {
@@ -59,7 +83,7 @@ impl Target {
             order: self.order_url.clone(),
             payment: self.payment_url.clone(),
             inventory: self.inventory_url.clone(),
-            admin_token: self.admin_token()?,
+            tokens: self.tokens()?,
         })
     }
 

@@ -58,7 +58,8 @@ enum Cmd {
     /// images carry no curl).
     Probe { url: String },
     /// Print an access token for the public API, signed with order-svc's secret: the one in
-    /// `ORDER_JWT__SECRET` if set (as in the compose containers), else the dev secret in the
+    /// `ORDER_JWT__SECRET` or the file `ORDER_JWT__SECRET_FILE` names (as in the compose
+    /// containers), else the dev secret in the
     /// data folder (`--data`).
     Token {
         /// The user the token is for (the demo users: alice, bob, carol).
@@ -82,7 +83,9 @@ enum Cmd {
     /// Create the demo accounts, stock and catalog on running services (what the platform does
     /// on its first start), e.g. on the compose platform.
     Seed {
-        /// The admin token (default: `ADMIN_TOKEN`, else `<data>/admin-token`).
+        /// The admin token the services share (default: `ADMIN_TOKEN`, else each service's own
+        /// in `ORDER_ADMIN_TOKEN`, `PAYMENT_ADMIN_TOKEN` and `INVENTORY_ADMIN_TOKEN`, else
+        /// `<data>/admin-token`).
         #[arg(long)]
         admin_token: Option<String>,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
@@ -155,18 +158,29 @@ async fn main() -> std::process::ExitCode {
             inventory_url,
         }) => {
             let seeded = async {
-                let admin_token = match admin_token.or_else(|| std::env::var("ADMIN_TOKEN").ok()) {
-                    Some(t) => t,
-                    None => std::fs::read_to_string(cli.data.join("admin-token"))
-                        .map(|t| t.trim().to_owned())
-                        .map_err(io(&cli.data.join("admin-token")))?,
+                let own = |s: &str| std::env::var(format!("{s}_ADMIN_TOKEN")).ok();
+                let tokens = match admin_token.or_else(|| std::env::var("ADMIN_TOKEN").ok()) {
+                    Some(t) => admin::Tokens::same(t),
+                    None => match (own("ORDER"), own("PAYMENT"), own("INVENTORY")) {
+                        (Some(order), Some(payment), Some(inventory)) => admin::Tokens {
+                            coordinator: String::new(),
+                            order,
+                            payment,
+                            inventory,
+                        },
+                        _ => admin::Tokens::same(
+                            std::fs::read_to_string(cli.data.join("admin-token"))
+                                .map(|t| t.trim().to_owned())
+                                .map_err(io(&cli.data.join("admin-token")))?,
+                        ),
+                    },
                 };
                 let admin = admin::Admin::new(&admin::Endpoints {
                     coordinator: String::new(),
                     order: order_url,
                     payment: payment_url,
                     inventory: inventory_url,
-                    admin_token,
+                    tokens,
                 });
                 seed_demo(&admin).await?;
                 println!("demo data seeded: alice ($100.00), bob ($25.00), carol ($0), merchant; coffee, mug, vinyl");
@@ -521,7 +535,7 @@ async fn seed(layout: &Layout) -> Result<bool, PlatformError> {
         order: layout.http(Which::Order),
         payment: layout.http(Which::Payment),
         inventory: layout.http(Which::Inventory),
-        admin_token: layout.admin_token.clone(),
+        tokens: admin::Tokens::same(&layout.admin_token),
     });
     seed_demo(&admin).await?;
     std::fs::write(&marker, "seeded\n").map_err(io(&marker))?;

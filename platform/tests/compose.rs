@@ -29,15 +29,11 @@ fn repo() -> PathBuf {
 
 use testkit::containers::{docker_or_skip, run};
 
-fn secret() -> String {
-    (0..32)
-        .map(|_| format!("{:02x}", rand::random::<u8>()))
-        .collect()
-}
-
-/// A compose project of this test: its variables, and `down -v` when dropped.
+/// A compose project of this test: its variables, its secrets (made by compose/up's own
+/// `ensure_secrets`), and `down -v` when dropped.
 struct Project {
     name: String,
+    secrets: tempfile::TempDir,
     vars: Vec<(&'static str, String)>,
     ports: std::collections::HashMap<&'static str, u16>,
 }
@@ -56,16 +52,37 @@ impl Project {
     /// Secrets of its own; ports come later ([`Project::take_ports`]), just before `up`, so
     /// they are still free when the containers bind them.
     fn new() -> Project {
+        let secrets = testkit::temp_dir("compose-secrets-");
+        let made = run(Command::new("bash")
+            .arg("-c")
+            .arg(format!(
+                ". {}/compose/lib.sh && ensure_secrets",
+                repo().display()
+            ))
+            .current_dir(secrets.path())
+            .env("SECRETS_DIR", secrets.path().join("secrets")));
+        assert!(made.status.success(), "ensure_secrets failed");
         Project {
             name: format!("tcc-pay-test-{}", std::process::id()),
             vars: vec![
-                ("POSTGRES_PASSWORD", secret()),
-                ("ADMIN_TOKEN", secret()),
-                ("JWT_SECRET", format!("{}{}", secret(), secret())),
+                (
+                    "SECRETS_DIR",
+                    secrets.path().join("secrets").display().to_string(),
+                ),
                 ("TCC_PAY_TAG", "test".to_owned()),
             ],
+            secrets,
             ports: std::collections::HashMap::new(),
         }
+    }
+
+    /// One of the generated secrets (`jwt-secret`, `order-admin-token`, …).
+    fn secret(&self, name: &str) -> String {
+        let path = self.secrets.path().join("secrets").join(name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_owned()
     }
 
     fn take_ports(&mut self) {
@@ -75,10 +92,6 @@ impl Project {
             .collect();
         self.vars
             .extend(self.ports.iter().map(|(k, p)| (*k, p.to_string())));
-    }
-
-    fn var(&self, k: &str) -> &str {
-        &self.vars.iter().find(|(n, _)| *n == k).unwrap().1
     }
 
     fn url(&self, port: &str) -> String {
@@ -187,11 +200,8 @@ fn sweep_stale_projects() {
     for name in names {
         let pid = name.trim_start_matches("tcc-pay-test-");
         if !Path::new("/proc").join(pid).exists() {
-            let stale = Project {
-                name,
-                vars: Vec::new(),
-                ports: std::collections::HashMap::new(),
-            };
+            let mut stale = Project::new();
+            stale.name = name;
             drop(stale); // its Drop runs `down -v`
         }
     }
@@ -205,7 +215,7 @@ async fn order(
     sku: &str,
 ) -> (u16, Value) {
     let token = order_svc::auth::Authenticator::new(
-        p.var("JWT_SECRET").as_bytes(),
+        p.secret("jwt-secret").as_bytes(),
         &order_svc::auth::JwtConfig::default(),
     )
     .mint(user, Duration::from_secs(600));
@@ -282,12 +292,79 @@ async fn the_compose_platform_confirms_cancels_traces_scrapes_and_survives_a_kil
         );
     }
 
+    // Secrets are mounted files: no container's environment or command line holds one.
+    let all_secrets: Vec<String> = [
+        "postgres-password",
+        "jwt-secret",
+        "coordinator-admin-token",
+        "order-admin-token",
+        "payment-admin-token",
+        "inventory-admin-token",
+    ]
+    .into_iter()
+    .map(|n| p.secret(n))
+    .collect();
+    for service in ["order", "payment", "inventory", "coordinator", "postgres"] {
+        let seen = run(Command::new("docker").args([
+            "inspect",
+            "-f",
+            "{{json .Config.Env}} {{json .Config.Cmd}} {{json .Args}}",
+            &p.container(service),
+        ]));
+        let seen = String::from_utf8_lossy(&seen.stdout).into_owned();
+        for (i, secret) in all_secrets.iter().enumerate() {
+            assert!(
+                !seen.contains(secret.as_str()),
+                "secret #{i} is visible in docker inspect of {service}"
+            );
+        }
+    }
+    // Each service has its own admin token: another service's is refused.
+    let http = reqwest::Client::new();
+    for (base, own, other) in [
+        ("PAYMENT_PORT", "payment-admin-token", "order-admin-token"),
+        (
+            "INVENTORY_PORT",
+            "inventory-admin-token",
+            "payment-admin-token",
+        ),
+        (
+            "COORDINATOR_PORT",
+            "coordinator-admin-token",
+            "inventory-admin-token",
+        ),
+    ] {
+        let path = if base == "COORDINATOR_PORT" {
+            "/api/v1/transactions"
+        } else {
+            "/admin/audit"
+        };
+        let status = |token: String| {
+            let req = http
+                .get(format!("{}{path}", p.url(base)))
+                .bearer_auth(token)
+                .send();
+            async move { req.await.map(|r| r.status().as_u16()).unwrap_or(0) }
+        };
+        assert_eq!(
+            status(p.secret(own)).await,
+            200,
+            "{base} with its own token"
+        );
+        assert_eq!(status(p.secret(other)).await, 401, "{base} with {other}");
+    }
+
     let endpoints = admin::Endpoints {
         coordinator: p.url("COORDINATOR_PORT"),
         order: p.url("ORDER_PORT"),
         payment: p.url("PAYMENT_PORT"),
         inventory: p.url("INVENTORY_PORT"),
-        admin_token: p.var("ADMIN_TOKEN").to_owned(),
+        tokens: admin::Tokens {
+            coordinator: p.secret("coordinator-admin-token"),
+            order: p.secret("order-admin-token"),
+            payment: p.secret("payment-admin-token"),
+            inventory: p.secret("inventory-admin-token"),
+        },
     };
     let admin = admin::Admin::new(&endpoints);
     async {

@@ -16,14 +16,43 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Where the four services answer, and the admin token they share.
+/// Where the four services answer, and their admin tokens.
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     pub coordinator: String,
     pub order: String,
     pub payment: String,
     pub inventory: String,
-    pub admin_token: String,
+    pub tokens: Tokens,
+}
+
+/// The admin token of each service: one each in a deployment (compose), one shared by the
+/// four in the one-command dev platform.
+#[derive(Clone)]
+pub struct Tokens {
+    pub coordinator: String,
+    pub order: String,
+    pub payment: String,
+    pub inventory: String,
+}
+
+impl Tokens {
+    /// The same token for the four services (the dev platform's).
+    pub fn same(token: impl Into<String>) -> Tokens {
+        let token = token.into();
+        Tokens {
+            coordinator: token.clone(),
+            order: token.clone(),
+            payment: token.clone(),
+            inventory: token,
+        }
+    }
+}
+
+impl std::fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tokens(***)")
+    }
 }
 
 /// Why an admin call did not give what was asked for.
@@ -389,14 +418,15 @@ pub struct Admin {
 impl Admin {
     pub fn new(e: &Endpoints) -> Admin {
         let http = reqwest::Client::new();
-        let api = |service, base: &str| {
-            Api::with_client(service, base, e.admin_token.clone(), http.clone())
+        let api = |service, base: &str, token: &String| {
+            Api::with_client(service, base, token.clone(), http.clone())
         };
+        let t = &e.tokens;
         Admin {
-            coordinator: api("coordinator", &e.coordinator),
-            order: Order(api("order", &e.order)),
-            payment: Payment(api("payment", &e.payment)),
-            inventory: Inventory(api("inventory", &e.inventory)),
+            coordinator: api("coordinator", &e.coordinator, &t.coordinator),
+            order: Order(api("order", &e.order, &t.order)),
+            payment: Payment(api("payment", &e.payment, &t.payment)),
+            inventory: Inventory(api("inventory", &e.inventory, &t.inventory)),
         }
     }
 }

@@ -243,7 +243,8 @@ impl FaultKind {
 /// The four services and their four databases on a network of their own.
 pub struct Cluster {
     pub network: String,
-    pub admin_token: String,
+    /// Each service's own admin token (production: none shares another's).
+    pub tokens: admin::Tokens,
     pub jwt_secret: String,
     /// HTTP base URL (on the loopback) per service; see [`Cluster::url`].
     urls: BTreeMap<Svc, String>,
@@ -342,11 +343,17 @@ impl Cluster {
             .into_iter()
             .collect();
 
-        let (admin_token, jwt_secret) = (secret(), format!("{}{}", secret(), secret()));
+        let tokens = admin::Tokens {
+            coordinator: secret(),
+            order: secret(),
+            payment: secret(),
+            inventory: secret(),
+        };
+        let jwt_secret = format!("{}{}", secret(), secret());
         let pki = cluster_pki();
         let mut cluster = Cluster {
             network,
-            admin_token,
+            tokens,
             jwt_secret,
             urls: BTreeMap::new(),
             services: BTreeMap::new(),
@@ -430,7 +437,7 @@ impl Cluster {
                     self.db_names[&s]
                 ),
             ),
-            (format!("{p}ADMIN_TOKEN"), self.admin_token.clone()),
+            (format!("{p}ADMIN_TOKEN"), self.token(s).to_owned()),
             (format!("{p}TLS__DIR"), "/tls".into()),
         ];
         let own: &[(&str, String)] = match s {
@@ -579,7 +586,17 @@ impl Cluster {
             order: self.url(Svc::Order),
             payment: self.url(Svc::Payment),
             inventory: self.url(Svc::Inventory),
-            admin_token: self.admin_token.clone(),
+            tokens: self.tokens.clone(),
+        }
+    }
+
+    /// `s`'s admin token.
+    pub fn token(&self, s: Svc) -> &str {
+        match s {
+            Svc::Coordinator => &self.tokens.coordinator,
+            Svc::Order => &self.tokens.order,
+            Svc::Payment => &self.tokens.payment,
+            Svc::Inventory => &self.tokens.inventory,
         }
     }
 

@@ -140,7 +140,7 @@ impl Platform {
             order: self.urls["order"].clone(),
             payment: self.urls["payment"].clone(),
             inventory: self.urls["inventory"].clone(),
-            admin_token: self.admin_token.clone(),
+            tokens: admin::Tokens::same(&self.admin_token),
         }
     }
 
