@@ -55,6 +55,10 @@ impl host::failpoint::Point for Crash {
 }
 
 /// Limits and timings of the engine.
+/// How often a replay waiting for a decision looks at the log when no wake-up comes (the
+/// transaction may be driven by another instance).
+const REPLAY_POLL: Duration = Duration::from_millis(200);
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub node_id: u16,
@@ -254,7 +258,7 @@ impl Engine {
         let lease_until = match log::insert(&self.db, &new, &self.owner, self.lease_ms()).await {
             Ok(lease_until) => lease_until,
             Err(StoreError::UniqueViolation { .. }) if new.idempotency_key.is_some() => {
-                self.unsubscribe(new.gid);
+                self.unsubscribe(new.gid, rx);
                 let key = new.idempotency_key.clone().unwrap_or_default();
                 let (gid, hash) = log::find_by_key(&self.db, &key)
                     .await?
@@ -263,7 +267,7 @@ impl Engine {
                 return self.replay(gid, &hash, &new, &req, wait).await;
             }
             Err(e) => {
-                self.unsubscribe(new.gid);
+                self.unsubscribe(new.gid, rx);
                 return Err(e.into());
             }
         };
@@ -288,7 +292,7 @@ impl Engine {
             let current = rx.borrow().clone();
             current
         };
-        self.unsubscribe(gid);
+        self.unsubscribe(gid, rx);
         Ok(ExecuteOutcome {
             gid,
             status,
@@ -313,38 +317,58 @@ impl Engine {
                 new.idempotency_key.clone().unwrap_or_default(),
             ));
         }
+        // Listening before reading: a decision this instance makes after the read wakes the
+        // wait at once; one made by another instance is seen by the slower poll.
+        let mut rx = self.subscribe(gid);
         let deadline = Instant::now() + wait;
-        loop {
-            let (status, reason) = log::status_of(&self.db, gid)
-                .await?
-                .ok_or(EngineError::NotFound(gid))?;
-            if status != Status::Prepared || Instant::now() >= deadline {
+        let answer = loop {
+            let (status, reason) = match log::status_of(&self.db, gid).await {
+                Ok(Some(found)) => found,
+                Ok(None) => break Err(EngineError::NotFound(gid)),
+                Err(e) => break Err(e.into()),
+            };
+            let now = Instant::now();
+            if status != Status::Prepared || now >= deadline {
                 // A replay's request is the recorded one (same hash): same branches.
-                return Ok(ExecuteOutcome {
+                break Ok(ExecuteOutcome {
                     gid,
                     status,
                     reason: reason.map(|r| with_branch_id(r, new)),
                     replayed: true,
                 });
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            let nap = REPLAY_POLL.min(deadline - now);
+            // Woken, or the nap is over; a closed channel (cannot happen while we listen)
+            // must not turn this into a busy loop.
+            if let Ok(Err(_)) = tokio::time::timeout(nap, rx.changed()).await {
+                tokio::time::sleep(nap).await;
+            }
+        };
+        self.unsubscribe(gid, rx);
+        answer
+    }
+
+    /// Listens for `gid`'s decision on this instance; every caller waiting on one gid shares
+    /// its channel.
+    fn subscribe(&self, gid: Gid) -> watch::Receiver<Decision> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        match waiters.get(&gid) {
+            Some(tx) => tx.subscribe(),
+            None => {
+                let (tx, rx) = watch::channel((Status::Prepared, None));
+                waiters.insert(gid, tx);
+                rx
+            }
         }
     }
 
-    fn subscribe(&self, gid: Gid) -> watch::Receiver<Decision> {
-        let (tx, rx) = watch::channel((Status::Prepared, None));
-        self.waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(gid, tx);
-        rx
-    }
-
-    fn unsubscribe(&self, gid: Gid) {
-        self.waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&gid);
+    /// Stops listening; the channel goes with its last listener.
+    fn unsubscribe(&self, gid: Gid, rx: watch::Receiver<Decision>) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        drop(rx);
+        if waiters.get(&gid).is_some_and(|tx| tx.receiver_count() == 0) {
+            waiters.remove(&gid);
+        }
     }
 
     fn notify(&self, gid: Gid, status: Status, reason: &Option<Rollback>) {

@@ -5,7 +5,7 @@
 use crate::engine::{Engine, EngineError};
 use crate::log;
 use crate::machine::Status;
-use crate::view::transaction;
+use crate::view::transaction_page;
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
 use host::Problem;
@@ -107,13 +107,43 @@ fn name<T: std::fmt::Debug>(v: T) -> String {
     format!("{v:?}").to_lowercase()
 }
 
-/// `GET /api/v1/transactions/{gid}`: the transaction, its branches, and every attempt.
+#[derive(Debug, Deserialize)]
+struct ShowQuery {
+    /// Attempts per page of the timeline, newest first (1..=1000).
+    #[serde(default = "default_timeline_limit")]
+    timeline_limit: i64,
+    /// The `timeline.next_before` of the previous page.
+    timeline_before: Option<String>,
+}
+
+fn default_timeline_limit() -> i64 {
+    200
+}
+
+/// `GET /api/v1/transactions/{gid}?timeline_limit=200&timeline_before=<cursor>`: the
+/// transaction, its branches, and a page of its attempts (the newest; `timeline.next_before`
+/// pages back through older ones).
 async fn show(
     engine: web::Data<Arc<Engine>>,
     gid: web::Path<String>,
+    q: web::Query<ShowQuery>,
 ) -> Result<HttpResponse, Problem> {
     let gid = parse_gid(&gid)?;
-    let t = transaction(engine.db(), gid).await?;
+    if !(1..=1000).contains(&q.timeline_limit) {
+        return Err(Problem::bad_request(
+            "timeline_limit must be between 1 and 1000",
+        ));
+    }
+    let before = match q.timeline_before.as_deref() {
+        None | Some("") => None,
+        Some(c) => Some(c.parse::<log::TimelineCursor>().map_err(|()| {
+            Problem::bad_request(format!(
+                "{c:?} is not a timeline cursor (use timeline.next_before of the previous page)"
+            ))
+        })?),
+    };
+    let (t, total, next) = transaction_page(engine.db(), gid, before, q.timeline_limit).await?;
+    let shown: usize = t.branches.iter().map(|b| b.timeline.len()).sum();
     let branches: Vec<_> = t
         .branches
         .iter()
@@ -160,6 +190,11 @@ async fn show(
         "next_attempt_at_ms": t.next_attempt_at_ms,
         "attempts": t.attempts,
         "branches": branches,
+        "timeline": {
+            "shown": shown,
+            "total": total,
+            "next_before": next.map(|c| c.to_string()),
+        },
     })))
 }
 

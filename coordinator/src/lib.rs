@@ -58,6 +58,15 @@ pub struct Config {
     /// Crash at this point the first time it is reached (crash tests; refused in production).
     #[serde(default)]
     pub failpoint: Option<engine::Crash>,
+    /// How long an ended transaction keeps its branches and timeline
+    /// (`COORDINATOR_RETENTION__HOURS`, default 30 days; at least a day). A keyed transaction
+    /// keeps its status row for good: it answers a late replay of its key.
+    #[serde(default = "default_retention")]
+    pub retention: host::Retention,
+}
+
+fn default_retention() -> host::Retention {
+    host::Retention::days(30)
 }
 
 impl Default for Config {
@@ -75,6 +84,7 @@ impl Default for Config {
             node_lease_ms: e.node_lease.as_millis() as u64,
             participants: Default::default(),
             failpoint: None,
+            retention: default_retention(),
         }
     }
 }
@@ -117,6 +127,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     if config.node_id > ids::MAX_NODE {
         return Err(ConfigError(format!("node_id must be 0..={}", ids::MAX_NODE)).into());
     }
+    config.retention.validate("retention")?;
     let mut engine_config = config.engine()?;
     let tls = config.common.trust("coordinator")?;
     engine_config.participants_tls = tls.clone();
@@ -141,6 +152,19 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     .await
     .map_err(|e| ConfigError(e.to_string()))?;
     engine.spawn_recovery(shutdown.clone().wait());
+    let purge_db = db.clone();
+    config.retention.spawn(
+        "ended transactions",
+        move |before| {
+            let db = purge_db.clone();
+            async move {
+                log::purge_ended(&db, before, 500)
+                    .await
+                    .map(|p| p.transactions)
+            }
+        },
+        shutdown.clone().wait(),
+    );
     let grpc = grpc::CoordinatorService::new(engine.clone(), admin.get_ref().clone()).into_server();
     let engine_data = actix_web::web::Data::new(engine);
     let failpoint_data = actix_web::web::Data::from(failpoints);

@@ -204,6 +204,74 @@ fn rows_from(first: usize, n: usize, cols: usize, row: impl Fn(&[String]) -> Str
         .join(", ")
 }
 
+/// What one [`purge_ended`] round removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Purged {
+    /// Transactions whose branches and timeline were deleted.
+    pub transactions: u64,
+    /// Of those, the ones deleted entirely (no idempotency key).
+    pub removed: u64,
+}
+
+/// Deletes, for up to `batch` transactions that **ended** (succeeded or failed) before
+/// `before_ms`, their branches and timeline; a transaction without an idempotency key goes
+/// entirely. Returns what it removed.
+///
+/// A transaction that has not ended keeps everything however old: recovery drives it from
+/// these rows, for as long as it takes. A keyed transaction keeps its one row (status, reason,
+/// key and request hash): a late replay of its key (order-svc taking over an interrupted
+/// request, days later) must get the same answer and never start the order again. The row with
+/// the largest gid stays too: the id generator resumes above it after a restart.
+pub async fn purge_ended(db: &Db, before_ms: i64, batch: i64) -> Result<Purged, StoreError> {
+    let ended: Vec<(i64, Option<String>)> = sqlx::query_as(
+        "SELECT gid, idempotency_key FROM global_txns WHERE status IN ('succeeded', 'failed') \
+         AND updated_at < $1 AND (EXISTS (SELECT 1 FROM branches b WHERE b.gid = global_txns.gid) \
+         OR (idempotency_key IS NULL AND gid < (SELECT MAX(gid) FROM global_txns))) ORDER BY gid LIMIT $2",
+    )
+    .bind(before_ms)
+    .bind(batch.max(1))
+    .fetch_all(db.pool())
+    .await?;
+    if ended.is_empty() {
+        return Ok(Purged::default());
+    }
+    let list = rows(ended.len(), 1, |p| p[0].clone());
+    let mut tx = db.begin().await?;
+    for sql in [
+        format!("DELETE FROM attempts WHERE gid IN ({list})"),
+        format!("DELETE FROM branches WHERE gid IN ({list})"),
+    ] {
+        let mut q = sqlx::query(&sql);
+        for (gid, _) in &ended {
+            q = q.bind(gid);
+        }
+        q.execute(&mut *tx).await?;
+    }
+    let unkeyed: Vec<i64> = ended
+        .iter()
+        .filter(|(_, key)| key.is_none())
+        .map(|(gid, _)| *gid)
+        .collect();
+    let mut removed = 0;
+    if !unkeyed.is_empty() {
+        let sql = format!(
+            "DELETE FROM global_txns WHERE gid IN ({}) AND idempotency_key IS NULL \
+             AND status IN ('succeeded', 'failed') AND gid < (SELECT MAX(gid) FROM global_txns)",
+            rows(unkeyed.len(), 1, |p| p[0].clone())
+        );
+        let mut q = sqlx::query(&sql);
+        for gid in &unkeyed {
+            q = q.bind(gid);
+        }
+        removed = q.execute(&mut *tx).await?.rows_affected();
+    }
+    tx.commit().await?;
+    Ok(Purged {
+        transactions: ended.len() as u64,
+        removed,
+    })
+}
+
 /// The epoch of the claim a new transaction is recorded with.
 pub const FIRST_EPOCH: i64 = 1;
 
@@ -684,4 +752,102 @@ mod placeholder_tests {
             "($1, $2, 0)"
         );
     }
+}
+
+/// Where a page of a timeline ends: the oldest attempt shown (its start and its id, unique).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimelineCursor {
+    pub started_at: i64,
+    pub id: i64,
+}
+
+impl std::fmt::Display for TimelineCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.started_at, self.id)
+    }
+}
+
+impl std::str::FromStr for TimelineCursor {
+    type Err = ();
+
+    fn from_str(s: &str) -> Result<Self, ()> {
+        let (at, id) = s.split_once('.').ok_or(())?;
+        Ok(TimelineCursor {
+            started_at: at.parse().map_err(|_| ())?,
+            id: id.parse().map_err(|_| ())?,
+        })
+    }
+}
+
+/// One page of a transaction's timeline, newest first from `before` (exclusive; `None`: the
+/// newest), at most `limit` attempts, returned oldest first; with the transaction's attempt
+/// count and the cursor of the next (older) page, if there is one.
+pub async fn timeline_page(
+    db: &Db,
+    gid: Gid,
+    before: Option<TimelineCursor>,
+    limit: i64,
+) -> Result<(Vec<Attempt>, i64, Option<TimelineCursor>), StoreError> {
+    type Row = (i64, i64, String, i64, i64, String, Option<String>, String);
+    let before = before.unwrap_or(TimelineCursor {
+        started_at: i64::MAX,
+        id: i64::MAX,
+    });
+    let mut rows: Vec<(i64, Row)> = sqlx::query_as::<
+        _,
+        (
+            i64,
+            i64,
+            i64,
+            String,
+            i64,
+            i64,
+            String,
+            Option<String>,
+            String,
+        ),
+    >(
+        "SELECT id, gid, idx, op, started_at, duration_us, outcome, error, owner FROM attempts \
+         WHERE gid = $1 AND (started_at < $2 OR (started_at = $2 AND id < $3)) \
+         ORDER BY started_at DESC, id DESC LIMIT $4",
+    )
+    .bind(gid.as_i64())
+    .bind(before.started_at)
+    .bind(before.id)
+    .bind(limit + 1)
+    .fetch_all(db.pool())
+    .await?
+    .into_iter()
+    .map(|(id, gid, idx, op, at, us, outcome, error, owner)| {
+        (id, (gid, idx, op, at, us, outcome, error, owner))
+    })
+    .collect();
+    let more = rows.len() as i64 > limit;
+    rows.truncate(limit.max(0) as usize);
+    let next = more
+        .then(|| rows.last())
+        .flatten()
+        .map(|(id, r)| TimelineCursor {
+            started_at: r.3,
+            id: *id,
+        });
+    let total: i64 =
+        sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM attempts WHERE gid = $1")
+            .bind(gid.as_i64())
+            .fetch_one(db.pool())
+            .await?;
+    let mut page = Vec::with_capacity(rows.len());
+    for (_, (_, idx, op, started_at, duration_us, outcome, error, owner)) in rows.into_iter().rev()
+    {
+        page.push(Attempt {
+            idx,
+            op: Op::parse(&op).ok_or_else(|| corrupt("op", &op))?,
+            started_at,
+            duration_us,
+            outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+            error,
+            owner,
+        });
+    }
+    Ok((page, total, next))
 }

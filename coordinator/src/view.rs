@@ -26,6 +26,21 @@ pub async fn transaction(db: &Db, gid: Gid) -> Result<pb::GlobalTransaction, Eng
         .ok_or(EngineError::NotFound(gid))
 }
 
+/// A transaction with one page of its timeline (see [`log::timeline_page`]): the newest
+/// attempts first, so a transaction retried for days shows its latest calls.
+pub async fn transaction_page(
+    db: &Db,
+    gid: Gid,
+    before: Option<log::TimelineCursor>,
+    limit: i64,
+) -> Result<(pb::GlobalTransaction, i64, Option<log::TimelineCursor>), EngineError> {
+    let (timeline, total, next) = log::timeline_page(db, gid, before, limit).await?;
+    let stored = log::load(db, gid)
+        .await?
+        .ok_or(EngineError::NotFound(gid))?;
+    Ok((shown(stored, &timeline), total, next))
+}
+
 /// Transactions as the API shows them, in three queries whatever their number (in the order of
 /// `gids`; those that do not exist are left out).
 pub async fn transactions(

@@ -913,7 +913,206 @@ both_backends!(
     a_listed_page_shows_every_transaction_with_its_own_branches_and_timeline,
     a_transaction_naming_a_participant_the_coordinator_does_not_know_is_refused_and_nothing_called,
     reads_and_retries_without_the_admin_token_are_refused_over_http_and_grpc,
+    the_purge_keeps_every_unended_transaction_and_every_answer_a_replay_needs,
+    a_long_timeline_pages_back_through_every_attempt_once,
 );
+
+/// A transaction retried for days has thousands of attempts: its read shows a page, the
+/// newest first, and the pages before it hold every older attempt exactly once (two branches
+/// per round, often started in the same millisecond: the cursor breaks the tie by id).
+async fn a_long_timeline_pages_back_through_every_attempt_once(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let (a, b, _) = three().await;
+    a.on(Op::Confirm, [Behavior::Unavailable]);
+    b.on(Op::Confirm, [Behavior::Unavailable]);
+    let mut req = tcc("long", &[&a, &b]);
+    req.concurrent = true;
+    let r = c.execute(req).await.unwrap();
+    assert!(a.wait_for(Op::Confirm, 6, Duration::from_secs(20)).await);
+    let http = reqwest::Client::new();
+    let read = |query: String| {
+        let req = http
+            .get(format!(
+                "{}/api/v1/transactions/{}?{query}",
+                c.http_url, r.gid
+            ))
+            .bearer_auth(ADMIN)
+            .send();
+        async move {
+            let res = req.await.unwrap();
+            (
+                res.status().as_u16(),
+                res.json::<serde_json::Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, first) = read("timeline_limit=3".into()).await;
+    assert_eq!(status, 200, "{first}");
+    let total = first["timeline"]["total"].as_u64().unwrap();
+    assert!(total >= 8, "{first}");
+    let attempts_of = |page: &serde_json::Value| -> Vec<(u64, String, String)> {
+        let mut v: Vec<_> = page["branches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|br| {
+                let id = br["branch_id"].as_str().unwrap().to_owned();
+                br["timeline"].as_array().unwrap().iter().map(move |a| {
+                    (
+                        a["started_at_ms"].as_u64().unwrap(),
+                        id.clone(),
+                        a["op"].as_str().unwrap().to_owned(),
+                    )
+                })
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let mut seen = attempts_of(&first);
+    assert_eq!(seen.len(), 3);
+    assert_eq!(first["timeline"]["shown"], 3);
+    let mut cursor = first["timeline"]["next_before"].as_str().map(str::to_owned);
+    let mut pages = 1;
+    while let Some(before) = cursor {
+        let (status, page) = read(format!("timeline_limit=3&timeline_before={before}")).await;
+        assert_eq!(status, 200, "{page}");
+        let older = attempts_of(&page);
+        assert!(!older.is_empty() && older.len() <= 3, "{page}");
+        assert!(
+            older.last().unwrap().0 <= seen.first().unwrap().0,
+            "a page is not older than the one after it: {older:?} then {seen:?}"
+        );
+        seen.splice(0..0, older);
+        cursor = page["timeline"]["next_before"].as_str().map(str::to_owned);
+        pages += 1;
+    }
+    assert_eq!(seen.len() as u64, total, "{pages} pages: {seen:?}");
+    assert_eq!(seen.iter().filter(|(_, _, op)| op == "try").count(), 2);
+    // Bad paging input is a 400 that says what to send.
+    for bad in [
+        "timeline_limit=0",
+        "timeline_limit=1001",
+        "timeline_before=yesterday",
+    ] {
+        let (status, problem) = read(bad.into()).await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+    }
+}
+
+/// Retention (`log::purge_ended`, what the coordinator runs every hour): ended transactions
+/// lose their branches and timeline, and those without a key go entirely; a transaction still
+/// being driven keeps everything, and a key replayed after the purge gets its first answer,
+/// never a second run.
+async fn the_purge_keeps_every_unended_transaction_and_every_answer_a_replay_needs(db: TestDb) {
+    let dir = testkit::temp_dir("coord-");
+    let c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let (ok, no, stuck) = three().await;
+    no.on(Op::Try, [Behavior::Reject("insufficient_funds")]);
+    stuck.on(Op::Confirm, [Behavior::Unavailable]);
+    let unkeyed_first = c.execute(tcc("", &[&ok])).await.unwrap();
+    let done = c.execute(tcc("done", &[&ok])).await.unwrap();
+    let refused = c.execute(tcc("refused", &[&ok, &no])).await.unwrap();
+    let mut pending = tcc("stuck", &[&stuck]);
+    pending.wait_ms = 0;
+    let pending = c.execute(pending).await.unwrap();
+    let unkeyed_last = c.execute(tcc("", &[&ok])).await.unwrap();
+    for gid in [unkeyed_first.gid, done.gid, refused.gid, unkeyed_last.gid] {
+        c.wait_terminal(gid, Duration::from_secs(10)).await;
+    }
+    assert!(
+        stuck
+            .wait_for(Op::Confirm, 2, Duration::from_secs(10))
+            .await
+    );
+
+    let log = store::Db::connect(&store::DbConfig::new(db.url()))
+        .await
+        .unwrap();
+    let attempts = |gid: u64| {
+        let log = log.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "SELECT CAST(COUNT(*) AS BIGINT) FROM attempts WHERE gid = $1",
+            )
+            .bind(gid as i64)
+            .fetch_one(log.pool())
+            .await
+            .unwrap()
+        }
+    };
+    let stuck_before = attempts(pending.gid).await;
+    assert!(stuck_before >= 2);
+    // Everything that ended before a minute from now may go; rounds until one finds nothing.
+    let cutoff = store::now_ms() + 60_000;
+    let mut purged = Vec::new();
+    loop {
+        let p = coordinator::log::purge_ended(&log, cutoff, 2)
+            .await
+            .unwrap();
+        if p.transactions == 0 {
+            break;
+        }
+        purged.push(p);
+    }
+    let total: u64 = purged.iter().map(|p| p.transactions).sum();
+    let removed: u64 = purged.iter().map(|p| p.removed).sum();
+    assert_eq!(
+        (total, removed),
+        (4, 1),
+        "four ended, one removed entirely (the last unkeyed one stays: the id generator resumes above it): {purged:?}"
+    );
+    for gid in [unkeyed_first.gid, done.gid, refused.gid, unkeyed_last.gid] {
+        assert_eq!(attempts(gid).await, 0, "gid {gid} kept its timeline");
+    }
+    // The transaction still being driven kept everything, and is still driven.
+    let t = c.get(pending.gid).await;
+    assert_eq!(t.status(), pb::Status::Confirming);
+    assert_eq!(t.branches.len(), 1);
+    assert!(
+        stuck
+            .wait_for(
+                Op::Confirm,
+                stuck_before as usize + 2,
+                Duration::from_secs(10)
+            )
+            .await
+    );
+    assert!(attempts(pending.gid).await > stuck_before);
+
+    // Replays of purged keys: the first answer, the same gid, nothing run again.
+    let tries_before = ok.calls().len();
+    let again = c.execute(tcc("done", &[&ok])).await.unwrap();
+    assert!(again.replayed && again.gid == done.gid, "{again:?}");
+    assert_eq!(again.status(), pb::Status::Succeeded);
+    let again = c.execute(tcc("refused", &[&ok, &no])).await.unwrap();
+    assert!(again.replayed && again.gid == refused.gid, "{again:?}");
+    assert_eq!(again.status(), pb::Status::Failed);
+    assert!(
+        again.reason.contains("insufficient_funds"),
+        "{}",
+        again.reason
+    );
+    assert_eq!(
+        ok.calls().len(),
+        tries_before,
+        "a replay called a participant"
+    );
+    // What an operator reads: the ended keyed one without its details, the unkeyed one gone.
+    let shown = c.get(done.gid).await;
+    assert_eq!(shown.status(), pb::Status::Succeeded);
+    assert!(shown.branches.is_empty());
+    let gone = c
+        .operator
+        .clone()
+        .get(pb::GetRequest {
+            gid: unkeyed_first.gid,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::NotFound);
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_message() {

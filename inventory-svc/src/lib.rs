@@ -40,6 +40,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
             migrator: &MIGRATOR,
             handler: stock::Stock,
             routes: std::sync::Arc::new(admin::routes),
+            background: None,
         },
         shutdown,
     )

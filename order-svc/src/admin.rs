@@ -108,8 +108,13 @@ async fn list_orders(
 }
 
 /// `GET /admin/audit`: orders by status, and the exactly-once bookkeeping of the public API
-/// (DESIGN §5.4), in one read transaction.
-async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
+/// (DESIGN §5.4), in one read transaction. An order settled before the retention cutoff may
+/// have lost its key to the purge: only orders changed since are checked for one.
+async fn audit(
+    db: web::Data<Db>,
+    retention: Option<web::Data<host::Retention>>,
+) -> Result<HttpResponse, Problem> {
+    let cutoff = retention.map_or(i64::MIN, |r| r.cutoff_ms());
     let mut tx = db.begin().await?;
     let rows: Vec<(String, i64)> =
         sqlx::query_as("SELECT status, CAST(COUNT(*) AS BIGINT) FROM orders GROUP BY status")
@@ -130,8 +135,10 @@ async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
     .await?;
     let without: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM orders o \
-         WHERE NOT EXISTS (SELECT 1 FROM order_requests r WHERE r.order_id = o.id)",
+         WHERE NOT EXISTS (SELECT 1 FROM order_requests r WHERE r.order_id = o.id) \
+         AND (o.updated_at >= $1 OR o.status NOT IN ('CONFIRMED', 'CANCELLED'))",
     )
+    .bind(cutoff)
     .fetch_one(&mut *tx)
     .await?;
     let several: i64 = sqlx::query_scalar(

@@ -86,6 +86,8 @@ pub struct Api {
     pub(crate) coordinator: CoordinatorClient,
     pub(crate) prices: moka::future::Cache<String, Option<(String, i64)>>,
     limiter: std::sync::Arc<crate::limit::OrderLimiter>,
+    /// Requests waiting for another request with their key.
+    pub(crate) waiters: std::sync::Arc<idempotency::Waiters>,
 }
 
 impl std::fmt::Debug for Api {
@@ -111,9 +113,15 @@ impl Api {
             .connect_timeout(Duration::from_secs(2))
             .timeout(Duration::from_millis(config.wait_ms + 5_000))
             .tcp_nodelay(true)
+            // A coordinator frozen or cut off holds its connection open without a word: pings
+            // find it within 15 s and the channel reconnects (to a standby behind the name).
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
             .connect_lazy();
         Ok(Api {
             limiter: std::sync::Arc::new(crate::limit::OrderLimiter::new(config.rate_limit)?),
+            waiters: Default::default(),
             ids: std::sync::Arc::default(),
             coordinator: pb::coordinator_client::CoordinatorClient::with_interceptor(
                 channel,
@@ -281,7 +289,6 @@ async fn place_order(
     crash: web::Data<host::Failpoints<Crash>>,
     body: web::Json<NewOrderBody>,
 ) -> Result<HttpResponse, Problem> {
-    api.limiter.check(caller.user_id.as_str())?;
     let key = idempotency_key(&req)?;
     let body = body.into_inner();
     tcc::check::id("sku", &body.sku).map_err(|r| Problem::bad_request(r.message))?;
@@ -295,45 +302,52 @@ async fn place_order(
     let user = caller.user_id.as_str();
     // A key seen before is answered from what it stored: no new id, no pricing, so neither a
     // clock behind nor a catalog hiccup stands between a client and its answer.
+    // The rate limit counts new orders: a retry with its key is never refused for it.
     let first = if idempotency::key_exists(&db, user, &key).await? {
         None
     } else {
+        api.limiter.check(user)?;
         first_attempt(&api, &db, user, &key, &hash, &body).await?
     };
     let checkout = match first {
         Some(Ok(checkout)) => checkout,
         Some(Err(answer)) => return Ok(answer.into_response(false)),
-        None => match idempotency::replay(&db, user, &key, &hash, patience(&api)).await? {
-            Replay::Answered(answer) => return Ok(answer.into_response(true)),
-            // The first request with this key was interrupted: resend exactly what it sent
-            // (the coordinator call is idempotent on its order id).
-            Replay::TakeOver {
-                txn_request: Some(bytes),
-                ..
-            } => Checkout::decode(&bytes)?,
-            // A row from before requests were stored: build it again for its order id.
-            Replay::TakeOver {
-                order_id,
-                txn_request: None,
-            } => match checkout(&api, &db, user, order_id, &body).await? {
-                Ok(c) => c,
-                Err(answer) => return Ok(answered(&db, user, &key, answer).await?),
-            },
-        },
+        None => {
+            match idempotency::replay(&db, &api.waiters, user, &key, &hash, patience(&api)).await? {
+                Replay::Answered(answer) => return Ok(answer.into_response(true)),
+                // The first request with this key was interrupted: resend exactly what it sent
+                // (the coordinator call is idempotent on its order id).
+                Replay::TakeOver {
+                    txn_request: Some(bytes),
+                    ..
+                } => Checkout::decode(&bytes)?,
+                // A row from before requests were stored: build it again for its order id.
+                Replay::TakeOver {
+                    order_id,
+                    txn_request: None,
+                } => match checkout(&api, &db, user, order_id, &body).await? {
+                    Ok(c) => c,
+                    Err(answer) => return Ok(answered(&api, &db, user, &key, answer).await?),
+                },
+            }
+        }
     };
     let answer = execute(&api, checkout).await;
     crash.hit(Crash::AfterCoordinatorAnswer);
-    Ok(answered(&db, user, &key, answer).await?)
+    Ok(answered(&api, &db, user, &key, answer).await?)
 }
 
-/// Saves (or, after a 5xx, releases) the key's answer and sends it.
+/// Saves (or, after a 5xx, releases) the key's answer, wakes the requests waiting for it, and
+/// sends it.
 async fn answered(
+    api: &Api,
     db: &Db,
     user: &str,
     key: &str,
     answer: Answer,
 ) -> Result<HttpResponse, StoreError> {
     idempotency::save(db, user, key, &answer).await?;
+    api.waiters.wake(user, key);
     Ok(answer.into_response(false))
 }
 

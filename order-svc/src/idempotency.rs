@@ -12,6 +12,7 @@ use actix_web::HttpResponse;
 use host::Problem;
 use std::time::{Duration, Instant};
 use store::{Db, StoreError};
+use tokio::sync::Notify;
 
 /// A stored or fresh response: status and JSON body.
 pub(crate) struct Answer {
@@ -128,10 +129,67 @@ pub(crate) enum Replay {
     },
 }
 
+/// Requests waiting for another request with their key to be answered, woken when this
+/// process saves the answer (a request on another instance is seen by a slower poll).
+#[derive(Debug, Default)]
+pub(crate) struct Waiters {
+    by_key: std::sync::Mutex<std::collections::HashMap<(String, String), std::sync::Arc<Notify>>>,
+}
+
+/// How often a waiter looks at the database when no wake-up comes (the answer may be saved by
+/// another instance).
+const POLL: Duration = Duration::from_millis(250);
+
+impl Waiters {
+    fn enter(&self, user: &str, key: &str) -> std::sync::Arc<Notify> {
+        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        by_key
+            .entry((user.to_owned(), key.to_owned()))
+            .or_default()
+            .clone()
+    }
+
+    fn leave(&self, user: &str, key: &str, notify: std::sync::Arc<Notify>) {
+        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        drop(notify);
+        let k = (user.to_owned(), key.to_owned());
+        // Only the map's own reference left: no one else waits on this key.
+        if by_key
+            .get(&k)
+            .is_some_and(|n| std::sync::Arc::strong_count(n) == 1)
+        {
+            by_key.remove(&k);
+        }
+    }
+
+    /// Wakes the requests waiting on this key (its answer was saved or released).
+    pub(crate) fn wake(&self, user: &str, key: &str) {
+        let by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = by_key.get(&(user.to_owned(), key.to_owned())) {
+            n.notify_waiters();
+        }
+    }
+}
+
 /// The same key again: the stored answer, a conflict, or (after waiting up to `patience` for a
-/// request in progress) a take-over of an interrupted one.
+/// request in progress, woken by [`Waiters::wake`]) a take-over of an interrupted one.
 pub(crate) async fn replay(
     db: &Db,
+    waiters: &Waiters,
+    user: &str,
+    key: &str,
+    hash: &str,
+    patience: Duration,
+) -> Result<Replay, Problem> {
+    let notify = waiters.enter(user, key);
+    let result = wait_for_answer(db, &notify, user, key, hash, patience).await;
+    waiters.leave(user, key, notify);
+    result
+}
+
+async fn wait_for_answer(
+    db: &Db,
+    notify: &Notify,
     user: &str,
     key: &str,
     hash: &str,
@@ -139,6 +197,10 @@ pub(crate) async fn replay(
 ) -> Result<Replay, Problem> {
     let started = Instant::now();
     loop {
+        // Listening before reading: an answer saved between the read and the wait still wakes.
+        let woken = notify.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
         type Row = (
             String,
             i64,
@@ -183,6 +245,36 @@ pub(crate) async fn replay(
                 "a request with this Idempotency-Key is still in progress",
             ));
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let _ = tokio::time::timeout(POLL.min(patience), woken).await;
     }
+}
+
+/// Forgets up to `batch` keys answered before `before_ms` (retention); returns how many.
+///
+/// Only keys whose answer can no longer change and is kept elsewhere go: a client error (no
+/// order), or an order that reached CONFIRMED or CANCELLED before the cutoff too (its `GET`
+/// answers from the order itself; the audit checks keys of orders settled since the cutoff). A key still in progress or interrupted stays, however old: a retry must take it
+/// over and resend its coordinator request, never start the order again. The key of the largest
+/// order id stays too: order ids resume above it after a restart.
+pub async fn purge_answered(db: &Db, before_ms: i64, batch: i64) -> Result<u64, StoreError> {
+    let mut writer = db.begin().await?;
+    let removed = sqlx::query(
+        "DELETE FROM order_requests WHERE (user_id, idempotency_key) IN ( \
+           SELECT r.user_id, r.idempotency_key FROM order_requests r \
+           WHERE r.response_status IS NOT NULL AND r.updated_at < $1 AND r.updated_at <> $2 \
+           AND r.order_id < (SELECT MAX(order_id) FROM order_requests) \
+           AND (EXISTS (SELECT 1 FROM orders o WHERE o.id = r.order_id \
+                 AND o.status IN ('CONFIRMED', 'CANCELLED') AND o.updated_at < $1) \
+             OR (r.txn_request IS NULL AND r.response_status >= 400 AND r.response_status < 500 \
+                 AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = r.order_id))) \
+           LIMIT $3)",
+    )
+    .bind(before_ms)
+    .bind(RELEASED)
+    .bind(batch.max(1))
+    .execute(&mut *writer)
+    .await?
+    .rows_affected();
+    writer.commit().await?;
+    Ok(removed)
 }

@@ -20,6 +20,8 @@ pub mod domain;
 mod idempotency;
 pub mod limit;
 
+pub use idempotency::purge_answered as purge_answered_keys;
+
 use host::app::Running;
 use host::serve::Shutdown;
 use host::ConfigError;
@@ -34,6 +36,15 @@ pub struct Config {
     pub participant: tcc::service::ParticipantConfig,
     pub jwt: auth::JwtConfig,
     pub api: api::ApiConfig,
+    /// How long an answered `Idempotency-Key` is remembered (`ORDER_IDEMPOTENCY_RETENTION__HOURS`,
+    /// default 7 days; at least a day): a retry within it gets the first answer, a request after
+    /// it with the same key is a new order.
+    #[serde(default = "default_idempotency_retention")]
+    pub idempotency_retention: host::Retention,
+}
+
+fn default_idempotency_retention() -> host::Retention {
+    host::Retention::days(7)
 }
 
 /// Local defaults: `sqlite://data/order.db`, HTTP on 8080, gRPC on 50051, a dev JWT secret.
@@ -42,6 +53,7 @@ pub fn default_config() -> Config {
         participant: tcc::service::ParticipantConfig::local("order", 8080, 50051),
         jwt: auth::JwtConfig::default(),
         api: api::ApiConfig::default(),
+        idempotency_retention: default_idempotency_retention(),
     }
 }
 
@@ -70,6 +82,8 @@ pub fn mint_token(
 
 /// Opens the database, runs migrations, and starts the gRPC and HTTP servers.
 pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::StartError> {
+    let retention = config.idempotency_retention;
+    retention.validate("idempotency_retention")?;
     let authenticator = actix_web::web::Data::new(auth::Authenticator::from_config(
         &config.jwt,
         &config.participant.common,
@@ -90,11 +104,23 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
             handler: branch::Orders,
             routes: std::sync::Arc::new(move |cfg| {
                 cfg.app_data(authenticator.clone())
+                    .app_data(actix_web::web::Data::new(retention))
                     .app_data(api.clone())
                     .app_data(crash.clone());
                 admin::routes(cfg);
                 api::routes(cfg);
             }),
+            background: Some(Box::new(move |db, shutdown| {
+                let db = db.clone();
+                retention.spawn(
+                    "answered idempotency keys",
+                    move |before| {
+                        let db = db.clone();
+                        async move { purge_answered_keys(&db, before, 1000).await }
+                    },
+                    shutdown.clone().wait(),
+                );
+            })),
         },
         shutdown,
     )

@@ -43,6 +43,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
             migrator: &MIGRATOR,
             handler: ledger::Payments,
             routes: std::sync::Arc::new(admin::routes),
+            background: None,
         },
         shutdown,
     )

@@ -563,6 +563,23 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
         finished_during_shutdown > 0,
         "no call was in flight at SIGTERM ({answered} answered in all)"
     );
+    // What the other calls got, and when relative to the SIGTERM (a failure says which).
+    let mut others = std::collections::BTreeMap::<String, (usize, i128, i128)>::new();
+    for (r, at) in results.iter().filter(|r| !succeeded(r)) {
+        let what = match r {
+            Ok(resp) => format!("answer {:?}", resp.outcome()),
+            Err(s) => format!("{:?}: {}", s.code(), s.message()),
+        };
+        let ms = if *at > sigterm_at {
+            at.duration_since(sigterm_at).as_millis() as i128
+        } else {
+            -(sigterm_at.duration_since(*at).as_millis() as i128)
+        };
+        let e = others.entry(what).or_insert((0, ms, ms));
+        e.0 += 1;
+        e.1 = e.1.min(ms);
+        e.2 = e.2.max(ms);
+    }
     // Every call is either answered SUCCESS and committed, or refused and without effect:
     // after a restart the frozen money is exactly what the answered calls froze.
     p.service.restart().await.unwrap();
@@ -570,7 +587,8 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
     assert_eq!(
         frozen,
         answered * 10,
-        "{answered} answered ({finished_during_shutdown} during the shutdown)"
+        "{answered} answered ({finished_during_shutdown} during the shutdown); the others \
+         (count, first and last ms after SIGTERM): {others:?}"
     );
     let audit = assert_consistent(&p).await;
     assert_eq!(audit["held"], json!(frozen));

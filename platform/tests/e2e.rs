@@ -383,6 +383,98 @@ async fn order_svc_killed_between_the_coordinators_answer_and_storing_it_gives_t
     assert_eq!(p.balance("alice").await, 10_000 - 450, "charged once");
 }
 
+/// Retention of idempotency keys (`order_svc::purge_answered_keys`, what order-svc runs every
+/// hour with its 7-day default): after eight days, the keys of settled orders and of client
+/// errors go; a key without an answer stays however old (a retry must take it over, never place
+/// the order again), and so does the key of the largest order id. Every order still answers,
+/// and the audit still holds.
+async fn answered_keys_are_forgotten_after_the_retention_and_every_order_still_answers(db: TestDb) {
+    let p = Platform::start(db).await;
+    let order_db = store::Db::connect(&store::DbConfig::new(p.dbs[1].url()))
+        .await
+        .unwrap();
+    let coffee = json!({"sku": "coffee", "quantity": 1});
+    let (_, confirmed) = p.order("alice", "k-confirmed", coffee.clone()).await;
+    let (_, cancelled) = p
+        .order(
+            "bob",
+            "k-cancelled",
+            json!({"sku": "coffee", "quantity": 3}),
+        )
+        .await;
+    let (bad, _) = p
+        .order(
+            "alice",
+            "k-bad",
+            json!({"sku": "no-such-sku", "quantity": 1}),
+        )
+        .await;
+    assert!(bad.is_client_error(), "{bad}");
+    let (_, last) = p.order("alice", "k-last", coffee.clone()).await;
+    assert_eq!(
+        (
+            confirmed["status"].as_str(),
+            cancelled["status"].as_str(),
+            last["status"].as_str()
+        ),
+        (Some("confirmed"), Some("cancelled"), Some("confirmed"))
+    );
+    let sql = |q: &'static str| {
+        let order_db = order_db.clone();
+        async move {
+            let mut w = order_db.begin().await.unwrap();
+            sqlx::query(q).execute(&mut *w).await.unwrap();
+            w.commit().await.unwrap();
+        }
+    };
+    // A request interrupted long ago (no answer), with an order id below the others.
+    sql("INSERT INTO order_requests (user_id, idempotency_key, request_hash, order_id, response_status, \
+         response_body, created_at, updated_at) VALUES ('carol', 'k-interrupted', 'h', 1, NULL, NULL, 1, 1)")
+        .await;
+    // Eight days pass.
+    sql("UPDATE order_requests SET updated_at = updated_at - 691200000, created_at = created_at - 691200000 \
+         WHERE idempotency_key <> 'k-interrupted'")
+        .await;
+    sql("UPDATE orders SET updated_at = updated_at - 691200000, created_at = created_at - 691200000")
+        .await;
+    let retention = order_svc::default_config().idempotency_retention;
+    let mut removed = 0;
+    loop {
+        let n = order_svc::purge_answered_keys(&order_db, retention.cutoff_ms(), 2)
+            .await
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        removed += n;
+    }
+    assert_eq!(
+        removed, 3,
+        "the confirmed, the cancelled and the refused request's keys"
+    );
+    let kept: Vec<String> =
+        sqlx::query_scalar("SELECT idempotency_key FROM order_requests ORDER BY idempotency_key")
+            .fetch_all(order_db.pool())
+            .await
+            .unwrap();
+    assert_eq!(kept, ["k-interrupted", "k-last"]);
+    // Every order still answers its owner, from the order itself.
+    for (user, placed) in [("alice", &confirmed), ("bob", &cancelled), ("alice", &last)] {
+        let id = placed["order_id"].as_str().unwrap();
+        let (status, read) = p.get_order(user, id).await;
+        assert_eq!(status, 200, "{read}");
+        assert_eq!(read["status"], placed["status"], "{read}");
+    }
+    sql("DELETE FROM order_requests WHERE idempotency_key = 'k-interrupted'").await;
+    p.assert_invariants().await;
+    // A forgotten key is a new request: a new order (what "remembered for 7 days" means).
+    let (status, again) = p.order("alice", "k-confirmed", coffee).await;
+    assert_eq!(status, 201, "{again}");
+    assert_ne!(again["order_id"], confirmed["order_id"], "{again}");
+    assert!(again.get("replayed").is_none() || again["replayed"] == json!(false));
+    p.assert_invariants().await;
+}
+
 /// Order ids resume above the largest one stored: a restart whose clock is behind it waits
 /// (or, far behind, refuses) instead of handing out an order id again.
 async fn order_ids_never_repeat_after_a_restart_with_the_clock_behind(db: TestDb) {
@@ -1311,6 +1403,7 @@ both_backends!(
     listings_page_past_the_first_page_and_show_each_user_only_their_own,
     every_admin_api_wants_its_token_and_every_service_reports_its_metrics,
     sigterm_with_orders_and_drives_in_flight_loses_nothing,
+    answered_keys_are_forgotten_after_the_retention_and_every_order_still_answers,
 );
 
 mod trace_collector {

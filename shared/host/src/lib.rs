@@ -12,6 +12,7 @@ pub mod failpoint;
 pub mod metrics;
 pub mod page;
 pub mod problem;
+pub mod retention;
 pub mod serve;
 
 pub use app::StartError;
@@ -20,4 +21,5 @@ pub use failpoint::Failpoints;
 pub use metrics::{HttpMetrics, Metrics};
 pub use page::Page;
 pub use problem::Problem;
+pub use retention::Retention;
 pub use serve::{require_admin, shutdown_signal, AdminToken};

@@ -47,7 +47,13 @@ pub struct Participant<H> {
     /// The service's own routes; `web::Data<AdminToken>` and `web::Data<Db>` are in the app
     /// data.
     pub routes: host::app::HttpRoutes,
+    /// The service's own background work, started once the database is ready (order-svc's
+    /// purge of answered idempotency keys); it should stop when the shutdown fires.
+    pub background: Option<Background>,
 }
+
+/// Work a service starts beside its participant, given the database and the shutdown signal.
+pub type Background = Box<dyn FnOnce(&Db, &Shutdown) + Send>;
 
 impl<H> std::fmt::Debug for Participant<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -80,6 +86,9 @@ pub async fn start<H: Handler>(
         metrics.register(BranchMetrics::new),
     );
     p.purge.spawn(db.clone(), shutdown.clone().wait());
+    if let Some(background) = p.background {
+        background(&db, &shutdown);
+    }
     let routes = p.routes;
     host::app::start(
         ServiceParts {

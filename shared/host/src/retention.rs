@@ -1,0 +1,110 @@
+//! Retention: what a service keeps only for a while (answered idempotency keys, the details of
+//! ended transactions), purged by a background task in rounds, so no table grows forever.
+//!
+//! The rule each purge keeps is its own (see the service's purge function); what is shared is
+//! the setting, its floor, and the loop: look every `interval`, delete in batches until a round
+//! finds nothing, never stop the service over a failed round.
+
+use serde::{Deserialize, Serialize};
+use std::future::Future;
+use std::time::Duration;
+
+/// How long ended work is kept and how often to look; embed in a service's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retention {
+    /// Kept at least this long after it ended (at least [`MIN_RETENTION_HOURS`]).
+    pub hours: u64,
+    /// How often the purge looks.
+    pub purge_interval_secs: u64,
+}
+
+/// The shortest retention accepted: an operator reads yesterday's failures, and a client may
+/// retry a request for as long as its token lives (at most a day).
+pub const MIN_RETENTION_HOURS: u64 = 24;
+
+impl Retention {
+    pub fn days(days: u64) -> Retention {
+        Retention {
+            hours: days * 24,
+            purge_interval_secs: 3600,
+        }
+    }
+
+    /// Refuses a retention under [`MIN_RETENTION_HOURS`], naming the setting.
+    pub fn validate(&self, setting: &str) -> Result<(), crate::ConfigError> {
+        if self.hours < MIN_RETENTION_HOURS {
+            return Err(crate::ConfigError(format!(
+                "{setting}.hours must be at least {MIN_RETENTION_HOURS} (got {})",
+                self.hours
+            )));
+        }
+        Ok(())
+    }
+
+    /// Everything that ended before this instant (Unix ms) may go.
+    pub fn cutoff_ms(&self) -> i64 {
+        store::now_ms() - (self.hours.saturating_mul(3_600_000)) as i64
+    }
+
+    /// Runs `round(cutoff_ms)` every `purge_interval_secs` (the first a minute after start),
+    /// again at once while a round removes something, until `stop` resolves. `what` names it
+    /// in the log.
+    pub fn spawn<F, Fut, E>(
+        self,
+        what: &'static str,
+        round: F,
+        stop: impl Future<Output = ()> + Send + 'static,
+    ) where
+        F: Fn(i64) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<u64, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let every = Duration::from_secs(self.purge_interval_secs.max(1));
+        let purger = tokio::spawn(async move {
+            tokio::time::sleep(every.min(Duration::from_secs(60))).await;
+            loop {
+                let mut total = 0;
+                loop {
+                    match round(self.cutoff_ms()).await {
+                        Ok(0) => break,
+                        Ok(n) => total += n,
+                        Err(e) => {
+                            tracing::warn!(what, error = %e, "purge failed; will try again");
+                            break;
+                        }
+                    }
+                }
+                if total > 0 {
+                    tracing::info!(what, rows = total, "purged");
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        tokio::spawn(async move {
+            stop.await;
+            purger.abort();
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retention_under_a_day_is_refused_naming_the_setting() {
+        assert!(Retention::days(1).validate("retention").is_ok());
+        let short = Retention {
+            hours: 23,
+            purge_interval_secs: 1,
+        };
+        let e = short
+            .validate("idempotency_retention")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("idempotency_retention.hours must be at least 24"),
+            "{e}"
+        );
+    }
+}
