@@ -30,8 +30,9 @@ struct Cli {
     #[arg(long)]
     postgres: Option<String>,
     /// Added to every port (HTTP 8080-8082 and 8090, gRPC 50050-50053), to run a second
-    /// platform beside the first (the tests do).
-    #[arg(long, default_value_t = 0)]
+    /// platform beside the first (the tests do). At most 15482 (the highest port, 50053 plus
+    /// the offset, must exist).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=15482))]
     port_offset: u16,
     /// Do not start the trace UI (http://127.0.0.1:16686, OTLP on 4317, plus --port-offset)
     /// nor export the services' spans to it.
@@ -205,11 +206,13 @@ enum PlatformError {
     NotPostgresUrl(String),
     #[error("--postgres {0}")]
     Postgres(String),
-    #[error("{service} exited with {status} while starting; see {}", log.display())]
+    #[error("{service} exited with {status} while starting{cause}; its log: {}", log.display())]
     Exited {
         service: &'static str,
         status: std::process::ExitStatus,
         log: PathBuf,
+        /// ": <the service's own reason>" and a hint, from its log, or empty.
+        cause: String,
     },
     #[error("{0} was not ready within 60 s")]
     NotReady(&'static str),
@@ -488,6 +491,28 @@ fn spawn(which: Which, layout: &Layout) -> std::io::Result<Child> {
         .spawn()
 }
 
+/// The reason a service gave for not starting (the last "could not start" line of its log),
+/// with a hint for the usual one, so the cause is on the screen and not only in the log.
+fn start_failure(log: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let Some(reason) = text
+        .lines()
+        .rev()
+        .find_map(|l| l.split_once(": could not start: ").map(|(_, r)| r.trim()))
+    else {
+        return String::new();
+    };
+    let hint = if reason.contains("Address already in use") {
+        "\n  hint: another program (another platform?) holds that port: stop it, or start this one \
+         beside it with --port-offset 100"
+    } else if reason.contains("signature") || reason.contains("secret") {
+        "\n  hint: the data folder holds another platform's secrets; --reset starts over"
+    } else {
+        ""
+    };
+    format!(": {reason}{hint}")
+}
+
 async fn wait_ready(which: Which, child: &mut Child, layout: &Layout) -> Result<(), PlatformError> {
     let (url, data) = (format!("{}/readyz", layout.http(which)), &layout.data);
     let client = reqwest::Client::builder()
@@ -500,10 +525,12 @@ async fn wait_ready(which: Which, child: &mut Child, layout: &Layout) -> Result<
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Ok(Some(status)) = child.try_wait() {
+            let log = data.join("logs").join(format!("{}.log", which.name()));
             return Err(PlatformError::Exited {
                 service: which.name(),
                 status,
-                log: data.join("logs").join(format!("{}.log", which.name())),
+                cause: start_failure(&log),
+                log,
             });
         }
         if client
