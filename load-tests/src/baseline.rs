@@ -26,10 +26,13 @@ pub struct BaselineArgs {
     /// Transactions in flight at once (closed loop), as `run --concurrency`.
     #[arg(long, default_value_t = 8)]
     pub concurrency: u64,
+    /// How long the measured window lasts (`30s`, `2m`).
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub duration: Duration,
+    /// Unmeasured time before it.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     pub warmup: Duration,
+    /// Distinct buyers the transactions are spread over.
     #[arg(long, default_value_t = 64)]
     pub users: u64,
     /// SQLite `synchronous`: full (the platform's default) or normal.
@@ -38,6 +41,7 @@ pub struct BaselineArgs {
     /// Pool size (the services' default is 16).
     #[arg(long, default_value_t = 16)]
     pub max_connections: u32,
+    /// Write the report as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }

@@ -2,6 +2,7 @@
 //! gRPC) and the coordinator (TCC transactions with three no-op participants). They isolate what
 //! a `run` through the public API mixes together.
 
+use crate::error::LoadError;
 use crate::measure::{closed_loop, Latency};
 use clap::ValueEnum;
 use prost::Message;
@@ -16,8 +17,11 @@ use testkit::TestDb;
 
 #[derive(Debug, clap::Args)]
 pub struct CoordinatorArgs {
+    /// The coordinator's database: a SQLite file, or PostgreSQL (DATABASE_URL's server, or a
+    /// throwaway local cluster).
     #[arg(long, value_enum, default_value = "sqlite")]
     backend: Backend,
+    /// Transactions in flight at once.
     #[arg(long, default_value_t = 16)]
     concurrency: u64,
     /// Transactions to measure (after 10% more as warm-up).
@@ -26,6 +30,7 @@ pub struct CoordinatorArgs {
     /// SQLite `synchronous`: full or normal.
     #[arg(long, default_value = "full")]
     synchronous: String,
+    /// Folder with the `coordinator` binary (default: beside this binary).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
 }
@@ -45,6 +50,7 @@ pub enum Backend {
 
 #[derive(Debug, clap::Args)]
 pub struct ParticipantArgs {
+    /// The participant binary to measure (payment-svc, inventory-svc or order-svc).
     #[arg(long, value_enum)]
     service: Which,
     /// SQLite file in a temporary folder, or a fresh database on the PostgreSQL server of
@@ -89,29 +95,45 @@ fn payload(which: Which, gid: u64) -> Vec<u8> {
     }
 }
 
-pub async fn participant(args: ParticipantArgs) {
+/// `name` in `--bin-dir` (default: beside this binary), or a clear error saying how to build it.
+fn binary(bin_dir: &Option<PathBuf>, name: &str) -> Result<PathBuf, LoadError> {
+    let dir = match bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(std::path::Path::to_path_buf))
+            .unwrap_or_default(),
+    };
+    let path = dir.join(name);
+    if !path.is_file() {
+        return Err(LoadError::Args(format!(
+            "{} does not exist: build it beside load-tests (`cargo build --release -p platform -p \
+             load-tests -p {name}`; the README's build makes only the first two), or pass --bin-dir",
+            path.display()
+        )));
+    }
+    Ok(path)
+}
+
+async fn database(backend: Backend) -> Result<TestDb, LoadError> {
+    match backend {
+        Backend::Sqlite => Ok(TestDb::sqlite()),
+        Backend::Postgres => TestDb::postgres().await.ok_or(LoadError::NoPostgres),
+    }
+}
+
+pub async fn participant(args: ParticipantArgs) -> Result<(), LoadError> {
     let (name, prefix) = match args.service {
         Which::Payment => ("payment-svc", "PAYMENT_"),
         Which::Inventory => ("inventory-svc", "INVENTORY_"),
         Which::Order => ("order-svc", "ORDER_"),
     };
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .to_path_buf()
-    });
-    let db = match args.backend {
-        Backend::Sqlite => TestDb::sqlite(),
-        Backend::Postgres => TestDb::postgres()
-            .await
-            .expect("a PostgreSQL server (DATABASE_URL or initdb)"),
-    };
+    let db = database(args.backend).await?;
     let dir = testkit::temp_dir("load-tests-");
     std::env::set_var(format!("{prefix}DB__SYNCHRONOUS"), &args.synchronous);
     std::env::set_var(format!("{prefix}DB__MAX_CONNECTIONS"), "32");
-    let p = ParticipantProcess::start(name, &bin_dir.join(name), prefix, &db, dir.path()).await;
+    let p = ParticipantProcess::start(name, &binary(&args.bin_dir, name)?, prefix, &db, dir.path())
+        .await;
     let total = args.pairs + args.pairs / 10;
     let api = admin::Api::new(name, p.http_url.clone(), testkit::participant::ADMIN_TOKEN);
     let seeded = match args.service {
@@ -178,23 +200,12 @@ pub async fn participant(args: ParticipantArgs) {
         eprintln!("AUDIT FAILED");
         std::process::exit(1);
     }
+    Ok(())
 }
 
-pub async fn coordinator(args: CoordinatorArgs) {
+pub async fn coordinator(args: CoordinatorArgs) -> Result<(), LoadError> {
     use proto::v1 as pb;
-    let bin_dir = args.bin_dir.clone().unwrap_or_else(|| {
-        std::env::current_exe()
-            .unwrap()
-            .parent()
-            .unwrap()
-            .to_path_buf()
-    });
-    let db = match args.backend {
-        Backend::Sqlite => TestDb::sqlite(),
-        Backend::Postgres => TestDb::postgres()
-            .await
-            .expect("a PostgreSQL server (DATABASE_URL or initdb)"),
-    };
+    let db = database(args.backend).await?;
     let dir = testkit::temp_dir("load-tests-");
     let parts = [
         testkit::scripted::Scripted::start().await,
@@ -202,19 +213,23 @@ pub async fn coordinator(args: CoordinatorArgs) {
         testkit::scripted::Scripted::start().await,
     ];
     let (http, grpc) = (testkit::free_port(), testkit::free_port());
-    let spec = testkit::ServiceSpec::new("coordinator", bin_dir.join("coordinator"), dir.path())
-        .env("COORDINATOR_HTTP_ADDR", format!("127.0.0.1:{http}"))
-        .env("COORDINATOR_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
-        .env("COORDINATOR_DATABASE_URL", db.url())
-        .env("COORDINATOR_DATA_DIR", dir.path().join("data"))
-        .env("COORDINATOR_ADMIN_TOKEN", ADMIN_TOKEN)
-        // One CA with the scripted participants and this client: mutual TLS as in production.
-        .env("COORDINATOR_TLS__DIR", testkit::pki_dir())
-        .env("COORDINATOR_DB__SYNCHRONOUS", &args.synchronous)
-        .env("COORDINATOR_DB__MAX_CONNECTIONS", "32")
-        .env("RUST_LOG", "warn")
-        .env("LOG_FORMAT", "json")
-        .ready_url(format!("http://127.0.0.1:{http}/readyz"));
+    let spec = testkit::ServiceSpec::new(
+        "coordinator",
+        binary(&args.bin_dir, "coordinator")?,
+        dir.path(),
+    )
+    .env("COORDINATOR_HTTP_ADDR", format!("127.0.0.1:{http}"))
+    .env("COORDINATOR_GRPC_ADDR", format!("127.0.0.1:{grpc}"))
+    .env("COORDINATOR_DATABASE_URL", db.url())
+    .env("COORDINATOR_DATA_DIR", dir.path().join("data"))
+    .env("COORDINATOR_ADMIN_TOKEN", ADMIN_TOKEN)
+    // One CA with the scripted participants and this client: mutual TLS as in production.
+    .env("COORDINATOR_TLS__DIR", testkit::pki_dir())
+    .env("COORDINATOR_DB__SYNCHRONOUS", &args.synchronous)
+    .env("COORDINATOR_DB__MAX_CONNECTIONS", "32")
+    .env("RUST_LOG", "warn")
+    .env("LOG_FORMAT", "json")
+    .ready_url(format!("http://127.0.0.1:{http}/readyz"));
     let _service = testkit::Service::start(spec)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -319,4 +334,5 @@ pub async fn coordinator(args: CoordinatorArgs) {
         },
     });
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
+    Ok(())
 }

@@ -34,10 +34,13 @@ pub struct ChaosArgs {
     /// How long the load runs.
     #[arg(long, value_parser = parse_duration, default_value = "20s")]
     pub duration: Duration,
+    /// Orders in flight at once (closed loop).
     #[arg(long, default_value_t = 8)]
     pub concurrency: u64,
+    /// Share of orders meant to be refused (no money or no stock), 0 to 1.
     #[arg(long, default_value_t = 0.1)]
     pub fail_share: f64,
+    /// Share of orders sent twice with the same key (replayed, or as concurrent twins), 0 to 1.
     #[arg(long, default_value_t = 0.1)]
     pub duplicate_share: f64,
     /// Times a client resends an order (same key) after a transport error or a 5xx.

@@ -19,13 +19,16 @@ pub struct CompareArgs {
     /// server, or a throwaway local cluster).
     #[arg(long, value_enum, default_value = "sqlite")]
     pub backend: Backend,
+    /// Orders (and baseline transactions) in flight at once, closed loop, on both sides.
     #[arg(long, default_value_t = 4)]
     pub concurrency: u64,
     /// Each side's measured time per round.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
+    /// Rounds of (platform, baseline) side by side; the ratio is the median of the rounds'.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
+    /// Write the comparison as JSON here.
     #[arg(long)]
     pub out: Option<PathBuf>,
 }

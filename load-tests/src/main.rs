@@ -27,7 +27,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
-#[command(about = "Measure and audit the tcc-pay platform on this machine")]
+#[command(
+    about = "Measure and audit the tcc-pay platform on this machine",
+    after_help = "Exit status: 0 measured and correct; 1 an invariant or exactly-once violation \
+                  (the report says which); 2 could not measure (bad arguments, a service \
+                  unreachable, a binary or PostgreSQL missing)."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -82,14 +87,8 @@ async fn main() {
         Command::Baseline(args) => baseline::baseline(args).await.map(|r| r.passed()),
         Command::Compare(args) => compare::compare(args).await,
         Command::Chaos(args) => chaos::chaos(args).await,
-        Command::Participant(args) => {
-            bench::participant(args).await;
-            Ok(true)
-        }
-        Command::Coordinator(args) => {
-            bench::coordinator(args).await;
-            Ok(true)
-        }
+        Command::Participant(args) => bench::participant(args).await.map(|()| true),
+        Command::Coordinator(args) => bench::coordinator(args).await.map(|()| true),
     };
     match verdict {
         Ok(true) => {}
@@ -98,5 +97,29 @@ async fn main() {
             eprintln!("load-tests: {e}");
             std::process::exit(2);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag of every subcommand says what it does (`--help` is the manual).
+    #[test]
+    fn every_flag_of_every_command_has_a_help_text() {
+        let mut missing = Vec::new();
+        let mut cli = super::Cli::command();
+        cli.build();
+        let mut commands = vec![cli];
+        while let Some(cmd) = commands.pop() {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                    missing.push(format!("{} {}", cmd.get_name(), arg.get_id()));
+                }
+            }
+            commands.extend(cmd.get_subcommands().cloned());
+        }
+        assert!(missing.is_empty(), "without help: {missing:?}");
     }
 }

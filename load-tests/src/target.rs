@@ -11,10 +11,13 @@ pub struct Target {
     /// order-svc's HTTP address (the public API).
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub order_url: String,
+    /// payment-svc's HTTP address (its admin API: accounts, the audit).
     #[arg(long, default_value = "http://127.0.0.1:8081")]
     pub payment_url: String,
+    /// inventory-svc's HTTP address (its admin API: stock, the audit).
     #[arg(long, default_value = "http://127.0.0.1:8082")]
     pub inventory_url: String,
+    /// The coordinator's HTTP address (transactions, for the audit).
     #[arg(long, default_value = "http://127.0.0.1:8090")]
     pub coordinator_url: String,
     /// Where the secrets are read from unless given below: the platform's data folder

@@ -16,7 +16,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Parser)]
-#[command(about = "Run the tcc-pay platform locally")]
+#[command(
+    about = "Run the tcc-pay platform locally",
+    after_help = "Exit status: 0 stopped cleanly (Ctrl-C); 1 could not start or run (the reason \
+                  and a hint are printed); 2 bad arguments."
+)]
 struct Cli {
     /// Folder for the databases, logs and dev secrets.
     #[arg(long, default_value = "data")]
@@ -48,7 +52,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Run one service in this process (configured by its environment variables).
+    /// Run one service in this process (configured by its environment variables): how the
+    /// platform and the containers start each service, not a command for people.
+    #[command(hide = true)]
     Serve {
         #[arg(value_enum)]
         service: Which,
@@ -57,7 +63,10 @@ enum Cmd {
     TraceUi(trace_ui::TraceUi),
     /// Exit 0 if `url` answers 2xx within 2 s, 1 otherwise: a container's health check (the
     /// images carry no curl).
-    Probe { url: String },
+    Probe {
+        /// The URL to ask (e.g. `http://127.0.0.1:8080/readyz`).
+        url: String,
+    },
     /// Print an access token for the public API, signed with order-svc's secret: the one in
     /// `ORDER_JWT__SECRET` or the file `ORDER_JWT__SECRET_FILE` names (as in the compose
     /// containers), else the dev secret in the
@@ -76,8 +85,11 @@ enum Cmd {
     /// certificate and key only: what it reads in production with `<PREFIX>TLS__DIR` (compose
     /// runs this once; the CA's key and the operator's stay in DIR).
     Certs {
+        /// The CA's folder: its key and certificate, and every role's certificate and key
+        /// (made when missing, kept when present).
         #[arg(long)]
         dir: PathBuf,
+        /// Also copy, per service, what that service needs into OUT/<service>.
         #[arg(long)]
         split: Option<PathBuf>,
     },
@@ -89,10 +101,13 @@ enum Cmd {
         /// `<data>/admin-token`).
         #[arg(long)]
         admin_token: Option<String>,
+        /// order-svc's HTTP address (the catalog).
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         order_url: String,
+        /// payment-svc's HTTP address (the accounts).
         #[arg(long, default_value = "http://127.0.0.1:8081")]
         payment_url: String,
+        /// inventory-svc's HTTP address (the stock).
         #[arg(long, default_value = "http://127.0.0.1:8082")]
         inventory_url: String,
     },
@@ -826,4 +841,31 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
     }
     println!("stopped.");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag of every command a person runs says what it does (`--help` is the manual).
+    #[test]
+    fn every_flag_of_every_visible_command_has_a_help_text() {
+        let mut missing = Vec::new();
+        let mut cli = super::Cli::command();
+        cli.build();
+        let mut commands = vec![cli];
+        while let Some(cmd) = commands.pop() {
+            if cmd.is_hide_set() {
+                continue;
+            }
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                    missing.push(format!("{} {}", cmd.get_name(), arg.get_id()));
+                }
+            }
+            commands.extend(cmd.get_subcommands().cloned());
+        }
+        assert!(missing.is_empty(), "without help: {missing:?}");
+    }
 }
