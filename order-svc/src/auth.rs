@@ -13,10 +13,16 @@ use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
 /// JWT settings (env `ORDER_JWT__SECRET`, `ORDER_JWT__ISSUER`, …).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct JwtConfig {
-    /// The HS256 secret; unset: generated into the data folder (dev mode only).
+    /// The HS256 secret tokens are signed with; unset: generated into the data folder (dev mode
+    /// only).
     pub secret: Option<String>,
+    /// The secret before the last rotation: tokens it signed are still accepted (until they
+    /// expire, at most `max_lifetime_secs`), none is signed with it. Rotate by moving `secret`
+    /// here and setting a new `secret`; drop it a day later.
+    #[serde(default)]
+    pub previous_secret: Option<String>,
     pub issuer: String,
     pub audience: String,
     /// Allowed clock skew for `exp` and `nbf` (at most [`MAX_LEEWAY_SECS`]).
@@ -34,10 +40,25 @@ fn default_max_lifetime() -> u64 {
 /// The most clock skew a deployment may allow.
 pub const MAX_LEEWAY_SECS: u64 = 300;
 
+impl std::fmt::Debug for JwtConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let hidden = |s: &Option<String>| s.as_ref().map(|_| "***");
+        f.debug_struct("JwtConfig")
+            .field("secret", &hidden(&self.secret))
+            .field("previous_secret", &hidden(&self.previous_secret))
+            .field("issuer", &self.issuer)
+            .field("audience", &self.audience)
+            .field("leeway_secs", &self.leeway_secs)
+            .field("max_lifetime_secs", &self.max_lifetime_secs)
+            .finish()
+    }
+}
+
 impl Default for JwtConfig {
     fn default() -> Self {
         JwtConfig {
             secret: None,
+            previous_secret: None,
             issuer: "tcc-pay-dev".into(),
             audience: "tcc-pay-orders".into(),
             leeway_secs: 30,
@@ -72,8 +93,16 @@ pub enum AuthError {
     Malformed,
     #[error("the token's algorithm is not accepted (only HS256)")]
     Algorithm,
-    #[error("the token's signature does not verify")]
+    #[error(
+        "the token's signature does not verify (minted by another platform, or before its data \
+         folder was reset? get a new token)"
+    )]
     Signature,
+    #[error(
+        "the token was signed with a key this service does not know (rotated out, or another \
+         platform's: a data folder reset makes new keys); get a new token"
+    )]
+    UnknownKey,
     #[error("the token has expired")]
     Expired,
     #[error("the token is not valid yet")]
@@ -103,7 +132,10 @@ impl From<AuthError> for Problem {
 /// Verifies and mints tokens.
 #[derive(Clone)]
 pub struct Authenticator {
-    decoding: DecodingKey,
+    /// The current key's id (`kid` of every token minted here) and its verifying key.
+    current: (String, DecodingKey),
+    /// The key before the last rotation, still accepted.
+    previous: Option<(String, DecodingKey)>,
     encoding: EncodingKey,
     validation: Validation,
     issuer: String,
@@ -126,6 +158,11 @@ pub const MIN_PRODUCTION_SECRET: usize = 32;
 impl Authenticator {
     /// From a secret and the JWT settings.
     pub fn new(secret: &[u8], config: &JwtConfig) -> Authenticator {
+        Self::rotating(secret, None, config)
+    }
+
+    /// From the current secret, the one before it (still accepted), and the JWT settings.
+    pub fn rotating(secret: &[u8], previous: Option<&[u8]>, config: &JwtConfig) -> Authenticator {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_issuer(&[&config.issuer]);
         validation.set_audience(&[&config.audience]);
@@ -133,7 +170,8 @@ impl Authenticator {
         validation.validate_nbf = true;
         validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
         Authenticator {
-            decoding: DecodingKey::from_secret(secret),
+            current: (key_id(secret), DecodingKey::from_secret(secret)),
+            previous: previous.map(|p| (key_id(p), DecodingKey::from_secret(p))),
             encoding: EncodingKey::from_secret(secret),
             validation,
             issuer: config.issuer.clone(),
@@ -156,13 +194,19 @@ impl Authenticator {
         if config.max_lifetime_secs == 0 {
             return Err(ConfigError("jwt.max_lifetime_secs must be positive".into()));
         }
+        let previous = config.previous_secret.as_deref().map(str::as_bytes);
+        if common.production && previous.is_some_and(|p| p.len() < MIN_PRODUCTION_SECRET) {
+            return Err(ConfigError(format!(
+                "jwt.previous_secret must be at least {MIN_PRODUCTION_SECRET} bytes in production mode"
+            )));
+        }
         if let Some(secret) = &config.secret {
             if common.production && secret.len() < MIN_PRODUCTION_SECRET {
                 return Err(ConfigError(format!(
                     "jwt.secret must be at least {MIN_PRODUCTION_SECRET} bytes in production mode"
                 )));
             }
-            return Ok(Authenticator::new(secret.as_bytes(), config));
+            return Ok(Authenticator::rotating(secret.as_bytes(), previous, config));
         }
         if common.production {
             return Err(ConfigError(
@@ -171,7 +215,7 @@ impl Authenticator {
         }
         let secret =
             host::config::dev_secret(&common.data_dir.join("order.jwt-secret"), "dev-only")?;
-        Ok(Authenticator::new(secret.as_bytes(), config))
+        Ok(Authenticator::rotating(secret.as_bytes(), previous, config))
     }
 
     /// A token for `sub`, valid from now for `ttl`.
@@ -185,7 +229,9 @@ impl Authenticator {
             nbf: now,
             iat: now,
         };
-        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+        let mut header = Header::new(Algorithm::HS256);
+        header.kid = Some(self.current.0.clone());
+        jsonwebtoken::encode(&header, &claims, &self.encoding)
             .expect("HS256 signing with a byte secret cannot fail")
     }
 
@@ -199,26 +245,23 @@ impl Authenticator {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| {
-                match e.kind() {
-                    ErrorKind::InvalidSignature => AuthError::Signature,
-                    ErrorKind::ExpiredSignature => AuthError::Expired,
-                    ErrorKind::ImmatureSignature => AuthError::NotYetValid,
-                    ErrorKind::InvalidIssuer => AuthError::Issuer,
-                    ErrorKind::InvalidAudience => AuthError::Audience,
-                    ErrorKind::InvalidAlgorithm
-                    | ErrorKind::InvalidAlgorithmName
-                    | ErrorKind::UnsupportedAlgorithm => AuthError::Algorithm,
-                    ErrorKind::MissingRequiredClaim(c) => AuthError::Claims(format!("missing {c}")),
-                    ErrorKind::InvalidClaimFormat(c) => AuthError::Claims(format!("bad {c}")),
-                    // `alg: none` (or any name the library does not know) fails to parse the header.
-                    ErrorKind::Json(j) if j.to_string().contains("unknown variant") => {
-                        AuthError::Algorithm
-                    }
-                    _ => AuthError::Malformed,
-                }
-            })?;
+        // The key the token names; without a name (tokens minted before key ids), the current
+        // one, then the previous.
+        let kid = jsonwebtoken::decode_header(token).ok().and_then(|h| h.kid);
+        let keys: Vec<&DecodingKey> = match kid {
+            Some(kid) => vec![self.key(&kid).ok_or(AuthError::UnknownKey)?],
+            None => std::iter::once(&self.current.1)
+                .chain(self.previous.as_ref().map(|(_, k)| k))
+                .collect(),
+        };
+        let mut result = Err(AuthError::Signature);
+        for key in keys {
+            result = self.decode(token, key);
+            if !matches!(result, Err(AuthError::Signature)) {
+                break;
+            }
+        }
+        let data = result?;
         let now = jsonwebtoken::get_current_timestamp();
         if data.claims.exp > now + self.max_lifetime + self.validation.leeway {
             return Err(AuthError::TooLong);
@@ -227,6 +270,46 @@ impl Authenticator {
         tcc::check::id("sub", &sub).map_err(|r| AuthError::Claims(r.message))?;
         Ok(Caller { user_id: sub })
     }
+
+    fn key(&self, kid: &str) -> Option<&DecodingKey> {
+        std::iter::once(&self.current)
+            .chain(self.previous.as_ref())
+            .find(|(id, _)| id == kid)
+            .map(|(_, k)| k)
+    }
+
+    fn decode(
+        &self,
+        token: &str,
+        key: &DecodingKey,
+    ) -> Result<jsonwebtoken::TokenData<Claims>, AuthError> {
+        jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+            match e.kind() {
+                ErrorKind::InvalidSignature => AuthError::Signature,
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                ErrorKind::ImmatureSignature => AuthError::NotYetValid,
+                ErrorKind::InvalidIssuer => AuthError::Issuer,
+                ErrorKind::InvalidAudience => AuthError::Audience,
+                ErrorKind::InvalidAlgorithm
+                | ErrorKind::InvalidAlgorithmName
+                | ErrorKind::UnsupportedAlgorithm => AuthError::Algorithm,
+                ErrorKind::MissingRequiredClaim(c) => AuthError::Claims(format!("missing {c}")),
+                ErrorKind::InvalidClaimFormat(c) => AuthError::Claims(format!("bad {c}")),
+                // `alg: none` (or any name the library does not know) fails to parse the header.
+                ErrorKind::Json(j) if j.to_string().contains("unknown variant") => {
+                    AuthError::Algorithm
+                }
+                _ => AuthError::Malformed,
+            }
+        })
+    }
+}
+
+/// A key's public name: the first 16 hex digits of its secret's SHA-256 (names the key
+/// without revealing anything usable about a 32-byte random secret).
+fn key_id(secret: &[u8]) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(secret)[..8])
 }
 
 impl actix_web::FromRequest for Caller {
@@ -282,6 +365,73 @@ mod tests {
 
     fn verify(token: &str) -> Result<Caller, AuthError> {
         auth().verify(bearer(token).as_deref())
+    }
+
+    #[test]
+    fn after_a_rotation_old_tokens_still_verify_new_ones_name_the_new_key_and_dropped_keys_are_named_as_unknown(
+    ) {
+        const NEW: &[u8] = b"the-next-secret-0123456789-012345";
+        let config = JwtConfig::default();
+        let old_token = auth().mint("alice", Duration::from_secs(60));
+        let legacy = signed(&claims("bob"), Algorithm::HS256, SECRET); // no kid
+        let rotated = Authenticator::rotating(NEW, Some(SECRET), &config);
+        assert_eq!(
+            rotated
+                .verify(bearer(&old_token).as_deref())
+                .unwrap()
+                .user_id,
+            "alice"
+        );
+        assert_eq!(
+            rotated.verify(bearer(&legacy).as_deref()).unwrap().user_id,
+            "bob"
+        );
+        let new_token = rotated.mint("carol", Duration::from_secs(60));
+        let kid = jsonwebtoken::decode_header(&new_token)
+            .unwrap()
+            .kid
+            .unwrap();
+        assert_eq!(kid, key_id(NEW));
+        assert!(!kid.is_empty() && !String::from_utf8_lossy(NEW).contains(&kid));
+        // The old key dropped: its tokens are refused, naming why.
+        let done = Authenticator::new(NEW, &config);
+        assert_eq!(
+            done.verify(bearer(&old_token).as_deref()),
+            Err(AuthError::UnknownKey)
+        );
+        assert_eq!(
+            done.verify(bearer(&legacy).as_deref()),
+            Err(AuthError::Signature)
+        );
+        assert_eq!(
+            done.verify(bearer(&new_token).as_deref()).unwrap().user_id,
+            "carol"
+        );
+        // A kid that names a known key does not let another key's signature through.
+        let mut forged = Header::new(Algorithm::HS256);
+        forged.kid = Some(key_id(NEW));
+        let forged = encode(
+            &forged,
+            &claims("mallory"),
+            &EncodingKey::from_secret(SECRET),
+        )
+        .unwrap();
+        assert_eq!(
+            done.verify(bearer(&forged).as_deref()),
+            Err(AuthError::Signature)
+        );
+    }
+
+    #[test]
+    fn the_configuration_s_debug_output_hides_the_secrets() {
+        let config = JwtConfig {
+            secret: Some("s3cr3t-value-0123456789".into()),
+            previous_secret: Some("older-s3cr3t-0123456789".into()),
+            ..JwtConfig::default()
+        };
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        assert!(shown.contains("***"), "{shown}");
     }
 
     #[test]

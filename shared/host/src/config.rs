@@ -8,8 +8,9 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
-/// Settings every service has; embed with `#[serde(flatten)]`.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Settings every service has; embed with `#[serde(flatten)]`. Its `Debug` hides the admin
+/// token and the database password.
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct CommonConfig {
     /// HTTP listen address (admin, reads, health, metrics).
     pub http_addr: String,
@@ -55,6 +56,22 @@ impl Default for DbSettings {
             synchronous: "full".into(),
             idle_in_transaction_timeout_ms: default_idle_in_transaction_ms(),
         }
+    }
+}
+
+impl std::fmt::Debug for CommonConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommonConfig")
+            .field("http_addr", &self.http_addr)
+            .field("grpc_addr", &self.grpc_addr)
+            .field("database_url", &store::redact(&self.database_url))
+            .field("data_dir", &self.data_dir)
+            .field("production", &self.production)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "***"))
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .field("shutdown_grace_secs", &self.shutdown_grace_secs)
+            .finish()
     }
 }
 
@@ -335,6 +352,19 @@ mod tests {
             common: CommonConfig::local("x", 1, 2),
             merchant: "merchant".into(),
         }
+    }
+
+    #[test]
+    fn the_debug_output_hides_the_admin_token_and_the_database_password() {
+        let mut common = CommonConfig::local("x", 1, 2);
+        common.admin_token = Some("t0ken-value-0123456789".into());
+        common.database_url = "postgres://tcc:pa55word-value@db:5432/tcc".into();
+        let shown = format!("{common:?}");
+        assert!(
+            !shown.contains("t0ken-value") && !shown.contains("pa55word-value"),
+            "{shown}"
+        );
+        assert!(shown.contains("db:5432"), "{shown}");
     }
 
     #[test]
