@@ -55,6 +55,7 @@ fn place(dir: &Path, piece: &str, files: &[(&str, String, bool)]) -> Result<Path
     if target.exists() {
         return Ok(target);
     }
+    sweep_abandoned(dir, piece);
     let tmp = dir.join(format!(".{piece}-{}-{:x}", std::process::id(), rand_u64()));
     std::fs::DirBuilder::new()
         .mode(0o700)
@@ -69,9 +70,17 @@ fn place(dir: &Path, piece: &str, files: &[(&str, String, bool)]) -> Result<Path
             .open(&path)
             .map_err(io(&path))?;
         std::io::Write::write_all(&mut f, contents.as_bytes()).map_err(io(&path))?;
+        // On disk before the rename makes it visible: a power cut never leaves an empty key.
+        f.sync_all().map_err(io(&path))?;
     }
     match std::fs::rename(&tmp, &target) {
-        Ok(()) => Ok(target),
+        Ok(()) => {
+            // The rename itself, durable.
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(io(dir))?;
+            Ok(target)
+        }
         // Another process placed it first: use theirs.
         Err(_) if target.exists() => {
             let _ = std::fs::remove_dir_all(&tmp);
@@ -80,6 +89,28 @@ fn place(dir: &Path, piece: &str, files: &[(&str, String, bool)]) -> Result<Path
         Err(e) => {
             let _ = std::fs::remove_dir_all(&tmp);
             Err(io(&target)(e))
+        }
+    }
+}
+
+/// Removes the temporary folders of `piece` that a process killed before its rename left
+/// behind (`.<piece>-<pid>-<n>` of a pid that no longer runs).
+fn sweep_abandoned(dir: &Path, piece: &str) {
+    let prefix = format!(".{piece}-");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(&prefix)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
         }
     }
 }

@@ -288,6 +288,19 @@ mod tests {
     }
 
     #[test]
+    fn a_folder_abandoned_by_a_killed_issuer_is_swept_and_a_live_one_is_left() {
+        let dir = tempfile::tempdir().unwrap();
+        // pid 2^22 + 1 is beyond Linux's pid_max: no such process.
+        let dead = dir.path().join(".ca-4194305-1f");
+        let live = dir.path().join(format!(".ca-{}-2f", std::process::id()));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::create_dir_all(&live).unwrap();
+        dev::issue(dir.path(), "payment").unwrap();
+        assert!(!dead.exists(), "the dead issuer's folder stays");
+        assert!(live.exists(), "a live issuer's folder was taken away");
+    }
+
+    #[test]
     fn production_takes_provided_certificates_only_and_never_tls_off() {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
