@@ -187,6 +187,8 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
             tls,
             // Transactions come from order-svc; reads and retries from operators.
             grpc_callers: &["order", "operator"],
+            // Drives are not waited for: the log resumes them after a restart.
+            in_flight: host::serve::InFlight::default(),
         },
         shutdown,
     )

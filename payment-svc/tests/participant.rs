@@ -524,7 +524,15 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
     let dir = testkit::temp_dir("payment-");
     let mut p = payment(&db, dir.path()).await;
     seed(&p, &[("alice", 1_000_000)]).await;
-    let api = p.api.clone();
+    // Fill the pool through the HTTP side: connections opened by the HTTP workers (runtimes of
+    // their own) then carry the Tries too, as in a service whose admin API is in use. A
+    // shutdown that stopped those workers first broke the calls running on them, a committed
+    // Try among them answered "unavailable" (the one failure this test ever had).
+    join_all((0..48).map(|_| balance(&p, "alice"))).await;
+    // Calls the client itself would give up on (200 Tries on a loaded CI machine can take more
+    // than the default 10 s) would be unknown outcomes of the test's own making: this claim is
+    // about what the service answers.
+    let api = p.api.with_timeout(std::time::Duration::from_secs(120));
     let answers = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let calls: Vec<_> = (1..=200u64)
         .map(|gid| {
@@ -580,6 +588,13 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
         e.1 = e.1.min(ms);
         e.2 = e.2.max(ms);
     }
+    // Nothing in flight met a database torn down under it.
+    let log = std::fs::read_to_string(&p.service.spec().log_path).unwrap_or_default();
+    let torn: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("being shutdown") || l.contains("branch call failed"))
+        .collect();
+    assert!(torn.is_empty(), "{torn:#?}");
     // Every call is either answered SUCCESS and committed, or refused and without effect:
     // after a restart the frozen money is exactly what the answered calls froze.
     p.service.restart().await.unwrap();

@@ -43,6 +43,9 @@ pub struct ServiceParts {
     /// certificates it takes calls from.
     pub tls: Option<trust::Trust>,
     pub grpc_callers: &'static [&'static str],
+    /// Work the handlers detach from their requests, waited for at shutdown (up to
+    /// `shutdown_grace`).
+    pub in_flight: serve::InFlight,
 }
 
 impl std::fmt::Debug for ServiceParts {
@@ -88,6 +91,7 @@ pub async fn start(parts: ServiceParts, shutdown: Shutdown) -> std::io::Result<R
         json_limit,
         tls,
         grpc_callers,
+        in_flight,
     } = parts;
     let http_metrics = web::Data::new(HttpMetrics::new(&metrics));
     let db_data = web::Data::new(db);
@@ -144,7 +148,13 @@ pub async fn start(parts: ServiceParts, shutdown: Shutdown) -> std::io::Result<R
         mutual_tls = tls.is_some(),
         "listening"
     );
-    let task = tokio::spawn(serve::run(server, grpc_server, shutdown.clone()));
+    let task = tokio::spawn(serve::run(
+        server,
+        grpc_server,
+        shutdown.clone(),
+        in_flight,
+        shutdown_grace,
+    ));
     Ok(Running {
         http_addr: http_bound,
         grpc_addr: grpc_bound,

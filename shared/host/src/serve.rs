@@ -54,20 +54,84 @@ pub fn shutdown_signal() -> Shutdown {
     shutdown
 }
 
+/// Work that runs detached from the request that started it (a participant's branch call runs
+/// to its end even when its caller gives up): counted, so a graceful shutdown waits for it
+/// instead of ending the process under a local transaction.
+#[derive(Debug, Clone, Default)]
+pub struct InFlight(std::sync::Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>);
+
+impl InFlight {
+    /// Spawns `work`, counted until it ends (or panics).
+    pub fn spawn<F>(&self, work: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        struct Counted(InFlight);
+        impl Drop for Counted {
+            fn drop(&mut self) {
+                let (count, idle) = &*(self.0).0;
+                if count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+                    idle.notify_waiters();
+                }
+            }
+        }
+        self.0 .0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let counted = Counted(self.clone());
+        tokio::spawn(async move {
+            let _counted = counted;
+            work.await
+        })
+    }
+
+    /// How many are running.
+    pub fn count(&self) -> usize {
+        self.0 .0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Resolves once none is running.
+    pub async fn idle(&self) {
+        loop {
+            let woken = self.0 .1.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if self.count() == 0 {
+                return;
+            }
+            woken.await;
+        }
+    }
+}
+
 /// Runs the HTTP server and the gRPC server (already built with `shutdown.wait()` as its
-/// shutdown future) until `shutdown` fires, then lets in-flight requests finish.
+/// shutdown future) until `shutdown` fires, then lets in-flight requests finish, and the
+/// detached work of `in_flight` for up to `grace`.
 pub async fn run(
     http: actix_web::dev::Server,
     grpc: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
     shutdown: Shutdown,
+    in_flight: InFlight,
+    grace: std::time::Duration,
 ) -> std::io::Result<()> {
     let http_handle = http.handle();
     let http_task = tokio::spawn(http);
     let grpc_task = tokio::spawn(grpc);
     shutdown.wait().await;
+    // The HTTP server stops last. Its workers are runtimes of their own, and a pooled database
+    // connection a worker opened lives on that worker's runtime: stopped first, it would take
+    // those connections with it, and a gRPC call still running on one would fail, possibly
+    // after its COMMIT was sent (a committed Try answered "unavailable"). So: accept no new
+    // HTTP connections, let the gRPC calls and the detached work finish, then stop HTTP.
+    http_handle.pause().await;
+    let grpc_result = grpc_task.await.map_err(std::io::Error::other)?;
+    if tokio::time::timeout(grace, in_flight.idle()).await.is_err() {
+        tracing::warn!(
+            running = in_flight.count(),
+            "detached work still running after the grace period; stopping anyway"
+        );
+    }
     http_handle.stop(true).await;
     let http_result = http_task.await.map_err(std::io::Error::other)?;
-    let grpc_result = grpc_task.await.map_err(std::io::Error::other)?;
     http_result?;
     grpc_result.map_err(std::io::Error::other)?;
     tracing::info!("stopped cleanly");

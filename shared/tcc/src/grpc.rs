@@ -70,6 +70,8 @@ pub struct ParticipantService<H> {
     db: Db,
     handler: Arc<H>,
     metrics: BranchMetrics,
+    /// Where branch calls run, counted so a graceful shutdown waits for them.
+    in_flight: host::serve::InFlight,
 }
 
 impl<H> Clone for ParticipantService<H> {
@@ -78,6 +80,7 @@ impl<H> Clone for ParticipantService<H> {
             db: self.db.clone(),
             handler: self.handler.clone(),
             metrics: self.metrics.clone(),
+            in_flight: self.in_flight.clone(),
         }
     }
 }
@@ -88,7 +91,14 @@ impl<H: Handler> ParticipantService<H> {
             db,
             handler,
             metrics,
+            in_flight: host::serve::InFlight::default(),
         }
+    }
+
+    /// Runs branch calls as `in_flight`'s work (the service's, which its shutdown waits for).
+    pub fn detached_on(mut self, in_flight: host::serve::InFlight) -> Self {
+        self.in_flight = in_flight;
+        self
     }
 
     /// The tonic service to add to a server.
@@ -202,10 +212,12 @@ impl<H: Handler> proto::v1::participant_server::Participant for ParticipantServi
         request: Request<BranchRequest>,
     ) -> Result<Response<BranchResponse>, Status> {
         // Run to the end in a task of its own: when the caller gives up (a timeout) tonic drops
-        // this future, and a local transaction must not be abandoned half-way.
+        // this future, and a local transaction must not be abandoned half-way, not even by a
+        // shutdown (which waits for the service's in-flight work).
         let this = self.clone();
         let span = tracing::Span::current();
-        tokio::spawn(async move { this.handle(request.into_inner()).await }.instrument(span))
+        self.in_flight
+            .spawn(async move { this.handle(request.into_inner()).await }.instrument(span))
             .await
             .map_err(|e| Status::internal(format!("the branch call panicked: {e}")))?
             .map(Response::new)

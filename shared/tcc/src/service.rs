@@ -80,11 +80,13 @@ pub async fn start<H: Handler>(
         .trust(p.short_name)
         .map_err(host::StartError::from)?;
     let metrics = Metrics::new();
+    let in_flight = host::serve::InFlight::default();
     let participant = ParticipantService::new(
         db.clone(),
         Arc::new(p.handler),
         metrics.register(BranchMetrics::new),
-    );
+    )
+    .detached_on(in_flight.clone());
     p.purge.spawn(db.clone(), shutdown.clone().wait());
     if let Some(background) = p.background {
         background(&db, &shutdown);
@@ -107,6 +109,7 @@ pub async fn start<H: Handler>(
             tls,
             // A participant's branches are the coordinator's to drive, no one else's.
             grpc_callers: &["coordinator"],
+            in_flight,
         },
         shutdown,
     )

@@ -61,18 +61,12 @@ impl ParticipantProcess {
             .ready_url(format!("http://127.0.0.1:{http_port}/readyz"));
         let service = Service::start(spec).await.unwrap_or_else(|e| panic!("{e}"));
         let grpc_url = format!("http://127.0.0.1:{grpc_port}");
-        // The test calls the participant as the coordinator does: with its certificate.
-        let channel = trust::endpoint(&grpc_url, Some(&crate::trust("coordinator")), None)
-            .expect("valid URL")
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(10))
-            .connect_lazy();
         ParticipantProcess {
             service,
             api: Api {
                 http_url: format!("http://127.0.0.1:{http_port}"),
+                client: ParticipantClient::new(channel(&grpc_url, Duration::from_secs(10))),
                 grpc_url,
-                client: ParticipantClient::new(channel),
                 http: reqwest::Client::new(),
                 unanswered: Default::default(),
             },
@@ -80,7 +74,30 @@ impl ParticipantProcess {
     }
 }
 
+/// A channel to the participant as the coordinator calls it (with its certificate), each call
+/// given up after `timeout`.
+fn channel(grpc_url: &str, timeout: Duration) -> Channel {
+    trust::endpoint(grpc_url, Some(&crate::trust("coordinator")), None)
+        .expect("valid URL")
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(timeout)
+        .connect_lazy()
+}
+
 impl Api {
+    /// The same API on a connection of its own whose calls wait up to `timeout` (10 s by
+    /// default): for a test whose claim is about every answer, where a call given up by the
+    /// caller would be an unknown outcome of the test's making, not of the service's.
+    pub fn with_timeout(&self, timeout: Duration) -> Api {
+        Api {
+            grpc_url: self.grpc_url.clone(),
+            http_url: self.http_url.clone(),
+            client: ParticipantClient::new(channel(&self.grpc_url, timeout)),
+            http: self.http.clone(),
+            unanswered: self.unanswered.clone(),
+        }
+    }
+
     /// One branch call, as the coordinator makes it.
     pub async fn call(
         &self,
