@@ -1243,24 +1243,3 @@ async fn a_configuration_that_cannot_work_is_refused_at_start_with_a_clear_messa
         assert!(refused.contains(expected), "{env:?}: {refused}");
     }
 }
-
-/// REVIEW REPRODUCTION (retention overflow): a retention meant as "keep forever"
-/// (`COORDINATOR_RETENTION__HOURS` / `ORDER_IDEMPOTENCY_RETENTION__HOURS` = u64::MAX) passes
-/// `validate`, but `cutoff_ms` computes `now - (u64::MAX as i64)` = `now + 1`: everything ended
-/// before now is purged at the next round (order-svc: every answered key of a settled order, so
-/// a retry with the key places and charges a second order). Fails today.
-#[test]
-fn review_repro_a_retention_meant_as_forever_purges_everything_ended() {
-    let forever = host::Retention {
-        hours: u64::MAX,
-        purge_interval_secs: 3600,
-    };
-    forever.validate("retention").unwrap();
-    let now = store::now_ms();
-    let cutoff = forever.cutoff_ms();
-    assert!(
-        cutoff < now,
-        "a retention of {} hours purges whatever ended before {cutoff}, after now ({now})",
-        forever.hours
-    );
-}

@@ -177,7 +177,9 @@ where
         .cloned()
         .unwrap_or_default();
     let mut read_from_files = Vec::new();
-    for source in &given {
+    // Lowest precedence first (the file, then the environment), so the environment's wins as
+    // it does for a key set directly.
+    for source in given.iter().rev() {
         // A source that cannot be read is reported by the extraction below, naming its file.
         let Ok(data) = source.data() else { continue };
         for dict in data.values() {
@@ -255,9 +257,11 @@ fn file_keys(
                 found.extend(file_keys(k, g, &path));
             }
             (None, Value::String(_, file)) => {
-                let stem_known = key
-                    .strip_suffix("_file")
-                    .is_some_and(|stem| !matches!(known.get(stem), None | Some(Value::Dict(..))));
+                // Text settings only: a number read from a file would be echoed by the parse
+                // error, and no secret is a number.
+                let stem_known = key.strip_suffix("_file").is_some_and(|stem| {
+                    matches!(known.get(stem), Some(Value::String(..) | Value::Empty(..)))
+                });
                 if stem_known {
                     found.push((path, file.clone()));
                 }
@@ -521,6 +525,29 @@ mod tests {
             jail.set_env("HOSTTEST_ADMIN_TOKEN_FILE", "empty");
             let empty = load_config(svc(), "HOSTTEST_").unwrap_err().to_string();
             assert!(empty.contains("is empty"), "{empty}");
+
+            // The environment's file wins over the configuration file's, as for direct keys.
+            std::env::remove_var("HOSTTEST_ADMIN_TOKEN");
+            jail.create_file("other-token", "from-the-toml-file-0123456789abcdef0123\n")?;
+            jail.create_file("c.toml", "admin_token_file = \"other-token\"\n")?;
+            jail.set_env("CONFIG_FILE", "c.toml");
+            jail.set_env("HOSTTEST_ADMIN_TOKEN_FILE", "token");
+            let cfg = load_config(svc(), "HOSTTEST_").unwrap();
+            assert_eq!(
+                cfg.common.admin_token.as_deref(),
+                Some("from-a-file-0123456789abcdef0123456789")
+            );
+            // A number is no secret: its _FILE is an unknown key (named, contents never shown).
+            jail.create_file("n", "not-a-number-s3cr3t\n")?;
+            jail.set_env("HOSTTEST_DB__MAX_CONNECTIONS_FILE", "n");
+            let refused = load_config(svc(), "HOSTTEST_").unwrap_err().to_string();
+            assert!(
+                refused.contains("HOSTTEST_DB__MAX_CONNECTIONS_FILE")
+                    && !refused.contains("s3cr3t"),
+                "{refused}"
+            );
+            std::env::remove_var("HOSTTEST_DB__MAX_CONNECTIONS_FILE");
+            std::env::remove_var("CONFIG_FILE");
 
             // The same from a configuration file.
             jail.set_env("HOSTTEST_ADMIN_TOKEN_FILE", "token");

@@ -22,6 +22,10 @@ pub struct Retention {
 /// retry a request for as long as its token lives (at most a day).
 pub const MIN_RETENTION_HOURS: u64 = 24;
 
+/// The longest: a century, "keep it all" for any deployment (and far from where hours in
+/// milliseconds overflow, which would put the cutoff in the future and purge everything).
+pub const MAX_RETENTION_HOURS: u64 = 100 * 366 * 24;
+
 impl Retention {
     pub fn days(days: u64) -> Retention {
         Retention {
@@ -30,20 +34,24 @@ impl Retention {
         }
     }
 
-    /// Refuses a retention under [`MIN_RETENTION_HOURS`], naming the setting.
+    /// Refuses a retention outside [`MIN_RETENTION_HOURS`]..=[`MAX_RETENTION_HOURS`], naming
+    /// the setting.
     pub fn validate(&self, setting: &str) -> Result<(), crate::ConfigError> {
-        if self.hours < MIN_RETENTION_HOURS {
+        if !(MIN_RETENTION_HOURS..=MAX_RETENTION_HOURS).contains(&self.hours) {
             return Err(crate::ConfigError(format!(
-                "{setting}.hours must be at least {MIN_RETENTION_HOURS} (got {})",
+                "{setting}.hours must be between {MIN_RETENTION_HOURS} and {MAX_RETENTION_HOURS} \
+                 (got {})",
                 self.hours
             )));
         }
         Ok(())
     }
 
-    /// Everything that ended before this instant (Unix ms) may go.
+    /// Everything that ended before this instant (Unix ms) may go; never later than a day ago,
+    /// whatever the setting (an unvalidated huge one keeps everything instead of nothing).
     pub fn cutoff_ms(&self) -> i64 {
-        store::now_ms() - (self.hours.saturating_mul(3_600_000)) as i64
+        let hours = self.hours.clamp(MIN_RETENTION_HOURS, MAX_RETENTION_HOURS);
+        store::now_ms().saturating_sub((hours * 3_600_000) as i64)
     }
 
     /// Runs `round(cutoff_ms)` every `purge_interval_secs` (the first a minute after start),
@@ -103,8 +111,36 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("idempotency_retention.hours must be at least 24"),
+            e.contains("idempotency_retention.hours must be between 24"),
             "{e}"
         );
+    }
+
+    /// A retention meant as "forever" (u64::MAX hours) once overflowed into a cutoff in the
+    /// future: every ended key purged, so a retry became a second order.
+    #[test]
+    fn a_huge_retention_is_refused_and_never_puts_the_cutoff_in_the_future() {
+        let now = store::now_ms();
+        for hours in [
+            u64::MAX,
+            i64::MAX as u64,
+            2_600_000_000_000,
+            MAX_RETENTION_HOURS + 1,
+        ] {
+            let forever = Retention {
+                hours,
+                purge_interval_secs: 3600,
+            };
+            assert!(forever.validate("retention").is_err(), "{hours}");
+            assert!(forever.cutoff_ms() < now - 24 * 3_600_000, "{hours}");
+        }
+        let century = Retention {
+            hours: MAX_RETENTION_HOURS,
+            purge_interval_secs: 3600,
+        };
+        assert!(century.validate("retention").is_ok());
+        assert!(century.cutoff_ms() < now);
+        let day = Retention::days(1);
+        assert!((now - 24 * 3_600_000 - day.cutoff_ms()).abs() < 60_000);
     }
 }

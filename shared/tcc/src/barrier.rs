@@ -214,7 +214,8 @@ pub fn spawn_purger(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            let before = store::now_ms() - retention.as_millis() as i64;
+            let before = store::now_ms()
+                .saturating_sub(i64::try_from(retention.as_millis()).unwrap_or(i64::MAX));
             match purge(&db, before).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(rows = n, "purged old barrier rows"),
@@ -250,16 +251,21 @@ impl Default for PurgeConfig {
 /// A barrier retention under [`MIN_RETENTION_HOURS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "barrier_retention_hours must be at least {MIN_RETENTION_HOURS} (got {0}): a branch's \
-     barrier rows must outlive every duplicate of its last op"
+    "barrier_retention_hours must be between {MIN_RETENTION_HOURS} and {max} (got {0}): a \
+     branch's barrier rows must outlive every duplicate of its last op",
+    max = host::retention::MAX_RETENTION_HOURS
 )]
-pub struct RetentionTooShort(pub u64);
+pub struct RetentionOutOfRange(pub u64);
 
 impl PurgeConfig {
     /// Refuses a retention under [`MIN_RETENTION_HOURS`].
-    pub fn validate(&self) -> Result<(), RetentionTooShort> {
-        if self.barrier_retention_hours < MIN_RETENTION_HOURS {
-            return Err(RetentionTooShort(self.barrier_retention_hours));
+    pub fn validate(&self) -> Result<(), RetentionOutOfRange> {
+        // Too long overflowed once into a cutoff in the future (every settled row purged): a
+        // century is "keep it all".
+        if !(MIN_RETENTION_HOURS..=host::retention::MAX_RETENTION_HOURS)
+            .contains(&self.barrier_retention_hours)
+        {
+            return Err(RetentionOutOfRange(self.barrier_retention_hours));
         }
         Ok(())
     }
@@ -287,12 +293,13 @@ mod retention_tests {
         let mut c = PurgeConfig::default();
         assert!(c.validate().is_ok());
         c.barrier_retention_hours = 23;
-        assert!(c
-            .validate()
-            .unwrap_err()
-            .to_string()
-            .contains("at least 24"));
+        assert!(c.validate().unwrap_err().to_string().contains("between 24"));
         c.barrier_retention_hours = 0;
         assert!(c.validate().is_err());
+        c.barrier_retention_hours = u64::MAX;
+        assert!(
+            c.validate().is_err(),
+            "overflows into a cutoff in the future"
+        );
     }
 }
