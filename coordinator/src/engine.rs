@@ -54,11 +54,38 @@ impl host::failpoint::Point for Crash {
     }
 }
 
-/// Limits and timings of the engine.
+/// A caller listening for a transaction's decision: its channel leaves the map with its last
+/// listener, however the listening ends.
+struct Listener<'a> {
+    waiters: &'a Mutex<HashMap<Gid, watch::Sender<Decision>>>,
+    gid: Gid,
+    rx: Option<watch::Receiver<Decision>>,
+}
+
+impl Listener<'_> {
+    fn receiver(&mut self) -> &mut watch::Receiver<Decision> {
+        self.rx.as_mut().expect("listening until dropped")
+    }
+}
+
+impl Drop for Listener<'_> {
+    fn drop(&mut self) {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.rx.take());
+        if waiters
+            .get(&self.gid)
+            .is_some_and(|tx| tx.receiver_count() == 0)
+        {
+            waiters.remove(&self.gid);
+        }
+    }
+}
+
 /// How often a replay waiting for a decision looks at the log when no wake-up comes (the
 /// transaction may be driven by another instance).
 const REPLAY_POLL: Duration = Duration::from_millis(200);
 
+/// Limits and timings of the engine.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub node_id: u16,
@@ -258,7 +285,7 @@ impl Engine {
         let lease_until = match log::insert(&self.db, &new, &self.owner, self.lease_ms()).await {
             Ok(lease_until) => lease_until,
             Err(StoreError::UniqueViolation { .. }) if new.idempotency_key.is_some() => {
-                self.unsubscribe(new.gid, rx);
+                drop(rx);
                 let key = new.idempotency_key.clone().unwrap_or_default();
                 let (gid, hash) = log::find_by_key(&self.db, &key)
                     .await?
@@ -267,7 +294,7 @@ impl Engine {
                 return self.replay(gid, &hash, &new, &req, wait).await;
             }
             Err(e) => {
-                self.unsubscribe(new.gid, rx);
+                drop(rx);
                 return Err(e.into());
             }
         };
@@ -288,11 +315,12 @@ impl Engine {
         let (status, reason) = if wait.is_zero() {
             (Status::Prepared, None)
         } else {
+            let rx = rx.receiver();
             let _ = tokio::time::timeout(wait, rx.wait_for(|(s, _)| *s != Status::Prepared)).await;
             let current = rx.borrow().clone();
             current
         };
-        self.unsubscribe(gid, rx);
+        drop(rx);
         Ok(ExecuteOutcome {
             gid,
             status,
@@ -340,34 +368,31 @@ impl Engine {
             let nap = REPLAY_POLL.min(deadline - now);
             // Woken, or the nap is over; a closed channel (cannot happen while we listen)
             // must not turn this into a busy loop.
-            if let Ok(Err(_)) = tokio::time::timeout(nap, rx.changed()).await {
+            if let Ok(Err(_)) = tokio::time::timeout(nap, rx.receiver().changed()).await {
                 tokio::time::sleep(nap).await;
             }
         };
-        self.unsubscribe(gid, rx);
+        drop(rx);
         answer
     }
 
-    /// Listens for `gid`'s decision on this instance; every caller waiting on one gid shares
-    /// its channel.
-    fn subscribe(&self, gid: Gid) -> watch::Receiver<Decision> {
+    /// Listens for `gid`'s decision on this instance until the listener is dropped (also when
+    /// the caller's future is, a client gone); every caller waiting on one gid shares its
+    /// channel.
+    fn subscribe(&self, gid: Gid) -> Listener<'_> {
         let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        match waiters.get(&gid) {
+        let rx = match waiters.get(&gid) {
             Some(tx) => tx.subscribe(),
             None => {
                 let (tx, rx) = watch::channel((Status::Prepared, None));
                 waiters.insert(gid, tx);
                 rx
             }
-        }
-    }
-
-    /// Stops listening; the channel goes with its last listener.
-    fn unsubscribe(&self, gid: Gid, rx: watch::Receiver<Decision>) {
-        let mut waiters = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        drop(rx);
-        if waiters.get(&gid).is_some_and(|tx| tx.receiver_count() == 0) {
-            waiters.remove(&gid);
+        };
+        Listener {
+            waiters: &self.waiters,
+            gid,
+            rx: Some(rx),
         }
     }
 

@@ -189,6 +189,9 @@ async fn show(
         "deadline_ms": t.deadline_ms,
         "next_attempt_at_ms": t.next_attempt_at_ms,
         "attempts": t.attempts,
+        // Ended longer ago than the retention: its branches and timeline were purged (every
+        // transaction is recorded with at least one branch).
+        "details_purged": t.branches.is_empty(),
         "branches": branches,
         "timeline": {
             "shown": shown,

@@ -15,7 +15,7 @@
 
 use crate::auth::Caller;
 use crate::checkout::{checkout, execute, Checkout};
-use crate::idempotency::{self, Answer, FirstRequest, Replay};
+use crate::idempotency::{self, Answer, FirstRequest, KeyState, Replay};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use host::Problem;
@@ -302,12 +302,18 @@ async fn place_order(
     let user = caller.user_id.as_str();
     // A key seen before is answered from what it stored: no new id, no pricing, so neither a
     // clock behind nor a catalog hiccup stands between a client and its answer.
-    // The rate limit counts new orders: a retry with its key is never refused for it.
-    let first = if idempotency::key_exists(&db, user, &key).await? {
-        None
-    } else {
-        api.limiter.check(user)?;
-        first_attempt(&api, &db, user, &key, &hash, &body).await?
+    // The rate limit counts what costs: a new order, and a retry that waits for or takes over
+    // a request in progress. A retry whose answer is stored is one read, never refused.
+    let first = match idempotency::key_state(&db, user, &key).await? {
+        KeyState::Answered => None,
+        KeyState::Unanswered => {
+            api.limiter.check(user)?;
+            None
+        }
+        KeyState::Absent => {
+            api.limiter.check(user)?;
+            first_attempt(&api, &db, user, &key, &hash, &body).await?
+        }
     };
     let checkout = match first {
         Some(Ok(checkout)) => checkout,
@@ -315,6 +321,19 @@ async fn place_order(
         None => {
             match idempotency::replay(&db, &api.waiters, user, &key, &hash, patience(&api)).await? {
                 Replay::Answered(answer) => return Ok(answer.into_response(true)),
+                // Purged between the two reads: a new request (the limit was checked above).
+                Replay::Forgotten => {
+                    match first_attempt(&api, &db, user, &key, &hash, &body).await? {
+                        Some(Ok(checkout)) => checkout,
+                        Some(Err(answer)) => return Ok(answer.into_response(false)),
+                        None => {
+                            return Err(Problem::conflict(
+                                "in_progress",
+                                "a request with this Idempotency-Key is still in progress",
+                            ))
+                        }
+                    }
+                }
                 // The first request with this key was interrupted: resend exactly what it sent
                 // (the coordinator call is idempotent on its order id).
                 Replay::TakeOver {

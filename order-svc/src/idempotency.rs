@@ -42,15 +42,30 @@ impl Answer {
     }
 }
 
-pub(crate) async fn key_exists(db: &Db, user: &str, key: &str) -> Result<bool, StoreError> {
-    let found: Option<i64> = sqlx::query_scalar(
-        "SELECT 1 FROM order_requests WHERE user_id = $1 AND idempotency_key = $2",
+/// What is stored under a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyState {
+    /// Never seen (or forgotten after the retention).
+    Absent,
+    /// Its answer is stored: a replay costs one read.
+    Answered,
+    /// A request in progress or interrupted: a replay waits for it or takes it over.
+    Unanswered,
+}
+
+pub(crate) async fn key_state(db: &Db, user: &str, key: &str) -> Result<KeyState, StoreError> {
+    let found: Option<Option<i64>> = sqlx::query_scalar(
+        "SELECT response_status FROM order_requests WHERE user_id = $1 AND idempotency_key = $2",
     )
     .bind(user)
     .bind(key)
     .fetch_optional(db.pool())
     .await?;
-    Ok(found.is_some())
+    Ok(match found {
+        None => KeyState::Absent,
+        Some(Some(_)) => KeyState::Answered,
+        Some(None) => KeyState::Unanswered,
+    })
 }
 
 /// A key's first request, as stored before anything is sent: its order id and either the
@@ -123,6 +138,8 @@ pub(crate) const RELEASED: i64 = 0;
 
 pub(crate) enum Replay {
     Answered(Answer),
+    /// The key was forgotten (the retention's purge) since it was seen: a new request.
+    Forgotten,
     TakeOver {
         order_id: i64,
         txn_request: Option<Vec<u8>>,
@@ -140,26 +157,48 @@ pub(crate) struct Waiters {
 /// another instance).
 const POLL: Duration = Duration::from_millis(250);
 
-impl Waiters {
-    fn enter(&self, user: &str, key: &str) -> std::sync::Arc<Notify> {
-        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        by_key
-            .entry((user.to_owned(), key.to_owned()))
-            .or_default()
-            .clone()
-    }
+/// One request waiting on a key: it leaves the map with the last waiter, however the waiting
+/// ends (also when the request's future is dropped, its client gone).
+struct Waiting<'a> {
+    waiters: &'a Waiters,
+    key: (String, String),
+    notify: Option<std::sync::Arc<Notify>>,
+}
 
-    fn leave(&self, user: &str, key: &str, notify: std::sync::Arc<Notify>) {
-        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
-        drop(notify);
-        let k = (user.to_owned(), key.to_owned());
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut by_key = self
+            .waiters
+            .by_key
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        drop(self.notify.take());
         // Only the map's own reference left: no one else waits on this key.
         if by_key
-            .get(&k)
+            .get(&self.key)
             .is_some_and(|n| std::sync::Arc::strong_count(n) == 1)
         {
-            by_key.remove(&k);
+            by_key.remove(&self.key);
         }
+    }
+}
+
+impl Waiters {
+    fn enter(&self, user: &str, key: &str) -> Waiting<'_> {
+        let mut by_key = self.by_key.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (user.to_owned(), key.to_owned());
+        let notify = by_key.entry(key.clone()).or_default().clone();
+        Waiting {
+            waiters: self,
+            key,
+            notify: Some(notify),
+        }
+    }
+
+    /// How many keys have waiters (for tests: the map does not grow with finished waits).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.by_key.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
     /// Wakes the requests waiting on this key (its answer was saved or released).
@@ -181,10 +220,9 @@ pub(crate) async fn replay(
     hash: &str,
     patience: Duration,
 ) -> Result<Replay, Problem> {
-    let notify = waiters.enter(user, key);
-    let result = wait_for_answer(db, &notify, user, key, hash, patience).await;
-    waiters.leave(user, key, notify);
-    result
+    let waiting = waiters.enter(user, key);
+    let notify = waiting.notify.clone().unwrap_or_default();
+    wait_for_answer(db, &notify, user, key, hash, patience).await
 }
 
 async fn wait_for_answer(
@@ -218,7 +256,7 @@ async fn wait_for_answer(
         .fetch_optional(db.pool())
         .await?;
         let Some((stored_hash, order_id, status, body, updated_at, txn_request)) = row else {
-            return Err(Problem::internal("the idempotency record vanished"));
+            return Ok(Replay::Forgotten);
         };
         if stored_hash != hash {
             return Err(unprocessable(
@@ -277,4 +315,42 @@ pub async fn purge_answered(db: &Db, before_ms: i64, batch: i64) -> Result<u64, 
     .rows_affected();
     writer.commit().await?;
     Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_waiter_leaves_the_map_however_its_wait_ends_and_a_wake_reaches_every_waiter() {
+        let waiters = Waiters::default();
+        {
+            let a = waiters.enter("u", "k");
+            let b = waiters.enter("u", "k");
+            assert_eq!(waiters.len(), 1);
+            let (na, nb) = (a.notify.clone().unwrap(), b.notify.clone().unwrap());
+            let (wa, wb) = (na.notified(), nb.notified());
+            tokio::pin!(wa, wb);
+            wa.as_mut().enable();
+            wb.as_mut().enable();
+            waiters.wake("u", "k");
+            tokio::time::timeout(Duration::from_secs(1), async {
+                wa.await;
+                wb.await
+            })
+            .await
+            .expect("both woken");
+            drop(a);
+            assert_eq!(waiters.len(), 1, "b still waits");
+        }
+        assert_eq!(waiters.len(), 0);
+        // A wait whose future is dropped half-way (its client gone) leaves too.
+        let abandoned = async {
+            let w = waiters.enter("u", "k2");
+            std::future::pending::<()>().await;
+            drop(w);
+        };
+        let _ = tokio::time::timeout(Duration::from_millis(10), abandoned).await;
+        assert_eq!(waiters.len(), 0);
+    }
 }

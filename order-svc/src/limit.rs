@@ -1,10 +1,13 @@
 //! Per-user rate limiting of `POST /api/v1/orders`: a token bucket per user (`per_second`
-//! tokens a second, at most `burst` saved up), checked before anything else is done for the
-//! request. One user sending faster gets 429 with `Retry-After` and costs the platform a map
-//! lookup, not a transaction; every other user is unaffected.
+//! tokens a second, at most `burst` saved up), checked once the request's key has been looked
+//! up and before anything costly. One user sending faster gets 429 with `Retry-After` and costs
+//! the platform one read, not a transaction; every other user is unaffected.
 //!
-//! Idempotent replays count too: a retry storm with one key is still a storm. The buckets of
-//! users who went quiet are dropped now and then, so memory follows the active users.
+//! What counts: a new key, and a retry that would wait for or take over a request in progress
+//! (a retry storm on one key is still a storm). A retry whose answer is stored is answered from
+//! it, never refused: a client that retries after a 429 or a lost response must get its answer.
+//! The buckets of users who went quiet are dropped now and then, so memory follows the active
+//! users. The buckets are per instance: N order-svc instances allow N times the rate.
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};

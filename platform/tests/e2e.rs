@@ -830,6 +830,19 @@ async fn thirty_orders_in_one_second_from_one_user_get_429s_with_retry_after_and
         assert_eq!(ct.as_ref().unwrap(), "application/problem+json");
     }
     assert_eq!(carols.0, 201, "another user is not slowed: {}", carols.1);
+    // With the bucket still empty, retries of keys whose answer is stored get that answer,
+    // never a 429: a client that lost a response must learn what happened.
+    let answered = answers.iter().find(|a| a.1 == 201).unwrap().0;
+    for _ in 0..10 {
+        let (status, body) = p
+            .order("alice", format!("burst-{answered}"), coffee.clone())
+            .await;
+        assert_eq!(
+            (status.as_u16(), body["status"].as_str()),
+            (201, Some("confirmed")),
+            "{body}"
+        );
+    }
     // After the wait, a refused key places its order (nothing was stored under it).
     let (i, _, retry_after, _) = limited[0];
     tokio::time::sleep(Duration::from_secs(retry_after.unwrap())).await;
