@@ -2,7 +2,7 @@
 //!
 //! - `run`: orders through the public API, closed or open loop, with shares of failing and
 //!   duplicate orders; throughput, latency percentiles (HDR), outcomes; `--out` JSON.
-//! - `audit`: DESIGN §5 across the four services; exits 1 on any violation.
+//! - `audit`: docs/design.md §5 across the four services; exits 1 on any violation.
 //! - `baseline`: the same writes in one local transaction on one database: the price of
 //!   distribution is `run` ÷ `baseline`, measured side by side.
 //! - `compare`: `run` and `baseline` alternately, several rounds, medians and their ratio.
@@ -42,7 +42,7 @@ struct Cli {
 enum Command {
     /// Orders through the public API of a running platform.
     Run(run::RunArgs),
-    /// Check DESIGN §5 across the four services of a running platform.
+    /// Check docs/design.md §5 across the four services of a running platform.
     Audit(AuditArgs),
     /// The same business writes as one local transaction on one database.
     Baseline(baseline::BaselineArgs),

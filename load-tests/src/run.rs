@@ -735,13 +735,13 @@ pub struct Duplicates {
     pub sent: u64,
     /// Answered from the stored answer (`Idempotent-Replayed`).
     pub replayed: u64,
-    /// Must be 0: DESIGN §5.4 seen by clients.
+    /// Must be 0: docs/design.md §5.4 seen by clients.
     pub answered_with_another_order: u64,
     pub examples: Vec<String>,
 }
 
 impl RunReport {
-    /// Whether every duplicate was answered with its original order (DESIGN §5.4 seen by
+    /// Whether every duplicate was answered with its original order (docs/design.md §5.4 seen by
     /// clients).
     pub fn exactly_once(&self) -> bool {
         self.duplicates.answered_with_another_order == 0

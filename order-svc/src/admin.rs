@@ -108,7 +108,7 @@ async fn list_orders(
 }
 
 /// `GET /admin/audit`: orders by status, and the exactly-once bookkeeping of the public API
-/// (DESIGN §5.4), in one read transaction. An order settled before the retention cutoff may
+/// (docs/design.md §5.4), in one read transaction. An order settled before the retention cutoff may
 /// have lost its key to the purge: only orders changed since are checked for one.
 async fn audit(
     db: web::Data<Db>,

@@ -6,7 +6,7 @@
 //! through the public API, one order's trace holds spans of all four services in the trace UI,
 //! Prometheus scrapes every service, and a participant stopped with `docker kill` and another
 //! crashed (SIGKILL of its process, restarted by its restart policy) under load leave the four
-//! databases consistent (the full DESIGN §5 audit). The project is removed with its volumes
+//! databases consistent (the full docs/design.md §5 audit). The project is removed with its volumes
 //! however the test ends.
 //!
 //! Needs a Docker engine. Without one the test fails, saying why, unless

@@ -10,7 +10,7 @@
 //! - order-svc killed at a failpoint between the coordinator's answer and storing the client's
 //!   response.
 //!
-//! Each ends with the full DESIGN §5 audit across the four databases, and every client's final
+//! Each ends with the full docs/design.md §5 audit across the four databases, and every client's final
 //! answer is checked against where its order ended. The smoke test is the one users copy.
 //!
 //! The scenarios run one at a time (each cluster is eight containers on a 2-core machine).

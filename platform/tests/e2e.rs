@@ -1,6 +1,6 @@
 //! End to end: the four services as real processes (`platform serve <service>`), each with its
 //! own database (SQLite files, or PostgreSQL databases), orders through the public API, and
-//! DESIGN §5's invariants checked across the four databases at the end of every test.
+//! docs/design.md §5's invariants checked across the four databases at the end of every test.
 use futures::future::join_all;
 use order_svc::auth::{Authenticator, JwtConfig};
 use reqwest::{Method, StatusCode};
@@ -130,7 +130,7 @@ impl Platform {
         account.unwrap_or_else(|e| panic!("{e}")).available
     }
 
-    /// DESIGN §5, once the system is quiet (waiting up to 30 s): the `audit` crate's checks
+    /// docs/design.md §5, once the system is quiet (waiting up to 30 s): the `audit` crate's checks
     /// across the four services, the same ones `load-tests audit` prints.
     async fn assert_invariants(&self) {
         let report = audit::run(&self.endpoints(), Duration::from_secs(30))

@@ -136,7 +136,7 @@ pub struct Sku {
     pub sold: i64,
 }
 
-/// payment-svc's `GET /admin/audit`: the money invariants of DESIGN §5 as that service sees
+/// payment-svc's `GET /admin/audit`: the money invariants of docs/design.md §5 as that service sees
 /// them, read in one transaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PaymentAudit {
@@ -159,7 +159,7 @@ pub struct PaymentAudit {
     pub consistent: bool,
 }
 
-/// inventory-svc's `GET /admin/audit`: the stock invariants of DESIGN §5 as that service sees
+/// inventory-svc's `GET /admin/audit`: the stock invariants of docs/design.md §5 as that service sees
 /// them.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StockAudit {

@@ -1,4 +1,4 @@
-//! audit: DESIGN §5 checked across the four services, from the outside.
+//! audit: docs/design.md §5 checked across the four services, from the outside.
 //!
 //! Each service audits its own tables (`/admin/audit`: money or stock conserved, nothing
 //! negative), but no single service can tell whether the *parties agree*: that the order
@@ -71,6 +71,8 @@ pub struct Snapshot {
 #[derive(Debug, Clone, Serialize)]
 pub struct Check {
     pub name: &'static str,
+    /// Where docs/design.md states it (`5.3a`).
+    pub section: &'static str,
     pub ok: bool,
     pub counts: String,
     pub examples: Vec<String>,
@@ -97,7 +99,7 @@ impl fmt::Display for Report {
         )?;
         for c in &self.checks {
             let mark = if c.ok { "ok  " } else { "FAIL" };
-            writeln!(f, "  {mark} {}: {}", c.name, c.counts)?;
+            writeln!(f, "  {mark} §{:<4} {}: {}", c.section, c.name, c.counts)?;
             for e in &c.examples {
                 writeln!(f, "         e.g. {e}")?;
             }
@@ -106,9 +108,9 @@ impl fmt::Display for Report {
             f,
             "{}",
             if self.ok {
-                "all invariants hold"
+                "all invariants hold (docs/design.md §5)"
             } else {
-                "INVARIANTS VIOLATED"
+                "INVARIANTS VIOLATED (each § is in docs/design.md)"
             }
         )
     }
@@ -120,7 +122,7 @@ fn terminal(status: &str) -> bool {
     matches!(status, "succeeded" | "failed")
 }
 
-/// DESIGN §5, judged from a snapshot: one function per invariant, each giving its checks.
+/// docs/design.md §5, judged from a snapshot: one function per invariant, each giving its checks.
 pub fn judge(s: &Snapshot) -> Report {
     let mut by_status = BTreeMap::<String, u64>::new();
     for t in &s.transactions {
@@ -313,7 +315,7 @@ fn parties_agree_per_transaction(s: &Snapshot) -> [Check; 2] {
                 && !rs.is_empty()
                 && rs.iter().all(|r| r.status == "sold")
         } else {
-            // DESIGN §5.3: a rolled-back order says so (a Cancel whose Try never arrived stores
+            // docs/design.md §5.3: a rolled-back order says so (a Cancel whose Try never arrived stores
             // the order CANCELLED), so there is exactly one order row here too.
             os.len() == 1
                 && os[0].status == "CANCELLED"
@@ -477,9 +479,37 @@ fn the_order_book_is_exactly_once(s: &Snapshot) -> [Check; 3] {
     [one_order_per_key, every_key_answered, nothing_pending]
 }
 
+/// Each check's section in docs/design.md §5, by the name it prints.
+const SECTIONS: &[(&str, &str)] = &[
+    ("every global transaction is terminal", "5.3a"),
+    ("money is conserved and never negative", "5.1a"),
+    ("no money is left frozen", "5.1b"),
+    ("stock is conserved per SKU and never negative", "5.2a"),
+    ("no stock is left reserved", "5.2b"),
+    (
+        "order, payment and stock agree with the coordinator on every transaction",
+        "5.3b",
+    ),
+    (
+        "each transaction's hold and reservation match its order (buyer, amount, SKU, quantity)",
+        "5.3c",
+    ),
+    (
+        "nothing happened outside a global transaction the coordinator knows",
+        "5.3d",
+    ),
+    ("one idempotency key, one order", "5.4a"),
+    ("every idempotency key got its answer", "5.4b"),
+    ("no order is left pending", "5.3e"),
+];
+
 fn check(name: &'static str, counts: String, offenders: Vec<String>) -> Check {
     Check {
         name,
+        section: SECTIONS
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map_or("5", |(_, s)| s),
         ok: offenders.is_empty(),
         counts,
         examples: offenders.into_iter().take(EXAMPLES).collect(),
@@ -636,6 +666,25 @@ mod tests {
         let r = judge(&healthy());
         assert!(r.ok, "{r}");
         assert_eq!(r.checks.len(), 11);
+    }
+
+    /// Every check names its section of docs/design.md, and that section says what the check
+    /// prints: the document and the audit cannot drift apart unnoticed.
+    #[test]
+    fn every_check_cites_the_section_of_the_design_document_that_states_it() {
+        let design = include_str!("../../../docs/design.md");
+        let flowing = design.split_whitespace().collect::<Vec<_>>().join(" ");
+        for c in judge(&healthy()).checks {
+            assert_ne!(c.section, "5", "{} has no section", c.name);
+            let entry = format!("| {} | {} |", c.name, c.section);
+            assert!(design.contains(&entry), "docs/design.md lacks {entry:?}");
+            let statement = format!("**{} \"{}", c.section, c.name);
+            assert!(
+                flowing.contains(&statement),
+                "docs/design.md does not state {} as {statement:?}",
+                c.name
+            );
+        }
     }
 
     #[test]

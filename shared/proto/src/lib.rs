@@ -1,7 +1,7 @@
 //! The protobuf contracts every service compiles against.
 //!
-//! `tcc.v1.Participant` is the one RPC each participant serves (DESIGN §2); `tcc.v1.Coordinator`
-//! is the coordinator's API (DESIGN §3). Both live in one package so a participant's tests can
+//! `tcc.v1.Participant` is the one RPC each participant serves (docs/design.md §2); `tcc.v1.Coordinator`
+//! is the coordinator's API (docs/design.md §3). Both live in one package so a participant's tests can
 //! start a coordinator and a coordinator's tests can script participants with the same types.
 //! Code is generated at build time with a vendored `protoc`.
 
@@ -47,7 +47,7 @@ impl v1::BranchResponse {
     }
 }
 
-/// Whether a gRPC status from a branch call is worth retrying (DESIGN §2).
+/// Whether a gRPC status from a branch call is worth retrying (docs/design.md §2).
 pub fn is_transient(status: &tonic::Status) -> bool {
     matches!(
         status.code(),

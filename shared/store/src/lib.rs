@@ -1,7 +1,7 @@
 //! One SQL layer for SQLite and PostgreSQL.
 //!
 //! Every service owns one database: a SQLite file in the embedded default, a PostgreSQL database
-//! in production. Services write one SQL text for both through sqlx's `Any` driver (DESIGN §4),
+//! in production. Services write one SQL text for both through sqlx's `Any` driver (docs/design.md §4),
 //! so this crate is the one place that knows the two apart:
 //!
 //! - [`Db::connect`] opens a pool from a URL. For SQLite it creates the folders and the file,
@@ -447,7 +447,7 @@ pub fn random_id() -> i64 {
     (rand::random::<u64>() >> 1) as i64
 }
 
-/// Milliseconds since the Unix epoch: the one timestamp type every table uses (DESIGN §4).
+/// Milliseconds since the Unix epoch: the one timestamp type every table uses (docs/design.md §4).
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

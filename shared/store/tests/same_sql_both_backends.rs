@@ -1,4 +1,4 @@
-//! The storage rules of DESIGN §4, checked on a real SQLite file and a real PostgreSQL database:
+//! The storage rules of docs/design.md §4, checked on a real SQLite file and a real PostgreSQL database:
 //! the same migrations and the same SQL text give the same results on both.
 use futures::future::join_all;
 use sqlx::Row;

@@ -1,4 +1,4 @@
-//! The sub-transaction barrier (DESIGN §2, after DTM's `BranchBarrier.Call`).
+//! The sub-transaction barrier (docs/design.md §2, after DTM's `BranchBarrier.Call`).
 //!
 //! In one local transaction of the participant's database:
 //! 1. For Cancel/Compensate, insert the row of the op it undoes (`try`/`action`) with reason

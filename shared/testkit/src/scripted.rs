@@ -92,7 +92,7 @@ fn undone_by(op: Op) -> Option<Op> {
 }
 
 impl State {
-    /// DESIGN §2's barrier, in memory.
+    /// docs/design.md §2's barrier, in memory.
     fn barrier(&mut self, gid: u64, branch: &str, op: Op) -> Effect {
         let key = |o: Op| (gid, branch.to_owned(), o);
         let null = match undone_by(op) {
