@@ -191,9 +191,13 @@ async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(
     let audit = load_tests(&audit_args).await;
     assert_eq!(audit.status.code(), Some(1), "{}", text(&audit));
     let stdout = String::from_utf8_lossy(&audit.stdout);
-    assert!(stdout.contains("FAIL no money is left frozen"), "{stdout}");
+    // Each failed check with its section of docs/design.md.
     assert!(
-        stdout.contains("FAIL nothing happened outside a global transaction"),
+        stdout.contains("FAIL §5.1b no money is left frozen"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("FAIL §5.3d nothing happened outside a global transaction"),
         "{stdout}"
     );
     assert!(stdout.contains("INVARIANTS VIOLATED"), "{stdout}");
@@ -441,13 +445,20 @@ async fn the_one_command_platform_takes_a_run_and_an_audit_and_restarts_a_killed
         tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     }
 
-    // SIGKILL payment-svc (pid from the banner); the platform brings it back.
+    // SIGKILL payment-svc (pid from the banner's table, and the same in its pid file); the
+    // platform brings it back.
     let pid: i32 = banner
         .iter()
-        .find(|l| l.trim_start().starts_with("payment "))
+        .find(|l| {
+            l.trim_start().starts_with("payment ")
+                && l.contains("http://")
+                && !l.contains("ready on")
+        })
         .and_then(|l| l.split_whitespace().last())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no payment pid in {banner:#?}"));
+    let pid_file = std::fs::read_to_string(data.join("run/payment.pid")).unwrap();
+    assert_eq!(pid_file.trim(), pid.to_string(), "data/run/payment.pid");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid),
         nix::sys::signal::Signal::SIGKILL,
@@ -500,7 +511,20 @@ async fn the_one_command_platform_takes_a_run_and_an_audit_and_restarts_a_killed
     while let Ok(Some(line)) = lines.next_line().await {
         rest.push(line);
     }
-    assert!(rest.iter().any(|l| l == "stopped."), "{rest:#?}");
+    // It says what it stopped, each service cleanly, and where the data stays.
+    for service in ["order", "payment", "inventory", "coordinator"] {
+        assert!(
+            rest.iter()
+                .any(|l| l.trim_start().starts_with(service)
+                    && l.contains("stopped (exit status: 0)")),
+            "{service}: {rest:#?}"
+        );
+    }
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("stopped; the data stays in")),
+        "{rest:#?}"
+    );
 }
 
 both_backends!(the_one_command_platform_takes_a_run_and_an_audit_and_restarts_a_killed_service);

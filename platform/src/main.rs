@@ -528,6 +528,19 @@ fn start_failure(log: &std::path::Path) -> String {
     format!(": {reason}{hint}")
 }
 
+/// `<data>/run/<service>.pid`: where a script (the README's tour) finds a service to kill.
+fn pid_file(data: &std::path::Path, which: Which) -> PathBuf {
+    data.join("run").join(format!("{}.pid", which.name()))
+}
+
+fn write_pid(data: &std::path::Path, which: Which, pid: u32) {
+    let path = pid_file(data, which);
+    let _ = std::fs::create_dir_all(data.join("run"));
+    if let Err(e) = std::fs::write(&path, format!("{pid}\n")) {
+        eprintln!("platform: cannot write {}: {e}", path.display());
+    }
+}
+
 async fn wait_ready(which: Which, child: &mut Child, layout: &Layout) -> Result<(), PlatformError> {
     let (url, data) = (format!("{}/readyz", layout.http(which)), &layout.data);
     let client = reqwest::Client::builder()
@@ -726,6 +739,13 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
             }
             return Err(e);
         }
+        write_pid(&data, which, child.id());
+        println!(
+            "  {:<12} ready on {} (pid {})",
+            which.name(),
+            layout.http(which),
+            child.id()
+        );
         services.push(Supervised {
             which,
             child: Some(child),
@@ -756,6 +776,7 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
     }
     println!();
     println!("  logs:        {}/logs/<service>.log", data.display());
+    println!("  pids:        {}/run/<service>.pid", data.display());
     println!("  admin token: {}/admin-token", data.display());
     if let Some(ui) = trace_ui {
         println!("  traces:      http://{ui}/ (one order = one trace across the four services)");
@@ -809,6 +830,7 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
                 match spawn(s.which, &layout) {
                     Ok(child) => {
                         println!("{} restarted (pid {})", s.which.name(), child.id());
+                        write_pid(&data, s.which, child.id());
                         s.child = Some(child);
                         s.died_at = None;
                     }
@@ -828,18 +850,23 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
             let deadline = Instant::now() + Duration::from_secs(15);
             loop {
                 match child.try_wait() {
-                    Ok(Some(_)) => break,
+                    Ok(Some(status)) => {
+                        println!("  {:<12} stopped ({status})", s.which.name());
+                        break;
+                    }
                     _ if Instant::now() > deadline => {
                         let _ = child.kill();
                         let _ = child.wait();
+                        println!("  {:<12} killed after 15 s", s.which.name());
                         break;
                     }
                     _ => tokio::time::sleep(Duration::from_millis(20)).await,
                 }
             }
         }
+        let _ = std::fs::remove_file(pid_file(&data, s.which));
     }
-    println!("stopped.");
+    println!("stopped; the data stays in {}", data.display());
     Ok(())
 }
 
