@@ -34,7 +34,11 @@ impl From<EngineError> for Problem {
         match e {
             EngineError::NotFound(gid) => Problem::not_found(format!("no transaction {gid}")),
             EngineError::Invalid(m) => Problem::bad_request(m),
-            EngineError::KeyReused(_) => Problem::conflict("idempotency_key_reused", e.to_string()),
+            EngineError::KeyReused(_) => Problem::new(
+                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                e.to_string(),
+            ),
             EngineError::Store(s) => s.into(),
             EngineError::Id(_) | EngineError::Node(_) => {
                 tracing::error!(error = %e, "no transaction id can be made");

@@ -1417,7 +1417,76 @@ both_backends!(
     every_admin_api_wants_its_token_and_every_service_reports_its_metrics,
     sigterm_with_orders_and_drives_in_flight_loses_nothing,
     answered_keys_are_forgotten_after_the_retention_and_every_order_still_answers,
+    every_problem_s_type_is_a_page_the_answering_service_serves,
 );
+
+/// A problem's `type` resolves against the URL that answered it: each service serves the page
+/// of each code it answers with (offline, no domain of ours needed).
+async fn every_problem_s_type_is_a_page_the_answering_service_serves(db: TestDb) {
+    let p = Platform::start(db).await;
+    let orders = p.url("order", "/api/v1/orders");
+    let token = Platform::token("alice");
+    let answers = [
+        p.http
+            .post(&orders)
+            .json(&json!({"sku": "coffee", "quantity": 1})),
+        p.http
+            .post(&orders)
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "p-1")
+            .json(&json!({"sku": "coffee", "quantity": 0})),
+        p.http
+            .post(&orders)
+            .bearer_auth(&token)
+            .header("Idempotency-Key", "p-2")
+            .json(&json!({"sku": "no-such-thing", "quantity": 1})),
+        p.http.get(format!("{orders}/12345")).bearer_auth(&token),
+    ];
+    let mut codes = Vec::new();
+    for req in answers {
+        let res = req.send().await.unwrap();
+        let status = res.status().as_u16();
+        let problem: Value = res.json().await.unwrap();
+        let (code, type_uri) = (
+            problem["code"].as_str().unwrap().to_owned(),
+            problem["type"].as_str().unwrap().to_owned(),
+        );
+        assert_eq!(type_uri, format!("/problems/{code}"), "{problem}");
+        let page = p.http.get(p.url("order", &type_uri)).send().await.unwrap();
+        assert_eq!(page.status(), 200, "{type_uri}");
+        assert!(page
+            .headers()
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap().starts_with("text/html")));
+        let html = page.text().await.unwrap();
+        assert!(
+            html.contains(&code) && html.contains(&format!("HTTP {status}")),
+            "{html}"
+        );
+        codes.push(code);
+    }
+    assert_eq!(
+        codes,
+        ["unauthorized", "bad_request", "unknown_sku", "not_found"]
+    );
+    // The same pages on every service; an unknown code is a 404 problem.
+    for service in ["payment", "inventory", "coordinator"] {
+        let page = p
+            .http
+            .get(p.url(service, "/problems/unavailable"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200, "{service}");
+    }
+    let none = p
+        .http
+        .get(p.url("order", "/problems/no_such_code"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(none.status(), 404);
+}
 
 mod trace_collector {
     use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{

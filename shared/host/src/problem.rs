@@ -32,7 +32,9 @@ pub struct ProblemBody {
 impl Problem {
     pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
         Problem(Box::new(ProblemBody {
-            type_uri: format!("https://tcc-pay.dev/problems/{code}"),
+            // A relative reference (RFC 9457 §3.1.1): it resolves against the request's own
+            // URL, to the page every service serves at /problems/{code}.
+            type_uri: format!("/problems/{code}"),
             title: status.canonical_reason().unwrap_or("Error").to_owned(),
             status: status.as_u16(),
             detail: Some(detail.into()),
@@ -78,6 +80,43 @@ impl Problem {
     pub fn internal(detail: impl Into<String>) -> Self {
         Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
     }
+}
+
+/// Every problem code the services answer with: its status and what it means for a client.
+/// `GET /problems/{code}` on any service serves the entry (the `type` of its problems).
+pub const CODES: &[(&str, u16, &str)] = &[
+    ("bad_request", 400, "The request is malformed: a missing or invalid header, field, query parameter or path segment. The detail names it. Fix the request; retrying it unchanged gets the same answer."),
+    ("unauthorized", 401, "No valid credentials: a missing, malformed, expired or foreign token (public API), or a missing or wrong admin token (admin and operator routes). Get a new token; a token signed before the service's data folder was reset, or with a key rotated out, is refused."),
+    ("failpoints_refused", 403, "Failpoints (crashes on purpose, for tests and labs) are refused in production mode."),
+    ("not_found", 404, "Nothing at this address for you: an unknown route, an order that is not yours or does not exist, an unknown account, SKU, transaction or failpoint."),
+    ("in_progress", 409, "Another request with the same Idempotency-Key is still being answered. Retry the same key a moment later: you will get its answer."),
+    ("idempotency_key_reused", 422, "This Idempotency-Key was already used with a different request body (or, at the coordinator, a different transaction). Use a new key for a new request."),
+    ("unknown_sku", 422, "The catalog has no product with this SKU. The answer is stored under the key: use a new key for a corrected request."),
+    ("amount_too_large", 422, "The order's amount (price times quantity) is beyond what an account can hold. The answer is stored under the key."),
+    ("payload_too_large", 413, "The body is larger than this route accepts."),
+    ("unsupported_media_type", 415, "The body must be JSON, sent with Content-Type: application/json."),
+    ("rate_limited", 429, "Too many new orders from this user: wait the Retry-After seconds, then retry the same request with the same Idempotency-Key (nothing was stored under it)."),
+    ("unavailable", 503, "The service could not do it right now (a database or another service did not answer). Retry later; for an order, retry with the same Idempotency-Key: it answers what happened, and never places a second order."),
+    ("internal", 500, "Something went wrong on our side; the service's log says what (the answer never does). Retrying with the same Idempotency-Key is safe."),
+];
+
+/// `GET /problems/{code}`: the page a problem's `type` points at (plain HTML, offline).
+pub async fn describe(code: web::Path<String>) -> Result<HttpResponse, Problem> {
+    let Some((code, status, meaning)) = CODES.iter().find(|(c, _, _)| *c == code.as_str()) else {
+        return Err(Problem::not_found("no such problem type"));
+    };
+    let reason = StatusCode::from_u16(*status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{code}</title></head>\
+             <body><h1><code>{code}</code></h1><p>HTTP {status} {reason}</p><p>{meaning}</p>\
+             <p>Problems are <code>application/problem+json</code> (RFC 9457): <code>type</code> \
+             is this page, <code>code</code> its name, <code>detail</code> what happened.</p></body></html>"
+        )))
 }
 
 impl fmt::Display for Problem {
@@ -166,4 +205,36 @@ pub fn query_config() -> web::QueryConfig {
 /// The response for a route that does not exist.
 pub async fn not_found(req: HttpRequest) -> HttpResponse {
     Problem::not_found(format!("no route for {} {}", req.method(), req.path())).error_response()
+}
+
+#[cfg(test)]
+mod codes_tests {
+    use super::*;
+
+    /// Every code a constructor here can answer with has its page, with its status.
+    #[test]
+    fn every_code_the_constructors_answer_with_is_documented_with_its_status() {
+        let made = [
+            Problem::bad_request(""),
+            Problem::not_found(""),
+            Problem::unauthorized("", ""),
+            Problem::conflict("in_progress", ""),
+            Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency_key_reused",
+                "",
+            ),
+            Problem::too_many_requests("", 1),
+            Problem::unavailable(""),
+            Problem::internal(""),
+        ];
+        for p in made {
+            let b = p.body();
+            let code = b.code.as_deref().unwrap();
+            assert_eq!(b.type_uri, format!("/problems/{code}"));
+            let entry = CODES.iter().find(|(c, _, _)| *c == code);
+            let (_, status, _) = entry.unwrap_or_else(|| panic!("{code} is not documented"));
+            assert_eq!(*status, b.status, "{code}");
+        }
+    }
 }

@@ -146,7 +146,8 @@ pub fn health_routes(cfg: &mut web::ServiceConfig) {
         web::get().to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }),
     )
     .route("/readyz", web::get().to(readyz))
-    .route("/metrics", web::get().to(metrics));
+    .route("/metrics", web::get().to(metrics))
+    .route("/problems/{code}", web::get().to(crate::problem::describe));
 }
 
 async fn readyz(db: web::Data<store::Db>) -> Result<HttpResponse, Problem> {
