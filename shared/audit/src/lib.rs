@@ -313,7 +313,10 @@ fn parties_agree_per_transaction(s: &Snapshot) -> [Check; 2] {
                     .iter()
                     .all(|h| matches!(h.status.as_str(), "captured" | "debited"))
                 && !rs.is_empty()
-                && rs.iter().all(|r| r.status == "sold")
+                // TCC's Confirm sells what its Try reserved; a Saga's Action takes it at once.
+                && rs
+                    .iter()
+                    .all(|r| matches!(r.status.as_str(), "sold" | "taken"))
         } else {
             // docs/design.md §5.3: a rolled-back order says so (a Cancel whose Try never arrived stores
             // the order CANCELLED), so there is exactly one order row here too.
@@ -322,7 +325,10 @@ fn parties_agree_per_transaction(s: &Snapshot) -> [Check; 2] {
                 && hs
                     .iter()
                     .all(|h| matches!(h.status.as_str(), "released" | "refunded"))
-                && rs.iter().all(|r| r.status == "released")
+                // TCC's Cancel releases; a Saga's Compensate returns what its Action took.
+                && rs
+                    .iter()
+                    .all(|r| matches!(r.status.as_str(), "released" | "returned"))
         };
         if !agrees {
             disagree.push(statuses());
@@ -748,6 +754,21 @@ mod tests {
             failed(&s),
             ["order, payment and stock agree with the coordinator on every transaction"]
         );
+    }
+
+    /// A Saga's branches end in their own statuses (debited/taken when it succeeded,
+    /// refunded/returned when it was compensated): agreement, not a disagreement.
+    #[test]
+    fn saga_statuses_agree_and_a_saga_left_half_done_is_caught() {
+        let mut s = healthy();
+        s.holds[0].status = "debited".into();
+        s.reservations[0].status = "taken".into();
+        s.holds[1].status = "refunded".into();
+        s.reservations.push(reservation("2", "returned"));
+        assert!(failed(&s).is_empty(), "{:?}", failed(&s));
+        s.reservations[1].status = "taken".into();
+        assert!(failed(&s)
+            .contains(&"order, payment and stock agree with the coordinator on every transaction"));
     }
 
     #[test]
