@@ -519,7 +519,7 @@ fn start_failure(log: &std::path::Path) -> String {
     };
     let hint = if reason.contains("Address already in use") {
         "\n  hint: another program (another platform?) holds that port: stop it, or start this one \
-         beside it with --port-offset 100"
+         beside it with its own ports and data folder: --port-offset 100 --data data2"
     } else if reason.contains("signature") || reason.contains("secret") {
         "\n  hint: the data folder holds another platform's secrets; --reset starts over"
     } else {

@@ -25,11 +25,18 @@ fn tour() -> (String, usize) {
         .filter(|l| !l.starts_with("```"))
         .collect::<Vec<_>>()
         .join("\n");
+    // A function's definition counts as one command, its body as none.
     let mut commands = 0;
     let mut continued = false;
+    let mut in_function = false;
     for line in script.lines().map(str::trim) {
+        if in_function {
+            in_function = line != "}";
+            continue;
+        }
         if !continued && !line.is_empty() && !line.starts_with('#') {
             commands += 1;
+            in_function = line.ends_with("() {");
         }
         continued = line.ends_with('\\') || line.ends_with('|') || line.ends_with("do");
     }
