@@ -481,7 +481,7 @@ fn progress(
             if tty {
                 eprint!("\r{line}");
                 let _ = std::io::stderr().flush();
-            } else if tick % 5 == 0 {
+            } else if tick.is_multiple_of(5) {
                 eprintln!("{line}");
             }
         }

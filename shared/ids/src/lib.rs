@@ -332,7 +332,7 @@ mod tests {
     impl Clock for ManualClock {
         fn now_ms(&self) -> u64 {
             let n = self.reads.fetch_add(1, Ordering::SeqCst) + 1;
-            if self.tick_every > 0 && n % self.tick_every == 0 {
+            if self.tick_every > 0 && n.is_multiple_of(self.tick_every) {
                 self.ms.fetch_add(1, Ordering::SeqCst);
             }
             self.ms.load(Ordering::SeqCst)
