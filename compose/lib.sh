@@ -33,8 +33,11 @@ ensure_secrets() {
   gen() { head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n'; }
   fresh() { [ -s "$dir/$1" ] && return 1; made="$made $1"; }
   if fresh postgres-password; then
-    # An older compose/.env held it: the database volume was made with it.
-    password=$(sed -n 's/^POSTGRES_PASSWORD=//p' .env | tail -n 1)
+    # The database volume was made with the password that is still in use: an existing
+    # database URL's, or an older compose/.env's; a new one only on a first start.
+    # (user:password@host: the password is between the second ':' and the '@')
+    password=$(cat "$dir"/*-database-url 2>/dev/null | head -n 1 | cut -d@ -f1 | cut -d: -f3)
+    [ -n "$password" ] || password=$(sed -n 's/^POSTGRES_PASSWORD=//p' .env | tail -n 1)
     printf '%s\n' "${password:-$(gen)}" > "$dir/postgres-password"
   fi
   password=$(head -n 1 "$dir/postgres-password")

@@ -321,8 +321,9 @@ async fn place_order(
         None => {
             match idempotency::replay(&db, &api.waiters, user, &key, &hash, patience(&api)).await? {
                 Replay::Answered(answer) => return Ok(answer.into_response(true)),
-                // Purged between the two reads: a new request (the limit was checked above).
                 Replay::Forgotten => {
+                    // Purged since it was looked up: a new request, limited like one.
+                    api.limiter.check(user)?;
                     match first_attempt(&api, &db, user, &key, &hash, &body).await? {
                         Some(Ok(checkout)) => checkout,
                         Some(Err(answer)) => return Ok(answer.into_response(false)),

@@ -109,6 +109,10 @@ pub(crate) async fn begin(db: &Db, r: FirstRequest<'_>) -> Result<bool, StoreErr
 /// Stores `answer` as the key's response, or, for a 5xx ("we do not know yet": the coordinator
 /// did not answer, a database hiccup), releases the key instead: the order may still be placed,
 /// and a retry with the key takes over at once and learns the truth.
+///
+/// Only while the key has no answer: the first answer stored is the key's for good. An attempt
+/// that was taken over (it looked abandoned but was only slow) and ends late neither replaces
+/// the answer its successor stored nor releases the key under it.
 pub(crate) async fn save(
     db: &Db,
     user: &str,
@@ -119,7 +123,7 @@ pub(crate) async fn save(
     let mut writer = db.begin().await?;
     sqlx::query(
         "UPDATE order_requests SET response_status = $1, response_body = $2, updated_at = $3 \
-         WHERE user_id = $4 AND idempotency_key = $5",
+         WHERE user_id = $4 AND idempotency_key = $5 AND response_status IS NULL",
     )
     .bind((!transient).then_some(i64::from(answer.status)))
     .bind((!transient).then(|| answer.body.to_string()))
@@ -320,6 +324,60 @@ pub async fn purge_answered(db: &Db, before_ms: i64, batch: i64) -> Result<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A first attempt taken over while it was only slow ends late: neither its 5xx (a release)
+    /// nor its answer replaces what its successor stored.
+    #[tokio::test]
+    async fn the_first_answer_stored_is_the_key_s_and_a_late_attempt_changes_nothing() {
+        let test_db = testkit::TestDb::sqlite();
+        let db = Db::connect(&store::DbConfig::new(test_db.url()))
+            .await
+            .unwrap();
+        db.migrate(&crate::MIGRATOR).await.unwrap();
+        let answer = |status: u16, what: &str| Answer {
+            status,
+            body: serde_json::json!({ "status": what }),
+        };
+        let first = FirstRequest {
+            user: "alice",
+            key: "k",
+            hash: "h",
+            order_id: 7,
+            txn_request: Some(vec![1]),
+            answer: None,
+        };
+        assert!(begin(&db, first).await.unwrap());
+        // The successor (after a take-over) stores the outcome.
+        save(&db, "alice", "k", &answer(201, "confirmed"))
+            .await
+            .unwrap();
+        // The slow first attempt ends: a 503 (it would release the key), then a late answer.
+        save(&db, "alice", "k", &answer(503, "unavailable"))
+            .await
+            .unwrap();
+        save(&db, "alice", "k", &answer(201, "pending"))
+            .await
+            .unwrap();
+        match replay(
+            &db,
+            &Waiters::default(),
+            "alice",
+            "k",
+            "h",
+            Duration::from_secs(1),
+        )
+        .await
+        .unwrap()
+        {
+            Replay::Answered(a) => {
+                assert_eq!(
+                    (a.status, a.body["status"].as_str()),
+                    (201, Some("confirmed"))
+                )
+            }
+            _ => panic!("the key lost its answer"),
+        }
+    }
 
     #[tokio::test]
     async fn a_waiter_leaves_the_map_however_its_wait_ends_and_a_wake_reaches_every_waiter() {

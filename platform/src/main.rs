@@ -847,7 +847,7 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
                 nix::unistd::Pid::from_raw(child.id() as i32),
                 nix::sys::signal::Signal::SIGTERM,
             );
-            let deadline = Instant::now() + Duration::from_secs(15);
+            let deadline = Instant::now() + Duration::from_secs(25);
             loop {
                 match child.try_wait() {
                     Ok(Some(status)) => {
@@ -857,7 +857,7 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
                     _ if Instant::now() > deadline => {
                         let _ = child.kill();
                         let _ = child.wait();
-                        println!("  {:<12} killed after 15 s", s.which.name());
+                        println!("  {:<12} killed after 25 s", s.which.name());
                         break;
                     }
                     _ => tokio::time::sleep(Duration::from_millis(20)).await,

@@ -99,12 +99,15 @@ pub async fn start(parts: ServiceParts, shutdown: Shutdown) -> std::io::Result<R
     let http_listener = std::net::TcpListener::bind(&http_addr)
         .map_err(|e| std::io::Error::new(e.kind(), format!("bind HTTP {http_addr}: {e}")))?;
     let http_bound = http_listener.local_addr()?;
+    let stopping = web::Data::new(shutdown.clone());
     let server = HttpServer::new(move || {
         let http = http.clone();
         App::new()
+            .wrap(from_fn(serve::refuse_when_stopping))
             .wrap(from_fn(track_requests))
             .wrap(from_fn(telemetry::http::trace_requests))
             .app_data(http_metrics.clone())
+            .app_data(stopping.clone())
             .app_data(db_data.clone())
             .app_data(metrics_data.clone())
             .app_data(problem::json_config(json_limit))
@@ -124,7 +127,11 @@ pub async fn start(parts: ServiceParts, shutdown: Shutdown) -> std::io::Result<R
         .await
         .map_err(|e| std::io::Error::new(e.kind(), format!("bind gRPC {grpc_addr}: {e}")))?;
     let grpc_bound = grpc_listener.local_addr()?;
-    let mut builder = tonic::transport::Server::builder();
+    // Pings find a peer that froze or was cut off with a connection open, so neither a call
+    // nor a graceful stop waits on it forever.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)));
     if let Some(t) = &tls {
         builder = builder
             .tls_config(t.server_config())

@@ -24,6 +24,35 @@ impl Shutdown {
     pub fn trigger(&self) {
         let _ = self.tx.send(true);
     }
+
+    /// Whether shutdown has been asked for.
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+}
+
+/// Middleware (on every app) that answers 503 `unavailable`, with `Connection: close`, to any
+/// request that arrives once shutdown has begun: the HTTP server is only paused while the gRPC
+/// side drains (see [`run`]), and a client on a kept-alive connection must not start work
+/// (an order whose own branch could no longer be called) on a stopping instance. Nothing is
+/// stored for such a request: a retry with the same key goes to another instance, or to this
+/// one restarted. Needs `web::Data<Shutdown>` in the app data.
+pub async fn refuse_when_stopping(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
+    let stopping = req
+        .app_data::<web::Data<Shutdown>>()
+        .is_some_and(|s| s.is_triggered());
+    if stopping {
+        let mut res = actix_web::ResponseError::error_response(&Problem::unavailable(
+            "this instance is stopping; retry (with the same Idempotency-Key for an order)",
+        ));
+        res.head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+        return Ok(req.into_response(res));
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
 }
 
 /// A [`Shutdown`] wired to SIGTERM and SIGINT.
@@ -117,14 +146,30 @@ pub async fn run(
     let http_task = tokio::spawn(http);
     let grpc_task = tokio::spawn(grpc);
     shutdown.wait().await;
+    // One budget for the whole stop: the gRPC drain and the detached work share `grace` (a
+    // peer frozen on an open connection must not hold the process forever), then HTTP stops
+    // within its own shutdown timeout.
+    let deadline = tokio::time::Instant::now() + grace;
     // The HTTP server stops last. Its workers are runtimes of their own, and a pooled database
     // connection a worker opened lives on that worker's runtime: stopped first, it would take
     // those connections with it, and a gRPC call still running on one would fail, possibly
     // after its COMMIT was sent (a committed Try answered "unavailable"). So: accept no new
     // HTTP connections, let the gRPC calls and the detached work finish, then stop HTTP.
+    // New requests on kept-alive connections meanwhile get 503 (`refuse_when_stopping`).
     http_handle.pause().await;
-    let grpc_result = grpc_task.await.map_err(std::io::Error::other)?;
-    if tokio::time::timeout(grace, in_flight.idle()).await.is_err() {
+    let mut grpc_task = grpc_task;
+    let grpc_result = match tokio::time::timeout_at(deadline, &mut grpc_task).await {
+        Ok(joined) => joined.map_err(std::io::Error::other),
+        Err(_) => {
+            tracing::warn!("gRPC calls still open after the grace period; closing them");
+            grpc_task.abort();
+            Ok(Ok(()))
+        }
+    };
+    if tokio::time::timeout_at(deadline, in_flight.idle())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             running = in_flight.count(),
             "detached work still running after the grace period; stopping anyway"
@@ -132,6 +177,7 @@ pub async fn run(
     }
     http_handle.stop(true).await;
     let http_result = http_task.await.map_err(std::io::Error::other)?;
+    let grpc_result = grpc_result?;
     http_result?;
     grpc_result.map_err(std::io::Error::other)?;
     tracing::info!("stopped cleanly");
@@ -276,6 +322,56 @@ pub async fn require_admin(
 mod tests {
     use super::*;
     use actix_web::test::TestRequest;
+
+    /// Once shutdown has begun, a request on a connection still open is refused before any
+    /// handler runs (nothing started, nothing stored) and the connection is closed.
+    #[actix_web::test]
+    async fn a_request_that_arrives_while_stopping_gets_503_and_a_closed_connection() {
+        let (tx, rx) = watch::channel(false);
+        let shutdown = Shutdown {
+            rx,
+            tx: std::sync::Arc::new(tx),
+        };
+        let handled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = handled.clone();
+        let app = actix_web::test::init_service(
+            actix_web::App::new()
+                .wrap(actix_web::middleware::from_fn(refuse_when_stopping))
+                .app_data(web::Data::new(shutdown.clone()))
+                .route(
+                    "/work",
+                    web::post().to(move || {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        async { HttpResponse::Created().finish() }
+                    }),
+                ),
+        )
+        .await;
+        let before = actix_web::test::call_service(
+            &app,
+            actix_web::test::TestRequest::post()
+                .uri("/work")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(before.status(), 201);
+        shutdown.trigger();
+        let after = actix_web::test::call_service(
+            &app,
+            actix_web::test::TestRequest::post()
+                .uri("/work")
+                .to_request(),
+        )
+        .await;
+        assert_eq!(after.status(), 503);
+        assert_eq!(
+            after.response().head().connection_type(),
+            actix_web::http::ConnectionType::Close
+        );
+        assert_eq!(handled.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let body = actix_web::test::read_body(after).await;
+        assert!(String::from_utf8_lossy(&body).contains("stopping"));
+    }
 
     #[test]
     fn production_mode_refuses_a_generated_admin_token() {
