@@ -93,6 +93,30 @@ enum Cmd {
         #[arg(long)]
         split: Option<PathBuf>,
     },
+    /// Switch faults on a participant of the running platform (dev mode only): the next N calls
+    /// of an op are delayed, hang until released, fail, or error. E.g. `platform fault payment
+    /// try delay --ms 4000`, `platform fault payment list`, `platform fault payment release`,
+    /// `platform fault payment clear`. Uses the platform's admin token (`--data`) and ports
+    /// (`--port-offset`).
+    Fault {
+        /// The participant: order, payment or inventory.
+        #[arg(value_enum)]
+        service: Which,
+        /// `list`, `release` (hung calls go on), `clear` (disarm all), or the op to arm: try,
+        /// confirm, cancel, action, compensate.
+        what: String,
+        /// What to do to the op's next calls: delay, hang, fail or error.
+        kind: Option<String>,
+        /// Delay in milliseconds (`delay`).
+        #[arg(long, default_value_t = 3000)]
+        ms: u64,
+        /// The FAILURE code (`fail`; try and action only).
+        #[arg(long, default_value = "injected_failure")]
+        code: String,
+        /// How many of the op's next calls.
+        #[arg(long, default_value_t = 1)]
+        times: u32,
+    },
     /// Create the demo accounts, stock and catalog on running services (what the platform does
     /// on its first start), e.g. on the compose platform.
     Seed {
@@ -167,6 +191,24 @@ async fn main() -> std::process::ExitCode {
         Some(Cmd::TraceUi(ui)) => return report(serve_trace_ui(ui).await),
         Some(Cmd::Token { sub, hours }) => return report(print_token(&cli.data, &sub, hours)),
         Some(Cmd::Certs { dir, split }) => return report(issue_certs(&dir, split.as_deref())),
+        Some(Cmd::Fault {
+            service,
+            what,
+            kind,
+            ms,
+            code,
+            times,
+        }) => {
+            let fault = FaultArgs {
+                service,
+                what,
+                kind,
+                ms,
+                code,
+                times,
+            };
+            return report(fault.send(&cli.data, cli.port_offset).await);
+        }
         Some(Cmd::Seed {
             admin_token,
             order_url,
@@ -239,6 +281,8 @@ enum PlatformError {
     Config(#[from] host::config::ConfigError),
     #[error(transparent)]
     TraceUi(#[from] trace_ui::TraceUiError),
+    #[error("fault: {0}")]
+    Fault(String),
 }
 
 /// `platform trace-ui`: until SIGTERM or Ctrl-C.
@@ -526,6 +570,73 @@ fn start_failure(log: &std::path::Path) -> String {
         ""
     };
     format!(": {reason}{hint}")
+}
+
+/// `platform fault …`: one call to a participant's `/admin/faults` API.
+struct FaultArgs {
+    service: Which,
+    what: String,
+    kind: Option<String>,
+    ms: u64,
+    code: String,
+    times: u32,
+}
+
+impl FaultArgs {
+    async fn send(self, data: &std::path::Path, port_offset: u16) -> Result<(), PlatformError> {
+        if self.service == Which::Coordinator {
+            return Err(PlatformError::Fault(
+                "the coordinator takes failpoints, not faults (PUT /api/v1/admin/failpoints/{point})"
+                    .into(),
+            ));
+        }
+        let token_path = data.join("admin-token");
+        let token = std::fs::read_to_string(&token_path)
+            .map_err(io(&token_path))?
+            .trim()
+            .to_owned();
+        let base = format!(
+            "http://127.0.0.1:{}/admin/faults",
+            self.service.default_ports().0 + port_offset
+        );
+        let http = reqwest::Client::new();
+        let req = match (self.what.as_str(), self.kind.as_deref()) {
+            ("list", None) => http.get(&base),
+            ("release", None) => http.post(format!("{base}/release")),
+            ("clear", None) => http.delete(&base),
+            (op, Some(kind)) => {
+                let fault = match kind {
+                    "delay" => serde_json::json!({"kind": "delay", "ms": self.ms}),
+                    "hang" => serde_json::json!({"kind": "hang"}),
+                    "fail" => serde_json::json!({"kind": "fail", "code": self.code}),
+                    "error" => serde_json::json!({"kind": "error"}),
+                    other => {
+                        return Err(PlatformError::Fault(format!(
+                            "{other:?} is not a fault: delay, hang, fail or error"
+                        )))
+                    }
+                };
+                let mut body = fault;
+                body["times"] = self.times.into();
+                http.put(format!("{base}/{op}")).json(&body)
+            }
+            (other, None) => {
+                return Err(PlatformError::Fault(format!(
+                    "{other:?}: give list, release, clear, or an op and a fault (e.g. `try delay --ms 4000`)"
+                )))
+            }
+        };
+        let res = req.bearer_auth(token).send().await.map_err(|e| {
+            PlatformError::Fault(format!("{} did not answer: {e}", self.service.name()))
+        })?;
+        let status = res.status();
+        let text = res.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(PlatformError::Fault(format!("{status}: {text}")));
+        }
+        println!("{text}");
+        Ok(())
+    }
 }
 
 /// `<data>/run/<service>.pid`: where a script (the README's tour) finds a service to kill.

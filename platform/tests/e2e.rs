@@ -1418,7 +1418,193 @@ both_backends!(
     sigterm_with_orders_and_drives_in_flight_loses_nothing,
     answered_keys_are_forgotten_after_the_retention_and_every_order_still_answers,
     every_problem_s_type_is_a_page_the_answering_service_serves,
+    faults_switched_on_through_the_admin_api_make_the_course_s_anomalies_happen_and_lose_nothing,
 );
+
+/// A participant's metric, summed over the lines that carry all of `labels`.
+async fn metric(p: &Platform, service: &str, name: &str, labels: &[&str]) -> f64 {
+    let text = p
+        .http
+        .get(p.url(service, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|lab| l.contains(lab)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 14's faults a student can switch on, on payment-svc through its admin API: a Try
+/// delayed past the transaction's deadline is overtaken by its Cancel (a null compensation)
+/// and refused by the barrier when it arrives (hanging); a Try made to fail cancels with its
+/// code; Confirms made to error are retried until one gets through; a hung Cancel goes on once
+/// released. Nothing stays frozen, and /metrics counts what the faults took.
+async fn faults_switched_on_through_the_admin_api_make_the_course_s_anomalies_happen_and_lose_nothing(
+    db: TestDb,
+) {
+    let p = Platform::start(db).await;
+    let coffee = json!({"sku": "coffee", "quantity": 1});
+    let arm = |op: &'static str, body: Value| {
+        let p = &p;
+        async move {
+            let (status, armed) = p
+                .admin(
+                    Method::PUT,
+                    "payment",
+                    &format!("/admin/faults/{op}"),
+                    Some(body),
+                )
+                .await;
+            assert_eq!(status, 201, "{armed}");
+        }
+    };
+
+    // 1. A Try 4 s late: the deadline (3 s) cancels the order first.
+    arm("try", json!({"kind": "delay", "ms": 4000})).await;
+    let (status, late) = p.order("alice", "f-1", coffee.clone()).await;
+    assert_eq!(status, 201, "{late}");
+    assert_eq!(late["status"], "cancelled", "{late}");
+    // The Cancel came first (null compensation); the Try arrives after it and is refused.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(
+        &p,
+        "payment",
+        "tcc_branch_calls_total",
+        &["op=\"try\"", "outcome=\"hanging\""],
+    )
+    .await
+        < 1.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late Try never reached the barrier"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        metric(
+            &p,
+            "payment",
+            "tcc_branch_calls_total",
+            &["op=\"cancel\"", "outcome=\"null_compensation\""]
+        )
+        .await
+            >= 1.0
+    );
+    assert_eq!(
+        metric(
+            &p,
+            "payment",
+            "tcc_faults_injected_total",
+            &["op=\"try\"", "kind=\"delay\""]
+        )
+        .await,
+        1.0
+    );
+    let alice = p.admin.payment.account("alice").await.unwrap();
+    assert_eq!(
+        (alice.available, alice.frozen),
+        (10_000, 0),
+        "nothing moved, nothing frozen"
+    );
+
+    // 2. A Try made to fail: cancelled with the fault's code.
+    arm("try", json!({"kind": "fail", "code": "lab_says_no"})).await;
+    let (_, failed) = p.order("alice", "f-2", coffee.clone()).await;
+    assert_eq!(
+        (failed["status"].as_str(), failed["reason"].as_str()),
+        (Some("cancelled"), Some("lab_says_no")),
+        "{failed}"
+    );
+
+    // 3. Confirms made to error twice: retried until the third gets through.
+    arm("confirm", json!({"kind": "error", "times": 2})).await;
+    let (_, confirmed) = p.order("alice", "f-3", coffee.clone()).await;
+    assert_eq!(confirmed["status"], "confirmed", "{confirmed}");
+    let gid = confirmed["gid"].as_str().unwrap().to_owned();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let confirms = loop {
+        let (_, t) = p
+            .admin(
+                Method::GET,
+                "coordinator",
+                &format!("/api/v1/transactions/{gid}"),
+                None,
+            )
+            .await;
+        if t["status"] == "succeeded" {
+            let payment = t["branches"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|b| b["branch_id"] == "payment")
+                .unwrap()
+                .clone();
+            break payment["timeline"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|a| a["op"] == "confirm")
+                .map(|a| a["outcome"].as_str().unwrap().to_owned())
+                .collect::<Vec<_>>();
+        }
+        assert!(std::time::Instant::now() < deadline, "{t}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(confirms, ["error", "error", "success"]);
+
+    // 4. A Cancel that hangs until released: the transaction waits for it, then ends.
+    arm("cancel", json!({"kind": "hang"})).await;
+    let (_, refused) = p
+        .order("alice", "f-4", json!({"sku": "vinyl", "quantity": 2}))
+        .await;
+    assert_eq!(refused["status"], "cancelled", "{refused}");
+    let (_, listed) = p.admin(Method::GET, "payment", "/admin/faults", None).await;
+    assert_eq!(listed["armed"], json!([]), "the hang was taken: {listed}");
+    let (status, _) = p
+        .admin(Method::POST, "payment", "/admin/faults/release", None)
+        .await;
+    assert_eq!(status, 200);
+
+    // Bad requests are 4xx problems; nothing stays armed after a clear.
+    let (status, problem) = p
+        .admin(
+            Method::PUT,
+            "payment",
+            "/admin/faults/confirm",
+            Some(json!({"kind": "fail"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{problem}");
+    let (status, _) = p
+        .admin(
+            Method::PUT,
+            "payment",
+            "/admin/faults/sometimes",
+            Some(json!({"kind": "error"})),
+        )
+        .await;
+    assert_eq!(status, 404);
+    arm("try", json!({"kind": "error", "times": 5})).await;
+    let (status, cleared) = p
+        .admin(Method::DELETE, "payment", "/admin/faults", None)
+        .await;
+    assert_eq!((status.as_u16(), &cleared["armed"]), (200, &json!([])));
+    let (status, _) = p
+        .http
+        .put(p.url("payment", "/admin/faults/try"))
+        .json(&json!({"kind": "error"}))
+        .send()
+        .await
+        .map(|r| (r.status(), ()))
+        .unwrap();
+    assert_eq!(status, 401, "the admin token is needed");
+    p.assert_invariants().await;
+}
 
 /// A problem's `type` resolves against the URL that answered it: each service serves the page
 /// of each code it answers with (offline, no domain of ours needed).

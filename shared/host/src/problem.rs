@@ -88,6 +88,7 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("bad_request", 400, "The request is malformed: a missing or invalid header, field, query parameter or path segment. The detail names it. Fix the request; retrying it unchanged gets the same answer."),
     ("unauthorized", 401, "No valid credentials: a missing, malformed, expired or foreign token (public API), or a missing or wrong admin token (admin and operator routes). Get a new token; a token signed before the service's data folder was reset, or with a key rotated out, is refused."),
     ("failpoints_refused", 403, "Failpoints (crashes on purpose, for tests and labs) are refused in production mode."),
+    ("faults_refused", 403, "Faults (delayed, hung, failed or erroring calls on purpose, for labs) are refused in production mode."),
     ("not_found", 404, "Nothing at this address for you: an unknown route, an order that is not yours or does not exist, an unknown account, SKU, transaction or failpoint."),
     ("in_progress", 409, "Another request with the same Idempotency-Key is still being answered. Retry the same key a moment later: you will get its answer."),
     ("idempotency_key_reused", 422, "This Idempotency-Key was already used with a different request body (or, at the coordinator, a different transaction). Use a new key for a new request."),

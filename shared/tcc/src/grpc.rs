@@ -31,6 +31,7 @@ type CallLabels = [(&'static str, &'static str); 2];
 pub struct BranchMetrics {
     calls: Family<CallLabels, Counter>,
     latency: Family<OpLabels, Histogram, fn() -> Histogram>,
+    faults: Family<CallLabels, Counter>,
 }
 
 impl BranchMetrics {
@@ -51,7 +52,24 @@ impl BranchMetrics {
             "Branch call latency by op",
             latency.clone(),
         );
-        BranchMetrics { calls, latency }
+        let faults = Family::<CallLabels, Counter>::default();
+        registry.register(
+            "tcc_faults_injected",
+            "Calls a fault armed through the admin API took, by op and kind",
+            faults.clone(),
+        );
+        BranchMetrics {
+            calls,
+            latency,
+            faults,
+        }
+    }
+
+    /// A call a fault took.
+    pub fn fault(&self, op: Op, kind: &'static str) {
+        self.faults
+            .get_or_create(&[("op", op.as_str()), ("kind", kind)])
+            .inc();
     }
 
     fn record(&self, op: Op, outcome: &'static str, elapsed: Duration) {
@@ -72,6 +90,8 @@ pub struct ParticipantService<H> {
     metrics: BranchMetrics,
     /// Where branch calls run, counted so a graceful shutdown waits for them.
     in_flight: host::serve::InFlight,
+    /// Faults armed through the admin API (none in production).
+    faults: Arc<crate::fault::Faults>,
 }
 
 impl<H> Clone for ParticipantService<H> {
@@ -81,6 +101,7 @@ impl<H> Clone for ParticipantService<H> {
             handler: self.handler.clone(),
             metrics: self.metrics.clone(),
             in_flight: self.in_flight.clone(),
+            faults: self.faults.clone(),
         }
     }
 }
@@ -92,7 +113,14 @@ impl<H: Handler> ParticipantService<H> {
             handler,
             metrics,
             in_flight: host::serve::InFlight::default(),
+            faults: Arc::new(crate::fault::Faults::new(true)),
         }
+    }
+
+    /// Takes its faults from `faults` (the service's, armed through its admin API).
+    pub fn with_faults(mut self, faults: Arc<crate::fault::Faults>) -> Self {
+        self.faults = faults;
+        self
     }
 
     /// Runs branch calls as `in_flight`'s work (the service's, which its shutdown waits for).
@@ -128,6 +156,26 @@ impl<H: Handler> ParticipantService<H> {
         op: Op,
         req: BranchRequest,
     ) -> Result<(BranchResponse, &'static str), Status> {
+        // A fault plays before anything else: a delayed call reaches the barrier late, as one
+        // stuck in the network would.
+        let (then, kind) = self.faults.apply(op).await;
+        if let Some(kind) = kind {
+            self.metrics.fault(op, kind);
+        }
+        match then {
+            crate::fault::Then::Proceed => {}
+            crate::fault::Then::Fail(code) => {
+                return Ok((
+                    BranchResponse::failure(code, "refused by a fault armed through the admin API"),
+                    "injected",
+                ))
+            }
+            crate::fault::Then::Error => {
+                return Err(Status::unavailable(
+                    "unavailable by a fault armed through the admin API",
+                ))
+            }
+        }
         let gid = Gid::from_u64(req.gid).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if req.gid == 0 {
             return Err(Status::invalid_argument("gid must not be 0"));

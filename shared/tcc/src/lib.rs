@@ -14,9 +14,12 @@
 //!   outcome and latency metrics.
 //! - [`barrier::purge`] and [`barrier::spawn_purger`]: old barrier rows are deleted after a
 //!   retention period.
+//! - [`fault`]: faults a student can switch on per op (delay, hang, fail, error), through the
+//!   admin API; refused in production.
 
 pub mod barrier;
 pub mod check;
+pub mod fault;
 pub mod grpc;
 pub mod service;
 

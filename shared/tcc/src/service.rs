@@ -81,12 +81,15 @@ pub async fn start<H: Handler>(
         .map_err(host::StartError::from)?;
     let metrics = Metrics::new();
     let in_flight = host::serve::InFlight::default();
+    let faults = Arc::new(crate::fault::Faults::new(p.common.production));
     let participant = ParticipantService::new(
         db.clone(),
         Arc::new(p.handler),
         metrics.register(BranchMetrics::new),
     )
-    .detached_on(in_flight.clone());
+    .detached_on(in_flight.clone())
+    .with_faults(faults.clone());
+    let faults = actix_web::web::Data::from(faults);
     p.purge.spawn(db.clone(), shutdown.clone().wait());
     if let Some(background) = p.background {
         background(&db, &shutdown);
@@ -101,7 +104,9 @@ pub async fn start<H: Handler>(
             metrics,
             grpc: tonic::service::Routes::new(participant.into_server()),
             http: Arc::new(move |cfg| {
-                cfg.app_data(admin.clone());
+                cfg.app_data(admin.clone()).app_data(faults.clone());
+                // Before the service's own `/admin` scope, which would take these paths.
+                fault_routes(cfg);
                 routes(cfg);
             }),
             shutdown_grace: Duration::from_secs(p.common.shutdown_grace_secs),
@@ -115,4 +120,96 @@ pub async fn start<H: Handler>(
     )
     .await
     .map_err(StartError::from)
+}
+
+/// `/admin/faults`: arm, list, release and clear the participant's faults (see [`crate::fault`]),
+/// behind the admin token; refused in production.
+///
+/// - `PUT /admin/faults/{op}` `{"kind": "delay", "ms": 5000, "times": 1}` (or `"hang"`,
+///   `"fail"` with an optional `"code"`, `"error"`): the next `times` calls of `op`;
+/// - `GET /admin/faults`: what is armed, and the calls faults took so far;
+/// - `POST /admin/faults/release`: hung calls go on; `DELETE /admin/faults`: disarm everything
+///   (and release).
+fn fault_routes(cfg: &mut actix_web::web::ServiceConfig) {
+    use actix_web::middleware::from_fn;
+    use actix_web::web;
+    cfg.service(
+        web::scope("/admin/faults")
+            .wrap(from_fn(host::require_admin))
+            .route("", web::get().to(list_faults))
+            .route("", web::delete().to(clear_faults))
+            .route("/release", web::post().to(release_faults))
+            .route("/{op}", web::put().to(arm_fault)),
+    );
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ArmFault {
+    #[serde(flatten)]
+    fault: crate::fault::Fault,
+    #[serde(default = "one")]
+    times: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl From<crate::fault::FaultError> for host::Problem {
+    fn from(e: crate::fault::FaultError) -> Self {
+        use actix_web::http::StatusCode;
+        match e {
+            crate::fault::FaultError::Production => {
+                host::Problem::new(StatusCode::FORBIDDEN, "faults_refused", e.to_string())
+            }
+            _ => host::Problem::bad_request(e.to_string()),
+        }
+    }
+}
+
+fn faults_view(faults: &crate::fault::Faults) -> serde_json::Value {
+    serde_json::json!({
+        "armed": faults.list(),
+        "injected": faults
+            .injected()
+            .into_iter()
+            .map(|((op, kind), calls)| serde_json::json!({"op": op, "kind": kind, "calls": calls}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+async fn arm_fault(
+    faults: actix_web::web::Data<crate::fault::Faults>,
+    op: actix_web::web::Path<String>,
+    body: actix_web::web::Json<ArmFault>,
+) -> Result<actix_web::HttpResponse, host::Problem> {
+    let op = crate::Op::parse(&op).ok_or_else(|| {
+        host::Problem::not_found(format!(
+            "no op {:?}; ops: try, confirm, cancel, action, compensate",
+            op.as_str()
+        ))
+    })?;
+    let ArmFault { fault, times } = body.into_inner();
+    faults.arm(op, fault, times)?;
+    Ok(actix_web::HttpResponse::Created().json(faults_view(&faults)))
+}
+
+async fn list_faults(
+    faults: actix_web::web::Data<crate::fault::Faults>,
+) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok().json(faults_view(&faults))
+}
+
+async fn release_faults(
+    faults: actix_web::web::Data<crate::fault::Faults>,
+) -> actix_web::HttpResponse {
+    faults.release();
+    actix_web::HttpResponse::Ok().json(faults_view(&faults))
+}
+
+async fn clear_faults(
+    faults: actix_web::web::Data<crate::fault::Faults>,
+) -> actix_web::HttpResponse {
+    faults.clear();
+    actix_web::HttpResponse::Ok().json(faults_view(&faults))
 }
