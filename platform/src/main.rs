@@ -107,8 +107,9 @@ enum Cmd {
         what: String,
         /// What to do to the op's next calls: delay, hang, fail or error.
         kind: Option<String>,
-        /// Delay in milliseconds (`delay`).
-        #[arg(long, default_value_t = 3000)]
+        /// Delay in milliseconds (`delay`; above the coordinator's 3 s branch timeout, the
+        /// call arrives after its caller gave up).
+        #[arg(long, default_value_t = 5000)]
         ms: u64,
         /// The FAILURE code (`fail`; try and action only).
         #[arg(long, default_value = "injected_failure")]
@@ -988,22 +989,7 @@ mod tests {
     /// Every flag of every command a person runs says what it does (`--help` is the manual).
     #[test]
     fn every_flag_of_every_visible_command_has_a_help_text() {
-        let mut missing = Vec::new();
-        let mut cli = super::Cli::command();
-        cli.build();
-        let mut commands = vec![cli];
-        while let Some(cmd) = commands.pop() {
-            if cmd.is_hide_set() {
-                continue;
-            }
-            for arg in cmd.get_arguments() {
-                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
-                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
-                    missing.push(format!("{} {}", cmd.get_name(), arg.get_id()));
-                }
-            }
-            commands.extend(cmd.get_subcommands().cloned());
-        }
+        let missing = testkit::cli::arguments_without_help(super::Cli::command());
         assert!(missing.is_empty(), "without help: {missing:?}");
     }
 }

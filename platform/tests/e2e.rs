@@ -1589,6 +1589,24 @@ async fn faults_switched_on_through_the_admin_api_make_the_course_s_anomalies_ha
         )
         .await;
     assert_eq!(status, 404);
+    // Nothing in a body is ignored: an ms on a hang, a misspelt field, a delay without ms.
+    for bad in [
+        json!({"kind": "hang", "ms": 5000}),
+        json!({"kind": "delay", "ms": 100, "tims": 50}),
+        json!({"kind": "delay"}),
+    ] {
+        let (status, problem) = p
+            .admin(
+                Method::PUT,
+                "payment",
+                "/admin/faults/try",
+                Some(bad.clone()),
+            )
+            .await;
+        assert_eq!(status, 400, "{bad}: {problem}");
+    }
+    let (_, listed) = p.admin(Method::GET, "payment", "/admin/faults", None).await;
+    assert_eq!(listed["armed"], json!([]), "{listed}");
     arm("try", json!({"kind": "error", "times": 5})).await;
     let (status, cleared) = p
         .admin(Method::DELETE, "payment", "/admin/faults", None)

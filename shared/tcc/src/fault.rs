@@ -15,9 +15,15 @@
 
 use crate::Op;
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::Notify;
+
+/// The longest a hung call waits for its release: then it is a lost call (UNAVAILABLE, no
+/// effect). A call released a day later would reach a barrier whose rows the purge may have
+/// deleted by then (docs/design.md §8.1) and take effect with no Cancel to come.
+pub const MAX_HANG: Duration = Duration::from_secs(600);
 
 /// What happens to a call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +32,8 @@ pub enum Fault {
     /// Arrives `ms` milliseconds late, then runs normally.
     Delay { ms: u64 },
     /// Arrives only once released (`POST /admin/faults/release`) or cleared, then runs
-    /// normally. The caller's timeout usually gives up first.
+    /// normally; not released within [`MAX_HANG`] (or when the service stops), it is lost:
+    /// UNAVAILABLE, no effect. The caller's timeout usually gives up first.
     Hang,
     /// Answers FAILURE with this code, doing nothing (Try and Action only).
     Fail {
@@ -93,6 +100,9 @@ pub struct Faults {
     production: bool,
     armed: Mutex<Vec<(Op, Fault, u32)>>,
     released: Notify,
+    /// Set when the service stops: a call still delayed or hung is lost, not run.
+    stopping: AtomicBool,
+    stopped: Notify,
     /// Calls a fault took, by (op, kind): for `/metrics` and the list.
     injected: Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
 }
@@ -103,6 +113,8 @@ impl Faults {
             production,
             armed: Mutex::new(Vec::new()),
             released: Notify::new(),
+            stopping: AtomicBool::new(false),
+            stopped: Notify::new(),
             injected: Mutex::default(),
         }
     }
@@ -167,13 +179,24 @@ impl Faults {
         self.released.notify_waiters();
     }
 
+    /// The service is stopping: every call still delayed or hung is lost (UNAVAILABLE, no
+    /// effect) instead of starting its work while the service's connections go away.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.stopped.notify_waiters();
+    }
+
     /// Takes the fault armed for this call of `op`, if any, and plays it: waits out a delay or
     /// a hang, and says what the call does next, with the fault's kind (`None`: no fault).
     pub async fn apply(&self, op: Op) -> (Then, Option<&'static str>) {
-        // Listening before taking: a release right after the take still frees this call.
+        // Listening before taking: a release (or a stop) right after the take still reaches
+        // this call.
         let released = self.released.notified();
         tokio::pin!(released);
         released.as_mut().enable();
+        let stopped = self.stopped.notified();
+        tokio::pin!(stopped);
+        stopped.as_mut().enable();
         let Some(fault) = self.take(op) else {
             return (Then::Proceed, None);
         };
@@ -185,17 +208,27 @@ impl Faults {
             .entry((op.as_str(), fault.kind()))
             .or_default() += 1;
         tracing::warn!(%op, kind, "fault injected");
+        let lost = || {
+            tracing::warn!(%op, kind, "a faulted call was lost (the service stopped, or no release came)");
+            Then::Error
+        };
         let then = match fault {
-            Fault::Delay { ms } => {
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                Then::Proceed
-            }
-            Fault::Hang => {
-                released.await;
-                Then::Proceed
-            }
+            Fault::Delay { ms } => tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => Then::Proceed,
+                _ = &mut stopped => lost(),
+            },
+            Fault::Hang => tokio::select! {
+                _ = &mut released => Then::Proceed,
+                _ = tokio::time::sleep(MAX_HANG) => lost(),
+                _ = &mut stopped => lost(),
+            },
             Fault::Fail { code } => Then::Fail(code),
             Fault::Error => Then::Error,
+        };
+        let then = if then == Then::Proceed && self.stopping.load(Ordering::SeqCst) {
+            lost()
+        } else {
+            then
         };
         (then, Some(kind))
     }
@@ -257,6 +290,23 @@ mod tests {
             .expect("released")
             .unwrap();
         assert_eq!(then, Then::Proceed);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hang_never_released_and_a_delay_cut_by_a_stop_are_lost_calls_not_late_ones() {
+        let f = std::sync::Arc::new(Faults::new(false));
+        f.arm(Op::Try, Fault::Hang, 1).unwrap();
+        // Forgotten for longer than the maximum: lost (no effect), never run a day later.
+        let then = f.apply(Op::Try).await;
+        assert_eq!(then, (Then::Error, Some("hang")));
+        f.arm(Op::Try, Fault::Delay { ms: 60_000 }, 1).unwrap();
+        let delayed = tokio::spawn({
+            let f = f.clone();
+            async move { f.apply(Op::Try).await.0 }
+        });
+        tokio::task::yield_now().await;
+        f.stop();
+        assert_eq!(delayed.await.unwrap(), Then::Error);
     }
 
     #[test]

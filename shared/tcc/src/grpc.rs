@@ -44,7 +44,7 @@ impl BranchMetrics {
             });
         registry.register(
             "tcc_branch_calls",
-            "Branch calls by op and outcome (applied, duplicate, null_compensation, hanging, rejected, invalid, error)",
+            "Branch calls by op and outcome (applied, duplicate, null_compensation, hanging, rejected, invalid, error, injected: a FAILURE a fault made)",
             calls.clone(),
         );
         registry.register(

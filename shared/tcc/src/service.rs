@@ -89,6 +89,14 @@ pub async fn start<H: Handler>(
     )
     .detached_on(in_flight.clone())
     .with_faults(faults.clone());
+    // Calls still delayed or hung when the service stops are lost, not started late.
+    tokio::spawn({
+        let (faults, stop) = (faults.clone(), shutdown.clone());
+        async move {
+            stop.wait().await;
+            faults.stop();
+        }
+    });
     let faults = actix_web::web::Data::from(faults);
     p.purge.spawn(db.clone(), shutdown.clone().wait());
     if let Some(background) = p.background {
@@ -143,16 +151,68 @@ fn fault_routes(cfg: &mut actix_web::web::ServiceConfig) {
     );
 }
 
+/// `PUT /admin/faults/{op}`'s body: every field known, none ignored (a misspelt `times` or an
+/// `ms` on a hang would arm something else than asked).
 #[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ArmFault {
-    #[serde(flatten)]
-    fault: crate::fault::Fault,
+    kind: String,
+    ms: Option<u64>,
+    code: Option<String>,
     #[serde(default = "one")]
     times: u32,
 }
 
 fn one() -> u32 {
     1
+}
+
+impl ArmFault {
+    fn fault(&self) -> Result<crate::fault::Fault, host::Problem> {
+        use crate::fault::Fault;
+        let extra = |what: &str| {
+            host::Problem::bad_request(format!("{what} does not apply to a {} fault", self.kind))
+        };
+        match self.kind.as_str() {
+            "delay" => {
+                if self.code.is_some() {
+                    return Err(extra("code"));
+                }
+                Ok(Fault::Delay {
+                    ms: self
+                        .ms
+                        .ok_or_else(|| host::Problem::bad_request("a delay needs ms"))?,
+                })
+            }
+            "fail" => {
+                if self.ms.is_some() {
+                    return Err(extra("ms"));
+                }
+                Ok(Fault::Fail {
+                    code: self
+                        .code
+                        .clone()
+                        .unwrap_or_else(|| "injected_failure".into()),
+                })
+            }
+            "hang" | "error" => {
+                if self.ms.is_some() {
+                    return Err(extra("ms"));
+                }
+                if self.code.is_some() {
+                    return Err(extra("code"));
+                }
+                Ok(if self.kind == "hang" {
+                    Fault::Hang
+                } else {
+                    Fault::Error
+                })
+            }
+            other => Err(host::Problem::bad_request(format!(
+                "{other:?} is not a fault: delay, hang, fail or error"
+            ))),
+        }
+    }
 }
 
 impl From<crate::fault::FaultError> for host::Problem {
@@ -189,8 +249,8 @@ async fn arm_fault(
             op.as_str()
         ))
     })?;
-    let ArmFault { fault, times } = body.into_inner();
-    faults.arm(op, fault, times)?;
+    let fault = body.fault()?;
+    faults.arm(op, fault, body.times)?;
     Ok(actix_web::HttpResponse::Created().json(faults_view(&faults)))
 }
 
