@@ -702,15 +702,15 @@ pub async fn timelines(
     for (gid, idx, op, started_at, duration_us, outcome, error, owner) in
         query.fetch_all(db.pool()).await?
     {
-        by_gid.entry(stored_gid(gid)?).or_default().push(Attempt {
+        by_gid.entry(stored_gid(gid)?).or_default().push(attempt(
             idx,
-            op: Op::parse(&op).ok_or_else(|| corrupt("op", &op))?,
+            &op,
             started_at,
             duration_us,
-            outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+            &outcome,
             error,
             owner,
-        });
+        )?);
     }
     Ok(by_gid)
 }
@@ -839,15 +839,36 @@ pub async fn timeline_page(
     let mut page = Vec::with_capacity(rows.len());
     for (_, (_, idx, op, started_at, duration_us, outcome, error, owner)) in rows.into_iter().rev()
     {
-        page.push(Attempt {
+        page.push(attempt(
             idx,
-            op: Op::parse(&op).ok_or_else(|| corrupt("op", &op))?,
+            &op,
             started_at,
             duration_us,
-            outcome: Outcome::parse(&outcome).ok_or_else(|| corrupt("outcome", &outcome))?,
+            &outcome,
             error,
             owner,
-        });
+        )?);
     }
     Ok((page, total, next))
+}
+
+/// An attempt from its stored columns (`op` and `outcome` as the log spells them).
+fn attempt(
+    idx: i64,
+    op: &str,
+    started_at: i64,
+    duration_us: i64,
+    outcome: &str,
+    error: Option<String>,
+    owner: String,
+) -> Result<Attempt, StoreError> {
+    Ok(Attempt {
+        idx,
+        op: Op::parse(op).ok_or_else(|| corrupt("op", op))?,
+        started_at,
+        duration_us,
+        outcome: Outcome::parse(outcome).ok_or_else(|| corrupt("outcome", outcome))?,
+        error,
+        owner,
+    })
 }

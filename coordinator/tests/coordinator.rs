@@ -1103,15 +1103,7 @@ async fn the_purge_keeps_every_unended_transaction_and_every_answer_a_replay_nee
     let shown = c.get(done.gid).await;
     assert_eq!(shown.status(), pb::Status::Succeeded);
     assert!(shown.branches.is_empty());
-    let read: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/api/v1/transactions/{}", c.http_url, done.gid))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let read = c.detail(done.gid).await;
     assert_eq!(read["details_purged"], true, "{read}");
     assert_eq!(read["status"], "succeeded", "{read}");
     let gone = c

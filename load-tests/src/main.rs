@@ -104,22 +104,10 @@ async fn main() {
 mod tests {
     use clap::CommandFactory;
 
-    /// Every flag of every subcommand says what it does (`--help` is the manual).
+    /// Every flag of every command a person runs says what it does (`--help` is the manual).
     #[test]
     fn every_flag_of_every_command_has_a_help_text() {
-        let mut missing = Vec::new();
-        let mut cli = super::Cli::command();
-        cli.build();
-        let mut commands = vec![cli];
-        while let Some(cmd) = commands.pop() {
-            for arg in cmd.get_arguments() {
-                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
-                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
-                    missing.push(format!("{} {}", cmd.get_name(), arg.get_id()));
-                }
-            }
-            commands.extend(cmd.get_subcommands().cloned());
-        }
+        let missing = testkit::cli::arguments_without_help(super::Cli::command());
         assert!(missing.is_empty(), "without help: {missing:?}");
     }
 }
