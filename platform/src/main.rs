@@ -98,26 +98,7 @@ enum Cmd {
     /// try delay --ms 4000`, `platform fault payment list`, `platform fault payment release`,
     /// `platform fault payment clear`. Uses the platform's admin token (`--data`) and ports
     /// (`--port-offset`).
-    Fault {
-        /// The participant: order, payment or inventory.
-        #[arg(value_enum)]
-        service: Which,
-        /// `list`, `release` (hung calls go on), `clear` (disarm all), or the op to arm: try,
-        /// confirm, cancel, action, compensate.
-        what: String,
-        /// What to do to the op's next calls: delay, hang, fail or error.
-        kind: Option<String>,
-        /// Delay in milliseconds (`delay`; above the coordinator's 3 s branch timeout, the
-        /// call arrives after its caller gave up).
-        #[arg(long, default_value_t = 5000)]
-        ms: u64,
-        /// The FAILURE code (`fail`; try and action only).
-        #[arg(long, default_value = "injected_failure")]
-        code: String,
-        /// How many of the op's next calls.
-        #[arg(long, default_value_t = 1)]
-        times: u32,
-    },
+    Fault(FaultArgs),
     /// Create the demo accounts, stock and catalog on running services (what the platform does
     /// on its first start), e.g. on the compose platform.
     Seed {
@@ -192,24 +173,7 @@ async fn main() -> std::process::ExitCode {
         Some(Cmd::TraceUi(ui)) => return report(serve_trace_ui(ui).await),
         Some(Cmd::Token { sub, hours }) => return report(print_token(&cli.data, &sub, hours)),
         Some(Cmd::Certs { dir, split }) => return report(issue_certs(&dir, split.as_deref())),
-        Some(Cmd::Fault {
-            service,
-            what,
-            kind,
-            ms,
-            code,
-            times,
-        }) => {
-            let fault = FaultArgs {
-                service,
-                what,
-                kind,
-                ms,
-                code,
-                times,
-            };
-            return report(fault.send(&cli.data, cli.port_offset).await);
-        }
+        Some(Cmd::Fault(fault)) => return report(fault.send(&cli.data, cli.port_offset).await),
         Some(Cmd::Seed {
             admin_token,
             order_url,
@@ -574,12 +538,25 @@ fn start_failure(log: &std::path::Path) -> String {
 }
 
 /// `platform fault …`: one call to a participant's `/admin/faults` API.
+#[derive(Debug, clap::Args)]
 struct FaultArgs {
+    /// The participant: order, payment or inventory.
+    #[arg(value_enum)]
     service: Which,
+    /// `list`, `release` (hung calls go on), `clear` (disarm all), or the op to arm: try,
+    /// confirm, cancel, action, compensate.
     what: String,
+    /// What to do to the op's next calls: delay, hang, fail or error.
     kind: Option<String>,
+    /// Delay in milliseconds (`delay`; above the coordinator's 3 s branch timeout, the
+    /// call arrives after its caller gave up).
+    #[arg(long, default_value_t = 5000)]
     ms: u64,
+    /// The FAILURE code (`fail`; try and action only).
+    #[arg(long, default_value = "injected_failure")]
     code: String,
+    /// How many of the op's next calls.
+    #[arg(long, default_value_t = 1)]
     times: u32,
 }
 
