@@ -159,6 +159,7 @@ async fn show(
                 "status": b.status,
                 "attempts": b.attempts,
                 "last_error": (!b.last_error.is_empty()).then_some(&b.last_error),
+                "depends_on": b.depends_on,
                 "timeline": b.timeline.iter().map(|a| json!({
                     "op": op_name(a.op),
                     "started_at_ms": a.started_at_ms,

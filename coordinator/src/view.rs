@@ -89,6 +89,11 @@ fn shown(stored: log::Stored, timeline: &[log::Attempt]) -> pb::GlobalTransactio
                 status: branch_status.to_owned(),
                 attempts: b.attempts as u32,
                 last_error: b.last_error.clone().unwrap_or_default(),
+                depends_on: state
+                    .depends_on
+                    .iter()
+                    .filter_map(|d| stored.branches.get(*d).map(|o| o.branch_id.clone()))
+                    .collect(),
                 timeline: timeline
                     .iter()
                     .filter(|a| a.idx == idx as i64)

@@ -232,7 +232,7 @@ async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
             .fetch_one(&mut *tx)
             .await?;
     let held: i64 =
-        sqlx::query_scalar("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations WHERE status = 'reserved'")
+        sqlx::query_scalar("SELECT CAST(COALESCE(SUM(quantity), 0) AS BIGINT) FROM reservations WHERE status IN ('reserved', 'returning')")
             .fetch_one(&mut *tx)
             .await?;
     let unbalanced: i64 = sqlx::query_scalar(

@@ -2,7 +2,8 @@
 //!
 //! Stock per SKU is split into `available`, `reserved` and `sold`. A Try reserves the order's
 //! quantity (or rejects with `out_of_stock`); its Confirm sells it, its Cancel releases it. A Saga
-//! Action sells at once and its Compensate puts the items back. Every op runs behind the `tcc`
+//! Action sells at once and its Compensate puts the items back. A refund brings sold items back,
+//! held in `reserved` until its money is back, then on sale (see [`domain`]). Every op runs behind the `tcc`
 //! barrier in one local transaction with a `reservations` row, and items only enter through
 //! recorded restocks, so `available + reserved + sold = restocks` per SKU can be audited.
 

@@ -2,7 +2,7 @@
 //! PostgreSQL.
 use futures::future::join_all;
 use prost::Message;
-use proto::pay::v1::InventoryBranch;
+use proto::pay::v1::{InventoryBranch, StockStep};
 use proto::v1::{Op, Outcome};
 use reqwest::Method;
 use serde_json::json;
@@ -22,9 +22,14 @@ async fn inventory(db: &TestDb, dir: &std::path::Path) -> ParticipantProcess {
 }
 
 fn pick(sku: &str, quantity: i64) -> Vec<u8> {
+    step(sku, quantity, StockStep::Take)
+}
+
+fn step(sku: &str, quantity: i64, kind: StockStep) -> Vec<u8> {
     InventoryBranch {
         sku: sku.into(),
         quantity,
+        kind: kind as i32,
     }
     .encode_to_vec()
 }
@@ -221,7 +226,95 @@ async fn a_sigkill_during_a_stream_of_tries_and_confirms_loses_and_doubles_nothi
     assert_consistent(&p).await;
 }
 
+/// A refund's items come back held (`reserved`, out of sale) and go on sale only at its restock;
+/// a compensated refund sells its held items again, even when the shelf was emptied meanwhile.
+async fn a_refund_holds_returned_items_until_its_restock_and_its_compensation_never_lacks_stock(
+    db: TestDb,
+) {
+    let dir = testkit::temp_dir("inventory-");
+    let p = inventory(&db, dir.path()).await;
+    seed(&p, "SKU-1", 10).await;
+    ok(&p, 1, Op::Try, &pick("SKU-1", 4)).await;
+    ok(&p, 1, Op::Confirm, &pick("SKU-1", 4)).await;
+    assert_eq!(stock(&p, "SKU-1").await, (6, 0, 4));
+    // Refund 3 of them: returned (twice: a replay), held, then restocked by its own branch.
+    let (ret, restock) = (
+        step("SKU-1", 3, StockStep::Return),
+        step("SKU-1", 3, StockStep::Restock),
+    );
+    for _ in 0..2 {
+        ok(&p, 2, Op::Action, &ret).await;
+    }
+    assert_eq!(stock(&p, "SKU-1").await, (6, 3, 1), "held, not on sale");
+    let call = |branch: &'static str, op: Op, payload: Vec<u8>| {
+        let p = &p;
+        async move {
+            let r = p.call(2, branch, op, &payload).await.unwrap();
+            assert_eq!(
+                r.outcome(),
+                Outcome::Success,
+                "{branch} {op:?}: {}",
+                r.message
+            );
+        }
+    };
+    call("restock", Op::Action, restock.clone()).await;
+    call("restock", Op::Action, restock.clone()).await;
+    assert_eq!(stock(&p, "SKU-1").await, (9, 0, 1), "back on sale once");
+    assert_consistent(&p).await;
+
+    // A refund that fails: its items were returned, then someone buys everything on the shelf.
+    // The compensation sells the held items again: nothing is short, nothing goes negative.
+    ok(&p, 3, Op::Action, &step("SKU-1", 1, StockStep::Return)).await;
+    assert_eq!(stock(&p, "SKU-1").await, (9, 1, 0));
+    ok(&p, 4, Op::Action, &pick("SKU-1", 9)).await;
+    assert_eq!(stock(&p, "SKU-1").await, (0, 1, 9));
+    let r = p
+        .call(
+            3,
+            "restock",
+            Op::Compensate,
+            &step("SKU-1", 1, StockStep::Restock),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        r.outcome(),
+        Outcome::Success,
+        "a null compensation: {}",
+        r.message
+    );
+    for _ in 0..2 {
+        ok(&p, 3, Op::Compensate, &step("SKU-1", 1, StockStep::Return)).await;
+    }
+    assert_eq!(stock(&p, "SKU-1").await, (0, 0, 10));
+    // The restock that arrives late does nothing (the barrier), and a TCC op on a refund step
+    // is refused.
+    let late = p
+        .call(
+            3,
+            "restock",
+            Op::Action,
+            &step("SKU-1", 1, StockStep::Restock),
+        )
+        .await
+        .unwrap();
+    assert_eq!(late.outcome(), Outcome::Failure);
+    assert_eq!(stock(&p, "SKU-1").await, (0, 0, 10));
+    let tcc = p
+        .call(5, "stock", Op::Try, &step("SKU-1", 1, StockStep::Return))
+        .await
+        .unwrap();
+    assert_eq!(
+        (tcc.outcome(), tcc.code.as_str()),
+        (Outcome::Failure, "invalid")
+    );
+    let audit = assert_consistent(&p).await;
+    assert_eq!(audit["held"], json!(0));
+}
+
 both_backends!(
+    a_refund_holds_returned_items_until_its_restock_and_its_compensation_never_lacks_stock,
     duplicated_try_confirm_and_cancel_change_nothing_the_second_time,
     a_cancel_before_its_try_and_a_compensate_before_its_action_make_the_late_ones_do_nothing,
     two_hundred_concurrent_tries_against_stock_for_fifty_give_exactly_fifty_successes,

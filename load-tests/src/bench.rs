@@ -82,6 +82,7 @@ fn payload(which: Which, gid: u64) -> Vec<u8> {
         Which::Inventory => proto::pay::v1::InventoryBranch {
             sku: "BENCH".into(),
             quantity: 1,
+            kind: proto::pay::v1::StockStep::Take as i32,
         }
         .encode_to_vec(),
         Which::Order => proto::pay::v1::OrderBranch {
@@ -90,6 +91,7 @@ fn payload(which: Which, gid: u64) -> Vec<u8> {
             sku: "BENCH".into(),
             quantity: 1,
             amount: 1,
+            refund: None,
         }
         .encode_to_vec(),
     }

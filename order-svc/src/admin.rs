@@ -19,6 +19,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route("/orders", web::get().to(list_orders))
         .route("/orders/{id}", web::get().to(get_order))
         .route("/transactions/{gid}/orders", web::get().to(orders_of_gid))
+        .route("/refunds", web::get().to(list_refunds))
         .route("/audit", web::get().to(audit)),
     );
 }
@@ -89,7 +90,7 @@ async fn list_orders(
     if let Some(status) = &q.status {
         if crate::domain::OrderStatus::parse(status).is_none() {
             return Err(Problem::bad_request(
-                "status must be PENDING, CONFIRMED or CANCELLED",
+                "status must be PENDING, CONFIRMED, CANCELLED, REFUNDING or REFUNDED",
             ));
         }
     }
@@ -105,6 +106,47 @@ async fn list_orders(
     .await?;
     let next = page.next_after(&orders, |o| o.id.to_string());
     Ok(HttpResponse::Ok().json(serde_json::json!({ "orders": orders, "next_after": next })))
+}
+
+/// A refund as the admin API lists it.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+pub struct Refund {
+    #[serde(with = "host::page::id_string")]
+    pub id: i64,
+    #[serde(with = "host::page::id_string")]
+    pub gid: i64,
+    #[serde(with = "host::page::id_string")]
+    pub order_id: i64,
+    pub user_id: String,
+    pub quantity: i64,
+    pub amount: i64,
+    pub status: String,
+    pub reason: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// `GET /admin/refunds?limit=&after=<refund id>`: every refund, newest first; what the audit
+/// reads to judge refund transactions.
+async fn list_refunds(
+    db: web::Data<Db>,
+    page: web::Query<host::Page>,
+) -> Result<HttpResponse, Problem> {
+    let before = if page.after.is_empty() {
+        i64::MAX
+    } else {
+        parse_id("after", &page.after)?
+    };
+    let refunds: Vec<Refund> = sqlx::query_as(
+        "SELECT id, gid, order_id, user_id, quantity, amount, status, reason, created_at, updated_at \
+         FROM refunds WHERE id < $1 ORDER BY id DESC LIMIT $2",
+    )
+    .bind(before)
+    .bind(page.limit())
+    .fetch_all(db.pool())
+    .await?;
+    let next = page.next_after(&refunds, |r| r.id.to_string());
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "refunds": refunds, "next_after": next })))
 }
 
 /// `GET /admin/audit`: orders by status, and the exactly-once bookkeeping of the public API
@@ -136,7 +178,7 @@ async fn audit(
     let without: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM orders o \
          WHERE NOT EXISTS (SELECT 1 FROM order_requests r WHERE r.order_id = o.id) \
-         AND (o.updated_at >= $1 OR o.status NOT IN ('CONFIRMED', 'CANCELLED'))",
+         AND (o.updated_at >= $1 OR o.status NOT IN ('CONFIRMED', 'CANCELLED', 'REFUNDED'))",
     )
     .bind(cutoff)
     .fetch_one(&mut *tx)
@@ -147,11 +189,36 @@ async fn audit(
     )
     .fetch_one(&mut *tx)
     .await?;
+    let refunds: Vec<(String, i64)> =
+        sqlx::query_as("SELECT status, CAST(COUNT(*) AS BIGINT) FROM refunds GROUP BY status")
+            .fetch_all(&mut *tx)
+            .await?;
+    let refunds_of = |s: &str| {
+        refunds
+            .iter()
+            .find(|(k, _)| k == s)
+            .map(|(_, n)| *n)
+            .unwrap_or(0)
+    };
+    let refunds_without: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM refunds f \
+         WHERE NOT EXISTS (SELECT 1 FROM order_requests r WHERE r.order_id = f.id AND r.refund_of = f.order_id) \
+         AND (f.updated_at >= $1 OR f.status = 'REFUNDING')",
+    )
+    .bind(cutoff)
+    .fetch_one(&mut *tx)
+    .await?;
     tx.rollback().await?;
     Ok(HttpResponse::Ok().json(OrderAudit {
         pending: count("PENDING"),
         confirmed: count("CONFIRMED"),
         cancelled: count("CANCELLED"),
+        refunding: count("REFUNDING"),
+        refunded: count("REFUNDED"),
+        refunds_under_way: refunds_of("REFUNDING"),
+        refunds_done: refunds_of("REFUNDED"),
+        refunds_failed: refunds_of("FAILED"),
+        refunds_without_request: refunds_without,
         requests,
         unanswered_requests: unanswered,
         orders_without_request: without,

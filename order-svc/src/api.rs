@@ -47,6 +47,10 @@ pub struct ApiConfig {
     pub wait_ms: u64,
     /// The global transaction's deadline.
     pub transaction_timeout_ms: u64,
+    /// A refund's deadline (default an hour): long, because past it a refund whose money went
+    /// out is compensated, and the buyer may have spent it (see [`crate::refund`]).
+    #[serde(default = "default_refund_timeout_ms")]
+    pub refund_timeout_ms: u64,
     /// Largest quantity of one order line.
     pub max_quantity: i64,
     /// A node id lease not renewed for this long is free (see `store::node`).
@@ -67,11 +71,16 @@ impl Default for ApiConfig {
             node_id: 0,
             wait_ms: 5_000,
             transaction_timeout_ms: 10_000,
+            refund_timeout_ms: default_refund_timeout_ms(),
             max_quantity: 1_000,
             node_lease_ms: 3_000,
             rate_limit: crate::limit::RateLimitConfig::default(),
         }
     }
+}
+
+fn default_refund_timeout_ms() -> u64 {
+    3_600_000
 }
 
 type CoordinatorClient =
@@ -85,7 +94,7 @@ pub struct Api {
     ids: std::sync::Arc<OnceCell<OrderIds>>,
     pub(crate) coordinator: CoordinatorClient,
     pub(crate) prices: moka::future::Cache<String, Option<(String, i64)>>,
-    limiter: std::sync::Arc<crate::limit::OrderLimiter>,
+    pub(crate) limiter: std::sync::Arc<crate::limit::OrderLimiter>,
     /// Requests waiting for another request with their key.
     pub(crate) waiters: std::sync::Arc<idempotency::Waiters>,
 }
@@ -200,6 +209,19 @@ impl Api {
         }
         Ok(&order_ids.ids)
     }
+
+    /// A new order (or refund) id.
+    pub(crate) async fn next_id(&self, db: &Db) -> Result<i64, Problem> {
+        Ok(self
+            .ids(db)
+            .await?
+            .next_id()
+            .map_err(|e| {
+                tracing::error!(error = %e, "no order id can be made");
+                Problem::unavailable("no order id can be made right now; retry later")
+            })?
+            .as_i64())
+    }
 }
 
 /// Where order-svc can be made to crash, for the container tests and the labs (armed through
@@ -225,7 +247,11 @@ impl host::failpoint::Point for Crash {
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.route("/api/v1/orders", web::post().to(place_order))
         .route("/api/v1/orders", web::get().to(list_orders))
-        .route("/api/v1/orders/{id}", web::get().to(get_order));
+        .route("/api/v1/orders/{id}", web::get().to(get_order))
+        .route(
+            "/api/v1/orders/{id}/refund",
+            web::post().to(crate::refund::refund_order),
+        );
 }
 
 #[derive(Debug, Deserialize)]
@@ -240,7 +266,7 @@ pub(crate) struct NewOrderBody {
 pub struct OrderView {
     pub order_id: String,
     pub gid: Option<String>,
-    /// `confirmed`, `cancelled` or `pending`.
+    /// `confirmed`, `cancelled` or `pending`; once refunded, `refunding` then `refunded`.
     pub status: String,
     /// Why it was cancelled: `insufficient_funds`, `out_of_stock`, `unknown_account`,
     /// `unavailable`, `timeout`, ….
@@ -249,9 +275,12 @@ pub struct OrderView {
     pub sku: String,
     pub quantity: i64,
     pub amount: i64,
+    /// The order's latest refund, if one was asked for (`GET /api/v1/orders/{id}` only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub refund: Option<crate::refund::RefundView>,
 }
 
-fn idempotency_key(req: &HttpRequest) -> Result<String, Problem> {
+pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<String, Problem> {
     let key = req
         .headers()
         .get("idempotency-key")
@@ -359,7 +388,7 @@ async fn place_order(
 
 /// Saves (or, after a 5xx, releases) the key's answer, wakes the requests waiting for it, and
 /// sends it.
-async fn answered(
+pub(crate) async fn answered(
     api: &Api,
     db: &Db,
     user: &str,
@@ -372,7 +401,7 @@ async fn answered(
 }
 
 /// How long a request waits for another one with its key before it counts as interrupted.
-fn patience(api: &Api) -> Duration {
+pub(crate) fn patience(api: &Api) -> Duration {
     Duration::from_millis(api.config.wait_ms + 2_000)
 }
 
@@ -387,15 +416,7 @@ async fn first_attempt(
     hash: &str,
     body: &NewOrderBody,
 ) -> Result<Option<Result<Checkout, Answer>>, Problem> {
-    let order_id = api
-        .ids(db)
-        .await?
-        .next_id()
-        .map_err(|e| {
-            tracing::error!(error = %e, "no order id can be made");
-            Problem::unavailable("no order id can be made right now; retry later")
-        })?
-        .as_i64();
+    let order_id = api.next_id(db).await?;
     let planned = checkout(api, db, user, order_id, body).await?;
     let fresh = idempotency::begin(
         db,
@@ -404,6 +425,7 @@ async fn first_attempt(
             key,
             hash,
             order_id,
+            refund_of: None,
             txn_request: planned
                 .as_ref()
                 .ok()
@@ -435,6 +457,7 @@ impl From<OrderRow> for OrderView {
             sku: o.sku,
             quantity: o.quantity,
             amount: o.amount,
+            refund: None,
         }
     }
 }
@@ -457,12 +480,14 @@ async fn get_order(
     .fetch_optional(db.pool())
     .await?;
     if let Some(row) = row {
-        return Ok(HttpResponse::Ok().json(OrderView::from(row)));
+        let mut view = OrderView::from(row);
+        view.refund = crate::refund::latest(&db, order_id).await?;
+        return Ok(HttpResponse::Ok().json(view));
     }
     // Placed but not reached by its Try yet (or the coordinator was down): the stored answer
     // knows it.
     let stored: Option<Option<String>> = sqlx::query_scalar(
-        "SELECT response_body FROM order_requests WHERE order_id = $1 AND user_id = $2",
+        "SELECT response_body FROM order_requests WHERE order_id = $1 AND user_id = $2 AND refund_of IS NULL",
     )
     .bind(order_id)
     .bind(&caller.user_id)

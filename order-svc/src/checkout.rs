@@ -79,6 +79,7 @@ pub(crate) async fn checkout(
         sku: body.sku.clone(),
         quantity: body.quantity,
         amount,
+        refund: None,
     };
     let payment_payload = prost::Message::encode_to_vec(&proto::pay::v1::PaymentBranch {
         account_id: user.to_owned(),
@@ -88,6 +89,7 @@ pub(crate) async fn checkout(
     let inventory_payload = prost::Message::encode_to_vec(&proto::pay::v1::InventoryBranch {
         sku: body.sku.clone(),
         quantity: body.quantity,
+        kind: proto::pay::v1::StockStep::Take as i32,
     });
     let branch = |id: &str, url: &str, payload: Vec<u8>| pb::BranchSpec {
         branch_id: id.into(),
@@ -152,6 +154,7 @@ pub(crate) async fn execute(api: &Api, checkout: Checkout) -> Answer {
         sku: order.sku,
         quantity: order.quantity,
         amount: order.amount,
+        refund: None,
     };
     Answer {
         status: 201,

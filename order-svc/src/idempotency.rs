@@ -74,7 +74,9 @@ pub(crate) struct FirstRequest<'a> {
     pub(crate) user: &'a str,
     pub(crate) key: &'a str,
     pub(crate) hash: &'a str,
+    /// The order's id, or a refund's own id (then `refund_of` is the order refunded).
     pub(crate) order_id: i64,
+    pub(crate) refund_of: Option<i64>,
     pub(crate) txn_request: Option<Vec<u8>>,
     pub(crate) answer: Option<&'a Answer>,
 }
@@ -87,7 +89,7 @@ pub(crate) async fn begin(db: &Db, r: FirstRequest<'_>) -> Result<bool, StoreErr
     let mut writer = db.begin().await?;
     let fresh = sqlx::query(
         "INSERT INTO order_requests (user_id, idempotency_key, request_hash, order_id, response_status, response_body, \
-         txn_request, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+         txn_request, created_at, updated_at, refund_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
          ON CONFLICT (user_id, idempotency_key) DO NOTHING",
     )
     .bind(r.user)
@@ -98,6 +100,7 @@ pub(crate) async fn begin(db: &Db, r: FirstRequest<'_>) -> Result<bool, StoreErr
     .bind(r.answer.map(|a| a.body.to_string()))
     .bind(r.txn_request)
     .bind(now)
+    .bind(r.refund_of)
     .execute(&mut *writer)
     .await?
     .rows_affected()
@@ -294,7 +297,8 @@ async fn wait_for_answer(
 /// Forgets up to `batch` keys answered before `before_ms` (retention); returns how many.
 ///
 /// Only keys whose answer can no longer change and is kept elsewhere go: a client error (no
-/// order), or an order that reached CONFIRMED or CANCELLED before the cutoff too (its `GET`
+/// order), an order that reached CONFIRMED, CANCELLED or REFUNDED before the cutoff too, or a
+/// refund that ended before it (its `GET`
 /// answers from the order itself; the audit checks keys of orders settled since the cutoff). A key still in progress or interrupted stays, however old: a retry must take it
 /// over and resend its coordinator request, never start the order again. The key of the largest
 /// order id stays too: order ids resume above it after a restart.
@@ -306,7 +310,9 @@ pub async fn purge_answered(db: &Db, before_ms: i64, batch: i64) -> Result<u64, 
            WHERE r.response_status IS NOT NULL AND r.updated_at < $1 AND r.updated_at <> $2 \
            AND r.order_id < (SELECT MAX(order_id) FROM order_requests) \
            AND (EXISTS (SELECT 1 FROM orders o WHERE o.id = r.order_id \
-                 AND o.status IN ('CONFIRMED', 'CANCELLED') AND o.updated_at < $1) \
+                 AND o.status IN ('CONFIRMED', 'CANCELLED', 'REFUNDED') AND o.updated_at < $1) \
+             OR EXISTS (SELECT 1 FROM refunds f WHERE f.id = r.order_id \
+                 AND f.status IN ('REFUNDED', 'FAILED') AND f.updated_at < $1) \
              OR (r.txn_request IS NULL AND r.response_status >= 400 AND r.response_status < 500 \
                  AND NOT EXISTS (SELECT 1 FROM orders o WHERE o.id = r.order_id))) \
            LIMIT $3)",
@@ -343,6 +349,7 @@ mod tests {
             key: "k",
             hash: "h",
             order_id: 7,
+            refund_of: None,
             txn_request: Some(vec![1]),
             answer: None,
         };

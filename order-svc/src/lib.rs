@@ -8,6 +8,8 @@
 //! - [`branch`]: the participant (`tcc::Handler`) — orders as branches of global transactions.
 //! - [`api`]: the public order API (JWT in [`auth`]): thin handlers over `idempotency` (exactly
 //!   once per key), `checkout` (pricing and the global transaction) and `catalog`.
+//! - [`refund`]: `POST /api/v1/orders/{id}/refund`, a refund as a Saga across the three
+//!   services.
 //! - [`admin`]: the admin API (orders by id, by transaction, the audit's counts).
 
 pub mod admin;
@@ -19,6 +21,7 @@ mod checkout;
 pub mod domain;
 mod idempotency;
 pub mod limit;
+pub mod refund;
 
 pub use idempotency::purge_answered as purge_answered_keys;
 

@@ -1,7 +1,7 @@
 //! order-svc as the coordinator sees it: the real binary over gRPC, on a SQLite file and on
 //! PostgreSQL.
 use prost::Message;
-use proto::pay::v1::OrderBranch;
+use proto::pay::v1::{OrderBranch, RefundStage, RefundStep};
 use proto::v1::{Op, Outcome};
 use testkit::participant::ParticipantProcess;
 use testkit::{both_backends, TestDb};
@@ -24,6 +24,24 @@ fn order(order_id: u64) -> Vec<u8> {
         sku: "SKU-1".into(),
         quantity: 2,
         amount: 1998,
+        refund: None,
+    }
+    .encode_to_vec()
+}
+
+fn refund_step(order_id: u64, refund_id: u64, quantity: i64, stage: RefundStage) -> Vec<u8> {
+    OrderBranch {
+        order_id,
+        user_id: "alice".into(),
+        sku: "SKU-1".into(),
+        quantity: 2,
+        amount: 1998,
+        refund: Some(RefundStep {
+            refund_id,
+            quantity,
+            amount: 999 * quantity,
+            stage: stage as i32,
+        }),
     }
     .encode_to_vec()
 }
@@ -168,7 +186,145 @@ async fn a_sigkill_during_a_stream_of_tries_and_confirms_loses_and_doubles_nothi
     );
 }
 
+/// A refund's first step takes only a confirmed order, once; its compensation puts it back to
+/// CONFIRMED (and a new refund may start); its last step makes it REFUNDED, after which no
+/// refund starts again.
+async fn a_refund_moves_a_confirmed_order_once_and_its_compensation_restores_it(db: TestDb) {
+    let dir = testkit::temp_dir("order-");
+    let p = orders(&db, dir.path()).await;
+    ok(&p, 1, Op::Try, &order(21)).await;
+    // Not confirmed yet: a refund's start is refused.
+    let early = p
+        .call(
+            2,
+            "refund",
+            Op::Action,
+            &refund_step(21, 900, 1, RefundStage::Start),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (early.outcome(), early.code.as_str()),
+        (Outcome::Failure, "not_refundable")
+    );
+    ok(&p, 1, Op::Confirm, &order(21)).await;
+    let call = |gid: u64, branch: &'static str, op: Op, payload: Vec<u8>| {
+        let p = &p;
+        async move { p.call(gid, branch, op, &payload).await.unwrap() }
+    };
+    // Refund 900 (one item) starts, twice (a replay), then is compensated, twice.
+    for _ in 0..2 {
+        let r = call(
+            3,
+            "refund",
+            Op::Action,
+            refund_step(21, 900, 1, RefundStage::Start),
+        )
+        .await;
+        assert_eq!(r.outcome(), Outcome::Success, "{}", r.message);
+    }
+    assert_eq!(status(&p, 21).await.as_deref(), Some("REFUNDING"));
+    // A second refund while the first is under way is refused.
+    let twin = call(
+        4,
+        "refund",
+        Op::Action,
+        refund_step(21, 901, 1, RefundStage::Start),
+    )
+    .await;
+    assert_eq!(
+        (twin.outcome(), twin.code.as_str()),
+        (Outcome::Failure, "refund_in_progress")
+    );
+    for _ in 0..2 {
+        let r = call(
+            3,
+            "refund",
+            Op::Compensate,
+            refund_step(21, 900, 1, RefundStage::Start),
+        )
+        .await;
+        assert_eq!(r.outcome(), Outcome::Success, "{}", r.message);
+    }
+    assert_eq!(status(&p, 21).await.as_deref(), Some("CONFIRMED"));
+    // Refund 902 of both items goes through.
+    for stage in [RefundStage::Start, RefundStage::Finish] {
+        let branch = if stage == RefundStage::Start {
+            "refund"
+        } else {
+            "refunded"
+        };
+        let r = call(5, branch, Op::Action, refund_step(21, 902, 2, stage)).await;
+        assert_eq!(r.outcome(), Outcome::Success, "{}", r.message);
+    }
+    assert_eq!(status(&p, 21).await.as_deref(), Some("REFUNDED"));
+    let again = call(
+        6,
+        "refund",
+        Op::Action,
+        refund_step(21, 903, 1, RefundStage::Start),
+    )
+    .await;
+    assert_eq!(
+        (again.outcome(), again.code.as_str()),
+        (Outcome::Failure, "already_refunded")
+    );
+    // More items than the order has, and a TCC op on a refund step, are invalid.
+    let too_many = call(
+        7,
+        "refund",
+        Op::Action,
+        refund_step(21, 904, 3, RefundStage::Start),
+    )
+    .await;
+    assert_eq!(too_many.code, "invalid");
+    let tcc = call(
+        8,
+        "refund",
+        Op::Try,
+        refund_step(21, 905, 1, RefundStage::Start),
+    )
+    .await;
+    assert_eq!(tcc.code, "invalid");
+    // Every refund that was started or refused has a row saying how it ended; a refund whose
+    // start never arrived is stored FAILED by its null compensation.
+    let r = call(
+        9,
+        "refund",
+        Op::Compensate,
+        refund_step(21, 906, 1, RefundStage::Start),
+    )
+    .await;
+    assert_eq!(r.outcome(), Outcome::Success, "{}", r.message);
+    let refunds = p.admin_get("/admin/refunds").await;
+    let by_id: std::collections::HashMap<String, String> = refunds["refunds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str().unwrap().to_owned(),
+                r["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(by_id["900"], "FAILED");
+    assert_eq!(by_id["902"], "REFUNDED");
+    assert_eq!(by_id["906"], "FAILED");
+    assert!(!by_id.contains_key("901"), "a refused start leaves nothing");
+    let audit = p.admin_get("/admin/audit").await;
+    assert_eq!(
+        (
+            audit["refunded"].as_i64(),
+            audit["refunds_done"].as_i64(),
+            audit["refunds_failed"].as_i64()
+        ),
+        (Some(1), Some(1), Some(2))
+    );
+}
+
 both_backends!(
+    a_refund_moves_a_confirmed_order_once_and_its_compensation_restores_it,
     an_order_goes_pending_then_confirmed_or_cancelled_once_whatever_the_replays,
     a_cancel_before_its_try_stores_the_order_cancelled_and_the_late_try_does_nothing,
     bad_input_and_a_reused_order_id_are_rejected,

@@ -1,5 +1,5 @@
 //! Admin and read API over HTTP (all under `/admin`, behind the admin token): create and top up
-//! accounts, read balances and holds, and the conservation audit.
+//! accounts, pay money out of them, read balances and holds, and the conservation audit.
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
@@ -17,6 +17,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/accounts/{id}", web::put().to(create_account))
             .route("/accounts/{id}", web::get().to(get_account))
             .route("/accounts/{id}/deposits", web::post().to(deposit))
+            .route("/accounts/{id}/payouts", web::post().to(payout))
             .route("/holds", web::get().to(list_holds))
             .route("/holds/{gid}", web::get().to(holds_of))
             .route("/audit", web::get().to(audit)),
@@ -128,6 +129,44 @@ async fn deposit(
         });
     }
     record_deposit(&mut tx, &id, body.amount).await?;
+    tx.commit().await?;
+    let account = fetch(&db, &id)
+        .await?
+        .ok_or_else(|| Problem::internal("account vanished"))?;
+    Ok(HttpResponse::Ok().json(account))
+}
+
+/// `POST /admin/accounts/{id}/payouts` `{"amount": n}`: money leaves the system (a merchant's
+/// payout to its bank), from `available` only, recorded as a negative deposit so that
+/// `available + frozen = Σ deposits` still holds. A balance too low is a 409
+/// `insufficient_funds`; what a refund then finds is a merchant that cannot pay.
+async fn payout(
+    db: web::Data<Db>,
+    id: web::Path<String>,
+    body: web::Json<Deposit>,
+) -> Result<HttpResponse, Problem> {
+    check_id(&id)?;
+    tcc::check::units("amount", body.amount).map_err(|r| Problem::bad_request(r.message))?;
+    let mut tx = db.begin().await?;
+    let updated = sqlx::query(
+        "UPDATE accounts SET available = available - $1, updated_at = $2 WHERE id = $3 AND available >= $1",
+    )
+    .bind(body.amount)
+    .bind(store::now_ms())
+    .bind(id.as_str())
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if updated == 0 {
+        return Err(match fetch(&db, &id).await? {
+            None => Problem::not_found(format!("no account {:?}", id.as_str())),
+            Some(a) => Problem::conflict(
+                "insufficient_funds",
+                format!("{} available, {} asked", a.available, body.amount),
+            ),
+        });
+    }
+    record_deposit(&mut tx, &id, -body.amount).await?;
     tx.commit().await?;
     let account = fetch(&db, &id)
         .await?

@@ -117,6 +117,21 @@ async fn apply_move(conn: &mut AnyConnection, account: &str, m: Move) -> Result<
     Ok(r.rows_affected() == 1)
 }
 
+/// Takes the two accounts' row locks in id order, whatever the op touches first: an order's
+/// ops touch the buyer then the merchant, a refund's (the merchant pays the buyer back) the
+/// merchant then the buyer, and on PostgreSQL two such ops at once on the same pair would
+/// deadlock (one aborted after a second, an order cancelled as `unavailable`). One statement
+/// more, only when the first account's id is the larger.
+async fn lock_in_order(conn: &mut AnyConnection, first: &str, second: &str) -> Result<(), OpError> {
+    if first > second {
+        sqlx::query("UPDATE accounts SET updated_at = updated_at WHERE id = $1")
+            .bind(second)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
 /// Try: available → frozen, and room reserved on the merchant. Action: available → merchant.
 /// Both record a hold. An order the merchant's account could not take is refused here.
 async fn take(
@@ -125,6 +140,7 @@ async fn take(
     op: Op,
     charge: &Charge,
 ) -> Result<(), OpError> {
+    lock_in_order(conn, &charge.account_id, &charge.merchant_id).await?;
     let moved = sqlx::query(
         "UPDATE accounts SET available = available - $1, frozen = frozen + $2, updated_at = $4 \
          WHERE id = $3 AND available >= $1",
@@ -154,7 +170,6 @@ async fn take(
         }
         .into());
     }
-    // The buyer's row first, then the merchant's, in every op: one lock order.
     let credit = match op {
         Op::Try => Move::Incoming(charge.amount),
         _ => Move::Available(charge.amount),
@@ -221,7 +236,7 @@ async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<
         .into());
     };
     let reserved = reserved == 1;
-    // The buyer's row first, then the merchant's, as in `take`: one lock order for every op.
+    lock_in_order(conn, &account, &merchant).await?;
     let steps: [(&str, Move); 2] = match op {
         Op::Confirm => [
             (&account, Move::Frozen(-amount)),

@@ -113,6 +113,45 @@ impl Platform {
         (status, res.json().await.unwrap_or(Value::Null))
     }
 
+    /// `POST /api/v1/orders/{id}/refund`; `body` `None` sends no body (a full refund).
+    async fn refund(
+        &self,
+        user: &str,
+        key: &str,
+        id: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value, bool) {
+        let mut req = self
+            .http
+            .post(self.url("order", &format!("/api/v1/orders/{id}/refund")))
+            .bearer_auth(Self::token(user))
+            .header("Idempotency-Key", key);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let res = req.send().await.unwrap();
+        let status = res.status();
+        let replayed = res.headers().contains_key("idempotent-replayed");
+        (status, res.json().await.unwrap_or(Value::Null), replayed)
+    }
+
+    /// (available, reserved, sold) of `sku`.
+    async fn stock(&self, sku: &str) -> (i64, i64, i64) {
+        let (_, s) = self
+            .admin(
+                Method::GET,
+                "inventory",
+                &format!("/admin/skus/{sku}"),
+                None,
+            )
+            .await;
+        (
+            s["available"].as_i64().unwrap(),
+            s["reserved"].as_i64().unwrap(),
+            s["sold"].as_i64().unwrap(),
+        )
+    }
+
     async fn get_order(&self, user: &str, id: &str) -> (StatusCode, Value) {
         let res = self
             .http
@@ -128,6 +167,14 @@ impl Platform {
     async fn balance(&self, user: &str) -> i64 {
         let account = self.admin.payment.account(user).await;
         account.unwrap_or_else(|e| panic!("{e}")).available
+    }
+
+    /// Waits (up to 30 s) until no transaction is open and no order pending or refunding: an
+    /// answer comes once the decision is durable, its second phase may still be running.
+    async fn settle(&self) {
+        audit::fetch(&self.endpoints(), Duration::from_secs(30))
+            .await
+            .unwrap_or_else(|e| panic!("audit: {e}"));
     }
 
     /// docs/design.md §5, once the system is quiet (waiting up to 30 s): the `audit` crate's checks
@@ -160,6 +207,230 @@ async fn an_order_is_confirmed_and_reads_back_for_its_owner_only(db: TestDb) {
     assert_eq!(status, 404, "bob cannot see alice's order");
     assert_eq!(p.balance("alice").await, 10_000 - 900);
     assert_eq!(p.balance("merchant").await, 900);
+}
+
+/// A refund of part of an order: the buyer is paid back at the order's price, the items go back
+/// on sale, the order says REFUNDED; the key answers the same for ever, and no second refund
+/// happens, whether asked for again later or ten times at once.
+async fn a_refund_pays_the_buyer_back_puts_the_items_on_sale_and_happens_once(db: TestDb) {
+    let p = Platform::start(db).await;
+    let (_, order) = p
+        .order("alice", "o1", json!({"sku": "coffee", "quantity": 3}))
+        .await;
+    assert_eq!(order["status"], "confirmed", "{order}");
+    let id = order["order_id"].as_str().unwrap().to_owned();
+    p.settle().await;
+    assert_eq!(p.stock("coffee").await, (97, 0, 3));
+
+    // Someone else's order is not found; more items than ordered, and a bad body, are refused.
+    let (status, body, _) = p.refund("bob", "r0", &id, None).await;
+    assert_eq!(status, 404, "{body}");
+    let (status, body, _) = p
+        .refund("alice", "r0", &id, Some(json!({"quantity": 4})))
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["code"].as_str()),
+        (422, Some("too_many_items"))
+    );
+    let (status, body, _) = p.refund("alice", "r0", &id, Some(json!({"qty": 1}))).await;
+    assert_eq!(status, 400, "{body}");
+
+    let (status, refund, replayed) = p
+        .refund("alice", "r1", &id, Some(json!({"quantity": 1})))
+        .await;
+    assert_eq!(status, 201, "{refund}");
+    assert!(!replayed);
+    assert_eq!(
+        (
+            refund["status"].as_str(),
+            refund["amount"].as_i64(),
+            refund["quantity"].as_i64()
+        ),
+        (Some("refunded"), Some(450), Some(1)),
+        "{refund}"
+    );
+    // The key answers the same; the same key for another refund is refused.
+    let (status, again, replayed) = p
+        .refund("alice", "r1", &id, Some(json!({"quantity": 1})))
+        .await;
+    assert_eq!((status.as_u16(), replayed), (201, true));
+    assert_eq!(again, refund);
+    let (status, body, _) = p
+        .refund("alice", "r1", &id, Some(json!({"quantity": 2})))
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["code"].as_str()),
+        (422, Some("idempotency_key_reused"))
+    );
+    // A second refund of the order is a conflict, however it is asked for.
+    let (status, body, _) = p.refund("alice", "r2", &id, None).await;
+    assert_eq!(
+        (status.as_u16(), body["code"].as_str()),
+        (409, Some("already_refunded"))
+    );
+    let (_, read) = p.get_order("alice", &id).await;
+    assert_eq!(read["status"], "refunded", "{read}");
+    assert_eq!(read["refund"]["status"], "refunded", "{read}");
+    assert_eq!(p.balance("alice").await, 10_000 - 1_350 + 450);
+    assert_eq!(p.balance("merchant").await, 900);
+    assert_eq!(p.stock("coffee").await, (98, 0, 2));
+
+    // The refund is a Saga of five branches: payment and inventory after the order's first step,
+    // the last two after both.
+    let gid = refund["gid"].as_str().unwrap();
+    let (_, txn) = p
+        .admin(
+            Method::GET,
+            "coordinator",
+            &format!("/api/v1/transactions/{gid}"),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (txn["mode"].as_str(), txn["status"].as_str()),
+        (Some("saga"), Some("succeeded"))
+    );
+    let deps: Vec<(String, Vec<String>)> = txn["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            (
+                b["branch_id"].as_str().unwrap().to_owned(),
+                serde_json::from_value(b["depends_on"].clone()).unwrap(),
+            )
+        })
+        .collect();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        deps,
+        vec![
+            ("refund".into(), s(&[])),
+            ("payment".into(), s(&["refund"])),
+            ("inventory".into(), s(&["refund"])),
+            ("restock".into(), s(&["payment", "inventory"])),
+            ("refunded".into(), s(&["payment", "inventory"])),
+        ]
+    );
+
+    // A cancelled order is not refundable.
+    let (_, cancelled) = p
+        .order("bob", "o2", json!({"sku": "coffee", "quantity": 3}))
+        .await;
+    assert_eq!(cancelled["status"], "cancelled");
+    p.settle().await;
+    let (status, body, _) = p
+        .refund("bob", "r3", cancelled["order_id"].as_str().unwrap(), None)
+        .await;
+    assert_eq!(
+        (status.as_u16(), body["code"].as_str()),
+        (409, Some("not_refundable"))
+    );
+
+    // Ten refunds of one order at once, each with its own key: exactly one happens.
+    let (_, second) = p
+        .order("alice", "o3", json!({"sku": "coffee", "quantity": 2}))
+        .await;
+    let second = second["order_id"].as_str().unwrap().to_owned();
+    p.settle().await;
+    let answers = join_all((0..10).map(|i| {
+        let (p, second) = (&p, &second);
+        async move { p.refund("alice", &format!("race-{i}"), second, None).await }
+    }))
+    .await;
+    let refunded = answers
+        .iter()
+        .filter(|(s, b, _)| *s == 201 && b["status"] == "refunded")
+        .count();
+    let conflicts = answers
+        .iter()
+        .filter(|(s, b, _)| {
+            *s == 409
+                && matches!(
+                    b["code"].as_str(),
+                    Some("refund_in_progress" | "already_refunded")
+                )
+        })
+        .count();
+    assert_eq!(
+        (refunded, conflicts),
+        (1, 9),
+        "{:?}",
+        answers.iter().map(|(s, b, _)| (s, b)).collect::<Vec<_>>()
+    );
+    p.settle().await;
+    assert_eq!(p.balance("alice").await, 10_000 - 1_350 + 450 - 900 + 900);
+    assert_eq!(p.stock("coffee").await, (98, 0, 2));
+    p.assert_invariants().await;
+}
+
+/// A merchant whose balance was paid out cannot pay a refund back: the refund fails with that
+/// reason, every step is compensated (the items returned at the same time are sold again), the
+/// order is CONFIRMED again, and once the merchant has the money, a new refund goes through.
+async fn a_refund_the_merchant_cannot_pay_is_compensated_and_can_be_asked_again(db: TestDb) {
+    let p = Platform::start(db).await;
+    let (_, order) = p
+        .order("alice", "o1", json!({"sku": "coffee", "quantity": 2}))
+        .await;
+    let id = order["order_id"].as_str().unwrap().to_owned();
+    p.settle().await;
+    p.admin.payment.payout("merchant", 800).await.unwrap();
+    let (status, refund, _) = p.refund("alice", "r1", &id, None).await;
+    assert_eq!(status, 201, "{refund}");
+    assert_eq!(
+        (refund["status"].as_str(), refund["reason"].as_str()),
+        (Some("failed"), Some("merchant_insufficient_funds")),
+        "{refund}"
+    );
+    p.settle().await;
+    let (_, read) = p.get_order("alice", &id).await;
+    assert_eq!(read["status"], "confirmed", "{read}");
+    assert_eq!(
+        (
+            read["refund"]["status"].as_str(),
+            read["refund"]["reason"].as_str()
+        ),
+        (Some("failed"), Some("merchant_insufficient_funds")),
+        "{read}"
+    );
+    assert_eq!(p.balance("alice").await, 10_000 - 900);
+    assert_eq!(p.balance("merchant").await, 100);
+    assert_eq!(p.stock("coffee").await, (98, 0, 2), "nothing back on sale");
+    // Compensated in reverse: every branch's undo ran, the order's first step last.
+    let gid = refund["gid"].as_str().unwrap();
+    let (_, txn) = p
+        .admin(
+            Method::GET,
+            "coordinator",
+            &format!("/api/v1/transactions/{gid}"),
+            None,
+        )
+        .await;
+    assert_eq!(txn["status"], "failed", "{txn}");
+    assert_eq!(txn["rollback"]["branch_id"], "payment", "{txn}");
+    let (_, reservations) = p
+        .admin(
+            Method::GET,
+            "inventory",
+            &format!("/admin/reservations/{gid}"),
+            None,
+        )
+        .await;
+    for r in reservations["reservations"].as_array().unwrap() {
+        assert_eq!(r["status"], "kept", "{reservations}");
+    }
+
+    p.admin.payment.deposit("merchant", 1_000).await.unwrap();
+    let (status, refund, _) = p.refund("alice", "r2", &id, None).await;
+    assert_eq!(
+        (status.as_u16(), refund["status"].as_str()),
+        (201, Some("refunded")),
+        "{refund}"
+    );
+    assert_eq!(p.balance("alice").await, 10_000);
+    assert_eq!(p.balance("merchant").await, 200);
+    assert_eq!(p.stock("coffee").await, (100, 0, 0));
+    p.assert_invariants().await;
 }
 
 async fn insufficient_funds_cancels_and_leaves_balances_unchanged(db: TestDb) {
@@ -1399,6 +1670,8 @@ async fn sigterm_with_orders_and_drives_in_flight_loses_nothing(db: TestDb) {
 }
 
 both_backends!(
+    a_refund_pays_the_buyer_back_puts_the_items_on_sale_and_happens_once,
+    a_refund_the_merchant_cannot_pay_is_compensated_and_can_be_asked_again,
     an_order_is_confirmed_and_reads_back_for_its_owner_only,
     insufficient_funds_cancels_and_leaves_balances_unchanged,
     out_of_stock_cancels,

@@ -184,6 +184,21 @@ pub struct OrderAudit {
     pub pending: i64,
     pub confirmed: i64,
     pub cancelled: i64,
+    /// Orders whose refund is under way, and refunded ones.
+    #[serde(default)]
+    pub refunding: i64,
+    #[serde(default)]
+    pub refunded: i64,
+    /// Refunds by status (REFUNDING, REFUNDED, FAILED).
+    #[serde(default)]
+    pub refunds_under_way: i64,
+    #[serde(default)]
+    pub refunds_done: i64,
+    #[serde(default)]
+    pub refunds_failed: i64,
+    /// Refunds no idempotency key points at: made by something other than the public API.
+    #[serde(default)]
+    pub refunds_without_request: i64,
     /// Idempotency keys seen by `POST /api/v1/orders`.
     pub requests: i64,
     /// Keys whose request has no stored answer yet (in flight, or interrupted and not retried).
@@ -335,6 +350,16 @@ impl Payment {
         self.0
             .post(
                 &format!("/admin/accounts/{id}/deposits"),
+                &Deposit { amount },
+            )
+            .await
+    }
+
+    /// Money out of `id`'s available balance (a merchant's payout).
+    pub async fn payout(&self, id: &str, amount: i64) -> Result<Account, AdminError> {
+        self.0
+            .post(
+                &format!("/admin/accounts/{id}/payouts"),
                 &Deposit { amount },
             )
             .await

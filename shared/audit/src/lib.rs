@@ -42,7 +42,23 @@ pub struct Order {
 pub struct Hold {
     pub gid: String,
     pub branch_id: String,
+    /// Who pays: the buyer for an order, the merchant for a refund.
     pub account_id: String,
+    /// Who is paid.
+    #[serde(default)]
+    pub merchant_id: String,
+    pub amount: i64,
+    pub status: String,
+}
+
+/// A refund as order-svc has it (`/admin/refunds`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refund {
+    pub id: String,
+    pub gid: String,
+    pub order_id: String,
+    pub user_id: String,
+    pub quantity: i64,
     pub amount: i64,
     pub status: String,
 }
@@ -63,6 +79,8 @@ pub struct Snapshot {
     pub orders: Vec<Order>,
     pub holds: Vec<Hold>,
     pub reservations: Vec<Reservation>,
+    #[serde(default)]
+    pub refunds: Vec<Refund>,
     pub money: PaymentAudit,
     pub stock: StockAudit,
     pub order_books: OrderAudit,
@@ -142,6 +160,7 @@ pub fn judge(s: &Snapshot) -> Report {
     checks.extend(parties_agree_per_transaction(s));
     checks.push(nothing_happened_outside_a_transaction(s));
     checks.extend(the_order_book_is_exactly_once(s));
+    checks.extend(refunds_match_their_orders_and_end(s));
     Report {
         ok: checks.iter().all(|c| c.ok),
         transactions: by_status,
@@ -259,8 +278,13 @@ fn no_stock_is_left_reserved(s: &Snapshot) -> Check {
     let reserved: Vec<String> = s
         .reservations
         .iter()
-        .filter(|r| r.status == "reserved")
-        .map(|r| format!("gid {} reservation of {} still open", r.gid, r.quantity))
+        .filter(|r| matches!(r.status.as_str(), "reserved" | "returning"))
+        .map(|r| {
+            format!(
+                "gid {} reservation of {} still {}",
+                r.gid, r.quantity, r.status
+            )
+        })
         .collect();
     check(
         "no stock is left reserved",
@@ -291,10 +315,17 @@ fn parties_agree_per_transaction(s: &Snapshot) -> [Check; 2] {
     for r in &s.reservations {
         reservations.entry(r.gid.as_str()).or_default().push(r);
     }
+    let refund_gids: std::collections::HashSet<&str> =
+        s.refunds.iter().map(|r| r.gid.as_str()).collect();
     let mut disagree = Vec::new();
     let mut mismatched = Vec::new();
     let (mut captured, mut paid_orders) = (0_i64, 0_i64);
-    for t in s.transactions.iter().filter(|t| terminal(&t.status)) {
+    // A refund's transaction is judged by §5.5 (below), against the order it refunds.
+    for t in s
+        .transactions
+        .iter()
+        .filter(|t| terminal(&t.status) && !refund_gids.contains(t.gid.as_str()))
+    {
         let gid = t.gid.as_str();
         let os = orders.get(gid).cloned().unwrap_or_default();
         let hs = holds.get(gid).cloned().unwrap_or_default();
@@ -319,8 +350,9 @@ fn parties_agree_per_transaction(s: &Snapshot) -> [Check; 2] {
             ("captured", "sold", "released", "released")
         };
         let agrees = if t.status == "succeeded" {
+            // A paid order may have been refunded since (§5.5 judges the refund).
             os.len() == 1
-                && os[0].status == "CONFIRMED"
+                && order_paid(&os[0].status)
                 && !hs.is_empty()
                 && hs.iter().all(|h| h.status == paid)
                 && !rs.is_empty()
@@ -342,7 +374,7 @@ fn parties_agree_per_transaction(s: &Snapshot) -> [Check; 2] {
             .map(|h| h.amount)
             .sum::<i64>();
         if let [o] = os.as_slice() {
-            if o.status == "CONFIRMED" {
+            if order_paid(&o.status) {
                 paid_orders += o.amount;
             }
             let hold_ok = hs
@@ -394,6 +426,138 @@ fn parties_agree_per_transaction(s: &Snapshot) -> [Check; 2] {
         },
     );
     [agree, matched]
+}
+
+/// An order whose money was taken: confirmed, and possibly refunded since.
+fn order_paid(status: &str) -> bool {
+    matches!(status, "CONFIRMED" | "REFUNDING" | "REFUNDED")
+}
+
+/// §5.5: each refund's transaction against its order, and no refund or order left half way.
+fn refunds_match_their_orders_and_end(s: &Snapshot) -> [Check; 2] {
+    let orders: HashMap<&str, &Order> = s.orders.iter().map(|o| (o.id.as_str(), o)).collect();
+    let txns: HashMap<&str, &Transaction> =
+        s.transactions.iter().map(|t| (t.gid.as_str(), t)).collect();
+    let mut holds: HashMap<&str, Vec<&Hold>> = HashMap::new();
+    for h in &s.holds {
+        holds.entry(h.gid.as_str()).or_default().push(h);
+    }
+    let mut reservations: HashMap<&str, Vec<&Reservation>> = HashMap::new();
+    for r in &s.reservations {
+        reservations.entry(r.gid.as_str()).or_default().push(r);
+    }
+    let mut refunded_of: HashMap<&str, usize> = HashMap::new();
+    let mut mismatched = Vec::new();
+    let mut half = Vec::new();
+    let (mut paid_back, mut refunded) = (0_i64, 0_i64);
+    for f in &s.refunds {
+        let gid = f.gid.as_str();
+        let hs = holds.get(gid).cloned().unwrap_or_default();
+        let rs = reservations.get(gid).cloned().unwrap_or_default();
+        let describe = || {
+            format!(
+                "refund {} ({}) of order {}: transaction {}, holds {:?}, reservations {:?}",
+                f.id,
+                f.status,
+                f.order_id,
+                txns.get(gid).map_or("missing", |t| t.status.as_str()),
+                hs.iter().map(|h| &h.status).collect::<Vec<_>>(),
+                rs.iter().map(|r| &r.status).collect::<Vec<_>>()
+            )
+        };
+        let Some(o) = orders.get(f.order_id.as_str()) else {
+            mismatched.push(format!("{}: no such order", describe()));
+            continue;
+        };
+        // What the refund gives back: the buyer's money from the merchant, the order's items
+        // at the order's price.
+        let price_ok = o.quantity > 0
+            && o.amount % o.quantity == 0
+            && f.quantity <= o.quantity
+            && f.amount == o.amount / o.quantity * f.quantity;
+        let hold_ok = hs.iter().all(|h| {
+            h.merchant_id == o.user_id && h.account_id != o.user_id && h.amount == f.amount
+        });
+        let res_ok = rs
+            .iter()
+            .all(|r| r.sku == o.sku && r.quantity == f.quantity);
+        if f.user_id != o.user_id || !price_ok || !hold_ok || !res_ok {
+            mismatched.push(format!(
+                "{}: order {}×{} for {} by {}, refund {}×{} for {} by {}",
+                describe(),
+                o.quantity,
+                o.sku,
+                o.amount,
+                o.user_id,
+                f.quantity,
+                o.sku,
+                f.amount,
+                f.user_id
+            ));
+        }
+        paid_back += hs
+            .iter()
+            .filter(|h| h.status == "debited")
+            .map(|h| h.amount)
+            .sum::<i64>();
+        // Done means every part done; undone means every part undone (or never started).
+        let agrees = match (txns.get(gid).map(|t| t.status.as_str()), f.status.as_str()) {
+            (Some("succeeded"), "REFUNDED") => {
+                refunded += f.amount;
+                *refunded_of.entry(f.order_id.as_str()).or_default() += 1;
+                hs.len() == 1
+                    && hs[0].status == "debited"
+                    && rs.len() == 1
+                    && rs[0].status == "restocked"
+            }
+            (Some("failed"), "FAILED") => {
+                hs.iter().all(|h| h.status == "refunded") && rs.iter().all(|r| r.status == "kept")
+            }
+            _ => false,
+        };
+        if !agrees {
+            half.push(describe());
+        }
+    }
+    for o in &s.orders {
+        let done = refunded_of.get(o.id.as_str()).copied().unwrap_or(0);
+        let ok = match o.status.as_str() {
+            "REFUNDED" => done == 1,
+            "REFUNDING" => false,
+            _ => done == 0,
+        };
+        if !ok {
+            half.push(format!(
+                "order {} is {} with {done} refunds done",
+                o.id, o.status
+            ));
+        }
+    }
+    [
+        check(
+            "each refund matches its order (buyer, amount, SKU, quantity)",
+            format!(
+                "{} refunds; paid back {paid_back} = refunded amounts {refunded}; {} mismatched",
+                s.refunds.len(),
+                mismatched.len()
+            ),
+            if paid_back != refunded && mismatched.is_empty() {
+                vec![format!("paid back {paid_back} ≠ refunded {refunded}")]
+            } else {
+                mismatched
+            },
+        ),
+        check(
+            "no order or refund is left half refunded",
+            format!(
+                "{} refunded, {} failed, {} half way",
+                s.refunds.iter().filter(|f| f.status == "REFUNDED").count(),
+                s.refunds.iter().filter(|f| f.status == "FAILED").count(),
+                half.len()
+            ),
+            half,
+        ),
+    ]
 }
 
 fn nothing_happened_outside_a_transaction(s: &Snapshot) -> Check {
@@ -510,6 +674,11 @@ const SECTIONS: &[(&str, &str)] = &[
     ("one idempotency key, one order", "5.4a"),
     ("every idempotency key got its answer", "5.4b"),
     ("no order is left pending", "5.3e"),
+    (
+        "each refund matches its order (buyer, amount, SKU, quantity)",
+        "5.5a",
+    ),
+    ("no order or refund is left half refunded", "5.5b"),
 ];
 
 fn check(name: &'static str, counts: String, offenders: Vec<String>) -> Check {
@@ -545,7 +714,8 @@ pub async fn fetch(e: &Endpoints, settle: Duration) -> Result<Snapshot, AuditErr
             })
             .unwrap_or(0);
         let books = admin.order.audit().await?;
-        if (open == 0 && books.pending == 0) || start.elapsed() >= settle {
+        let quiet = open == 0 && books.pending == 0 && books.refunding == 0;
+        if quiet || start.elapsed() >= settle {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -581,6 +751,16 @@ pub async fn fetch(e: &Endpoints, settle: Duration) -> Result<Snapshot, AuditErr
                 "next_after",
             )
             .await?,
+        refunds: admin
+            .order
+            .0
+            .pages(
+                "/admin/refunds?limit=1000",
+                "after",
+                "refunds",
+                "next_after",
+            )
+            .await?,
         money: admin.payment.audit().await?,
         stock: admin.inventory.audit().await?,
         order_books: admin.order.audit().await?,
@@ -613,6 +793,7 @@ mod tests {
             gid: gid.into(),
             branch_id: "payment".into(),
             account_id: "alice".into(),
+            merchant_id: "merchant".into(),
             amount: 450,
             status: status.into(),
         }
@@ -641,6 +822,7 @@ mod tests {
             orders: vec![order("1", "CONFIRMED"), order("2", "CANCELLED")],
             holds: vec![hold("1", "captured"), hold("2", "released")],
             reservations: vec![reservation("1", "sold")],
+            refunds: vec![],
             money: PaymentAudit {
                 available: 10_000,
                 deposited: 10_000,
@@ -675,7 +857,7 @@ mod tests {
     fn a_healthy_snapshot_passes_every_check() {
         let r = judge(&healthy());
         assert!(r.ok, "{r}");
-        assert_eq!(r.checks.len(), 11);
+        assert_eq!(r.checks.len(), 13);
     }
 
     /// Every check names its section of docs/design.md, and that section says what the check
@@ -840,5 +1022,96 @@ mod tests {
         let mut s = healthy();
         s.order_books.pending = 1;
         assert_eq!(failed(&s), ["no order is left pending"]);
+    }
+
+    /// The healthy snapshot plus order 1 refunded (gid 3) after a failed attempt (gid 4).
+    fn refunded() -> Snapshot {
+        let mut s = healthy();
+        s.orders[0].status = "REFUNDED".into();
+        s.transactions.push(Transaction {
+            mode: "saga".into(),
+            ..txn("3", "succeeded")
+        });
+        s.transactions.push(Transaction {
+            mode: "saga".into(),
+            ..txn("4", "failed")
+        });
+        let refund = |gid: &str, status: &str| Refund {
+            id: format!("r{gid}"),
+            gid: gid.into(),
+            order_id: "o1".into(),
+            user_id: "alice".into(),
+            quantity: 1,
+            amount: 450,
+            status: status.into(),
+        };
+        s.refunds = vec![refund("3", "REFUNDED"), refund("4", "FAILED")];
+        let back = |gid: &str, status: &str| Hold {
+            account_id: "merchant".into(),
+            merchant_id: "alice".into(),
+            ..hold(gid, status)
+        };
+        s.holds.push(back("3", "debited"));
+        s.holds.push(back("4", "refunded"));
+        s.reservations.push(reservation("3", "restocked"));
+        s.reservations.push(reservation("4", "kept"));
+        s
+    }
+
+    #[test]
+    fn a_refund_done_and_one_undone_pass_every_check() {
+        let r = judge(&refunded());
+        assert!(r.ok, "{r}");
+    }
+
+    #[test]
+    fn a_refund_left_half_way_or_an_order_refunded_without_one_is_caught() {
+        let mut s = refunded();
+        s.reservations[1].status = "returning".into();
+        s.stock.reserved = 1;
+        s.stock.held = 1;
+        s.stock.sold = 0;
+        assert_eq!(
+            failed(&s),
+            [
+                "no stock is left reserved",
+                "no order or refund is left half refunded"
+            ]
+        );
+        let mut s = refunded();
+        s.refunds[0].status = "FAILED".into();
+        assert_eq!(
+            failed(&s),
+            [
+                "each refund matches its order (buyer, amount, SKU, quantity)",
+                "no order or refund is left half refunded"
+            ]
+        );
+        let mut s = refunded();
+        s.orders[0].status = "REFUNDING".into();
+        assert_eq!(failed(&s), ["no order or refund is left half refunded"]);
+        // A failed refund whose money stayed with the buyer.
+        let mut s = refunded();
+        s.holds[3].status = "debited".into();
+        assert!(failed(&s).contains(&"no order or refund is left half refunded"));
+    }
+
+    #[test]
+    fn a_refund_paying_another_amount_or_the_wrong_account_is_caught() {
+        let mut s = refunded();
+        s.holds[2].amount = 900;
+        assert!(
+            failed(&s).contains(&"each refund matches its order (buyer, amount, SKU, quantity)")
+        );
+        let mut s = refunded();
+        s.holds[2].merchant_id = "mallory".into();
+        assert!(
+            failed(&s).contains(&"each refund matches its order (buyer, amount, SKU, quantity)")
+        );
+        let mut s = refunded();
+        s.refunds[0].quantity = 2;
+        assert!(
+            failed(&s).contains(&"each refund matches its order (buyer, amount, SKU, quantity)")
+        );
     }
 }

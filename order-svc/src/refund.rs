@@ -1,0 +1,464 @@
+//! Refunds: `POST /api/v1/orders/{id}/refund`, a Saga across the three services.
+//!
+//! A refund of a confirmed order (all of it, or `quantity` items of it) is one global
+//! transaction in Saga mode, five branches whose dependencies the coordinator follows:
+//!
+//! ```text
+//! refund (order CONFIRMED → REFUNDING) ─┬─ payment  (the merchant pays the buyer back) ─┬─ refunded (order → REFUNDED)
+//!                                       └─ inventory (the items come back, held)       ─┴─ restock  (held items on sale)
+//! ```
+//!
+//! The money and the items move at once; the order is REFUNDED, and the items go back on sale,
+//! only once both are back. The payment is the step that can fail for a business reason (the
+//! merchant's balance is short); the steps after it cannot. If it fails, every step is
+//! compensated in reverse: the held items are sold again (which cannot fail for want of stock:
+//! they were never on sale), and the order is CONFIRMED again with the refund FAILED and its
+//! reason. This is the Saga's price for having no isolation, paid in design: no compensation
+//! here depends on what other transactions did in between, except the payment's own, which
+//! runs only if a step after it fails, and none can for a business reason.
+//!
+//! Exactly once per key as for orders ([`crate::idempotency`]; the key's row holds the refund's
+//! id and the order it refunds), the coordinator key `refund:<refund id>`, and at most one
+//! refund under way or done per order, also in the database. The refund's deadline is long (an
+//! hour by default): a refund waits out a participant's outage rather than compensating money
+//! the buyer may have spent since.
+
+use crate::api::{answered, idempotency_key, patience, unprocessable, Api};
+use crate::checkout::reason_code;
+use crate::domain::{refund_amount, OrderStatus};
+use crate::idempotency::{self, Answer, FirstRequest, KeyState, Replay};
+use actix_web::{web, HttpRequest, HttpResponse};
+use host::Problem;
+use proto::pay::v1 as pay;
+use proto::v1 as pb;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use store::Db;
+
+/// The refund's branches, in the order the coordinator records them (and compensates them
+/// backwards).
+pub const START: &str = "refund";
+pub const PAYMENT: &str = "payment";
+pub const RETURN: &str = "inventory";
+pub const RESTOCK: &str = "restock";
+pub const FINISH: &str = "refunded";
+
+/// `POST /api/v1/orders/{id}/refund`'s body; empty or `{}` refunds the whole order.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RefundBody {
+    quantity: Option<i64>,
+}
+
+/// A refund as the public API shows it.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RefundView {
+    pub refund_id: String,
+    pub order_id: String,
+    pub gid: Option<String>,
+    /// `refunded`, `failed` or `pending` (still under way when the answer was due).
+    pub status: String,
+    /// Why it failed: `merchant_insufficient_funds`, `unavailable`, `timeout`, ….
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub quantity: i64,
+    pub amount: i64,
+}
+
+/// One refund's global transaction, as built for its first attempt (and stored with its key).
+pub(crate) struct RefundPlan {
+    request: pb::ExecuteRequest,
+    /// The first step's payload: the order and the refund, for the answer.
+    start: pay::OrderBranch,
+}
+
+impl RefundPlan {
+    fn build(api: &Api, order: &OrderToRefund, refund_id: i64, quantity: i64, amount: i64) -> Self {
+        let step = |stage: pay::RefundStage| pay::OrderBranch {
+            order_id: order.id as u64,
+            user_id: order.user_id.clone(),
+            sku: order.sku.clone(),
+            quantity: order.quantity,
+            amount: order.amount,
+            refund: Some(pay::RefundStep {
+                refund_id: refund_id as u64,
+                quantity,
+                amount,
+                stage: stage as i32,
+            }),
+        };
+        let items = |kind: pay::StockStep| {
+            prost::Message::encode_to_vec(&pay::InventoryBranch {
+                sku: order.sku.clone(),
+                quantity,
+                kind: kind as i32,
+            })
+        };
+        let c = &api.config;
+        let branch = |id: &str, url: &str, payload: Vec<u8>, deps: &[&str]| pb::BranchSpec {
+            branch_id: id.into(),
+            participant: url.into(),
+            payload,
+            depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
+        };
+        let start = step(pay::RefundStage::Start);
+        let request = pb::ExecuteRequest {
+            mode: pb::Mode::Saga as i32,
+            idempotency_key: format!("refund:{refund_id}"),
+            branches: vec![
+                branch(
+                    START,
+                    &c.order_url,
+                    prost::Message::encode_to_vec(&start),
+                    &[],
+                ),
+                branch(
+                    PAYMENT,
+                    &c.payment_url,
+                    // The merchant pays: the same Saga Action as a payment, the other way round.
+                    prost::Message::encode_to_vec(&pay::PaymentBranch {
+                        account_id: c.merchant_id.clone(),
+                        amount,
+                        merchant_id: order.user_id.clone(),
+                    }),
+                    &[START],
+                ),
+                branch(
+                    RETURN,
+                    &c.inventory_url,
+                    items(pay::StockStep::Return),
+                    &[START],
+                ),
+                branch(
+                    RESTOCK,
+                    &c.inventory_url,
+                    items(pay::StockStep::Restock),
+                    &[PAYMENT, RETURN],
+                ),
+                branch(
+                    FINISH,
+                    &c.order_url,
+                    prost::Message::encode_to_vec(&step(pay::RefundStage::Finish)),
+                    &[PAYMENT, RETURN],
+                ),
+            ],
+            timeout_ms: c.refund_timeout_ms,
+            branch_timeout_ms: 0,
+            wait_ms: c.wait_ms,
+            concurrent: false,
+        };
+        RefundPlan { request, start }
+    }
+
+    /// A stored request, as a retry resends it.
+    fn decode(bytes: &[u8]) -> Result<RefundPlan, Problem> {
+        let corrupt = || Problem::internal("the stored refund request cannot be read");
+        let request: pb::ExecuteRequest = prost::Message::decode(bytes).map_err(|e| {
+            tracing::error!(error = %e, "stored refund txn_request does not decode");
+            corrupt()
+        })?;
+        let start: pay::OrderBranch = request
+            .branches
+            .iter()
+            .find(|b| b.branch_id == START)
+            .and_then(|b| prost::Message::decode(b.payload.as_slice()).ok())
+            .filter(|o: &pay::OrderBranch| o.refund.is_some())
+            .ok_or_else(corrupt)?;
+        Ok(RefundPlan { request, start })
+    }
+}
+
+/// The order a refund is asked for, as read before its first attempt.
+#[derive(Debug, sqlx::FromRow)]
+struct OrderToRefund {
+    id: i64,
+    user_id: String,
+    sku: String,
+    quantity: i64,
+    amount: i64,
+    status: String,
+}
+
+fn request_hash(order_id: i64, body: &RefundBody) -> String {
+    let mut h = Sha256::new();
+    h.update(b"refund\0");
+    h.update(order_id.to_be_bytes());
+    h.update(body.quantity.unwrap_or(0).to_be_bytes());
+    hex::encode(h.finalize())
+}
+
+/// `POST /api/v1/orders/{id}/refund` `{"quantity": n}` (optional) with `Idempotency-Key`: the
+/// caller's own confirmed order (anyone else's is a 404, as for reads).
+pub(crate) async fn refund_order(
+    req: HttpRequest,
+    caller: crate::auth::Caller,
+    api: web::Data<Api>,
+    db: web::Data<Db>,
+    id: web::Path<String>,
+    body: web::Bytes,
+) -> Result<HttpResponse, Problem> {
+    let key = idempotency_key(&req)?;
+    let body: RefundBody = if body.iter().all(u8::is_ascii_whitespace) {
+        RefundBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Problem::bad_request(format!("the body must be {{}} or {{\"quantity\": n}}: {e}"))
+        })?
+    };
+    if let Some(q) = body.quantity {
+        if !(1..=api.config.max_quantity).contains(&q) {
+            return Err(Problem::bad_request(format!(
+                "quantity must be between 1 and {}",
+                api.config.max_quantity
+            )));
+        }
+    }
+    let Some(order_id) = id.parse::<i64>().ok().filter(|v| *v > 0) else {
+        return Err(Problem::not_found(format!("no order {}", id.as_str())));
+    };
+    let hash = request_hash(order_id, &body);
+    let user = caller.user_id.as_str();
+    // As for orders: a stored answer is one read, never limited; what costs is limited.
+    let first = match idempotency::key_state(&db, user, &key).await? {
+        KeyState::Answered => None,
+        KeyState::Unanswered => {
+            api.limiter.check(user)?;
+            None
+        }
+        KeyState::Absent => {
+            api.limiter.check(user)?;
+            Some(first_attempt(&api, &db, user, &key, &hash, order_id, &body).await?)
+        }
+    };
+    let plan = match first {
+        Some(Some(plan)) => plan,
+        // Another request took the key first, or the key was seen before.
+        Some(None) | None => {
+            match idempotency::replay(&db, &api.waiters, user, &key, &hash, patience(&api)).await? {
+                Replay::Answered(answer) => return Ok(answer.into_response(true)),
+                Replay::Forgotten => {
+                    api.limiter.check(user)?;
+                    first_attempt(&api, &db, user, &key, &hash, order_id, &body)
+                        .await?
+                        .ok_or_else(|| {
+                            Problem::conflict(
+                                "in_progress",
+                                "a request with this Idempotency-Key is still in progress",
+                            )
+                        })?
+                }
+                Replay::TakeOver {
+                    txn_request: Some(bytes),
+                    ..
+                } => RefundPlan::decode(&bytes)?,
+                // A refund's key always stores its request: this is an order's key from before
+                // requests were stored, whose hash cannot match a refund's.
+                Replay::TakeOver {
+                    txn_request: None, ..
+                } => {
+                    return Err(unprocessable(
+                        "idempotency_key_reused",
+                        "this Idempotency-Key was used for another request",
+                    ))
+                }
+            }
+        }
+    };
+    let answer = execute(&api, &db, plan).await;
+    Ok(answered(&api, &db, user, &key, answer).await?)
+}
+
+/// The key's first attempt: the order read and checked (a refusal is not stored: it is about
+/// the order now, not about the key), a refund id made, and the refund's transaction built and
+/// stored with the key before anything is sent. `None`: another request took the key first.
+async fn first_attempt(
+    api: &Api,
+    db: &Db,
+    user: &str,
+    key: &str,
+    hash: &str,
+    order_id: i64,
+    body: &RefundBody,
+) -> Result<Option<RefundPlan>, Problem> {
+    let order: Option<OrderToRefund> = sqlx::query_as(
+        "SELECT id, user_id, sku, quantity, amount, status FROM orders WHERE id = $1 AND user_id = $2",
+    )
+    .bind(order_id)
+    .bind(user)
+    .fetch_optional(db.pool())
+    .await?;
+    let Some(order) = order else {
+        return Err(Problem::not_found(format!("no order {order_id}")));
+    };
+    let status = OrderStatus::parse(&order.status)
+        .ok_or_else(|| Problem::internal("an order has a status this service does not know"))?;
+    if let Some((code, words)) = status.refusal() {
+        return Err(Problem::conflict(code, words));
+    }
+    let quantity = body.quantity.unwrap_or(order.quantity);
+    if quantity > order.quantity {
+        return Err(unprocessable(
+            "too_many_items",
+            format!(
+                "the order has {} items; a refund of {quantity} is more",
+                order.quantity
+            ),
+        ));
+    }
+    let amount = refund_amount(order.amount, order.quantity, quantity)
+        .ok_or_else(|| Problem::internal("the order's amount is not its price times its items"))?;
+    let refund_id = api.next_id(db).await?;
+    let plan = RefundPlan::build(api, &order, refund_id, quantity, amount);
+    let fresh = idempotency::begin(
+        db,
+        FirstRequest {
+            user,
+            key,
+            hash,
+            order_id: refund_id,
+            refund_of: Some(order_id),
+            txn_request: Some(prost::Message::encode_to_vec(&plan.request)),
+            answer: None,
+        },
+    )
+    .await?;
+    Ok(fresh.then_some(plan))
+}
+
+/// Sends the refund's transaction and answers with its outcome; a failed refund's reason is
+/// kept with it too (for `GET /api/v1/orders/{id}`).
+async fn execute(api: &Api, db: &Db, plan: RefundPlan) -> Answer {
+    let RefundPlan { mut request, start } = plan;
+    let refund = start.refund.clone().unwrap_or_default();
+    request.wait_ms = api.config.wait_ms;
+    let outcome = match api.coordinator.clone().execute(request).await {
+        Ok(r) => r.into_inner(),
+        Err(status) if !proto::is_transient(&status) => {
+            tracing::error!(refund_id = refund.refund_id, error = %status, "the coordinator refused the refund");
+            return Answer::problem(&Problem::internal(
+                "the refund could not be made: the transaction was refused (see the service log)",
+            ));
+        }
+        Err(status) => {
+            tracing::warn!(refund_id = refund.refund_id, error = %status, "the coordinator did not answer");
+            return Answer::problem(&Problem::unavailable(
+                "the refund could not be made right now; retry with the same Idempotency-Key",
+            ));
+        }
+    };
+    let (status, reason) = match outcome.status() {
+        pb::Status::Succeeded | pb::Status::Confirming => ("refunded", None),
+        pb::Status::Cancelling | pb::Status::Failed => {
+            // The order was no longer refundable when the first step ran (another refund won
+            // the race): the same 409 as when that is seen before.
+            if let Some(pb::rollback::Kind::Rejected(r)) =
+                outcome.rollback.as_ref().and_then(|r| r.kind.as_ref())
+            {
+                if r.branch_id == START {
+                    if let Some(refusal) = OrderStatus::ALL
+                        .into_iter()
+                        .filter_map(OrderStatus::refusal)
+                        .find(|(code, _)| *code == r.code)
+                    {
+                        return Answer::problem(&Problem::conflict(refusal.0, refusal.1));
+                    }
+                }
+            }
+            ("failed", Some(refund_reason(outcome.rollback.as_ref())))
+        }
+        _ => ("pending", None),
+    };
+    if let Some(reason) = &reason {
+        let kept = sqlx::query("UPDATE refunds SET reason = $1 WHERE id = $2 AND reason IS NULL")
+            .bind(reason)
+            .bind(refund.refund_id as i64)
+            .execute(db.pool())
+            .await;
+        if let Err(e) = kept {
+            // The answer carries it; only the order's later reads miss it.
+            tracing::warn!(refund_id = refund.refund_id, error = %e, "the refund's reason was not kept");
+        }
+    }
+    let view = RefundView {
+        refund_id: refund.refund_id.to_string(),
+        order_id: start.order_id.to_string(),
+        gid: Some(outcome.gid.to_string()),
+        status: status.into(),
+        reason,
+        quantity: refund.quantity,
+        amount: refund.amount,
+    };
+    Answer {
+        status: 201,
+        body: serde_json::to_value(view).unwrap_or_default(),
+    }
+}
+
+/// The order API's reason for a failed refund: as for orders, except that the account short of
+/// money is the merchant's.
+fn refund_reason(rollback: Option<&pb::Rollback>) -> String {
+    match reason_code(rollback).as_str() {
+        "insufficient_funds" => "merchant_insufficient_funds".into(),
+        "merchant_account_full" => "buyer_account_full".into(),
+        other => other.into(),
+    }
+}
+
+/// The latest refund of an order, as `GET /api/v1/orders/{id}` shows it.
+pub(crate) async fn latest(db: &Db, order_id: i64) -> Result<Option<RefundView>, Problem> {
+    let row: Option<(i64, i64, i64, i64, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, gid, quantity, amount, status, reason FROM refunds WHERE order_id = $1 ORDER BY id DESC LIMIT 1",
+    )
+    .bind(order_id)
+    .fetch_optional(db.pool())
+    .await?;
+    Ok(
+        row.map(|(id, gid, quantity, amount, status, reason)| RefundView {
+            refund_id: id.to_string(),
+            order_id: order_id.to_string(),
+            gid: Some(gid.to_string()),
+            status: status.to_lowercase(),
+            reason,
+            quantity,
+            amount,
+        }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_short_merchant_is_the_refund_s_reason_and_other_reasons_pass_through() {
+        use pb::rollback::Kind;
+        let rejected = |code: &str| {
+            refund_reason(Some(&pb::Rollback {
+                kind: Some(Kind::Rejected(pb::Rejected {
+                    branch_id: PAYMENT.into(),
+                    code: code.into(),
+                    message: String::new(),
+                })),
+            }))
+        };
+        assert_eq!(
+            rejected("insufficient_funds"),
+            "merchant_insufficient_funds"
+        );
+        assert_eq!(rejected("injected_failure"), "injected_failure");
+        assert_eq!(
+            refund_reason(Some(&pb::Rollback {
+                kind: Some(Kind::Deadline(pb::DeadlinePassed {}))
+            })),
+            "timeout"
+        );
+    }
+
+    #[test]
+    fn the_request_hash_tells_orders_and_quantities_apart() {
+        let h = |id, q| request_hash(id, &RefundBody { quantity: q });
+        assert_eq!(h(1, None), h(1, None));
+        assert_ne!(h(1, None), h(2, None));
+        assert_ne!(h(1, Some(1)), h(1, Some(2)));
+    }
+}
