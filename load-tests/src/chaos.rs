@@ -43,6 +43,9 @@ pub struct ChaosArgs {
     /// Share of orders sent twice with the same key (replayed, or as concurrent twins), 0 to 1.
     #[arg(long, default_value_t = 0.1)]
     pub duplicate_share: f64,
+    /// Share of orders refunded once confirmed (a Saga each, under the same faults).
+    #[arg(long, default_value_t = 0.1)]
+    pub refund_share: f64,
     /// Times a client resends an order (same key) after a transport error or a 5xx.
     #[arg(long, default_value_t = 8)]
     pub retries: u32,
@@ -270,6 +273,7 @@ async fn start_load(
         sku: "coffee".into(),
         fail_share: args.fail_share,
         duplicate_share: args.duplicate_share,
+        refund_share: args.refund_share,
         retries: args.retries,
         tag: Some(format!("chaos-{}", std::process::id())),
         max_in_flight: 4096,

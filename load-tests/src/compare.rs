@@ -78,6 +78,7 @@ pub async fn compare(args: CompareArgs) -> Result<bool, LoadError> {
             sku: "coffee".into(),
             fail_share: 0.0,
             duplicate_share: 0.0,
+            refund_share: 0.0,
             retries: 0,
             tag: None,
             max_in_flight: 4096,

@@ -4,7 +4,9 @@
 //! from the scheduled send time so a slow server cannot hide its queue).
 //!
 //! Every answer is classified against what the order was meant to do; a duplicate answered with
-//! another order than its original is an exactly-once violation and fails the run.
+//! another order than its original is an exactly-once violation and fails the run. A share of
+//! orders can be refunded once confirmed (`--refund-share`): each refund (a Saga of five
+//! branches) follows its order, is counted apart, and must end `refunded`.
 
 use crate::error::{write_json, LoadError};
 use crate::measure::{closed_loop, Latency};
@@ -60,6 +62,10 @@ pub struct RunArgs {
     /// concurrent twins. Both answers must name the same order.
     #[arg(long, default_value_t = 0.0)]
     pub duplicate_share: f64,
+    /// Share of orders refunded in full right after they are confirmed
+    /// (`POST /api/v1/orders/{id}/refund`); every refund must end `refunded`.
+    #[arg(long, default_value_t = 0.0)]
+    pub refund_share: f64,
     /// Times an order is resent with the same key after a transport error, a 5xx, a 409, or a
     /// 429 (after its `Retry-After`), as a real client would; its latency then includes the
     /// retries. Without retries a 429 is counted as its own outcome, `http:429:rate_limited`.
@@ -88,6 +94,8 @@ enum Kind {
     OutOfStock,
     Replay,
     Twin,
+    /// Placed, then refunded once confirmed.
+    Refund,
 }
 
 impl Kind {
@@ -103,8 +111,21 @@ impl Kind {
 const BROKE_BUYERS: u64 = 16;
 const SOLD_OUT_SKU: &str = "load-sold-out";
 
+/// How an order's kind is drawn: the share of each (failing, duplicated, refunded).
+#[derive(Debug, Clone, Copy)]
+struct Shares {
+    fail: f64,
+    duplicate: f64,
+    refund: f64,
+}
+
 /// A deterministic spread of kinds over order numbers (a hash, so shares hold in any window).
-fn kind_of(i: u64, fail_share: f64, duplicate_share: f64) -> Kind {
+fn kind_of(i: u64, shares: Shares) -> Kind {
+    let Shares {
+        fail: fail_share,
+        duplicate: duplicate_share,
+        refund: refund_share,
+    } = shares;
     let mut x = i.wrapping_add(0x9E37_79B9_7F4A_7C15);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
@@ -123,6 +144,8 @@ fn kind_of(i: u64, fail_share: f64, duplicate_share: f64) -> Kind {
         } else {
             Kind::Twin
         }
+    } else if r < fail_share + duplicate_share + refund_share {
+        Kind::Refund
     } else {
         Kind::Normal
     }
@@ -142,6 +165,9 @@ struct Stats {
     duplicate_mismatches: u64,
     mismatch_examples: Vec<String>,
     not_sent: u64,
+    /// Refunds: from the send to the answer, and their outcomes.
+    refund_latency: Option<Histogram<u64>>,
+    refunds: BTreeMap<String, u64>,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -166,10 +192,26 @@ impl Stats {
                 Kind::OutOfStock => "out_of_stock",
                 Kind::Replay => "replayed",
                 Kind::Twin => "twins",
+                Kind::Refund => "refunded",
             })
             .or_default() += 1;
         if outcome != kind.expected() {
             let what = format!("{} → {outcome}", kind.expected());
+            let keys = self.unexpected_keys.entry(what.clone()).or_default();
+            if keys.len() < 3 {
+                keys.push(key.to_owned());
+            }
+            *self.unexpected.entry(what).or_default() += 1;
+        }
+    }
+
+    fn record_refund(&mut self, key: &str, outcome: &str, micros: u64) {
+        self.refund_latency
+            .get_or_insert_with(histogram)
+            .saturating_record(micros);
+        *self.refunds.entry(outcome.to_owned()).or_default() += 1;
+        if outcome != "refunded" {
+            let what = format!("refunded → {outcome}");
             let keys = self.unexpected_keys.entry(what.clone()).or_default();
             if keys.len() < 3 {
                 keys.push(key.to_owned());
@@ -199,8 +241,7 @@ struct Shared {
     sku: String,
     tokens: HashMap<String, String>,
     users: u64,
-    fail_share: f64,
-    duplicate_share: f64,
+    shares: Shares,
     stats: Mutex<Stats>,
     answered: AtomicU64,
     in_flight: AtomicU64,
@@ -303,6 +344,54 @@ impl Shared {
         }
     }
 
+    /// Refunds order `order_id` in full with `key`: resent with the same key after a transport
+    /// error, a 5xx, or a 409 `order_settling`/`in_progress` (the order's Confirm not there yet),
+    /// at most 50 times. `refunded`, `failed:<reason>`, `pending`, or `http:<status>:<code>`.
+    async fn refund(&self, user: &str, key: &str, order_id: &str) -> String {
+        let mut attempt = 0_u32;
+        loop {
+            let res = self
+                .http
+                .post(format!("{}/api/v1/orders/{order_id}/refund", self.url))
+                .bearer_auth(&self.tokens[user])
+                .header("Idempotency-Key", key)
+                .header(telemetry::http::RUN_TAG, &self.tag)
+                .send()
+                .await;
+            let outcome = match res {
+                Err(_) => "error:transport".to_owned(),
+                Ok(res) => {
+                    let status = res.status();
+                    let body: serde_json::Value = res.json().await.unwrap_or_default();
+                    if status.is_success() {
+                        match (body["status"].as_str(), body["reason"].as_str()) {
+                            (Some("failed"), Some(r)) => format!("failed:{r}"),
+                            (Some(s), _) => s.to_owned(),
+                            (None, _) => "http:2xx:unreadable".to_owned(),
+                        }
+                    } else {
+                        format!(
+                            "http:{}:{}",
+                            status.as_u16(),
+                            body["code"].as_str().unwrap_or("")
+                        )
+                    }
+                }
+            };
+            let retryable = outcome.starts_with("error:")
+                || outcome.starts_with("http:5")
+                || outcome == "http:409:order_settling"
+                || outcome == "http:409:in_progress"
+                || outcome == "http:429:rate_limited";
+            if !retryable || attempt >= 50 {
+                return outcome;
+            }
+            attempt += 1;
+            self.retried.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20 * u64::from(attempt.min(10)))).await;
+        }
+    }
+
     /// Places order `i` (with its duplicate, if it is meant to have one) and records it.
     async fn place(&self, key_prefix: &str, i: u64, scheduled: Instant) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
@@ -311,7 +400,7 @@ impl Shared {
     }
 
     async fn place_counted(&self, key_prefix: &str, i: u64, scheduled: Instant) {
-        let kind = kind_of(i, self.fail_share, self.duplicate_share);
+        let kind = kind_of(i, self.shares);
         let user = match kind {
             Kind::InsufficientFunds => format!("load-broke-{}", i % BROKE_BUYERS),
             _ => format!("load-{}", i % self.users),
@@ -337,8 +426,20 @@ impl Shared {
             _ => (self.send_retrying(&user, &key, sku).await, None),
         };
         let micros = scheduled.elapsed().as_micros() as u64;
+        let refund = match (&first.order_id, kind) {
+            (Some(order_id), Kind::Refund) if first.outcome == "confirmed" => {
+                let started = Instant::now();
+                let key = format!("{key}-refund");
+                let outcome = self.refund(&user, &key, order_id).await;
+                Some((key, outcome, started.elapsed().as_micros() as u64))
+            }
+            _ => None,
+        };
         let mut stats = self.stats.lock().expect("stats lock");
         stats.record(kind, &key, &first.outcome, micros);
+        if let Some((key, outcome, micros)) = refund {
+            stats.record_refund(&key, &outcome, micros);
+        }
         if let Some(second) = second {
             stats.duplicates_sent += 1;
             if second.replayed || first.replayed {
@@ -504,12 +605,14 @@ pub struct Prepared {
 
 /// Checks the arguments and sets the platform up for the run.
 pub async fn prepare(args: &RunArgs) -> Result<Prepared, LoadError> {
-    if !(0.0..=1.0).contains(&(args.fail_share + args.duplicate_share))
+    if !(0.0..=1.0).contains(&(args.fail_share + args.duplicate_share + args.refund_share))
         || args.fail_share < 0.0
         || args.duplicate_share < 0.0
+        || args.refund_share < 0.0
     {
         return Err(LoadError::Args(
-            "--fail-share and --duplicate-share must be ≥ 0 and sum to at most 1".into(),
+            "--fail-share, --duplicate-share and --refund-share must be ≥ 0 and sum to at most 1"
+                .into(),
         ));
     }
     let mode = match (args.rate, args.concurrency) {
@@ -586,8 +689,11 @@ pub async fn load(args: RunArgs, prepared: Prepared) -> Result<RunReport, LoadEr
             sku: args.sku.clone(),
             tokens: tokens.clone(),
             users: args.users.max(1),
-            fail_share: args.fail_share,
-            duplicate_share: args.duplicate_share,
+            shares: Shares {
+                fail: args.fail_share,
+                duplicate: args.duplicate_share,
+                refund: args.refund_share,
+            },
             stats: Mutex::new(Stats::default()),
             answered: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
@@ -672,6 +778,9 @@ pub async fn load(args: RunArgs, prepared: Prepared) -> Result<RunReport, LoadEr
             answered_with_another_order: stats.duplicate_mismatches,
             examples: stats.mismatch_examples.clone(),
         },
+        refund_share: args.refund_share,
+        refunds: stats.refunds.clone(),
+        refund_latency_ms: stats.refund_latency.as_ref().map(Latency::of),
         not_sent: stats.not_sent,
         errors: shared.errors.load(Ordering::Relaxed),
         retried: shared.retried.load(Ordering::Relaxed),
@@ -721,6 +830,15 @@ pub struct RunReport {
     /// A few idempotency keys per unexpected outcome, to find in the services' logs.
     pub unexpected_keys: BTreeMap<String, Vec<String>>,
     pub duplicates: Duplicates,
+    /// Share of orders refunded once confirmed (`--refund-share`).
+    #[serde(default)]
+    pub refund_share: f64,
+    /// Refunds' outcomes (`refunded`, `failed:<reason>`, `http:<status>:<code>`), counted.
+    #[serde(default)]
+    pub refunds: BTreeMap<String, u64>,
+    /// From a refund's send to its answer (after its order's answer).
+    #[serde(default)]
+    pub refund_latency_ms: Option<Latency>,
     /// Open loop: orders not sent because `--max-in-flight` were outstanding.
     pub not_sent: u64,
     /// Requests that failed (transport or a non-2xx answer).
@@ -774,6 +892,13 @@ impl std::fmt::Display for RunReport {
             "duplicates: {} sent, {} replayed, {} answered with another order",
             d.sent, d.replayed, d.answered_with_another_order
         )?;
+        if !self.refunds.is_empty() {
+            write!(f, "refunds: {:?}", self.refunds)?;
+            match &self.refund_latency_ms {
+                Some(l) => writeln!(f, "; latency {l}")?,
+                None => writeln!(f)?,
+            }
+        }
         if self.not_sent > 0 {
             writeln!(f, "not sent (over --max-in-flight): {}", self.not_sent)?;
         }
@@ -801,14 +926,25 @@ mod tests {
         let n = 100_000;
         let mut counts = HashMap::new();
         for i in 0..n {
-            *counts.entry(kind_of(i, 0.2, 0.1)).or_insert(0_u64) += 1;
+            let shares = Shares {
+                fail: 0.2,
+                duplicate: 0.1,
+                refund: 0.1,
+            };
+            *counts.entry(kind_of(i, shares)).or_insert(0_u64) += 1;
         }
         let share = |k: Kind| counts.get(&k).copied().unwrap_or(0) as f64 / n as f64;
         assert!((share(Kind::InsufficientFunds) - 0.10).abs() < 0.01);
         assert!((share(Kind::OutOfStock) - 0.10).abs() < 0.01);
         assert!((share(Kind::Replay) - 0.05).abs() < 0.01);
         assert!((share(Kind::Twin) - 0.05).abs() < 0.01);
-        assert!((share(Kind::Normal) - 0.70).abs() < 0.01);
-        assert!((0..1000).all(|i| kind_of(i, 0.0, 0.0) == Kind::Normal));
+        assert!((share(Kind::Refund) - 0.10).abs() < 0.01);
+        assert!((share(Kind::Normal) - 0.60).abs() < 0.01);
+        let none = Shares {
+            fail: 0.0,
+            duplicate: 0.0,
+            refund: 0.0,
+        };
+        assert!((0..1000).all(|i| kind_of(i, none) == Kind::Normal));
     }
 }

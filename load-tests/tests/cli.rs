@@ -94,6 +94,8 @@ async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(
         "0.2",
         "--duplicate-share",
         "0.2",
+        "--refund-share",
+        "0.2",
         "--quiet",
         "--out",
     ]
@@ -106,6 +108,11 @@ async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(
     let report: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert_eq!(report["orders"], 200, "{report}");
     assert_eq!(report["unexpected"], json!({}), "{report}");
+    // Every refund went through (any other outcome would be in `unexpected`).
+    assert!(
+        report["refunds"]["refunded"].as_u64().unwrap_or(0) >= 20,
+        "{report}"
+    );
     let outcomes = &report["outcomes"];
     let count = |k: &str| outcomes[k].as_u64().unwrap_or(0);
     assert_eq!(
@@ -311,6 +318,11 @@ async fn chaos_kills_every_service_under_load_and_the_audit_still_holds(db: Test
     let _ = std::fs::remove_file(&out);
     assert!(
         report["outcomes"]["confirmed"].as_u64().unwrap_or(0) > 0,
+        "{report}"
+    );
+    // Refunds (10% by default) ran under the same kills, and the audit judged them too.
+    assert!(
+        report["refunds"]["refunded"].as_u64().unwrap_or(0) > 0,
         "{report}"
     );
     assert_eq!(report["duplicates"]["answered_with_another_order"], 0);

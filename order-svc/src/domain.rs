@@ -213,7 +213,13 @@ impl OrderStatus {
                 Some(("refund_in_progress", "a refund of this order is under way"))
             }
             OrderStatus::Refunded => Some(("already_refunded", "this order was refunded")),
-            OrderStatus::Pending | OrderStatus::Cancelled => {
+            // Decided by the coordinator, its Confirm (or Cancel) not here yet: a matter of
+            // moments.
+            OrderStatus::Pending => Some((
+                "order_settling",
+                "the order is still being confirmed or cancelled; retry in a moment",
+            )),
+            OrderStatus::Cancelled => {
                 Some(("not_refundable", "only a confirmed order can be refunded"))
             }
         }
