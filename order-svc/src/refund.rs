@@ -172,6 +172,7 @@ impl RefundPlan {
 #[derive(Debug, sqlx::FromRow)]
 struct OrderToRefund {
     id: i64,
+    gid: i64,
     user_id: String,
     sku: String,
     quantity: i64,
@@ -281,7 +282,7 @@ async fn first_attempt(
     body: &RefundBody,
 ) -> Result<Option<RefundPlan>, Problem> {
     let order: Option<OrderToRefund> = sqlx::query_as(
-        "SELECT id, user_id, sku, quantity, amount, status FROM orders WHERE id = $1 AND user_id = $2",
+        "SELECT id, gid, user_id, sku, quantity, amount, status FROM orders WHERE id = $1 AND user_id = $2",
     )
     .bind(order_id)
     .bind(user)
@@ -293,6 +294,31 @@ async fn first_attempt(
     let status = OrderStatus::parse(&order.status)
         .ok_or_else(|| Problem::internal("an order has a status this service does not know"))?;
     if let Some((code, words)) = status.refusal() {
+        return Err(Problem::conflict(code, words));
+    }
+    // CONFIRMED here is this branch's Confirm; the payment's and the inventory's may still be on
+    // their way. A refund then would find the items not yet sold and be rolled back after the
+    // money went out. Only an order whose whole transaction succeeded is refunded.
+    let settled = api
+        .coordinator
+        .clone()
+        .get(pb::GetRequest {
+            gid: order.gid as u64,
+        })
+        .await
+        .map_err(|status| {
+            tracing::warn!(order_id, error = %status, "the order's transaction could not be read");
+            Problem::unavailable(
+                "the refund cannot be checked right now; retry with the same Idempotency-Key",
+            )
+        })?
+        .into_inner()
+        .status()
+        == pb::Status::Succeeded;
+    if !settled {
+        let (code, words) = OrderStatus::Pending
+            .refusal()
+            .unwrap_or(("order_settling", "retry in a moment"));
         return Err(Problem::conflict(code, words));
     }
     let quantity = body.quantity.unwrap_or(order.quantity);
@@ -407,7 +433,8 @@ fn refund_reason(rollback: Option<&pb::Rollback>) -> String {
 /// The latest refund of an order, as `GET /api/v1/orders/{id}` shows it.
 pub(crate) async fn latest(db: &Db, order_id: i64) -> Result<Option<RefundView>, Problem> {
     let row: Option<(i64, i64, i64, i64, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, gid, quantity, amount, status, reason FROM refunds WHERE order_id = $1 ORDER BY id DESC LIMIT 1",
+        "SELECT id, gid, quantity, amount, status, reason FROM refunds WHERE order_id = $1 \
+         ORDER BY CASE WHEN status = 'FAILED' THEN 1 ELSE 0 END, id DESC LIMIT 1",
     )
     .bind(order_id)
     .fetch_optional(db.pool())
