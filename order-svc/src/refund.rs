@@ -172,7 +172,6 @@ impl RefundPlan {
 #[derive(Debug, sqlx::FromRow)]
 struct OrderToRefund {
     id: i64,
-    gid: i64,
     user_id: String,
     sku: String,
     quantity: i64,
@@ -282,7 +281,7 @@ async fn first_attempt(
     body: &RefundBody,
 ) -> Result<Option<RefundPlan>, Problem> {
     let order: Option<OrderToRefund> = sqlx::query_as(
-        "SELECT id, gid, user_id, sku, quantity, amount, status FROM orders WHERE id = $1 AND user_id = $2",
+        "SELECT id, user_id, sku, quantity, amount, status FROM orders WHERE id = $1 AND user_id = $2",
     )
     .bind(order_id)
     .bind(user)
@@ -299,22 +298,36 @@ async fn first_attempt(
     // CONFIRMED here is this branch's Confirm; the payment's and the inventory's may still be on
     // their way. A refund then would find the items not yet sold and be rolled back after the
     // money went out. Only an order whose whole transaction succeeded is refunded.
-    let settled = api
-        .coordinator
-        .clone()
-        .get(pb::GetRequest {
-            gid: order.gid as u64,
-        })
-        .await
-        .map_err(|status| {
-            tracing::warn!(order_id, error = %status, "the order's transaction could not be read");
-            Problem::unavailable(
-                "the refund cannot be checked right now; retry with the same Idempotency-Key",
-            )
-        })?
-        .into_inner()
-        .status()
-        == pb::Status::Succeeded;
+    // Read by replaying the order's own stored request (idempotent at the coordinator: the
+    // same key answers with the transaction's status, starting nothing). An order whose key was
+    // purged settled long ago.
+    let stored: Option<Option<Vec<u8>>> = sqlx::query_scalar(
+        "SELECT txn_request FROM order_requests WHERE order_id = $1 AND refund_of IS NULL",
+    )
+    .bind(order_id)
+    .fetch_optional(db.pool())
+    .await?;
+    let settled = match stored.flatten() {
+        None => true,
+        Some(bytes) => {
+            let mut request: pb::ExecuteRequest = prost::Message::decode(bytes.as_slice())
+                .map_err(|_| Problem::internal("the stored order request cannot be read"))?;
+            request.wait_ms = 0;
+            api.coordinator
+                .clone()
+                .execute(request)
+                .await
+                .map_err(|status| {
+                    tracing::warn!(order_id, error = %status, "the order's transaction could not be read");
+                    Problem::unavailable(
+                        "the refund cannot be checked right now; retry with the same Idempotency-Key",
+                    )
+                })?
+                .into_inner()
+                .status()
+                == pb::Status::Succeeded
+        }
+    };
     if !settled {
         let (code, words) = OrderStatus::Pending
             .refusal()
