@@ -368,7 +368,7 @@ async fn first_attempt(
 /// kept with it too (for `GET /api/v1/orders/{id}`).
 async fn execute(api: &Api, db: &Db, plan: RefundPlan) -> Answer {
     let RefundPlan { mut request, start } = plan;
-    let refund = start.refund.clone().unwrap_or_default();
+    let refund = start.refund.unwrap_or_default();
     request.wait_ms = api.config.wait_ms;
     let outcome = match api.coordinator.clone().execute(request).await {
         Ok(r) => r.into_inner(),
