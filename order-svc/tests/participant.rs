@@ -193,7 +193,7 @@ async fn a_refund_moves_a_confirmed_order_once_and_its_compensation_restores_it(
     let dir = testkit::temp_dir("order-");
     let p = orders(&db, dir.path()).await;
     ok(&p, 1, Op::Try, &order(21)).await;
-    // Not confirmed yet: a refund's start is refused.
+    // Not confirmed yet: a refund's start is refused (retry once it settles).
     let early = p
         .call(
             2,
@@ -205,7 +205,7 @@ async fn a_refund_moves_a_confirmed_order_once_and_its_compensation_restores_it(
         .unwrap();
     assert_eq!(
         (early.outcome(), early.code.as_str()),
-        (Outcome::Failure, "not_refundable")
+        (Outcome::Failure, "order_settling")
     );
     ok(&p, 1, Op::Confirm, &order(21)).await;
     let call = |gid: u64, branch: &'static str, op: Op, payload: Vec<u8>| {
