@@ -9,9 +9,10 @@
 //! the platform's `data/`. The only change to a script is its `OFFSET=0` line, set to this
 //! platform's `--port-offset`. Needs `bash`, `curl`, `jq` and `git`.
 
-use std::io::BufRead;
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BEGIN: &str = "<!-- lab:begin -->";
@@ -43,23 +44,6 @@ fn have(tool: &str) -> bool {
         .arg(format!("command -v {tool}"))
         .output()
         .is_ok_and(|o| o.status.success())
-}
-
-/// An offset whose service and trace UI ports are all free.
-fn free_offset() -> u16 {
-    loop {
-        let offset = 1_000 + rand::random::<u16>() % 14_000;
-        let ports = [
-            8080u16, 8081, 8082, 8090, 50050, 50051, 50052, 50053, 16686, 4317,
-        ]
-        .map(|p| p + offset);
-        if ports
-            .iter()
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        {
-            return offset;
-        }
-    }
 }
 
 /// Runs lab `name` (`docs/labs/<name>.md`) and returns its output.
@@ -101,44 +85,10 @@ fn run_lab(name: &str) -> String {
     for folder in ["scripts", "docs"] {
         std::os::unix::fs::symlink(repo().join(folder), root.join(folder)).unwrap();
     }
-    let offset = free_offset();
+    let offset = common::free_offset(&[16686, 4317]);
     let script = script.replacen("OFFSET=0", &format!("OFFSET={offset}"), 1);
 
-    let mut platform = Command::new(root.join("target/release/platform"))
-        .args(["--port-offset", &offset.to_string()])
-        .current_dir(root)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = platform.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut banner = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                let running = line.starts_with("tcc-pay is running");
-                banner.push(line);
-                if running {
-                    break;
-                }
-            }
-            Err(_) if Instant::now() > deadline => {
-                let _ = platform.kill();
-                panic!("the platform did not start: {banner:#?}");
-            }
-            Err(_) => assert!(
-                platform.try_wait().unwrap().is_none(),
-                "the platform exited: {banner:#?}"
-            ),
-        }
-    }
+    let mut platform = common::start_platform(root, &["--port-offset", &offset.to_string()]);
     // ripsecrets where CI's secret scan installed it (scripts/scan-secrets looks on PATH first).
     let path = format!(
         "{}:{}",

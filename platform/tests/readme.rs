@@ -7,8 +7,9 @@
 //! change: its first line's URLs get the ports of this platform, which runs beside others with
 //! `--port-offset`. Needs `bash`, `curl` and `jq`, as the README says.
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 const BEGIN: &str = "<!-- tour:begin -->";
@@ -51,20 +52,6 @@ fn have(tool: &str) -> bool {
         .is_ok_and(|o| o.status.success())
 }
 
-/// An offset whose eight service ports are all free.
-fn free_offset() -> u16 {
-    loop {
-        let offset = 5_000 + rand::random::<u16>() % 10_000;
-        let ports = [8080u16, 8081, 8082, 8090, 50050, 50051, 50052, 50053].map(|p| p + offset);
-        if ports
-            .iter()
-            .all(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-        {
-            return offset;
-        }
-    }
-}
-
 #[test]
 fn the_readme_tour_runs_as_written_and_gets_the_answers_the_readme_shows() {
     for tool in ["bash", "curl", "jq"] {
@@ -85,7 +72,7 @@ fn the_readme_tour_runs_as_written_and_gets_the_answers_the_readme_shows() {
         dir.path().join("target/release/platform"),
     )
     .unwrap();
-    let offset = free_offset();
+    let offset = common::free_offset(&[]);
     let url = |port: u16| format!("http://localhost:{}", port + offset);
     let script = script.replace(
         first,
@@ -99,41 +86,10 @@ fn the_readme_tour_runs_as_written_and_gets_the_answers_the_readme_shows() {
     );
 
     // Terminal 1.
-    let mut platform = Command::new(dir.path().join("target/release/platform"))
-        .args(["--no-trace-ui", "--port-offset", &offset.to_string()])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = platform.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let mut banner = Vec::new();
-    loop {
-        match rx.recv_timeout(Duration::from_millis(200)) {
-            Ok(line) => {
-                let running = line.starts_with("tcc-pay is running");
-                banner.push(line);
-                if running {
-                    break;
-                }
-            }
-            Err(_) if Instant::now() > deadline => {
-                let _ = platform.kill();
-                panic!("the platform did not start: {banner:#?}");
-            }
-            Err(_) => assert!(
-                platform.try_wait().unwrap().is_none(),
-                "the platform exited: {banner:#?}"
-            ),
-        }
-    }
+    let mut platform = common::start_platform(
+        dir.path(),
+        &["--no-trace-ui", "--port-offset", &offset.to_string()],
+    );
 
     // Terminal 2.
     let ran = Command::new("bash")
