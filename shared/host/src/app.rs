@@ -94,7 +94,8 @@ pub async fn start(parts: ServiceParts, shutdown: Shutdown) -> std::io::Result<R
         in_flight,
     } = parts;
     let http_metrics = web::Data::new(HttpMetrics::new(&metrics));
-    let db_data = web::Data::new(db);
+    let db_data = web::Data::new(db.clone());
+    let in_flight_data = web::Data::new(in_flight.clone());
     let metrics_data = web::Data::new(metrics);
     let http_listener = std::net::TcpListener::bind(&http_addr)
         .map_err(|e| std::io::Error::new(e.kind(), format!("bind HTTP {http_addr}: {e}")))?;
@@ -103,11 +104,13 @@ pub async fn start(parts: ServiceParts, shutdown: Shutdown) -> std::io::Result<R
     let server = HttpServer::new(move || {
         let http = http.clone();
         App::new()
+            .wrap(from_fn(serve::hold_shutdown))
             .wrap(from_fn(serve::refuse_when_stopping))
             .wrap(from_fn(track_requests))
             .wrap(from_fn(telemetry::http::trace_requests))
             .app_data(http_metrics.clone())
             .app_data(stopping.clone())
+            .app_data(in_flight_data.clone())
             .app_data(db_data.clone())
             .app_data(metrics_data.clone())
             .app_data(problem::json_config(json_limit))
@@ -160,6 +163,7 @@ pub async fn start(parts: ServiceParts, shutdown: Shutdown) -> std::io::Result<R
         grpc_server,
         shutdown.clone(),
         in_flight,
+        db,
         shutdown_grace,
     ));
     Ok(Running {

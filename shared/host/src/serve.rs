@@ -55,6 +55,30 @@ pub async fn refuse_when_stopping(
     Ok(next.call(req).await?.map_into_boxed_body())
 }
 
+/// One piece of work counted by an [`InFlight`] until dropped.
+#[derive(Debug)]
+pub struct InFlightGuard(InFlight);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let (count, idle) = &*(self.0).0;
+        if count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            idle.notify_waiters();
+        }
+    }
+}
+
+/// Middleware (on every app) that counts each HTTP request in the service's [`InFlight`]
+/// while its handler runs, so a graceful stop lets it finish before it closes the database
+/// pool (see [`run`]). Needs `web::Data<InFlight>` in the app data.
+pub async fn hold_shutdown(
+    req: actix_web::dev::ServiceRequest,
+    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
+) -> Result<actix_web::dev::ServiceResponse<impl actix_web::body::MessageBody>, actix_web::Error> {
+    let _running = req.app_data::<web::Data<InFlight>>().map(|f| f.enter());
+    next.call(req).await
+}
+
 /// A [`Shutdown`] wired to SIGTERM and SIGINT.
 pub fn shutdown_signal() -> Shutdown {
     let (tx, rx) = watch::channel(false);
@@ -96,21 +120,17 @@ impl InFlight {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
-        struct Counted(InFlight);
-        impl Drop for Counted {
-            fn drop(&mut self) {
-                let (count, idle) = &*(self.0).0;
-                if count.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
-                    idle.notify_waiters();
-                }
-            }
-        }
-        self.0 .0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        let counted = Counted(self.clone());
+        let counted = self.enter();
         tokio::spawn(async move {
             let _counted = counted;
             work.await
         })
+    }
+
+    /// Counts the caller's own work as running until the guard is dropped.
+    pub fn enter(&self) -> InFlightGuard {
+        self.0 .0.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        InFlightGuard(self.clone())
     }
 
     /// How many are running.
@@ -140,6 +160,7 @@ pub async fn run(
     grpc: impl Future<Output = Result<(), tonic::transport::Error>> + Send + 'static,
     shutdown: Shutdown,
     in_flight: InFlight,
+    db: store::Db,
     grace: std::time::Duration,
 ) -> std::io::Result<()> {
     let http_handle = http.handle();
@@ -174,6 +195,12 @@ pub async fn run(
             running = in_flight.count(),
             "detached work still running after the grace period; stopping anyway"
         );
+    }
+    // Then the pool closes while the HTTP workers still run: the last connections come back
+    // (sqlx pings a connection it takes back, on the socket of the runtime that opened it) and
+    // are closed cleanly, instead of being pinged on a worker runtime already gone.
+    if tokio::time::timeout_at(deadline, db.close()).await.is_err() {
+        tracing::warn!("database connections still in use after the grace period");
     }
     http_handle.stop(true).await;
     let http_result = http_task.await.map_err(std::io::Error::other)?;
