@@ -77,6 +77,7 @@ fn payload(which: Which, gid: u64) -> Vec<u8> {
             account_id: "bench".into(),
             amount: 1,
             merchant_id: "merchant".into(),
+            kind: 0,
         }
         .encode_to_vec(),
         Which::Inventory => proto::pay::v1::InventoryBranch {

@@ -85,6 +85,7 @@ pub(crate) async fn checkout(
         account_id: user.to_owned(),
         amount,
         merchant_id: api.config.merchant_id.clone(),
+        kind: 0,
     });
     let inventory_payload = prost::Message::encode_to_vec(&proto::pay::v1::InventoryBranch {
         sku: body.sku.clone(),

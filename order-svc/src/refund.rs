@@ -42,6 +42,7 @@ pub const PAYMENT: &str = "payment";
 pub const RETURN: &str = "inventory";
 pub const RESTOCK: &str = "restock";
 pub const FINISH: &str = "refunded";
+pub const RELEASE: &str = "release";
 
 /// `POST /api/v1/orders/{id}/refund`'s body; empty or `{}` refunds the whole order.
 #[derive(Debug, Default, Deserialize)]
@@ -95,6 +96,14 @@ impl RefundPlan {
             })
         };
         let c = &api.config;
+        let money = |kind: pay::MoneyStep| {
+            prost::Message::encode_to_vec(&pay::PaymentBranch {
+                account_id: c.merchant_id.clone(),
+                amount,
+                merchant_id: order.user_id.clone(),
+                kind: kind as i32,
+            })
+        };
         let branch = |id: &str, url: &str, payload: Vec<u8>, deps: &[&str]| pb::BranchSpec {
             branch_id: id.into(),
             participant: url.into(),
@@ -115,12 +124,8 @@ impl RefundPlan {
                 branch(
                     PAYMENT,
                     &c.payment_url,
-                    // The merchant pays: the same Saga Action as a payment, the other way round.
-                    prost::Message::encode_to_vec(&pay::PaymentBranch {
-                        account_id: c.merchant_id.clone(),
-                        amount,
-                        merchant_id: order.user_id.clone(),
-                    }),
+                    // The merchant pays, the other way round from an order, into a hold.
+                    money(pay::MoneyStep::Hold),
                     &[START],
                 ),
                 branch(
@@ -140,6 +145,12 @@ impl RefundPlan {
                     &c.order_url,
                     prost::Message::encode_to_vec(&step(pay::RefundStage::Finish)),
                     &[PAYMENT, RETURN],
+                ),
+                branch(
+                    RELEASE,
+                    &c.payment_url,
+                    money(pay::MoneyStep::Release),
+                    &[RESTOCK, FINISH],
                 ),
             ],
             timeout_ms: c.refund_timeout_ms,
@@ -439,6 +450,9 @@ fn refund_reason(rollback: Option<&pb::Rollback>) -> String {
     match reason_code(rollback).as_str() {
         "insufficient_funds" => "merchant_insufficient_funds".into(),
         "merchant_account_full" => "buyer_account_full".into(),
+        // The payment's `account_id` is the merchant's, its `merchant_id` the buyer's.
+        "unknown_account" => "unknown_merchant".into(),
+        "unknown_merchant" => "unknown_account".into(),
         other => other.into(),
     }
 }
@@ -485,6 +499,7 @@ mod tests {
             rejected("insufficient_funds"),
             "merchant_insufficient_funds"
         );
+        assert_eq!(rejected("unknown_account"), "unknown_merchant");
         assert_eq!(rejected("injected_failure"), "injected_failure");
         assert_eq!(
             refund_reason(Some(&pb::Rollback {

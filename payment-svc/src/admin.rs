@@ -270,7 +270,7 @@ async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
             .await?;
     let (held, reserved): (i64, i64) = sqlx::query_as(
         "SELECT CAST(COALESCE(SUM(amount), 0) AS BIGINT), CAST(COALESCE(SUM(amount * reserved), 0) AS BIGINT) \
-         FROM holds WHERE status = 'frozen'",
+         FROM holds WHERE status IN ('frozen', 'held')",
     )
     .fetch_one(&mut *tx)
     .await?;

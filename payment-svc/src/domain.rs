@@ -1,7 +1,31 @@
-//! What a payment branch asks for, checked; and the life of a hold. No I/O here.
+//! What a payment branch asks for, checked; and the life of a hold, as one table ([`plan`])
+//! from (step, op) to what happens to the hold. No I/O here (the money moves of each entry are
+//! in [`crate::ledger`]).
+//!
+//! An order's branch pays: a Try freezes the buyer's money, its Confirm moves it to the
+//! merchant, its Cancel unfreezes it; a Saga Action pays at once, its Compensate pays back.
+//!
+//! A refund's two payment branches mirror inventory's return and restock, so that no
+//! compensation depends on what the buyer did since. Its `hold` step takes the money from the
+//! merchant and holds it in the buyer's `frozen`, where the buyer cannot spend it; were the
+//! refund to fail, its Compensate gives it back to the merchant, which cannot fail for want of
+//! money. Only once the rest of the refund is done does the `release` step make it the buyer's
+//! to spend. So `frozen` means "held by a transaction still under way", for orders and refunds
+//! alike, and the audit's "frozen equals what the holds hold" also sees a refund left half done.
 
-use proto::pay::v1::PaymentBranch;
+use proto::pay::v1::{MoneyStep, PaymentBranch};
 use tcc::{check, Op, Rejection};
+
+/// What a branch does with its money (`pay.v1.MoneyStep`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// An order's: freeze (Try) or pay at once (Action).
+    Pay,
+    /// A refund's: take the money from the payer and hold it on the payee.
+    Hold,
+    /// A refund's: the money its transaction holds becomes the payee's to spend.
+    Release,
+}
 
 /// A validated payment branch payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -9,6 +33,7 @@ pub struct Charge {
     pub account_id: String,
     pub merchant_id: String,
     pub amount: i64,
+    pub step: Step,
 }
 
 impl Charge {
@@ -21,10 +46,17 @@ impl Charge {
         if p.account_id == p.merchant_id {
             return Err(Rejection::invalid("account_id and merchant_id must differ"));
         }
+        let step = match MoneyStep::try_from(p.kind) {
+            Ok(MoneyStep::Pay) => Step::Pay,
+            Ok(MoneyStep::Hold) => Step::Hold,
+            Ok(MoneyStep::Release) => Step::Release,
+            Err(_) => return Err(Rejection::invalid(format!("unknown kind {}", p.kind))),
+        };
         Ok(Charge {
             account_id: p.account_id,
             merchant_id: p.merchant_id,
             amount: p.amount,
+            step,
         })
     }
 }
@@ -42,6 +74,12 @@ pub enum HoldStatus {
     Debited,
     /// Saga Compensate: back from the merchant to the payer.
     Refunded,
+    /// A refund's hold: moved from the payer's available to the payee's frozen.
+    Held,
+    /// The refund's release: the held money is the payee's to spend.
+    Paid,
+    /// The refund failed: the held money went back to the payer.
+    Kept,
 }
 
 impl HoldStatus {
@@ -52,26 +90,72 @@ impl HoldStatus {
             HoldStatus::Released => "released",
             HoldStatus::Debited => "debited",
             HoldStatus::Refunded => "refunded",
+            HoldStatus::Held => "held",
+            HoldStatus::Paid => "paid",
+            HoldStatus::Kept => "kept",
         }
     }
 
-    /// The status a hold is created in by `op`, if `op` creates one.
-    pub fn created_by(op: Op) -> Option<HoldStatus> {
-        match op {
-            Op::Try => Some(HoldStatus::Frozen),
-            Op::Action => Some(HoldStatus::Debited),
-            _ => None,
-        }
+    /// Whether the money of a hold in this status counts in `frozen` (held by a transaction
+    /// under way): on the payer for a Try, on the payee for a refund's hold.
+    pub fn holds_money(self) -> bool {
+        matches!(self, HoldStatus::Frozen | HoldStatus::Held)
     }
+}
 
-    /// The (from, to) transition `op` makes on an existing hold, if it makes one.
-    pub fn transition(op: Op) -> Option<(HoldStatus, HoldStatus)> {
-        match op {
-            Op::Confirm => Some((HoldStatus::Frozen, HoldStatus::Captured)),
-            Op::Cancel => Some((HoldStatus::Frozen, HoldStatus::Released)),
-            Op::Compensate => Some((HoldStatus::Debited, HoldStatus::Refunded)),
-            Op::Try | Op::Action => None,
-        }
+/// Which hold row an op moves on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Row {
+    /// The branch's own (created by its Try or Action).
+    Own,
+    /// The row of its transaction's `hold` step (a release moves another branch's money).
+    Held,
+}
+
+/// What an op does to a branch's hold; the money moves of each are in [`crate::ledger`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plan {
+    /// Take the money from the payer and record a hold in `status`.
+    Create(HoldStatus),
+    /// Move `row` from `from` to `to` (and its money with it).
+    Move {
+        row: Row,
+        from: HoldStatus,
+        to: HoldStatus,
+    },
+}
+
+/// Every (step, op) there is, in one table; the rest are refused as `invalid`.
+pub fn plan(step: Step, op: Op) -> Result<Plan, Rejection> {
+    use HoldStatus as S;
+    let own = |from, to| {
+        Ok(Plan::Move {
+            row: Row::Own,
+            from,
+            to,
+        })
+    };
+    match (step, op) {
+        (Step::Pay, Op::Try) => Ok(Plan::Create(S::Frozen)),
+        (Step::Pay, Op::Action) => Ok(Plan::Create(S::Debited)),
+        (Step::Pay, Op::Confirm) => own(S::Frozen, S::Captured),
+        (Step::Pay, Op::Cancel) => own(S::Frozen, S::Released),
+        (Step::Pay, Op::Compensate) => own(S::Debited, S::Refunded),
+        (Step::Hold, Op::Action) => Ok(Plan::Create(S::Held)),
+        (Step::Hold, Op::Compensate) => own(S::Held, S::Kept),
+        (Step::Release, Op::Action) => Ok(Plan::Move {
+            row: Row::Held,
+            from: S::Held,
+            to: S::Paid,
+        }),
+        (Step::Release, Op::Compensate) => Ok(Plan::Move {
+            row: Row::Held,
+            from: S::Paid,
+            to: S::Held,
+        }),
+        (Step::Hold | Step::Release, Op::Try | Op::Confirm | Op::Cancel) => Err(
+            Rejection::invalid("a refund's payment steps are Saga actions, not TCC"),
+        ),
     }
 }
 
@@ -85,6 +169,7 @@ mod tests {
             account_id: account.into(),
             amount,
             merchant_id: merchant.into(),
+            kind: 0,
         }
         .encode_to_vec()
     }
@@ -109,19 +194,58 @@ mod tests {
         }
     }
 
+    const OPS: [Op; 5] = [Op::Try, Op::Confirm, Op::Cancel, Op::Action, Op::Compensate];
+
     #[test]
-    fn every_undo_and_confirm_starts_from_the_status_its_do_created() {
+    fn every_second_phase_op_starts_from_the_status_its_first_phase_left() {
+        for step in [Step::Pay, Step::Hold] {
+            for op in OPS {
+                let Ok(Plan::Move { row, from, .. }) = plan(step, op) else {
+                    continue;
+                };
+                assert_eq!(row, Row::Own);
+                let first = op.undoes().unwrap_or(Op::Try);
+                assert_eq!(plan(step, first), Ok(Plan::Create(from)), "{step:?} {op}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_release_moves_what_the_hold_left_and_its_undo_puts_it_back() {
+        let Ok(Plan::Create(held)) = plan(Step::Hold, Op::Action) else {
+            panic!("a hold creates its row");
+        };
+        let Ok(Plan::Move { row, from, to }) = plan(Step::Release, Op::Action) else {
+            panic!("a release moves a row");
+        };
+        assert_eq!((row, from), (Row::Held, held));
         assert_eq!(
-            HoldStatus::transition(Op::Confirm).unwrap().0,
-            HoldStatus::created_by(Op::Try).unwrap()
+            plan(Step::Release, Op::Compensate),
+            Ok(Plan::Move {
+                row: Row::Held,
+                from: to,
+                to: from
+            })
         );
+        assert!(held.holds_money() && !to.holds_money());
+    }
+
+    #[test]
+    fn a_refunds_payment_steps_are_not_tcc() {
+        for op in [Op::Try, Op::Confirm, Op::Cancel] {
+            assert_eq!(plan(Step::Hold, op).unwrap_err().code, "invalid");
+            assert_eq!(plan(Step::Release, op).unwrap_err().code, "invalid");
+        }
+        let unknown_kind = PaymentBranch {
+            account_id: "merchant".into(),
+            amount: 5,
+            merchant_id: "alice".into(),
+            kind: 9,
+        }
+        .encode_to_vec();
         assert_eq!(
-            HoldStatus::transition(Op::Cancel).unwrap().0,
-            HoldStatus::created_by(Op::Try).unwrap()
-        );
-        assert_eq!(
-            HoldStatus::transition(Op::Compensate).unwrap().0,
-            HoldStatus::created_by(Op::Action).unwrap()
+            Charge::from_payload(&unknown_kind).unwrap_err().code,
+            "invalid"
         );
     }
 }

@@ -1,6 +1,6 @@
 //! The payment branch handler: each op as conditional updates inside the barrier's transaction.
 
-use crate::domain::{Charge, HoldStatus};
+use crate::domain::{Charge, HoldStatus, Plan, Row, Step};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
 use tcc::check::MAX_BALANCE;
@@ -25,9 +25,11 @@ impl Handler for Payments {
         charge: &'a Charge,
     ) -> BoxFuture<'a, Result<(), OpError>> {
         Box::pin(async move {
-            match op {
-                Op::Try | Op::Action => take(conn, branch, op, charge).await,
-                Op::Confirm | Op::Cancel | Op::Compensate => settle(conn, branch, op).await,
+            match crate::domain::plan(charge.step, op)? {
+                Plan::Create(status) => take(conn, branch, status, charge).await,
+                Plan::Move { row, from, to } => {
+                    settle(conn, branch, (charge.step, op), row, (from, to)).await
+                }
             }
         })
     }
@@ -51,6 +53,8 @@ enum Move {
     Available(i64),
     /// `frozen += delta`.
     Frozen(i64),
+    /// `frozen += amount`, checking the room: a refund's money held on the buyer.
+    FrozenIn(i64),
     /// `incoming += delta`: room reserved (positive) or given back (negative).
     Incoming(i64),
     /// `incoming -= amount, available += amount`: a reserved credit arrives.
@@ -82,6 +86,12 @@ async fn apply_move(conn: &mut AnyConnection, account: &str, m: Move) -> Result<
             "UPDATE accounts SET frozen = frozen + $1, updated_at = $3 WHERE id = $2 AND frozen + $1 >= 0",
             d,
             false,
+        ),
+        Move::FrozenIn(a) => (
+            "UPDATE accounts SET frozen = frozen + $1, updated_at = $3 WHERE id = $2 \
+             AND available + frozen + incoming + $1 <= $4",
+            a,
+            true,
         ),
         Move::Incoming(d) if d >= 0 => (
             "UPDATE accounts SET incoming = incoming + $1, updated_at = $3 WHERE id = $2 \
@@ -133,11 +143,12 @@ async fn lock_in_order(conn: &mut AnyConnection, first: &str, second: &str) -> R
 }
 
 /// Try: available → frozen, and room reserved on the merchant. Action: available → merchant.
-/// Both record a hold. An order the merchant's account could not take is refused here.
+/// A refund's hold: the merchant's available → the buyer's frozen. Each records a hold. A
+/// payment the receiving account could not take is refused here.
 async fn take(
     conn: &mut AnyConnection,
     branch: &BranchRef,
-    op: Op,
+    status: HoldStatus,
     charge: &Charge,
 ) -> Result<(), OpError> {
     lock_in_order(conn, &charge.account_id, &charge.merchant_id).await?;
@@ -146,7 +157,11 @@ async fn take(
          WHERE id = $3 AND available >= $1",
     )
     .bind(charge.amount)
-    .bind(if op == Op::Try { charge.amount } else { 0 })
+    .bind(if status == HoldStatus::Frozen {
+        charge.amount
+    } else {
+        0
+    })
     .bind(&charge.account_id)
     .bind(store::now_ms())
     .execute(&mut *conn)
@@ -170,8 +185,9 @@ async fn take(
         }
         .into());
     }
-    let credit = match op {
-        Op::Try => Move::Incoming(charge.amount),
+    let credit = match status {
+        HoldStatus::Frozen => Move::Incoming(charge.amount),
+        HoldStatus::Held => Move::FrozenIn(charge.amount),
         _ => Move::Available(charge.amount),
     };
     if !apply_move(conn, &charge.merchant_id, credit).await? {
@@ -191,7 +207,6 @@ async fn take(
         }
         .into());
     }
-    let status = HoldStatus::created_by(op).expect("take is only called for try and action");
     let now = store::now_ms();
     sqlx::query(
         "INSERT INTO holds (gid, branch_id, account_id, merchant_id, amount, status, reserved, created_at, updated_at) \
@@ -203,22 +218,34 @@ async fn take(
     .bind(&charge.merchant_id)
     .bind(charge.amount)
     .bind(status.as_str())
-    .bind(i64::from(op == Op::Try))
+    .bind(i64::from(status == HoldStatus::Frozen))
     .bind(now)
     .execute(&mut *conn)
     .await?;
     Ok(())
 }
 
-/// Confirm, Cancel, Compensate: move the hold's status on, then its money. Amounts come from the
-/// hold, not from the payload, so a replayed or altered payload cannot move other money.
-async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<(), OpError> {
-    let (from, to) =
-        HoldStatus::transition(op).expect("settle is only called for second-phase ops");
-    let hold: Option<(String, String, i64, i64)> = sqlx::query_as(
-        "UPDATE holds SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id = $4 AND status = $5 \
-         RETURNING account_id, merchant_id, amount, reserved",
-    )
+/// Confirm, Cancel, Compensate, and a refund's release: move the hold's status on, then its
+/// money. Amounts come from the hold, not from the payload, so a replayed or altered payload
+/// cannot move other money.
+async fn settle(
+    conn: &mut AnyConnection,
+    branch: &BranchRef,
+    (step, op): (Step, Op),
+    row: Row,
+    (from, to): (HoldStatus, HoldStatus),
+) -> Result<(), OpError> {
+    let hold: Option<(String, String, i64, i64)> = sqlx::query_as(match row {
+        Row::Own => {
+            "UPDATE holds SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id = $4 AND status = $5 \
+             RETURNING account_id, merchant_id, amount, reserved"
+        }
+        // A refund has one hold step: the release moves its transaction's.
+        Row::Held => {
+            "UPDATE holds SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id <> $4 AND status = $5 \
+             RETURNING account_id, merchant_id, amount, reserved"
+        }
+    })
     .bind(to.as_str())
     .bind(store::now_ms())
     .bind(branch.gid.as_i64())
@@ -228,7 +255,8 @@ async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<
     .await?;
     let Some((account, merchant, amount, reserved)) = hold else {
         // The barrier lets a second-phase op through only when its first phase committed a hold,
-        // so this is a protocol violation (a Confirm without a Try), not a business outcome.
+        // and a release runs only after its hold succeeded, so this is a protocol violation (a
+        // Confirm without a Try), not a business outcome.
         return Err(Rejection::new(
             "no_hold",
             format!("no {} hold for this branch to {op}", from.as_str()),
@@ -237,8 +265,8 @@ async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<
     };
     let reserved = reserved == 1;
     lock_in_order(conn, &account, &merchant).await?;
-    let steps: [(&str, Move); 2] = match op {
-        Op::Confirm => [
+    let steps: &[(&str, Move)] = match (step, op) {
+        (Step::Pay, Op::Confirm) => &[
             (&account, Move::Frozen(-amount)),
             (
                 &merchant,
@@ -250,18 +278,32 @@ async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<
                 },
             ),
         ],
-        Op::Cancel => [
+        (Step::Pay, Op::Cancel) => &[
             (&account, Move::Frozen(-amount)),
             (&account, Move::Return(amount)),
         ],
-        Op::Compensate => [
+        (Step::Pay, Op::Compensate) => &[
             (&account, Move::Return(amount)),
             (&merchant, Move::Available(-amount)),
         ],
-        Op::Try | Op::Action => unreachable!("handled by take"),
+        // The held money goes back to the payer (`account_id`, the merchant of a refund).
+        (Step::Hold, Op::Compensate) => &[
+            (&merchant, Move::Frozen(-amount)),
+            (&account, Move::Return(amount)),
+        ],
+        // Its room was checked when it was held.
+        (Step::Release, Op::Action) => &[
+            (&merchant, Move::Frozen(-amount)),
+            (&merchant, Move::Return(amount)),
+        ],
+        (Step::Release, Op::Compensate) => &[
+            (&merchant, Move::Available(-amount)),
+            (&merchant, Move::Frozen(amount)),
+        ],
+        _ => unreachable!("plan() moves no hold for {step:?} {op}"),
     };
     for (who, m) in steps {
-        if !apply_move(conn, who, m).await? {
+        if !apply_move(conn, who, *m).await? {
             return Err(Rejection::new(
                 "ledger_inconsistent",
                 format!("cannot apply {m:?} to {who:?} for {op}"),
@@ -269,7 +311,9 @@ async fn settle(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<
             .into());
         }
     }
-    if op == Op::Cancel && reserved && !apply_move(conn, &merchant, Move::Incoming(-amount)).await?
+    if (step, op) == (Step::Pay, Op::Cancel)
+        && reserved
+        && !apply_move(conn, &merchant, Move::Incoming(-amount)).await?
     {
         return Err(Rejection::new(
             "ledger_inconsistent",

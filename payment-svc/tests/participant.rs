@@ -27,6 +27,7 @@ fn charge(account: &str, amount: i64) -> Vec<u8> {
         account_id: account.into(),
         amount,
         merchant_id: "merchant".into(),
+        kind: 0,
     }
     .encode_to_vec()
 }
@@ -245,6 +246,7 @@ async fn bad_input_is_a_failure_on_try_and_invalid_argument_on_second_phase_ops(
                 account_id: "alice".into(),
                 amount: 10,
                 merchant_id: "shop-x".into(),
+                kind: 0,
             }
             .encode_to_vec(),
             "unknown_merchant",
@@ -610,3 +612,100 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
 }
 
 both_backends!(sigterm_lets_calls_in_flight_finish_and_exits_0);
+
+fn refund_step(kind: proto::pay::v1::MoneyStep, amount: i64) -> Vec<u8> {
+    PaymentBranch {
+        account_id: "merchant".into(),
+        amount,
+        merchant_id: "alice".into(),
+        kind: kind as i32,
+    }
+    .encode_to_vec()
+}
+
+async fn a_refund_holds_the_money_on_the_buyer_until_its_release_and_every_undo_takes_back_only_what_is_held(
+    db: TestDb,
+) {
+    use proto::pay::v1::MoneyStep;
+    let dir = testkit::temp_dir("payment-");
+    let p = payment(&db, dir.path()).await;
+    seed(&p, &[("alice", 0), ("bob", 0)]).await;
+    p.admin(
+        Method::POST,
+        "/admin/accounts/merchant/deposits",
+        Some(json!({ "amount": 1_000 })),
+    )
+    .await;
+    let ok = |r: Result<proto::v1::BranchResponse, tonic::Status>| {
+        let r = r.unwrap();
+        assert_eq!(outcome(&r), (Outcome::Success, ""), "{r:?}");
+    };
+    // A refund's steps are Saga actions only.
+    let r = p
+        .call(9, "payment", Op::Try, &refund_step(MoneyStep::Hold, 300))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&r), (Outcome::Failure, "invalid"));
+
+    // The hold: the merchant's money leaves and waits on the buyer, who cannot spend it.
+    ok(p.call(10, "payment", Op::Action, &refund_step(MoneyStep::Hold, 300))
+        .await);
+    assert_eq!(balance(&p, "merchant").await, (700, 0));
+    assert_eq!(balance(&p, "alice").await, (0, 300));
+    let spend = p
+        .call(11, "pay", Op::Try, &charge("alice", 300))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&spend), (Outcome::Failure, "insufficient_funds"));
+    assert_eq!(assert_consistent(&p).await["held"], json!(300));
+
+    // The release (twice: a duplicate changes nothing) makes it the buyer's to spend.
+    for _ in 0..2 {
+        ok(p.call(10, "release", Op::Action, &refund_step(MoneyStep::Release, 300))
+            .await);
+    }
+    assert_eq!(balance(&p, "alice").await, (300, 0));
+    assert_eq!(assert_consistent(&p).await["held"], json!(0));
+
+    // Undone in reverse (a failed refund): the release first, then the hold, and the merchant
+    // has its money back.
+    ok(p.call(10, "release", Op::Compensate, &refund_step(MoneyStep::Release, 300))
+        .await);
+    assert_eq!(balance(&p, "alice").await, (0, 300));
+    ok(p.call(10, "payment", Op::Compensate, &refund_step(MoneyStep::Hold, 300))
+        .await);
+    assert_eq!(balance(&p, "alice").await, (0, 0));
+    assert_eq!(balance(&p, "merchant").await, (1_000, 0));
+    assert_consistent(&p).await;
+
+    // A merchant short of money refuses the hold, and nothing moves.
+    let short = p
+        .call(12, "payment", Op::Action, &refund_step(MoneyStep::Hold, 5_000))
+        .await
+        .unwrap();
+    assert_eq!(outcome(&short), (Outcome::Failure, "insufficient_funds"));
+    ok(p.call(12, "payment", Op::Compensate, &refund_step(MoneyStep::Hold, 5_000))
+        .await);
+    assert_eq!(balance(&p, "merchant").await, (1_000, 0));
+
+    // A released refund the buyer spent cannot be taken back: the undo refuses (the coordinator
+    // keeps retrying, an operator sees it) rather than drive the buyer's balance negative.
+    ok(p.call(13, "payment", Op::Action, &refund_step(MoneyStep::Hold, 200))
+        .await);
+    ok(p.call(13, "release", Op::Action, &refund_step(MoneyStep::Release, 200))
+        .await);
+    ok(p.call(14, "pay", Op::Action, &charge("alice", 200)).await);
+    let undo = p
+        .call(13, "release", Op::Compensate, &refund_step(MoneyStep::Release, 200))
+        .await;
+    assert!(
+        !matches!(&undo, Ok(r) if r.outcome() == Outcome::Success),
+        "{undo:?}"
+    );
+    assert_eq!(balance(&p, "alice").await, (0, 0));
+    assert_consistent(&p).await;
+}
+
+both_backends!(
+    a_refund_holds_the_money_on_the_buyer_until_its_release_and_every_undo_takes_back_only_what_is_held
+);

@@ -224,8 +224,8 @@ fn no_money_is_left_frozen(s: &Snapshot) -> Check {
     let frozen: Vec<String> = s
         .holds
         .iter()
-        .filter(|h| h.status == "frozen")
-        .map(|h| format!("gid {} hold {} still frozen", h.gid, h.amount))
+        .filter(|h| matches!(h.status.as_str(), "frozen" | "held"))
+        .map(|h| format!("gid {} hold {} still {}", h.gid, h.amount, h.status))
         .collect();
     check(
         "no money is left frozen",
@@ -475,8 +475,17 @@ fn refunds_match_their_orders_and_end(s: &Snapshot) -> [Check; 2] {
             && o.amount % o.quantity == 0
             && f.quantity <= o.quantity
             && f.amount == o.amount / o.quantity * f.quantity;
+        // The payer is the merchant the order paid.
+        let merchant_ok = |payer: &str| {
+            holds
+                .get(o.gid.as_str())
+                .is_some_and(|paid| paid.iter().all(|p| p.merchant_id == payer))
+        };
         let hold_ok = hs.iter().all(|h| {
-            h.merchant_id == o.user_id && h.account_id != o.user_id && h.amount == f.amount
+            h.merchant_id == o.user_id
+                && h.account_id != o.user_id
+                && merchant_ok(&h.account_id)
+                && h.amount == f.amount
         });
         let res_ok = rs
             .iter()
@@ -495,9 +504,11 @@ fn refunds_match_their_orders_and_end(s: &Snapshot) -> [Check; 2] {
                 f.user_id
             ));
         }
+        // A refund's money is held on the buyer, then released ("paid"); refunds from before
+        // the hold paid at once ("debited").
         paid_back += hs
             .iter()
-            .filter(|h| h.status == "debited")
+            .filter(|h| matches!(h.status.as_str(), "paid" | "debited"))
             .map(|h| h.amount)
             .sum::<i64>();
         // Done means every part done; undone means every part undone (or never started).
@@ -506,12 +517,14 @@ fn refunds_match_their_orders_and_end(s: &Snapshot) -> [Check; 2] {
                 refunded += f.amount;
                 *refunded_of.entry(f.order_id.as_str()).or_default() += 1;
                 hs.len() == 1
-                    && hs[0].status == "debited"
+                    && matches!(hs[0].status.as_str(), "paid" | "debited")
                     && rs.len() == 1
                     && rs[0].status == "restocked"
             }
             (Some("failed"), "FAILED") => {
-                hs.iter().all(|h| h.status == "refunded") && rs.iter().all(|r| r.status == "kept")
+                hs.iter()
+                    .all(|h| matches!(h.status.as_str(), "kept" | "refunded"))
+                    && rs.iter().all(|r| r.status == "kept")
             }
             _ => false,
         };
@@ -1051,8 +1064,8 @@ mod tests {
             merchant_id: "alice".into(),
             ..hold(gid, status)
         };
-        s.holds.push(back("3", "debited"));
-        s.holds.push(back("4", "refunded"));
+        s.holds.push(back("3", "paid"));
+        s.holds.push(back("4", "kept"));
         s.reservations.push(reservation("3", "restocked"));
         s.reservations.push(reservation("4", "kept"));
         s
@@ -1092,8 +1105,22 @@ mod tests {
         assert_eq!(failed(&s), ["no order or refund is left half refunded"]);
         // A failed refund whose money stayed with the buyer.
         let mut s = refunded();
-        s.holds[3].status = "debited".into();
+        s.holds[3].status = "paid".into();
         assert!(failed(&s).contains(&"no order or refund is left half refunded"));
+        // A refund whose money is still held on the buyer, never released.
+        let mut s = refunded();
+        s.holds[2].status = "held".into();
+        s.money.frozen = 450;
+        s.money.held = 450;
+        s.money.available -= 450;
+        assert_eq!(
+            failed(&s),
+            [
+                "no money is left frozen",
+                "each refund matches its order (buyer, amount, SKU, quantity)",
+                "no order or refund is left half refunded"
+            ]
+        );
     }
 
     #[test]
@@ -1105,6 +1132,12 @@ mod tests {
         );
         let mut s = refunded();
         s.holds[2].merchant_id = "mallory".into();
+        assert!(
+            failed(&s).contains(&"each refund matches its order (buyer, amount, SKU, quantity)")
+        );
+        // Paid back by someone other than the merchant the order paid.
+        let mut s = refunded();
+        s.holds[2].account_id = "bob".into();
         assert!(
             failed(&s).contains(&"each refund matches its order (buyer, amount, SKU, quantity)")
         );
