@@ -485,10 +485,11 @@ impl Engine {
                 run.record(attempt);
             }
             let effects = run.stored.txn.step(event);
-            if run.stored.txn.status != Status::Prepared && !first_calls.is_empty() {
-                // Decided: Tries still in flight are abandoned (the barrier absorbs them if
-                // they arrive after their Cancel); the timeline still shows each of them.
-                // Answers already in are recorded as what they are, not as abandoned.
+            if prepared && run.stored.txn.status != Status::Prepared && !first_calls.is_empty() {
+                // Decided just now: Tries still in flight are abandoned (the barrier absorbs
+                // them if they arrive after their Cancel); the timeline still shows each of
+                // them. Answers already in are recorded as what they are, not as abandoned.
+                // (A Saga's retriable Actions go out after its decision, and are awaited.)
                 while let Some(Some((_, _, attempt))) = first_calls.next().now_or_never() {
                     run.record(attempt);
                 }

@@ -105,6 +105,7 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
                     participant: b.participant,
                     payload: b.payload,
                     depends_on: b.depends_on,
+                    retriable: b.retriable,
                 })
                 .collect(),
             timeout: ms(r.timeout_ms),

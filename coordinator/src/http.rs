@@ -160,6 +160,7 @@ async fn show(
                 "attempts": b.attempts,
                 "last_error": (!b.last_error.is_empty()).then_some(&b.last_error),
                 "depends_on": b.depends_on,
+                "retriable": b.retriable,
                 "timeline": b.timeline.iter().map(|a| json!({
                     "op": op_name(a.op),
                     "started_at_ms": a.started_at_ms,

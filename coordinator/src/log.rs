@@ -20,6 +20,7 @@ pub struct NewBranch {
     pub participant: String,
     pub payload: Vec<u8>,
     pub depends_on: Vec<usize>,
+    pub retriable: bool,
 }
 
 /// A global transaction to record.
@@ -68,7 +69,7 @@ impl Stored {
                 branches: new
                     .branches
                     .iter()
-                    .map(|b| Branch::new(b.depends_on.clone()))
+                    .map(|b| Branch::new(b.depends_on.clone()).retriable(b.retriable))
                     .collect(),
                 reason: None,
             },
@@ -302,11 +303,11 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
     .await?;
     // One statement for all branches: each statement is a round trip and an executor run.
     let sql = format!(
-        "INSERT INTO branches (gid, idx, branch_id, participant, payload, depends_on, phase1, phase2, attempts, last_error) \
+        "INSERT INTO branches (gid, idx, branch_id, participant, payload, depends_on, phase1, phase2, retriable, attempts, last_error) \
          VALUES {}",
-        rows(new.branches.len(), 8, |p| format!(
-            "({}, {}, {}, {}, {}, {}, {}, {}, 0, NULL)",
-            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+        rows(new.branches.len(), 9, |p| format!(
+            "({}, {}, {}, {}, {}, {}, {}, {}, {}, 0, NULL)",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
         ))
     );
     let mut insert = sqlx::query(&sql);
@@ -325,7 +326,8 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
                     .join(","),
             )
             .bind(First::NotStarted.as_str())
-            .bind(Second::NotNeeded.as_str());
+            .bind(Second::NotNeeded.as_str())
+            .bind(i64::from(b.retriable));
     }
     if !new.branches.is_empty() {
         insert.execute(&mut *tx).await?;
@@ -386,7 +388,7 @@ pub async fn load_many(db: &Db, gids: &[Gid]) -> Result<Vec<Stored>, StoreError>
          deadline_at, next_attempt_at, attempts, owner, epoch, lease_until FROM global_txns WHERE gid IN ({list})"
     );
     let branch_sql = format!(
-        "SELECT gid, branch_id, participant, payload, depends_on, phase1, phase2, attempts, last_error FROM branches \
+        "SELECT gid, branch_id, participant, payload, depends_on, phase1, phase2, retriable, attempts, last_error FROM branches \
          WHERE gid IN ({list}) ORDER BY gid, idx"
     );
     let mut txns = sqlx::query(&txn_sql);
@@ -411,6 +413,7 @@ pub async fn load_many(db: &Db, gids: &[Gid]) -> Result<Vec<Stored>, StoreError>
                 .filter(|s| !s.is_empty())
                 .filter_map(|s| s.parse().ok())
                 .collect(),
+            retriable: r.try_get::<i64, _>("retriable")? != 0,
         });
         branches.push(StoredBranch {
             branch_id: r.try_get("branch_id")?,

@@ -11,7 +11,15 @@
 //!
 //! Saga: Actions in dependency order (by default each branch depends on the one before it);
 //! a transient error is retried; a FAILURE (or the deadline) → `Cancelling`, and **every**
-//! branch is compensated, one at a time in reverse order. Which Actions ran is not known for
+//! branch is compensated, one at a time in reverse order.
+//!
+//! A Saga's *retriable* branches (steps that cannot fail for a business reason: a release, a
+//! status change) come after its point of no return. They are sent only once every other
+//! branch's Action has succeeded, and only after that decision is durable (`Confirming`, as a
+//! TCC commit is); from then on they are retried until they succeed, past the deadline, and
+//! nothing is ever compensated. Without this, a step that took effect but whose answer was lost
+//! could be compensated at the deadline after the world had moved on (a refund's money spent
+//! by the buyer), and the compensation would fail for ever. Which Actions ran is not known for
 //! sure: Actions go out without a commit each, so after a crash (or a lost write) the log may say
 //! `not_started` of one that took effect. A Compensate whose Action never arrived is a null
 //! compensation at the participant (it succeeds, and its barrier row makes a late Action do
@@ -72,10 +80,10 @@ impl Status {
     fn may_become(self, to: Status, mode: Mode) -> bool {
         matches!(
             (self, to, mode),
-            (Status::Prepared, Status::Confirming, Mode::Tcc)
+            (Status::Prepared, Status::Confirming, _)
                 | (Status::Prepared, Status::Cancelling, _)
                 | (Status::Prepared, Status::Succeeded, Mode::Saga)
-                | (Status::Confirming, Status::Succeeded, Mode::Tcc)
+                | (Status::Confirming, Status::Succeeded, _)
                 | (Status::Cancelling, Status::Failed, _)
         )
     }
@@ -155,6 +163,8 @@ pub struct Branch {
     pub second: Second,
     /// Saga: indices of branches whose Action must succeed first.
     pub depends_on: Vec<usize>,
+    /// Saga: after the point of no return, retried until it succeeds, never compensated.
+    pub retriable: bool,
 }
 
 impl Branch {
@@ -163,7 +173,13 @@ impl Branch {
             first: First::NotStarted,
             second: Second::NotNeeded,
             depends_on,
+            retriable: false,
         }
+    }
+
+    /// The same branch, retriable (see the module docs).
+    pub fn retriable(self, retriable: bool) -> Branch {
+        Branch { retriable, ..self }
     }
 }
 
@@ -343,16 +359,20 @@ impl Txn {
     fn resume(&mut self) -> Vec<Effect> {
         match self.status {
             Status::Prepared => {
+                if let Some(effects) = self.past_no_return() {
+                    return effects;
+                }
                 let runnable: Vec<usize> = (0..self.branches.len())
                     .filter(|&i| self.runnable(i))
                     .collect();
                 self.send_first(runnable)
             }
+            Status::Confirming if self.mode == Mode::Saga => self.saga_forward(|_| true),
             Status::Confirming | Status::Cancelling => {
                 if self.mode == Mode::Saga && self.status == Status::Cancelling {
                     // A log written before every Saga branch was compensated may say a branch
                     // needs none although its Action ran: undo it too (null compensation if not).
-                    for b in &mut self.branches {
+                    for b in self.branches.iter_mut().filter(|b| !b.retriable) {
                         if b.second == Second::NotNeeded {
                             b.second = Second::Pending;
                         }
@@ -407,10 +427,10 @@ impl Txn {
                 matches!(
                     b.first,
                     First::NotStarted | First::InFlight | First::Errored
-                ) && b
-                    .depends_on
-                    .iter()
-                    .all(|&d| self.branches[d].first == First::Succeeded)
+                ) && (!b.retriable || self.status == Status::Confirming)
+                    && b.depends_on
+                        .iter()
+                        .all(|&d| self.branches[d].first == First::Succeeded)
             }
         }
     }
@@ -436,8 +456,9 @@ impl Txn {
         self.reason = Some(reason);
         // Every branch is undone: a Try or Action may have arrived even if no answer did (or
         // the log does not know it was sent); the barrier turns the others into null
-        // compensations.
-        for b in &mut self.branches {
+        // compensations. Except a Saga's retriable branches: none was ever sent, as they go
+        // out only once the decision not to roll back is durable.
+        for b in self.branches.iter_mut().filter(|b| !b.retriable) {
             b.second = Second::Pending;
         }
         let mut effects = vec![Effect::Persist];
@@ -480,7 +501,42 @@ impl Txn {
         }
     }
 
+    /// A Saga whose every branch but the retriable ones succeeded is past its point of no
+    /// return: the decision is made durable before any retriable Action goes out.
+    fn past_no_return(&mut self) -> Option<Vec<Effect>> {
+        let reached = self.mode == Mode::Saga
+            && self.status == Status::Prepared
+            && self.branches.iter().any(|b| b.retriable)
+            && self
+                .branches
+                .iter()
+                .all(|b| b.retriable || b.first == First::Succeeded);
+        if !reached {
+            return None;
+        }
+        self.set_status(Status::Confirming);
+        let mut effects = vec![Effect::Persist];
+        effects.extend(self.saga_forward(|_| true));
+        Some(effects)
+    }
+
+    /// Past the point of no return: the end once every Action succeeded, else the retriable
+    /// Actions that may go now (those whose first phase `send` selects).
+    fn saga_forward(&mut self, send: impl Fn(First) -> bool) -> Vec<Effect> {
+        if self.branches.iter().all(|b| b.first == First::Succeeded) {
+            self.set_status(Status::Succeeded);
+            return vec![Effect::Persist];
+        }
+        let next: Vec<usize> = (0..self.branches.len())
+            .filter(|&i| send(self.branches[i].first) && self.runnable(i))
+            .collect();
+        self.send_first(next)
+    }
+
     fn saga_action_answered(&mut self, branch: usize, result: CallResult) -> Vec<Effect> {
+        if self.status == Status::Confirming {
+            return self.retriable_action_answered(branch, result);
+        }
         if self.status != Status::Prepared {
             return Vec::new();
         }
@@ -490,6 +546,9 @@ impl Txn {
                 if self.branches.iter().all(|b| b.first == First::Succeeded) {
                     self.set_status(Status::Succeeded);
                     return vec![Effect::Persist];
+                }
+                if let Some(effects) = self.past_no_return() {
+                    return effects;
                 }
                 let next: Vec<usize> = (0..self.branches.len())
                     .filter(|&i| self.branches[i].first == First::NotStarted && self.runnable(i))
@@ -505,6 +564,25 @@ impl Txn {
                 })
             }
             CallResult::Error(_) => {
+                self.branches[branch].first = First::Errored;
+                vec![Effect::RetryLater]
+            }
+        }
+    }
+
+    /// An Action past the point of no return answered: it must eventually succeed, so a
+    /// FAILURE (a participant bug, or a fault switched on) is retried like an error, for an
+    /// operator to see and fix.
+    fn retriable_action_answered(&mut self, branch: usize, result: CallResult) -> Vec<Effect> {
+        if self.branches[branch].first == First::Succeeded {
+            return Vec::new();
+        }
+        match result {
+            CallResult::Success => {
+                self.branches[branch].first = First::Succeeded;
+                self.saga_forward(|first| first == First::NotStarted)
+            }
+            CallResult::Failure { .. } | CallResult::Error(_) => {
                 self.branches[branch].first = First::Errored;
                 vec![Effect::RetryLater]
             }
@@ -751,6 +829,106 @@ mod tests {
         Txn::new(Mode::Saga, vec![vec![]; n], false)
     }
 
+    /// A refund's shape: 0 first; 1 and 2 after it (may fail); 3 and 4 retriable after both.
+    fn refund_like() -> Txn {
+        let mut t = Txn::new(
+            Mode::Saga,
+            vec![vec![], vec![0], vec![0], vec![1, 2], vec![1, 2]],
+            false,
+        );
+        t.branches[3].retriable = true;
+        t.branches[4].retriable = true;
+        t
+    }
+
+    #[test]
+    fn retriable_steps_start_only_after_the_point_of_no_return_is_durable() {
+        let mut t = refund_like();
+        assert_eq!(calls(&t.step(Event::Resume)), vec![(0, Op::Action)]);
+        assert_eq!(
+            calls(&t.step(ok(0))),
+            vec![(1, Op::Action), (2, Op::Action)]
+        );
+        assert!(t.step(ok(1)).is_empty());
+        let effects = t.step(ok(2));
+        assert_eq!(effects[0], Effect::Persist, "the decision is durable first");
+        assert_eq!(t.status, Status::Confirming);
+        assert_eq!(calls(&effects), vec![(3, Op::Action), (4, Op::Action)]);
+        assert!(t.step(ok(3)).is_empty());
+        assert_eq!(t.step(ok(4)), vec![Effect::Persist]);
+        assert_eq!(t.status, Status::Succeeded);
+        assert!(t.branches.iter().all(|b| b.second == Second::NotNeeded));
+    }
+
+    #[test]
+    fn past_the_point_of_no_return_nothing_is_compensated_whatever_comes() {
+        let mut t = refund_like();
+        for e in [Event::Resume, ok(0), ok(1), ok(2)] {
+            t.step(e);
+        }
+        assert_eq!(t.status, Status::Confirming);
+        // The deadline, a rejection (a fault switched on), an error: retried, never undone.
+        assert!(t.step(Event::Deadline).is_empty());
+        assert_eq!(t.step(rejected(3)), vec![Effect::RetryLater]);
+        assert_eq!(
+            t.step(Event::First {
+                branch: 4,
+                result: errored()
+            }),
+            vec![Effect::RetryLater]
+        );
+        assert_eq!(t.status, Status::Confirming);
+        assert_eq!(
+            calls(&t.step(Event::Resume)),
+            vec![(3, Op::Action), (4, Op::Action)]
+        );
+        assert!(t.step(ok(3)).is_empty());
+        assert_eq!(t.step(ok(4)), vec![Effect::Persist]);
+        assert_eq!(t.status, Status::Succeeded);
+    }
+
+    #[test]
+    fn before_the_point_of_no_return_a_failure_compensates_everything_and_no_retriable_step_ran() {
+        let mut t = refund_like();
+        for e in [Event::Resume, ok(0), ok(1)] {
+            t.step(e);
+        }
+        let effects = t.step(rejected(2));
+        assert_eq!(t.status, Status::Cancelling);
+        // The retriable steps never ran and are not undone: the last one that may have is.
+        assert_eq!(calls(&effects), vec![(2, Op::Compensate)]);
+        assert!(t.branches[3..].iter().all(|b| b.first == First::NotStarted));
+        // The deadline before the point of no return aborts as for any Saga.
+        let mut t = refund_like();
+        for e in [Event::Resume, ok(0), ok(1)] {
+            t.step(e);
+        }
+        t.step(Event::Deadline);
+        assert_eq!(t.status, Status::Cancelling);
+    }
+
+    #[test]
+    fn a_saga_recovered_past_its_point_of_no_return_sends_the_retriable_steps_again() {
+        let mut t = refund_like();
+        t.status = Status::Confirming;
+        for b in &mut t.branches[..3] {
+            b.first = First::Succeeded;
+        }
+        t.branches[3].first = First::InFlight;
+        assert_eq!(
+            calls(&t.step(Event::Resume)),
+            vec![(3, Op::Action), (4, Op::Action)]
+        );
+        // Only retriable steps left, none run yet, recorded before the decision was made.
+        let mut only = saga(2);
+        only.branches.iter_mut().for_each(|b| b.retriable = true);
+        only.branches[1].depends_on = vec![0];
+        let effects = only.step(Event::Resume);
+        assert_eq!(effects[0], Effect::Persist);
+        assert_eq!(calls(&effects), vec![(0, Op::Action)]);
+        assert_eq!(only.status, Status::Confirming);
+    }
+
     #[test]
     fn a_saga_runs_its_actions_in_order_and_succeeds_without_a_second_phase() {
         let mut t = saga(3);
@@ -848,10 +1026,13 @@ mod tests {
     fn only_the_designed_status_changes_are_allowed() {
         let allowed: Vec<(Status, Status, Mode)> = vec![
             (Status::Prepared, Status::Confirming, Mode::Tcc),
+            // A Saga past its point of no return (retriable branches).
+            (Status::Prepared, Status::Confirming, Mode::Saga),
             (Status::Prepared, Status::Cancelling, Mode::Tcc),
             (Status::Prepared, Status::Cancelling, Mode::Saga),
             (Status::Prepared, Status::Succeeded, Mode::Saga),
             (Status::Confirming, Status::Succeeded, Mode::Tcc),
+            (Status::Confirming, Status::Succeeded, Mode::Saga),
             (Status::Cancelling, Status::Failed, Mode::Tcc),
             (Status::Cancelling, Status::Failed, Mode::Saga),
         ];

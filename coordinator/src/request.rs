@@ -17,6 +17,8 @@ pub struct BranchRequest {
     pub participant: String,
     pub payload: Vec<u8>,
     pub depends_on: Vec<String>,
+    /// Saga: after the point of no return ([`crate::machine`]).
+    pub retriable: bool,
 }
 
 /// A global transaction as a client asks for it.
@@ -109,6 +111,12 @@ pub fn validate(
                 b.branch_id
             ));
         }
+        if mode == Mode::Tcc && b.retriable {
+            return invalid(format!(
+                "branch {:?}: retriable is for SAGA only",
+                b.branch_id
+            ));
+        }
         let mut deps = Vec::with_capacity(b.depends_on.len());
         for d in &b.depends_on {
             match index.get(d.as_str()) {
@@ -126,6 +134,7 @@ pub fn validate(
             participant: b.participant.clone(),
             payload: b.payload.clone(),
             depends_on: deps,
+            retriable: b.retriable,
         });
     }
     let effective = crate::machine::effective_dependencies(
@@ -135,6 +144,17 @@ pub fn validate(
     );
     for (b, deps) in branches.iter_mut().zip(effective) {
         b.depends_on = deps;
+    }
+    // A step before the point of no return cannot wait for one after it: that one starts only
+    // once every step before it succeeded.
+    for b in branches.iter().filter(|b| !b.retriable) {
+        if let Some(&d) = b.depends_on.iter().find(|&&d| branches[d].retriable) {
+            return invalid(format!(
+                "branch {:?} is not retriable but depends on {:?}, which is (a Saga's retriable \
+                 branches come after all the others; set concurrent or depends_on)",
+                b.branch_id, branches[d].branch_id
+            ));
+        }
     }
     let request_hash = request_hash(mode, req);
     Ok(NewTxn {
@@ -176,6 +196,13 @@ pub fn request_hash(mode: Mode, req: &ExecuteRequest) -> String {
         h.update((b.depends_on.len() as u64).to_be_bytes());
         for d in &b.depends_on {
             field(&mut h, d.as_bytes());
+        }
+    }
+    // Hashed only when set, so keys recorded before retriable branches existed still replay.
+    if req.branches.iter().any(|b| b.retriable) {
+        field(&mut h, b"retriable");
+        for b in &req.branches {
+            h.update([u8::from(b.retriable)]);
         }
     }
     format!("{HASH_VERSION}{}", hex::encode(h.finalize()))

@@ -89,6 +89,7 @@ fn shown(stored: log::Stored, timeline: &[log::Attempt]) -> pb::GlobalTransactio
                 status: branch_status.to_owned(),
                 attempts: b.attempts as u32,
                 last_error: b.last_error.clone().unwrap_or_default(),
+                retriable: state.retriable,
                 depends_on: state
                     .depends_on
                     .iter()

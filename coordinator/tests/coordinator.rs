@@ -279,6 +279,13 @@ async fn bad_requests_are_invalid_arguments_and_store_nothing(db: TestDb) {
     r.branches[0].depends_on = vec!["b9".into()];
     cases.push(("tcc with depends_on", r));
     let mut r = good.clone();
+    r.branches[0].retriable = true;
+    cases.push(("tcc with a retriable branch", r));
+    // In a Saga run in order, a step after a retriable one would wait for ever.
+    let mut r = saga("", &[&a, &a]);
+    r.branches[0].retriable = true;
+    cases.push(("saga with a step after a retriable one", r));
+    let mut r = good.clone();
     r.branch_timeout_ms = 20_000;
     cases.push(("branch timeout above the deadline", r));
     let mut r = good.clone();
@@ -778,6 +785,62 @@ async fn a_saga_killed_mid_step_and_recovered_past_its_deadline_compensates_what
     assert_eq!(c.get(gid).await.attempts, attempts);
 }
 
+/// A Saga's retriable last step takes effect but its answer is lost, the coordinator dies, and
+/// it comes back past the deadline: the step is sent again (the barrier answers the duplicate)
+/// and the Saga succeeds. Nothing is compensated: a refund's money released to a buyer who may
+/// have spent it is never taken back.
+async fn a_saga_past_its_point_of_no_return_finishes_forward_after_a_crash_past_its_deadline(
+    db: TestDb,
+) {
+    let dir = testkit::temp_dir("coord-");
+    let mut c = coordinator(&db, dir.path(), "coordinator", &[]).await;
+    let p = Scripted::start().await;
+    // The retriable step's first Action arrives only after its call timed out.
+    p.on(
+        Op::Action,
+        [
+            Behavior::Succeed,
+            Behavior::Succeed,
+            Behavior::Delay(Duration::from_millis(1_200)),
+            Behavior::Succeed,
+        ],
+    );
+    let mut req = saga("saga-forward", &[&p, &p, &p]);
+    req.branches[2].retriable = true;
+    req.timeout_ms = 1_500;
+    req.branch_timeout_ms = 1_000;
+    let call = tokio::spawn({
+        let client = c.client.clone();
+        async move { client.clone().execute(req).await }
+    });
+    assert!(p.wait_for(Op::Action, 3, Duration::from_secs(10)).await);
+    let gid = c.list_all().await[0].gid;
+    assert_eq!(
+        c.get(gid).await.status(),
+        pb::Status::Confirming,
+        "the point of no return is durable before the retriable step goes out"
+    );
+    c.service.kill();
+    let _ = call.await;
+    assert!(
+        p.wait_for_effect(gid, Op::Action, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "the step took effect"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.service.restart().await.unwrap();
+    let t = c.wait_terminal(gid, Duration::from_secs(10)).await;
+    assert_eq!(t.status(), pb::Status::Succeeded, "{t:?}");
+    assert!(
+        p.calls_of(gid, Op::Compensate).is_empty(),
+        "nothing compensated past the point of no return: {:?}",
+        call_order(&p)
+    );
+    assert!(p.applied(gid, "b2", Op::Action));
+    assert!(t.branches[2].retriable);
+}
+
 async fn a_saga_whose_steps_outlast_the_lease_is_driven_once_by_one_claim(db: TestDb) {
     let dir = testkit::temp_dir("coord-");
     // Claims hold 3 s; five steps of 0.9 s each take 4.5 s.
@@ -907,6 +970,7 @@ both_backends!(
     an_operator_retry_makes_a_waiting_transaction_due_now,
     a_saga_killed_mid_step_and_recovered_past_its_deadline_compensates_what_ran,
     a_saga_whose_steps_outlast_the_lease_is_driven_once_by_one_claim,
+    a_saga_past_its_point_of_no_return_finishes_forward_after_a_crash_past_its_deadline,
     a_key_replays_after_a_restart_with_other_default_timeouts,
     a_key_recorded_by_the_previous_version_still_replays,
     a_coordinator_refuses_a_node_id_a_live_instance_holds_and_takes_a_dead_ones,

@@ -31,6 +31,7 @@ async fn log_with_one_transaction(db: &TestDb, lease_ms: i64) -> (Db, log::Store
             participant: "http://127.0.0.1:9".into(),
             payload: vec![],
             depends_on: vec![],
+            retriable: false,
         }],
     };
     let lease_until = log::insert(&db, &new, OWNER, lease_ms).await.unwrap();

@@ -49,8 +49,12 @@ struct World {
 }
 
 impl World {
-    fn new(mode: Mode, n: usize, concurrent: bool) -> World {
-        let txn = Txn::new(mode, vec![vec![]; n], concurrent);
+    /// `retriable`: how many of the last branches are after the point of no return (Saga).
+    fn new(mode: Mode, n: usize, concurrent: bool, retriable: usize) -> World {
+        let mut txn = Txn::new(mode, vec![vec![]; n], concurrent);
+        for b in txn.branches.iter_mut().rev().take(retriable) {
+            b.retriable = true;
+        }
         World {
             durable: txn.clone(),
             txn,
@@ -64,11 +68,20 @@ impl World {
     }
 
     fn feed(&mut self, event: Event) -> Result<(), TestCaseError> {
+        let was_prepared = self.txn.status == Status::Prepared;
         let effects = self.txn.step(event);
         for effect in effects {
             match effect {
                 Effect::Persist => self.durable = self.txn.clone(),
                 Effect::Call { branch, op } => {
+                    if self.txn.branches[branch].retriable {
+                        prop_assert_eq!(op, Op::Action, "a retriable branch is never undone");
+                        prop_assert_eq!(
+                            self.durable.status,
+                            Status::Confirming,
+                            "a retriable Action sent before the point of no return was durable"
+                        );
+                    }
                     match op {
                         Op::Try | Op::Action => self.maybe_applied[branch] = true,
                         other => {
@@ -90,11 +103,12 @@ impl World {
                 Effect::RetryLater => {}
             }
         }
-        if self.txn.status != Status::Prepared {
+        if was_prepared && self.txn.status != Status::Prepared {
             // Decided: the engine abandons first-phase calls still in flight (they may still
-            // arrive: `maybe_applied` already says so).
-            self.outstanding
-                .retain(|(_, op)| !matches!(op, Op::Try | Op::Action));
+            // arrive: `maybe_applied` already says so); a Saga's retriable Actions go out after.
+            self.outstanding.retain(|(b, op)| {
+                !matches!(op, Op::Try | Op::Action) || self.txn.branches[*b].retriable
+            });
         }
         self.check()
     }
@@ -159,8 +173,14 @@ impl World {
     }
 }
 
-fn run(mode: Mode, n: usize, concurrent: bool, steps: Vec<Step>) -> Result<(), TestCaseError> {
-    let mut w = World::new(mode, n, concurrent);
+fn run(
+    mode: Mode,
+    n: usize,
+    concurrent: bool,
+    retriable: usize,
+    steps: Vec<Step>,
+) -> Result<(), TestCaseError> {
+    let mut w = World::new(mode, n, concurrent, retriable);
     w.feed(Event::Resume)?;
     for step in steps {
         match step {
@@ -207,7 +227,7 @@ proptest! {
         n in 1usize..5,
         steps in prop::collection::vec(step_strategy(), 0..60),
     ) {
-        run(Mode::Tcc, n, false, steps)?;
+        run(Mode::Tcc, n, false, 0, steps)?;
     }
 
     #[test]
@@ -216,6 +236,16 @@ proptest! {
         concurrent in any::<bool>(),
         steps in prop::collection::vec(step_strategy(), 0..60),
     ) {
-        run(Mode::Saga, n, concurrent, steps)?;
+        run(Mode::Saga, n, concurrent, 0, steps)?;
+    }
+
+    #[test]
+    fn random_saga_histories_with_retriable_steps_never_undo_past_the_point_of_no_return_and_end(
+        n in 1usize..6,
+        retriable in 1usize..4,
+        concurrent in any::<bool>(),
+        steps in prop::collection::vec(step_strategy(), 0..60),
+    ) {
+        run(Mode::Saga, n, concurrent, retriable.min(n), steps)?;
     }
 }

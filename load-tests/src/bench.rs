@@ -255,6 +255,7 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), LoadError> {
                 participant: p.url(),
                 payload: vec![1, 2, 3],
                 depends_on: vec![],
+                retriable: false,
             })
             .collect(),
         timeout_ms: 30_000,

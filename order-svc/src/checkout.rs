@@ -97,6 +97,7 @@ pub(crate) async fn checkout(
         participant: url.into(),
         payload,
         depends_on: vec![],
+        retriable: false,
     };
     let request = pb::ExecuteRequest {
         mode: pb::Mode::Tcc as i32,

@@ -109,6 +109,9 @@ impl RefundPlan {
             participant: url.into(),
             payload,
             depends_on: deps.iter().map(|d| (*d).to_owned()).collect(),
+            // The steps after the money and the items are back cannot fail for a business
+            // reason: past the point of no return, retried until done, never compensated.
+            retriable: [RESTOCK, FINISH, RELEASE].contains(&id),
         };
         let start = step(pay::RefundStage::Start);
         let request = pb::ExecuteRequest {
@@ -150,7 +153,7 @@ impl RefundPlan {
                     RELEASE,
                     &c.payment_url,
                     money(pay::MoneyStep::Release),
-                    &[RESTOCK, FINISH],
+                    &[PAYMENT, RETURN],
                 ),
             ],
             timeout_ms: c.refund_timeout_ms,

@@ -648,8 +648,13 @@ async fn a_refund_holds_the_money_on_the_buyer_until_its_release_and_every_undo_
     assert_eq!(outcome(&r), (Outcome::Failure, "invalid"));
 
     // The hold: the merchant's money leaves and waits on the buyer, who cannot spend it.
-    ok(p.call(10, "payment", Op::Action, &refund_step(MoneyStep::Hold, 300))
-        .await);
+    ok(p.call(
+        10,
+        "payment",
+        Op::Action,
+        &refund_step(MoneyStep::Hold, 300),
+    )
+    .await);
     assert_eq!(balance(&p, "merchant").await, (700, 0));
     assert_eq!(balance(&p, "alice").await, (0, 300));
     let spend = p
@@ -661,42 +666,82 @@ async fn a_refund_holds_the_money_on_the_buyer_until_its_release_and_every_undo_
 
     // The release (twice: a duplicate changes nothing) makes it the buyer's to spend.
     for _ in 0..2 {
-        ok(p.call(10, "release", Op::Action, &refund_step(MoneyStep::Release, 300))
-            .await);
+        ok(p.call(
+            10,
+            "release",
+            Op::Action,
+            &refund_step(MoneyStep::Release, 300),
+        )
+        .await);
     }
     assert_eq!(balance(&p, "alice").await, (300, 0));
     assert_eq!(assert_consistent(&p).await["held"], json!(0));
 
     // Undone in reverse (a failed refund): the release first, then the hold, and the merchant
     // has its money back.
-    ok(p.call(10, "release", Op::Compensate, &refund_step(MoneyStep::Release, 300))
-        .await);
+    ok(p.call(
+        10,
+        "release",
+        Op::Compensate,
+        &refund_step(MoneyStep::Release, 300),
+    )
+    .await);
     assert_eq!(balance(&p, "alice").await, (0, 300));
-    ok(p.call(10, "payment", Op::Compensate, &refund_step(MoneyStep::Hold, 300))
-        .await);
+    ok(p.call(
+        10,
+        "payment",
+        Op::Compensate,
+        &refund_step(MoneyStep::Hold, 300),
+    )
+    .await);
     assert_eq!(balance(&p, "alice").await, (0, 0));
     assert_eq!(balance(&p, "merchant").await, (1_000, 0));
     assert_consistent(&p).await;
 
     // A merchant short of money refuses the hold, and nothing moves.
     let short = p
-        .call(12, "payment", Op::Action, &refund_step(MoneyStep::Hold, 5_000))
+        .call(
+            12,
+            "payment",
+            Op::Action,
+            &refund_step(MoneyStep::Hold, 5_000),
+        )
         .await
         .unwrap();
     assert_eq!(outcome(&short), (Outcome::Failure, "insufficient_funds"));
-    ok(p.call(12, "payment", Op::Compensate, &refund_step(MoneyStep::Hold, 5_000))
-        .await);
+    ok(p.call(
+        12,
+        "payment",
+        Op::Compensate,
+        &refund_step(MoneyStep::Hold, 5_000),
+    )
+    .await);
     assert_eq!(balance(&p, "merchant").await, (1_000, 0));
 
     // A released refund the buyer spent cannot be taken back: the undo refuses (the coordinator
     // keeps retrying, an operator sees it) rather than drive the buyer's balance negative.
-    ok(p.call(13, "payment", Op::Action, &refund_step(MoneyStep::Hold, 200))
-        .await);
-    ok(p.call(13, "release", Op::Action, &refund_step(MoneyStep::Release, 200))
-        .await);
+    ok(p.call(
+        13,
+        "payment",
+        Op::Action,
+        &refund_step(MoneyStep::Hold, 200),
+    )
+    .await);
+    ok(p.call(
+        13,
+        "release",
+        Op::Action,
+        &refund_step(MoneyStep::Release, 200),
+    )
+    .await);
     ok(p.call(14, "pay", Op::Action, &charge("alice", 200)).await);
     let undo = p
-        .call(13, "release", Op::Compensate, &refund_step(MoneyStep::Release, 200))
+        .call(
+            13,
+            "release",
+            Op::Compensate,
+            &refund_step(MoneyStep::Release, 200),
+        )
         .await;
     assert!(
         !matches!(&undo, Ok(r) if r.outcome() == Outcome::Success),

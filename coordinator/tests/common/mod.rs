@@ -96,6 +96,7 @@ pub fn branches(parts: &[&Scripted]) -> Vec<pb::BranchSpec> {
             participant: p.url(),
             payload: vec![i as u8],
             depends_on: vec![],
+            retriable: false,
         })
         .collect()
 }
