@@ -1,27 +1,35 @@
 //! Refunds: `POST /api/v1/orders/{id}/refund`, a Saga across the three services.
 //!
 //! A refund of a confirmed order (all of it, or `quantity` items of it) is one global
-//! transaction in Saga mode, five branches whose dependencies the coordinator follows:
+//! transaction in Saga mode, six branches whose dependencies the coordinator follows:
 //!
 //! ```text
-//! refund (order CONFIRMED → REFUNDING) ─┬─ payment  (the merchant pays the buyer back) ─┬─ refunded (order → REFUNDED)
-//!                                       └─ inventory (the items come back, held)       ─┴─ restock  (held items on sale)
+//!                                        ┌─ payment   (merchant → buyer, held in the buyer's frozen) ─┐   ┌─ refunded (order → REFUNDED)
+//! refund (order CONFIRMED → REFUNDING) ──┤                                                            ├─▶─┼─ restock  (held items on sale)
+//!                                        └─ inventory (the items come back, held in reserved)      ─┘   └─ release  (held money spendable)
+//!                                                                                          point of no return ┘ (retriable)
 //! ```
 //!
-//! The money and the items move at once; the order is REFUNDED, and the items go back on sale,
-//! only once both are back. The payment is the step that can fail for a business reason (the
-//! merchant's balance is short); the steps after it cannot. If it fails, every step is
-//! compensated in reverse: the held items are sold again (which cannot fail for want of stock:
-//! they were never on sale), and the order is CONFIRMED again with the refund FAILED and its
-//! reason. This is the Saga's price for having no isolation, paid in design: no compensation
-//! here depends on what other transactions did in between, except the payment's own, which
-//! runs only if a step after it fails, and none can for a business reason.
+//! The money and the items move at once, and both are *held*: the buyer cannot spend the money,
+//! nobody can buy the items. Those first three steps are the ones that can fail for a business
+//! reason (the merchant's balance is short, the order changed); if one does, every step is
+//! compensated in reverse, and none of those compensations can fail: held money goes back to
+//! the merchant and held items are sold again, whatever anyone did in between. The order is
+//! CONFIRMED again with the refund FAILED and its reason.
+//!
+//! Once both are held, the refund is past its point of no return: the coordinator makes that
+//! durable (the transaction is `confirming`, and the API answers `refunded`), then runs the
+//! last three steps, which are *retriable* (`BranchSpec.retriable`): retried until they
+//! succeed, past the deadline, never compensated. So the buyer's money becomes spendable, and
+//! the items go back on sale, only when nothing can undo the refund any more: no compensation
+//! ever has to take back money a buyer spent or items someone bought. This is the Saga's price
+//! for having no isolation, paid in design (compensatable steps, a pivot, retriable steps).
 //!
 //! Exactly once per key as for orders ([`crate::idempotency`]; the key's row holds the refund's
 //! id and the order it refunds), the coordinator key `refund:<refund id>`, and at most one
-//! refund under way or done per order, also in the database. The refund's deadline is long (an
-//! hour by default): a refund waits out a participant's outage rather than compensating money
-//! the buyer may have spent since.
+//! refund under way or done per order, also in the database. The refund's deadline (an hour by
+//! default) bounds only the steps before the point of no return: a refund waits out a short
+//! outage of a participant rather than failing.
 
 use crate::api::{answered, idempotency_key, patience, unprocessable, Api};
 use crate::checkout::reason_code;

@@ -268,6 +268,9 @@ async fn a_refund_pays_the_buyer_back_puts_the_items_on_sale_and_happens_once(db
         (status.as_u16(), body["code"].as_str()),
         (409, Some("already_refunded"))
     );
+    // "refunded" is the decision (as "confirmed" is an order's): the steps after the point of
+    // no return may still be under way.
+    p.settle().await;
     let (_, read) = p.get_order("alice", &id).await;
     assert_eq!(read["status"], "refunded", "{read}");
     assert_eq!(read["refund"]["status"], "refunded", "{read}");
@@ -275,8 +278,8 @@ async fn a_refund_pays_the_buyer_back_puts_the_items_on_sale_and_happens_once(db
     assert_eq!(p.balance("merchant").await, 900);
     assert_eq!(p.stock("coffee").await, (98, 0, 2));
 
-    // The refund is a Saga of five branches: payment and inventory after the order's first step,
-    // the last two after both.
+    // The refund is a Saga of six branches: payment and inventory after the order's first step,
+    // the last three after both, past the point of no return (retriable).
     let gid = refund["gid"].as_str().unwrap();
     let (_, txn) = p
         .admin(
@@ -290,7 +293,7 @@ async fn a_refund_pays_the_buyer_back_puts_the_items_on_sale_and_happens_once(db
         (txn["mode"].as_str(), txn["status"].as_str()),
         (Some("saga"), Some("succeeded"))
     );
-    let deps: Vec<(String, Vec<String>)> = txn["branches"]
+    let deps: Vec<(String, Vec<String>, bool)> = txn["branches"]
         .as_array()
         .unwrap()
         .iter()
@@ -298,6 +301,7 @@ async fn a_refund_pays_the_buyer_back_puts_the_items_on_sale_and_happens_once(db
             (
                 b["branch_id"].as_str().unwrap().to_owned(),
                 serde_json::from_value(b["depends_on"].clone()).unwrap(),
+                b["retriable"].as_bool().unwrap(),
             )
         })
         .collect();
@@ -305,11 +309,12 @@ async fn a_refund_pays_the_buyer_back_puts_the_items_on_sale_and_happens_once(db
     assert_eq!(
         deps,
         vec![
-            ("refund".into(), s(&[])),
-            ("payment".into(), s(&["refund"])),
-            ("inventory".into(), s(&["refund"])),
-            ("restock".into(), s(&["payment", "inventory"])),
-            ("refunded".into(), s(&["payment", "inventory"])),
+            ("refund".into(), s(&[]), false),
+            ("payment".into(), s(&["refund"]), false),
+            ("inventory".into(), s(&["refund"]), false),
+            ("restock".into(), s(&["payment", "inventory"]), true),
+            ("refunded".into(), s(&["payment", "inventory"]), true),
+            ("release".into(), s(&["payment", "inventory"]), true),
         ]
     );
 
