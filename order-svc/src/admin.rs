@@ -151,7 +151,9 @@ async fn list_refunds(
 
 /// `GET /admin/audit`: orders by status, and the exactly-once bookkeeping of the public API
 /// (docs/design.md §5.4), in one read transaction. An order settled before the retention cutoff may
-/// have lost its key to the purge: only orders changed since are checked for one.
+/// have lost its key to the purge: only orders created since (their key answered since, so never
+/// purged) or not settled are checked for one. Not "changed since": a refund changes an order
+/// whose key was purged long ago.
 async fn audit(
     db: web::Data<Db>,
     retention: Option<web::Data<host::Retention>>,
@@ -178,7 +180,7 @@ async fn audit(
     let without: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM orders o \
          WHERE NOT EXISTS (SELECT 1 FROM order_requests r WHERE r.order_id = o.id) \
-         AND (o.updated_at >= $1 OR o.status NOT IN ('CONFIRMED', 'CANCELLED', 'REFUNDED'))",
+         AND (o.created_at >= $1 OR o.status NOT IN ('CONFIRMED', 'CANCELLED', 'REFUNDED'))",
     )
     .bind(cutoff)
     .fetch_one(&mut *tx)
@@ -203,7 +205,7 @@ async fn audit(
     let refunds_without: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM refunds f \
          WHERE NOT EXISTS (SELECT 1 FROM order_requests r WHERE r.order_id = f.id AND r.refund_of = f.order_id) \
-         AND (f.updated_at >= $1 OR f.status = 'REFUNDING')",
+         AND (f.created_at >= $1 OR f.status = 'REFUNDING')",
     )
     .bind(cutoff)
     .fetch_one(&mut *tx)

@@ -741,6 +741,16 @@ async fn answered_keys_are_forgotten_after_the_retention_and_every_order_still_a
         assert_eq!(status, 200, "{read}");
         assert_eq!(read["status"], placed["status"], "{read}");
     }
+    // An order whose key is gone can still be refunded, and the audit does not take it (changed
+    // just now, settled long ago) for an order placed without a key.
+    let old = confirmed["order_id"].as_str().unwrap();
+    let (status, refund, _) = p.refund("alice", "k-refund-old", old, None).await;
+    assert_eq!(
+        (status.as_u16(), refund["status"].as_str()),
+        (201, Some("refunded")),
+        "{refund}"
+    );
+    p.settle().await;
     sql("DELETE FROM order_requests WHERE idempotency_key = 'k-interrupted'").await;
     p.assert_invariants().await;
     // A forgotten key is a new request: a new order (what "remembered for 7 days" means).

@@ -623,6 +623,12 @@ fn the_order_book_is_exactly_once(s: &Snapshot) -> [Check; 3] {
             b.orders_without_request
         ));
     }
+    if b.refunds_without_request != 0 {
+        bad.push(format!(
+            "{} refunds have no idempotency key",
+            b.refunds_without_request
+        ));
+    }
     let one_order_per_key = check(
         "one idempotency key, one order",
         format!(
@@ -1020,6 +1026,9 @@ mod tests {
         assert_eq!(failed(&s), ["one idempotency key, one order"]);
         let mut s = healthy();
         s.order_books.orders_without_request = 1;
+        assert_eq!(failed(&s), ["one idempotency key, one order"]);
+        let mut s = healthy();
+        s.order_books.refunds_without_request = 1;
         assert_eq!(failed(&s), ["one idempotency key, one order"]);
     }
 
