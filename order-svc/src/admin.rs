@@ -202,10 +202,12 @@ async fn audit(
             .map(|(_, n)| *n)
             .unwrap_or(0)
     };
+    // A refund refused because another one was under way is FAILED, moved nothing (§5.5b checks
+    // that) and had its key forgotten, so that asking again with it is a new request.
     let refunds_without: i64 = sqlx::query_scalar(
         "SELECT CAST(COUNT(*) AS BIGINT) FROM refunds f \
          WHERE NOT EXISTS (SELECT 1 FROM order_requests r WHERE r.order_id = f.id AND r.refund_of = f.order_id) \
-         AND (f.created_at >= $1 OR f.status = 'REFUNDING')",
+         AND (f.created_at >= $1 OR f.status = 'REFUNDING') AND f.status <> 'FAILED'",
     )
     .bind(cutoff)
     .fetch_one(&mut *tx)

@@ -139,6 +139,22 @@ pub(crate) async fn save(
     Ok(())
 }
 
+/// Forgets a key whose attempt had no effect and must not be its answer for good (a refund
+/// refused because another one was under way): the next request with it is a first request.
+/// Only while the key has no answer, as for [`save`].
+pub(crate) async fn forget(db: &Db, user: &str, key: &str) -> Result<(), StoreError> {
+    let mut writer = db.begin().await?;
+    sqlx::query(
+        "DELETE FROM order_requests WHERE user_id = $1 AND idempotency_key = $2 AND response_status IS NULL",
+    )
+    .bind(user)
+    .bind(key)
+    .execute(&mut *writer)
+    .await?;
+    writer.commit().await?;
+    Ok(())
+}
+
 /// `updated_at` of a request whose attempt ended without an answer: the next request with its
 /// key takes over immediately instead of waiting for it to look abandoned.
 pub(crate) const RELEASED: i64 = 0;

@@ -67,7 +67,7 @@ pub struct RefundView {
     pub gid: Option<String>,
     /// `refunded`, `failed` or `pending` (still under way when the answer was due).
     pub status: String,
-    /// Why it failed: `merchant_insufficient_funds`, `unavailable`, `timeout`, ….
+    /// Why it failed: `merchant_insufficient_funds`, `buyer_account_full`, `timeout`, ….
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub quantity: i64,
@@ -286,8 +286,14 @@ pub(crate) async fn refund_order(
             }
         }
     };
-    let answer = execute(&api, &db, plan).await;
-    Ok(answered(&api, &db, user, &key, answer).await?)
+    match execute(&api, &db, plan).await {
+        Settled::Answered(answer) => Ok(answered(&api, &db, user, &key, answer).await?),
+        Settled::Refused(answer) => {
+            idempotency::forget(&db, user, &key).await?;
+            api.waiters.wake(user, &key);
+            Ok(answer.into_response(false))
+        }
+    }
 }
 
 /// The key's first attempt: the order read and checked (a refusal is not stored: it is about
@@ -386,9 +392,19 @@ async fn first_attempt(
     Ok(fresh.then_some(plan))
 }
 
+/// How a refund's attempt ends for its key.
+enum Settled {
+    /// The key's answer (a 5xx releases the key, see [`idempotency::save`]).
+    Answered(Answer),
+    /// Refused because another refund of the order was under way or done when its first step
+    /// ran: nothing moved, and the key is forgotten, so asking again with it looks at the order
+    /// afresh (a 409 says "retry"; a stored one would say it for ever).
+    Refused(Answer),
+}
+
 /// Sends the refund's transaction and answers with its outcome; a failed refund's reason is
 /// kept with it too (for `GET /api/v1/orders/{id}`).
-async fn execute(api: &Api, db: &Db, plan: RefundPlan) -> Answer {
+async fn execute(api: &Api, db: &Db, plan: RefundPlan) -> Settled {
     let RefundPlan { mut request, start } = plan;
     let refund = start.refund.unwrap_or_default();
     request.wait_ms = api.config.wait_ms;
@@ -396,48 +412,45 @@ async fn execute(api: &Api, db: &Db, plan: RefundPlan) -> Answer {
         Ok(r) => r.into_inner(),
         Err(status) if !proto::is_transient(&status) => {
             tracing::error!(refund_id = refund.refund_id, error = %status, "the coordinator refused the refund");
-            return Answer::problem(&Problem::internal(
+            return Settled::Answered(Answer::problem(&Problem::internal(
                 "the refund could not be made: the transaction was refused (see the service log)",
-            ));
+            )));
         }
         Err(status) => {
             tracing::warn!(refund_id = refund.refund_id, error = %status, "the coordinator did not answer");
-            return Answer::problem(&Problem::unavailable(
+            return Settled::Answered(Answer::problem(&Problem::unavailable(
                 "the refund could not be made right now; retry with the same Idempotency-Key",
-            ));
+            )));
         }
     };
     let (status, reason) = match outcome.status() {
         pb::Status::Succeeded | pb::Status::Confirming => ("refunded", None),
         pb::Status::Cancelling | pb::Status::Failed => {
-            // The order was no longer refundable when the first step ran (another refund won
-            // the race): the same 409 as when that is seen before.
-            if let Some(pb::rollback::Kind::Rejected(r)) =
-                outcome.rollback.as_ref().and_then(|r| r.kind.as_ref())
-            {
-                if r.branch_id == START {
-                    if let Some(refusal) = OrderStatus::ALL
-                        .into_iter()
-                        .filter_map(OrderStatus::refusal)
-                        .find(|(code, _)| *code == r.code)
-                    {
-                        return Answer::problem(&Problem::conflict(refusal.0, refusal.1));
-                    }
-                }
-            }
             ("failed", Some(refund_reason(outcome.rollback.as_ref())))
         }
         _ => ("pending", None),
     };
     if let Some(reason) = &reason {
-        let kept = sqlx::query("UPDATE refunds SET reason = $1 WHERE id = $2 AND reason IS NULL")
-            .bind(reason)
-            .bind(refund.refund_id as i64)
-            .execute(db.pool())
-            .await;
-        if let Err(e) = kept {
+        if let Err(e) = keep_reason(db, &start, outcome.gid, reason).await {
             // The answer carries it; only the order's later reads miss it.
             tracing::warn!(refund_id = refund.refund_id, error = %e, "the refund's reason was not kept");
+        }
+        // The order was no longer refundable when the first step ran (another refund won the
+        // race): the same 409 as when that is seen before, and not the key's answer for good.
+        if let Some(pb::rollback::Kind::Rejected(r)) =
+            outcome.rollback.as_ref().and_then(|r| r.kind.as_ref())
+        {
+            if r.branch_id == START {
+                if let Some(refusal) = OrderStatus::ALL
+                    .into_iter()
+                    .filter_map(OrderStatus::refusal)
+                    .find(|(code, _)| *code == r.code)
+                {
+                    return Settled::Refused(Answer::problem(&Problem::conflict(
+                        refusal.0, refusal.1,
+                    )));
+                }
+            }
         }
     }
     let view = RefundView {
@@ -449,10 +462,44 @@ async fn execute(api: &Api, db: &Db, plan: RefundPlan) -> Answer {
         quantity: refund.quantity,
         amount: refund.amount,
     };
-    Answer {
+    Settled::Answered(Answer {
         status: 201,
         body: serde_json::to_value(view).unwrap_or_default(),
-    }
+    })
+}
+
+/// Keeps a failed refund's reason with it. The answer may come before the refund's row exists:
+/// a first step that never committed gets its row (FAILED) from its null compensation, which
+/// runs after the decision. Then the row is written here, FAILED with the reason, and the null
+/// compensation finds it there; a first step arriving after that cannot insert its own row, so
+/// it fails and moves nothing (the barrier would refuse it anyway once compensated).
+async fn keep_reason(
+    db: &Db,
+    start: &pay::OrderBranch,
+    gid: u64,
+    reason: &str,
+) -> Result<(), store::StoreError> {
+    let refund = start.refund.unwrap_or_default();
+    let now = store::now_ms();
+    let mut writer = db.begin().await?;
+    sqlx::query(
+        "INSERT INTO refunds (id, gid, order_id, user_id, quantity, amount, status, reason, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) \
+         ON CONFLICT (id) DO UPDATE SET reason = excluded.reason WHERE refunds.reason IS NULL",
+    )
+    .bind(refund.refund_id as i64)
+    .bind(gid as i64)
+    .bind(start.order_id as i64)
+    .bind(&start.user_id)
+    .bind(refund.quantity)
+    .bind(refund.amount)
+    .bind(crate::domain::RefundStatus::Failed.as_str())
+    .bind(reason)
+    .bind(now)
+    .execute(&mut *writer)
+    .await?;
+    writer.commit().await?;
+    Ok(())
 }
 
 /// The order API's reason for a failed refund: as for orders, except that the account short of

@@ -364,6 +364,37 @@ async fn a_refund_pays_the_buyer_back_puts_the_items_on_sale_and_happens_once(db
         answers.iter().map(|(s, b, _)| (s, b)).collect::<Vec<_>>()
     );
     p.settle().await;
+    // Every refund the race refused is FAILED with its reason, also when its row came from the
+    // null compensation of a first step that never committed.
+    let (_, listed) = p.admin(Method::GET, "order", "/admin/refunds", None).await;
+    let failed: Vec<&serde_json::Value> = listed["refunds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["order_id"].as_str() == Some(second.as_str()) && r["status"] == "FAILED")
+        .collect();
+    for r in &failed {
+        assert!(
+            matches!(
+                r["reason"].as_str(),
+                Some("refund_in_progress" | "already_refunded")
+            ),
+            "{r}"
+        );
+    }
+    // A refusal is about the order then, not the key's answer for good: each key asks afresh,
+    // and now the order is refunded.
+    for (i, (status, _, _)) in answers.iter().enumerate() {
+        if *status != 409 {
+            continue;
+        }
+        let (status, body, replayed) = p.refund("alice", &format!("race-{i}"), &second, None).await;
+        assert_eq!(
+            (status.as_u16(), body["code"].as_str(), replayed),
+            (409, Some("already_refunded"), false),
+            "race-{i}: {body}"
+        );
+    }
     assert_eq!(p.balance("alice").await, 10_000 - 1_350 + 450 - 900 + 900);
     assert_eq!(p.stock("coffee").await, (98, 0, 2));
     p.assert_invariants().await;
@@ -432,6 +463,7 @@ async fn a_refund_the_merchant_cannot_pay_is_compensated_and_can_be_asked_again(
         (201, Some("refunded")),
         "{refund}"
     );
+    p.settle().await;
     assert_eq!(p.balance("alice").await, 10_000);
     assert_eq!(p.balance("merchant").await, 200);
     assert_eq!(p.stock("coffee").await, (100, 0, 0));
