@@ -35,20 +35,35 @@ pub struct Pick {
 }
 
 impl Pick {
-    /// Decodes and checks a `pay.v1.InventoryBranch`.
+    /// Decodes and checks a `pay.v1.InventoryBranch`: an order's items, or a refund's step.
     pub fn from_payload(payload: &[u8]) -> Result<Pick, Rejection> {
         let p: InventoryBranch = check::decode("pay.v1.InventoryBranch", payload)?;
-        check::id("sku", &p.sku)?;
-        check::units("quantity", p.quantity)?;
-        let step = match StockStep::try_from(p.kind) {
-            Ok(StockStep::Take) => Step::Take,
-            Ok(StockStep::Return) => Step::Return,
-            Ok(StockStep::Restock) => Step::Restock,
-            Err(_) => return Err(Rejection::invalid(format!("unknown kind {}", p.kind))),
+        let (sku, quantity, step) = match p.refund {
+            None => (p.sku, p.quantity, Step::Take),
+            Some(r) => {
+                if !p.sku.is_empty() || p.quantity != 0 {
+                    return Err(Rejection::invalid(
+                        "a refund's step names its SKU and quantity in `refund` only",
+                    ));
+                }
+                let step = match StockStep::try_from(r.step) {
+                    Ok(StockStep::Return) => Step::Return,
+                    Ok(StockStep::Restock) => Step::Restock,
+                    Ok(StockStep::Unspecified) | Err(_) => {
+                        return Err(Rejection::invalid(format!(
+                            "unknown refund step {}",
+                            r.step
+                        )))
+                    }
+                };
+                (r.sku, r.quantity, step)
+            }
         };
+        check::id("sku", &sku)?;
+        check::units("quantity", quantity)?;
         Ok(Pick {
-            sku: p.sku,
-            quantity: p.quantity,
+            sku,
+            quantity,
             step,
         })
     }
@@ -185,7 +200,7 @@ mod tests {
         InventoryBranch {
             sku: sku.into(),
             quantity,
-            kind: 0,
+            refund: None,
         }
         .encode_to_vec()
     }
@@ -194,12 +209,26 @@ mod tests {
     fn a_well_formed_pick_is_accepted_and_bad_ones_are_invalid() {
         let pick = Pick::from_payload(&payload("SKU-1", 3)).unwrap();
         assert_eq!((pick.quantity, pick.step), (3, Step::Take));
-        let unknown_kind = InventoryBranch {
-            sku: "SKU-1".into(),
-            quantity: 1,
-            kind: 9,
-        }
-        .encode_to_vec();
+        let refund = |step: i32, sku: &str| {
+            InventoryBranch {
+                sku: sku.into(),
+                quantity: 0,
+                refund: Some(proto::pay::v1::RefundItems {
+                    sku: "SKU-1".into(),
+                    quantity: 2,
+                    step,
+                }),
+            }
+            .encode_to_vec()
+        };
+        let back = Pick::from_payload(&refund(StockStep::Return as i32, "")).unwrap();
+        assert_eq!(
+            (back.sku.as_str(), back.quantity, back.step),
+            ("SKU-1", 2, Step::Return)
+        );
+        let unknown_kind = refund(9, "");
+        let unspecified = refund(0, "");
+        let twice = refund(StockStep::Return as i32, "SKU-1");
         for bad in [
             payload("SKU-1", 0),
             payload("SKU-1", -1),
@@ -207,6 +236,8 @@ mod tests {
             payload("a b", 1),
             vec![0x0a, 0xff],
             unknown_kind,
+            unspecified,
+            twice,
         ] {
             assert_eq!(Pick::from_payload(&bad).unwrap_err().code, "invalid");
         }

@@ -62,16 +62,22 @@ impl Handler for Stock {
                         .bind(branch.gid.as_i64())
                         .bind(&branch.branch_id)
                         .bind(from.as_str()),
-                        // A refund has one return step: the restock moves its transaction's.
+                        // The restock moves its transaction's return: exactly one row (a
+                        // refund has one return step), and only one of the SKU and quantity the
+                        // restock names.
                         Row::Returning => sqlx::query_as(
-                            "UPDATE reservations SET status = $1, updated_at = $2 \
-                             WHERE gid = $3 AND branch_id <> $4 AND status = $5 RETURNING sku, quantity",
+                            "UPDATE reservations SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id = ( \
+                               SELECT MIN(r.branch_id) FROM reservations r WHERE r.gid = $3 AND r.branch_id <> $4 \
+                               AND r.status = $5 AND r.sku = $6 AND r.quantity = $7) \
+                             RETURNING sku, quantity",
                         )
                         .bind(to.as_str())
                         .bind(store::now_ms())
                         .bind(branch.gid.as_i64())
                         .bind(&branch.branch_id)
-                        .bind(from.as_str()),
+                        .bind(from.as_str())
+                        .bind(&pick.sku)
+                        .bind(pick.quantity),
                     }
                     .fetch_optional(&mut *conn)
                     .await?;

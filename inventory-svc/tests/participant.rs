@@ -22,14 +22,23 @@ async fn inventory(db: &TestDb, dir: &std::path::Path) -> ParticipantProcess {
 }
 
 fn pick(sku: &str, quantity: i64) -> Vec<u8> {
-    step(sku, quantity, StockStep::Take)
-}
-
-fn step(sku: &str, quantity: i64, kind: StockStep) -> Vec<u8> {
     InventoryBranch {
         sku: sku.into(),
         quantity,
-        kind: kind as i32,
+        refund: None,
+    }
+    .encode_to_vec()
+}
+
+/// A refund's step, as order-svc sends it.
+fn step(sku: &str, quantity: i64, step: StockStep) -> Vec<u8> {
+    InventoryBranch {
+        refund: Some(proto::pay::v1::RefundItems {
+            sku: sku.into(),
+            quantity,
+            step: step as i32,
+        }),
+        ..Default::default()
     }
     .encode_to_vec()
 }
@@ -258,9 +267,40 @@ async fn a_refund_holds_returned_items_until_its_restock_and_its_compensation_ne
             );
         }
     };
+    // A restock of another quantity than the return's moves nothing.
+    let other = p
+        .call(
+            2,
+            "restock",
+            Op::Action,
+            &step("SKU-1", 2, StockStep::Restock),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (other.outcome(), other.code.as_str()),
+        (Outcome::Failure, "no_reservation")
+    );
     call("restock", Op::Action, restock.clone()).await;
     call("restock", Op::Action, restock.clone()).await;
     assert_eq!(stock(&p, "SKU-1").await, (9, 0, 1), "back on sale once");
+    // An inventory-svc from before refunds reads a refund's step as an empty order (fields 1
+    // and 2 are left empty): refused as invalid, never taken as an order's items.
+    let before_refunds = InventoryBranch {
+        sku: String::new(),
+        quantity: 0,
+        refund: None,
+    };
+    let seen = InventoryBranch::decode(ret.as_slice()).unwrap();
+    assert_eq!((seen.sku.as_str(), seen.quantity), ("", 0));
+    let r = p
+        .call(5, "inventory", Op::Action, &before_refunds.encode_to_vec())
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.outcome(), r.code.as_str()),
+        (Outcome::Failure, "invalid")
+    );
     assert_consistent(&p).await;
 
     // A refund that fails: its items were returned, then someone buys everything on the shelf.

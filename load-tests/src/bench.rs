@@ -77,13 +77,13 @@ fn payload(which: Which, gid: u64) -> Vec<u8> {
             account_id: "bench".into(),
             amount: 1,
             merchant_id: "merchant".into(),
-            kind: 0,
+            refund: None,
         }
         .encode_to_vec(),
         Which::Inventory => proto::pay::v1::InventoryBranch {
             sku: "BENCH".into(),
             quantity: 1,
-            kind: proto::pay::v1::StockStep::Take as i32,
+            refund: None,
         }
         .encode_to_vec(),
         Which::Order => proto::pay::v1::OrderBranch {

@@ -186,7 +186,7 @@ async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(
                 account_id: "load-0".into(),
                 amount: 100,
                 merchant_id: "merchant".into(),
-                kind: 0,
+                refund: None,
             }
             .encode_to_vec(),
         })

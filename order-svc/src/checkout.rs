@@ -85,12 +85,12 @@ pub(crate) async fn checkout(
         account_id: user.to_owned(),
         amount,
         merchant_id: api.config.merchant_id.clone(),
-        kind: 0,
+        refund: None,
     });
     let inventory_payload = prost::Message::encode_to_vec(&proto::pay::v1::InventoryBranch {
         sku: body.sku.clone(),
         quantity: body.quantity,
-        kind: proto::pay::v1::StockStep::Take as i32,
+        refund: None,
     });
     let branch = |id: &str, url: &str, payload: Vec<u8>| pb::BranchSpec {
         branch_id: id.into(),

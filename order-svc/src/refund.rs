@@ -96,20 +96,28 @@ impl RefundPlan {
                 stage: stage as i32,
             }),
         };
-        let items = |kind: pay::StockStep| {
+        // The parties, SKU and amounts only in `refund`: a participant from before refunds
+        // refuses the step as invalid instead of running it as an order's.
+        let items = |step: pay::StockStep| {
             prost::Message::encode_to_vec(&pay::InventoryBranch {
-                sku: order.sku.clone(),
-                quantity,
-                kind: kind as i32,
+                refund: Some(pay::RefundItems {
+                    sku: order.sku.clone(),
+                    quantity,
+                    step: step as i32,
+                }),
+                ..Default::default()
             })
         };
         let c = &api.config;
-        let money = |kind: pay::MoneyStep| {
+        let money = |step: pay::MoneyStep| {
             prost::Message::encode_to_vec(&pay::PaymentBranch {
-                account_id: c.merchant_id.clone(),
-                amount,
-                merchant_id: order.user_id.clone(),
-                kind: kind as i32,
+                refund: Some(pay::RefundMoney {
+                    payer: c.merchant_id.clone(),
+                    payee: order.user_id.clone(),
+                    amount,
+                    step: step as i32,
+                }),
+                ..Default::default()
             })
         };
         let branch = |id: &str, url: &str, payload: Vec<u8>, deps: &[&str]| pb::BranchSpec {

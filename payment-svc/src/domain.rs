@@ -16,7 +16,7 @@
 use proto::pay::v1::{MoneyStep, PaymentBranch};
 use tcc::{check, Op, Rejection};
 
-/// What a branch does with its money (`pay.v1.MoneyStep`).
+/// What a branch does with its money (an order's payment, or a refund's `pay.v1.MoneyStep`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// An order's: freeze (Try) or pay at once (Action).
@@ -37,25 +37,40 @@ pub struct Charge {
 }
 
 impl Charge {
-    /// Decodes and checks a `pay.v1.PaymentBranch`.
+    /// Decodes and checks a `pay.v1.PaymentBranch`: an order's payment, or a refund's step.
     pub fn from_payload(payload: &[u8]) -> Result<Charge, Rejection> {
         let p: PaymentBranch = check::decode("pay.v1.PaymentBranch", payload)?;
-        check::id("account_id", &p.account_id)?;
-        check::id("merchant_id", &p.merchant_id)?;
-        check::units("amount", p.amount)?;
-        if p.account_id == p.merchant_id {
+        let (account_id, merchant_id, amount, step) = match p.refund {
+            None => (p.account_id, p.merchant_id, p.amount, Step::Pay),
+            Some(r) => {
+                if !p.account_id.is_empty() || !p.merchant_id.is_empty() || p.amount != 0 {
+                    return Err(Rejection::invalid(
+                        "a refund's step names its parties and amount in `refund` only",
+                    ));
+                }
+                let step = match MoneyStep::try_from(r.step) {
+                    Ok(MoneyStep::Hold) => Step::Hold,
+                    Ok(MoneyStep::Release) => Step::Release,
+                    Ok(MoneyStep::Unspecified) | Err(_) => {
+                        return Err(Rejection::invalid(format!(
+                            "unknown refund step {}",
+                            r.step
+                        )))
+                    }
+                };
+                (r.payer, r.payee, r.amount, step)
+            }
+        };
+        check::id("account_id", &account_id)?;
+        check::id("merchant_id", &merchant_id)?;
+        check::units("amount", amount)?;
+        if account_id == merchant_id {
             return Err(Rejection::invalid("account_id and merchant_id must differ"));
         }
-        let step = match MoneyStep::try_from(p.kind) {
-            Ok(MoneyStep::Pay) => Step::Pay,
-            Ok(MoneyStep::Hold) => Step::Hold,
-            Ok(MoneyStep::Release) => Step::Release,
-            Err(_) => return Err(Rejection::invalid(format!("unknown kind {}", p.kind))),
-        };
         Ok(Charge {
-            account_id: p.account_id,
-            merchant_id: p.merchant_id,
-            amount: p.amount,
+            account_id,
+            merchant_id,
+            amount,
             step,
         })
     }
@@ -169,7 +184,7 @@ mod tests {
             account_id: account.into(),
             amount,
             merchant_id: merchant.into(),
-            kind: 0,
+            refund: None,
         }
         .encode_to_vec()
     }
@@ -236,13 +251,33 @@ mod tests {
             assert_eq!(plan(Step::Hold, op).unwrap_err().code, "invalid");
             assert_eq!(plan(Step::Release, op).unwrap_err().code, "invalid");
         }
-        let unknown_kind = PaymentBranch {
-            account_id: "merchant".into(),
-            amount: 5,
-            merchant_id: "alice".into(),
-            kind: 9,
+        let refund = |step: i32, account: &str| PaymentBranch {
+            account_id: account.into(),
+            refund: Some(proto::pay::v1::RefundMoney {
+                payer: "merchant".into(),
+                payee: "alice".into(),
+                amount: 5,
+                step,
+            }),
+            ..Default::default()
+        };
+        let hold = Charge::from_payload(&refund(MoneyStep::Hold as i32, "").encode_to_vec());
+        assert_eq!(
+            hold.map(|c| (c.step, c.account_id, c.merchant_id, c.amount)),
+            Ok((Step::Hold, "merchant".into(), "alice".into(), 5))
+        );
+        // An unknown step, or parties given twice, are refused.
+        for bad in [
+            refund(9, ""),
+            refund(0, ""),
+            refund(MoneyStep::Hold as i32, "bob"),
+        ] {
+            assert_eq!(
+                Charge::from_payload(&bad.encode_to_vec()).unwrap_err().code,
+                "invalid"
+            );
         }
-        .encode_to_vec();
+        let unknown_kind = refund(9, "").encode_to_vec();
         assert_eq!(
             Charge::from_payload(&unknown_kind).unwrap_err().code,
             "invalid"

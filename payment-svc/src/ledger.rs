@@ -28,7 +28,7 @@ impl Handler for Payments {
             match crate::domain::plan(charge.step, op)? {
                 Plan::Create(status) => take(conn, branch, status, charge).await,
                 Plan::Move { row, from, to } => {
-                    settle(conn, branch, (charge.step, op), row, (from, to)).await
+                    settle(conn, branch, (charge, op), row, (from, to)).await
                 }
             }
         })
@@ -231,18 +231,22 @@ async fn take(
 async fn settle(
     conn: &mut AnyConnection,
     branch: &BranchRef,
-    (step, op): (Step, Op),
+    (charge, op): (&Charge, Op),
     row: Row,
     (from, to): (HoldStatus, HoldStatus),
 ) -> Result<(), OpError> {
-    let hold: Option<(String, String, i64, i64)> = sqlx::query_as(match row {
+    let step = charge.step;
+    let mut query = sqlx::query_as(match row {
         Row::Own => {
             "UPDATE holds SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id = $4 AND status = $5 \
              RETURNING account_id, merchant_id, amount, reserved"
         }
-        // A refund has one hold step: the release moves its transaction's.
+        // The release moves its transaction's hold: exactly one row (a refund has one hold
+        // step), and only one for the parties and amount the release names.
         Row::Held => {
-            "UPDATE holds SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id <> $4 AND status = $5 \
+            "UPDATE holds SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id = ( \
+               SELECT MIN(h.branch_id) FROM holds h WHERE h.gid = $3 AND h.branch_id <> $4 AND h.status = $5 \
+               AND h.account_id = $6 AND h.merchant_id = $7 AND h.amount = $8) \
              RETURNING account_id, merchant_id, amount, reserved"
         }
     })
@@ -250,9 +254,14 @@ async fn settle(
     .bind(store::now_ms())
     .bind(branch.gid.as_i64())
     .bind(&branch.branch_id)
-    .bind(from.as_str())
-    .fetch_optional(&mut *conn)
-    .await?;
+    .bind(from.as_str());
+    if row == Row::Held {
+        query = query
+            .bind(&charge.account_id)
+            .bind(&charge.merchant_id)
+            .bind(charge.amount);
+    }
+    let hold: Option<(String, String, i64, i64)> = query.fetch_optional(&mut *conn).await?;
     let Some((account, merchant, amount, reserved)) = hold else {
         // The barrier lets a second-phase op through only when its first phase committed a hold,
         // and a release runs only after its hold succeeded, so this is a protocol violation (a
@@ -286,10 +295,11 @@ async fn settle(
             (&account, Move::Return(amount)),
             (&merchant, Move::Available(-amount)),
         ],
-        // The held money goes back to the payer (`account_id`, the merchant of a refund).
+        // The held money goes back to the payer (`account_id`, the merchant of a refund);
+        // the payer first, as `lock_in_order` expects.
         (Step::Hold, Op::Compensate) => &[
-            (&merchant, Move::Frozen(-amount)),
             (&account, Move::Return(amount)),
+            (&merchant, Move::Frozen(-amount)),
         ],
         // Its room was checked when it was held.
         (Step::Release, Op::Action) => &[

@@ -27,7 +27,7 @@ fn charge(account: &str, amount: i64) -> Vec<u8> {
         account_id: account.into(),
         amount,
         merchant_id: "merchant".into(),
-        kind: 0,
+        refund: None,
     }
     .encode_to_vec()
 }
@@ -246,7 +246,7 @@ async fn bad_input_is_a_failure_on_try_and_invalid_argument_on_second_phase_ops(
                 account_id: "alice".into(),
                 amount: 10,
                 merchant_id: "shop-x".into(),
-                kind: 0,
+                refund: None,
             }
             .encode_to_vec(),
             "unknown_merchant",
@@ -613,12 +613,16 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
 
 both_backends!(sigterm_lets_calls_in_flight_finish_and_exits_0);
 
-fn refund_step(kind: proto::pay::v1::MoneyStep, amount: i64) -> Vec<u8> {
+/// A refund's money step, as order-svc sends it: the merchant pays alice back.
+fn refund_step(step: proto::pay::v1::MoneyStep, amount: i64) -> Vec<u8> {
     PaymentBranch {
-        account_id: "merchant".into(),
-        amount,
-        merchant_id: "alice".into(),
-        kind: kind as i32,
+        refund: Some(proto::pay::v1::RefundMoney {
+            payer: "merchant".into(),
+            payee: "alice".into(),
+            amount,
+            step: step as i32,
+        }),
+        ..Default::default()
     }
     .encode_to_vec()
 }
@@ -753,4 +757,190 @@ async fn a_refund_holds_the_money_on_the_buyer_until_its_release_and_every_undo_
 
 both_backends!(
     a_refund_holds_the_money_on_the_buyer_until_its_release_and_every_undo_takes_back_only_what_is_held
+);
+
+/// `pay.v1.PaymentBranch` as a payment-svc from before refunds knows it (fields 1–3).
+#[derive(Clone, PartialEq, prost::Message)]
+struct PaymentBranchBeforeRefunds {
+    #[prost(string, tag = "1")]
+    account_id: String,
+    #[prost(int64, tag = "2")]
+    amount: i64,
+    #[prost(string, tag = "3")]
+    merchant_id: String,
+}
+
+/// A refund's money steps reaching a payment-svc that predates them (order-svc upgraded first):
+/// what that service would decode is an empty payment, refused as invalid, so the refund is
+/// compensated instead of paid as an order, twice (the hold and the release look alike to it).
+async fn a_refund_step_read_by_a_payment_svc_from_before_refunds_is_refused_not_paid(db: TestDb) {
+    use proto::pay::v1::MoneyStep;
+    let dir = testkit::temp_dir("payment-");
+    let p = payment(&db, dir.path()).await;
+    seed(&p, &[("alice", 0)]).await;
+    p.admin(
+        Method::POST,
+        "/admin/accounts/merchant/deposits",
+        Some(json!({ "amount": 1_000 })),
+    )
+    .await;
+    for (branch, step) in [
+        ("payment", MoneyStep::Hold),
+        ("release", MoneyStep::Release),
+    ] {
+        let old = PaymentBranchBeforeRefunds::decode(refund_step(step, 300).as_slice())
+            .unwrap()
+            .encode_to_vec();
+        let r = p.call(20, branch, Op::Action, &old).await.unwrap();
+        assert_eq!(outcome(&r), (Outcome::Failure, "invalid"), "{branch}");
+    }
+    assert_eq!(balance(&p, "alice").await, (0, 0));
+    assert_eq!(balance(&p, "merchant").await, (1_000, 0));
+    assert_consistent(&p).await;
+}
+
+/// A release names its refund's hold: with two holds in one transaction it moves the one that
+/// matches, or none, never the status of one and the money of another.
+async fn a_release_moves_exactly_the_money_of_the_hold_it_marks_paid(db: TestDb) {
+    use proto::pay::v1::MoneyStep;
+    let dir = testkit::temp_dir("payment-");
+    let p = payment(&db, dir.path()).await;
+    seed(&p, &[("alice", 0)]).await;
+    p.admin(
+        Method::POST,
+        "/admin/accounts/merchant/deposits",
+        Some(json!({ "amount": 1_000 })),
+    )
+    .await;
+    let ok = |r: Result<proto::v1::BranchResponse, tonic::Status>| {
+        let r = r.unwrap();
+        assert_eq!(outcome(&r), (Outcome::Success, ""), "{r:?}");
+    };
+    ok(
+        p.call(30, "hold-a", Op::Action, &refund_step(MoneyStep::Hold, 100))
+            .await,
+    );
+    ok(
+        p.call(30, "hold-b", Op::Action, &refund_step(MoneyStep::Hold, 200))
+            .await,
+    );
+    assert_eq!(balance(&p, "alice").await, (0, 300));
+    let paid = || async {
+        let holds = p.admin_get("/admin/holds/30").await;
+        holds["holds"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["status"] == "paid")
+            .map(|h| h["amount"].as_i64().unwrap())
+            .sum::<i64>()
+    };
+    // A release of an amount no hold has moves nothing.
+    let none = p
+        .call(
+            30,
+            "release",
+            Op::Action,
+            &refund_step(MoneyStep::Release, 300),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome(&none), (Outcome::Failure, "no_hold"));
+    assert_eq!((paid().await, balance(&p, "alice").await), (0, (0, 300)));
+    // A release in another transaction finds none of these.
+    let other = p
+        .call(
+            31,
+            "release",
+            Op::Action,
+            &refund_step(MoneyStep::Release, 200),
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome(&other), (Outcome::Failure, "no_hold"));
+    assert_eq!(balance(&p, "alice").await, (0, 300));
+    // A release of one hold's amount moves that one.
+    ok(p.call(
+        30,
+        "release-b",
+        Op::Action,
+        &refund_step(MoneyStep::Release, 200),
+    )
+    .await);
+    assert_eq!(
+        (paid().await, balance(&p, "alice").await),
+        (200, (200, 100))
+    );
+    assert_consistent(&p).await;
+}
+
+/// A failed refund's undo takes the two accounts' row locks in id order, as every other op
+/// does: out of order, it deadlocks on PostgreSQL with an order's Confirm on the same pair.
+async fn a_failed_refunds_undo_locks_the_two_accounts_in_id_order(db: TestDb) {
+    use proto::pay::v1::MoneyStep;
+    if db.backend() != testkit::Backend::Postgres {
+        // SQLite admits one writer at a time: there are no row locks to order.
+        return;
+    }
+    let dir = testkit::temp_dir("payment-");
+    let p = payment(&db, dir.path()).await;
+    seed(&p, &[("zoe", 0)]).await; // the buyer's id sorts after the merchant's
+    p.admin(
+        Method::POST,
+        "/admin/accounts/merchant/deposits",
+        Some(json!({ "amount": 1_000 })),
+    )
+    .await;
+    let back = PaymentBranch {
+        refund: Some(proto::pay::v1::RefundMoney {
+            payer: "merchant".into(),
+            payee: "zoe".into(),
+            amount: 300,
+            step: MoneyStep::Hold as i32,
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    assert_eq!(
+        p.call(40, "payment", Op::Action, &back)
+            .await
+            .unwrap()
+            .outcome(),
+        Outcome::Success
+    );
+    let ledger = store::Db::connect(&store::DbConfig::new(db.url()))
+        .await
+        .unwrap();
+    // Another op holds the merchant's row, as zoe's Confirm does (merchant first, then zoe).
+    let mut other = ledger.begin().await.unwrap();
+    sqlx::query("UPDATE accounts SET updated_at = updated_at WHERE id = 'merchant'")
+        .execute(&mut *other)
+        .await
+        .unwrap();
+    let api = p.api.with_timeout(std::time::Duration::from_secs(30));
+    let undo = tokio::spawn({
+        let back = back.clone();
+        async move { api.call(40, "payment", Op::Compensate, &back).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    // In id order the undo waits for "merchant" before it touches "zoe".
+    let zoe = sqlx::query("SELECT id FROM accounts WHERE id = 'zoe' FOR UPDATE NOWAIT")
+        .fetch_optional(&mut *other)
+        .await
+        .map(|row| row.is_some());
+    let _ = other.rollback().await;
+    let answered = undo.await.unwrap();
+    assert!(
+        zoe.is_ok(),
+        "the undo locked zoe before merchant: {zoe:?}; undo {answered:?}"
+    );
+    assert_eq!(answered.unwrap().outcome(), Outcome::Success);
+    assert_eq!(balance(&p, "zoe").await, (0, 0));
+    assert_consistent(&p).await;
+}
+
+both_backends!(
+    a_refund_step_read_by_a_payment_svc_from_before_refunds_is_refused_not_paid,
+    a_release_moves_exactly_the_money_of_the_hold_it_marks_paid,
+    a_failed_refunds_undo_locks_the_two_accounts_in_id_order,
 );

@@ -1196,7 +1196,7 @@ async fn a_participant_call_without_the_coordinators_certificate_is_refused_and_
             account_id: "alice".into(),
             amount: 100,
             merchant_id: "merchant".into(),
-            kind: 0,
+            refund: None,
         }),
     };
     let payment = p.grpc_urls["payment"].clone();
