@@ -627,23 +627,36 @@ fn refund_step(step: proto::pay::v1::MoneyStep, amount: i64) -> Vec<u8> {
     .encode_to_vec()
 }
 
-async fn a_refund_holds_the_money_on_the_buyer_until_its_release_and_every_undo_takes_back_only_what_is_held(
-    db: TestDb,
-) {
-    use proto::pay::v1::MoneyStep;
-    let dir = testkit::temp_dir("payment-");
-    let p = payment(&db, dir.path()).await;
-    seed(&p, &[("alice", 0), ("bob", 0)]).await;
+/// payment-svc with `buyer`'s account empty and the merchant holding 1 000 to pay back.
+async fn merchant_to_pay_back(
+    db: &TestDb,
+    dir: &std::path::Path,
+    buyer: &str,
+) -> ParticipantProcess {
+    let p = payment(db, dir).await;
+    seed(&p, &[(buyer, 0)]).await;
     p.admin(
         Method::POST,
         "/admin/accounts/merchant/deposits",
         Some(json!({ "amount": 1_000 })),
     )
     .await;
-    let ok = |r: Result<proto::v1::BranchResponse, tonic::Status>| {
-        let r = r.unwrap();
-        assert_eq!(outcome(&r), (Outcome::Success, ""), "{r:?}");
-    };
+    p
+}
+
+/// Asserts a call answered SUCCESS.
+fn succeeded(r: Result<proto::v1::BranchResponse, tonic::Status>) {
+    let r = r.unwrap();
+    assert_eq!(outcome(&r), (Outcome::Success, ""), "{r:?}");
+}
+
+async fn a_refund_holds_the_money_on_the_buyer_until_its_release_and_every_undo_takes_back_only_what_is_held(
+    db: TestDb,
+) {
+    use proto::pay::v1::MoneyStep;
+    let dir = testkit::temp_dir("payment-");
+    let p = merchant_to_pay_back(&db, dir.path(), "alice").await;
+    let ok = succeeded;
     // A refund's steps are Saga actions only.
     let r = p
         .call(9, "payment", Op::Try, &refund_step(MoneyStep::Hold, 300))
@@ -776,14 +789,7 @@ struct PaymentBranchBeforeRefunds {
 async fn a_refund_step_read_by_a_payment_svc_from_before_refunds_is_refused_not_paid(db: TestDb) {
     use proto::pay::v1::MoneyStep;
     let dir = testkit::temp_dir("payment-");
-    let p = payment(&db, dir.path()).await;
-    seed(&p, &[("alice", 0)]).await;
-    p.admin(
-        Method::POST,
-        "/admin/accounts/merchant/deposits",
-        Some(json!({ "amount": 1_000 })),
-    )
-    .await;
+    let p = merchant_to_pay_back(&db, dir.path(), "alice").await;
     for (branch, step) in [
         ("payment", MoneyStep::Hold),
         ("release", MoneyStep::Release),
@@ -804,18 +810,8 @@ async fn a_refund_step_read_by_a_payment_svc_from_before_refunds_is_refused_not_
 async fn a_release_moves_exactly_the_money_of_the_hold_it_marks_paid(db: TestDb) {
     use proto::pay::v1::MoneyStep;
     let dir = testkit::temp_dir("payment-");
-    let p = payment(&db, dir.path()).await;
-    seed(&p, &[("alice", 0)]).await;
-    p.admin(
-        Method::POST,
-        "/admin/accounts/merchant/deposits",
-        Some(json!({ "amount": 1_000 })),
-    )
-    .await;
-    let ok = |r: Result<proto::v1::BranchResponse, tonic::Status>| {
-        let r = r.unwrap();
-        assert_eq!(outcome(&r), (Outcome::Success, ""), "{r:?}");
-    };
+    let p = merchant_to_pay_back(&db, dir.path(), "alice").await;
+    let ok = succeeded;
     ok(
         p.call(30, "hold-a", Op::Action, &refund_step(MoneyStep::Hold, 100))
             .await,
@@ -883,14 +879,8 @@ async fn a_failed_refunds_undo_locks_the_two_accounts_in_id_order(db: TestDb) {
         return;
     }
     let dir = testkit::temp_dir("payment-");
-    let p = payment(&db, dir.path()).await;
-    seed(&p, &[("zoe", 0)]).await; // the buyer's id sorts after the merchant's
-    p.admin(
-        Method::POST,
-        "/admin/accounts/merchant/deposits",
-        Some(json!({ "amount": 1_000 })),
-    )
-    .await;
+    // The buyer's id sorts after the merchant's.
+    let p = merchant_to_pay_back(&db, dir.path(), "zoe").await;
     let back = PaymentBranch {
         refund: Some(proto::pay::v1::RefundMoney {
             payer: "merchant".into(),
