@@ -11,19 +11,20 @@
 //!
 //! Saga: Actions in dependency order (by default each branch depends on the one before it);
 //! a transient error is retried; a FAILURE (or the deadline) → `Cancelling`, and **every**
-//! branch is compensated, one at a time in reverse order.
+//! branch is compensated, one at a time in reverse order. Which Actions ran is not known for
+//! sure: Actions go out without a commit each, so after a crash (or a lost write) the log may say
+//! `not_started` of one that took effect. A Compensate whose Action never arrived is a null
+//! compensation at the participant (it succeeds, and its barrier row makes a late Action do
+//! nothing), so compensating everything is always safe and never misses an effect.
 //!
 //! A Saga's *retriable* branches (steps that cannot fail for a business reason: a release, a
 //! status change) come after its point of no return. They are sent only once every other
 //! branch's Action has succeeded, and only after that decision is durable (`Confirming`, as a
 //! TCC commit is); from then on they are retried until they succeed, past the deadline, and
-//! nothing is ever compensated. Without this, a step that took effect but whose answer was lost
-//! could be compensated at the deadline after the world had moved on (a refund's money spent
-//! by the buyer), and the compensation would fail for ever. Which Actions ran is not known for
-//! sure: Actions go out without a commit each, so after a crash (or a lost write) the log may say
-//! `not_started` of one that took effect. A Compensate whose Action never arrived is a null
-//! compensation at the participant (it succeeds, and its barrier row makes a late Action do
-//! nothing), so compensating everything is always safe and never misses an effect.
+//! nothing is ever compensated (nor are they when the Saga rolls back before that point: none
+//! was sent). Without this, a step that took effect but whose answer was lost could be
+//! compensated at the deadline after the world had moved on (a refund's money spent by the
+//! buyer), and the compensation would fail for ever.
 //!
 //! A second phase with nothing left to do ends at once (`Failed` / `Succeeded`): no status is
 //! ever left without a way forward.
