@@ -66,7 +66,7 @@ impl Handler for Stock {
                         // refund has one return step), and only one of the SKU and quantity the
                         // restock names.
                         Row::Returning => sqlx::query_as(
-                            "UPDATE reservations SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id = ( \
+                            "UPDATE reservations SET status = $1, updated_at = $2 WHERE gid = $3 AND status = $5 AND branch_id = ( \
                                SELECT MIN(r.branch_id) FROM reservations r WHERE r.gid = $3 AND r.branch_id <> $4 \
                                AND r.status = $5 AND r.sku = $6 AND r.quantity = $7) \
                              RETURNING sku, quantity",

@@ -141,14 +141,23 @@ pub(crate) async fn save(
 
 /// Forgets a key whose attempt had no effect and must not be its answer for good (a refund
 /// refused because another one was under way): the next request with it is a first request.
-/// Only while the key has no answer, as for [`save`].
-pub(crate) async fn forget(db: &Db, user: &str, key: &str) -> Result<(), StoreError> {
+/// Only while the key has no answer, as for [`save`], and still holds this attempt's `order_id`
+/// (a refund's id): a late attempt that was taken over must not forget the row of a request
+/// the key started since.
+pub(crate) async fn forget(
+    db: &Db,
+    user: &str,
+    key: &str,
+    order_id: i64,
+) -> Result<(), StoreError> {
     let mut writer = db.begin().await?;
     sqlx::query(
-        "DELETE FROM order_requests WHERE user_id = $1 AND idempotency_key = $2 AND response_status IS NULL",
+        "DELETE FROM order_requests WHERE user_id = $1 AND idempotency_key = $2 AND order_id = $3 \
+         AND response_status IS NULL",
     )
     .bind(user)
     .bind(key)
+    .bind(order_id)
     .execute(&mut *writer)
     .await?;
     writer.commit().await?;
@@ -346,6 +355,39 @@ pub async fn purge_answered(db: &Db, before_ms: i64, batch: i64) -> Result<u64, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A refused refund's key is forgotten; a late attempt of the same refund (taken over while
+    /// slow) does not forget the row of the refund the key started since.
+    #[tokio::test]
+    async fn a_late_refused_attempt_forgets_only_its_own_refunds_key() {
+        let test_db = testkit::TestDb::sqlite();
+        let db = Db::connect(&store::DbConfig::new(test_db.url()))
+            .await
+            .unwrap();
+        db.migrate(&crate::MIGRATOR).await.unwrap();
+        let first = |order_id| FirstRequest {
+            user: "alice",
+            key: "k",
+            hash: "h",
+            order_id,
+            refund_of: Some(1),
+            txn_request: Some(vec![1]),
+            answer: None,
+        };
+        assert!(begin(&db, first(10)).await.unwrap());
+        forget(&db, "alice", "k", 10).await.unwrap();
+        assert_eq!(
+            key_state(&db, "alice", "k").await.unwrap(),
+            KeyState::Absent
+        );
+        assert!(begin(&db, first(11)).await.unwrap());
+        forget(&db, "alice", "k", 10).await.unwrap();
+        assert_eq!(
+            key_state(&db, "alice", "k").await.unwrap(),
+            KeyState::Unanswered,
+            "refund 11 lost its key while under way"
+        );
+    }
 
     /// A first attempt taken over while it was only slow ends late: neither its 5xx (a release)
     /// nor its answer replaces what its successor stored.

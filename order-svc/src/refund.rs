@@ -294,10 +294,11 @@ pub(crate) async fn refund_order(
             }
         }
     };
+    let refund_id = plan.start.refund.unwrap_or_default().refund_id as i64;
     match execute(&api, &db, plan).await {
         Settled::Answered(answer) => Ok(answered(&api, &db, user, &key, answer).await?),
         Settled::Refused(answer) => {
-            idempotency::forget(&db, user, &key).await?;
+            idempotency::forget(&db, user, &key, refund_id).await?;
             api.waiters.wake(user, &key);
             Ok(answer.into_response(false))
         }

@@ -244,7 +244,7 @@ async fn settle(
         // The release moves its transaction's hold: exactly one row (a refund has one hold
         // step), and only one for the parties and amount the release names.
         Row::Held => {
-            "UPDATE holds SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id = ( \
+            "UPDATE holds SET status = $1, updated_at = $2 WHERE gid = $3 AND status = $5 AND branch_id = ( \
                SELECT MIN(h.branch_id) FROM holds h WHERE h.gid = $3 AND h.branch_id <> $4 AND h.status = $5 \
                AND h.account_id = $6 AND h.merchant_id = $7 AND h.amount = $8) \
              RETURNING account_id, merchant_id, amount, reserved"
