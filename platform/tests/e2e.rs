@@ -262,15 +262,15 @@ async fn a_refund_pays_the_buyer_back_puts_the_items_on_sale_and_happens_once(db
         (status.as_u16(), body["code"].as_str()),
         (422, Some("idempotency_key_reused"))
     );
+    // "refunded" is the decision (as "confirmed" is an order's): the steps after the point of
+    // no return may still be under way (a second refund asked meanwhile is `refund_in_progress`).
+    p.settle().await;
     // A second refund of the order is a conflict, however it is asked for.
     let (status, body, _) = p.refund("alice", "r2", &id, None).await;
     assert_eq!(
         (status.as_u16(), body["code"].as_str()),
         (409, Some("already_refunded"))
     );
-    // "refunded" is the decision (as "confirmed" is an order's): the steps after the point of
-    // no return may still be under way.
-    p.settle().await;
     let (_, read) = p.get_order("alice", &id).await;
     assert_eq!(read["status"], "refunded", "{read}");
     assert_eq!(read["refund"]["status"], "refunded", "{read}");
