@@ -34,10 +34,14 @@ pub async fn transaction_page(
     before: Option<log::TimelineCursor>,
     limit: i64,
 ) -> Result<(pb::GlobalTransaction, i64, Option<log::TimelineCursor>), EngineError> {
-    let (timeline, total, next) = log::timeline_page(db, gid, before, limit).await?;
+    // The state first, then the timeline: attempts are only ever appended, in the same commit
+    // as the state they led to, so a timeline read after the state holds every attempt that
+    // state counts (read the other way round, a transaction could show `succeeded` without the
+    // call that succeeded).
     let stored = log::load(db, gid)
         .await?
         .ok_or(EngineError::NotFound(gid))?;
+    let (timeline, total, next) = log::timeline_page(db, gid, before, limit).await?;
     Ok((shown(stored, &timeline), total, next))
 }
 
@@ -47,9 +51,10 @@ pub async fn transactions(
     db: &Db,
     gids: &[Gid],
 ) -> Result<Vec<pb::GlobalTransaction>, EngineError> {
+    // The states before the timelines, as in [`transaction_page`].
+    let stored = log::load_many(db, gids).await?;
     let mut timelines = log::timelines(db, gids).await?;
-    Ok(log::load_many(db, gids)
-        .await?
+    Ok(stored
         .into_iter()
         .map(|stored| {
             let timeline = timelines.remove(&stored.gid).unwrap_or_default();

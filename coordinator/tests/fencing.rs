@@ -1,7 +1,8 @@
 //! The log's fence, on SQLite and PostgreSQL: a driver whose claim lapsed and was claimed again
 //! (here by the same instance, the case an owner-only fence let through) can no longer write;
 //! no status is replaced unless it is the one the writer last made durable; and recovery never
-//! claims a transaction this process is still driving.
+//! claims a transaction this process is still driving; and a read of a transaction never shows
+//! a state without the attempts that led to it.
 use coordinator::log::{self, Checkpoint, NewBranch, NewTxn};
 use coordinator::machine::{Mode, Status, Txn};
 use std::time::Duration;
@@ -149,7 +150,80 @@ async fn recovery_never_claims_a_transaction_this_process_is_driving(db: TestDb)
     assert!(claims.is_empty(), "{claims:?}");
 }
 
+/// The regression behind a CI failure: the transaction view read the timeline, then the state,
+/// so a transaction whose last checkpoint landed in between showed `succeeded` without the call
+/// that succeeded. Here one writer appends an attempt per checkpoint (as a drive does) while a
+/// reader keeps reading the view: every read must show at least the attempts its state counts.
+async fn a_transaction_read_while_it_is_written_shows_every_attempt_its_state_counts(db: TestDb) {
+    let (db, mut stored) = log_with_one_transaction(&db, 60_000).await;
+    const WRITES: i64 = 300;
+    let writer = {
+        let db = db.clone();
+        let mut txn = stored.txn.clone();
+        tokio::spawn(async move {
+            for n in 1..=WRITES {
+                stored.branches[0].attempts = n;
+                // Alternate between two statuses so each write replaces the one before.
+                let from = txn.status;
+                txn.status = if n % 2 == 1 {
+                    Status::Confirming
+                } else {
+                    Status::Prepared
+                };
+                let attempt = log::Attempt {
+                    idx: 0,
+                    op: coordinator::machine::Op::Confirm,
+                    started_at: store::now_ms(),
+                    duration_us: 1,
+                    outcome: log::Outcome::Error,
+                    error: Some(format!("attempt {n}")),
+                    owner: OWNER.into(),
+                };
+                let written = log::checkpoint(
+                    &db,
+                    Checkpoint {
+                        gid: stored.gid,
+                        owner: OWNER,
+                        epoch: stored.epoch,
+                        from,
+                        txn: &txn,
+                        branches: &stored.branches,
+                        new_attempts: std::slice::from_ref(&attempt),
+                        release_until: None,
+                        lease_ms: 60_000,
+                    },
+                )
+                .await
+                .unwrap();
+                assert!(written.is_some(), "write {n} was fenced off");
+            }
+        })
+    };
+    let mut reads = 0;
+    while !writer.is_finished() {
+        let (page, _, _) = coordinator::view::transaction_page(&db, gid(), None, 1000)
+            .await
+            .unwrap();
+        let listed = coordinator::view::transactions(&db, &[gid()])
+            .await
+            .unwrap();
+        for t in std::iter::once(&page).chain(&listed) {
+            let b = &t.branches[0];
+            assert!(
+                b.timeline.len() >= b.attempts as usize,
+                "read {reads}: the state counts {} attempts, the timeline shows {}",
+                b.attempts,
+                b.timeline.len()
+            );
+        }
+        reads += 1;
+    }
+    writer.await.unwrap();
+    assert!(reads > 10, "only {reads} reads overlapped the writes");
+}
+
 both_backends!(
+    a_transaction_read_while_it_is_written_shows_every_attempt_its_state_counts,
     a_lapsed_claim_cannot_write_after_the_same_instance_claimed_again,
     a_status_is_replaced_only_from_the_status_the_writer_read,
     recovery_never_claims_a_transaction_this_process_is_driving,
