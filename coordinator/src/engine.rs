@@ -248,6 +248,18 @@ impl Engine {
         &self.db
     }
 
+    /// The participants transactions may name.
+    pub fn participants(&self) -> &participants::Known {
+        &self.config.participants
+    }
+
+    /// The caps of the `n` waits from round `first` on (each wait is drawn up to its cap).
+    pub fn backoff_caps(&self, first: u32, n: u32) -> Vec<Duration> {
+        (first..first + n)
+            .map(|r| self.config.backoff.cap(r))
+            .collect()
+    }
+
     /// The process SIGKILLs itself here when the point is armed, so crash recovery can be
     /// tested at exact points.
     fn failpoint(&self, at: Crash) {

@@ -153,7 +153,13 @@ impl pb::coordinator_server::Coordinator for CoordinatorService {
         } else {
             Some(gid_of(r.before_gid)?)
         };
-        let rows = log::list(self.engine.db(), status, before, limit)
+        let filter = log::Filter {
+            status,
+            before,
+            limit,
+            ..log::Filter::default()
+        };
+        let rows = log::list(self.engine.db(), &filter)
             .await
             .map_err(EngineError::from)?;
         let next = if rows.len() as i64 == limit {

@@ -49,44 +49,86 @@ impl From<EngineError> for Problem {
     }
 }
 
-fn parse_gid(raw: &str) -> Result<Gid, Problem> {
+pub(crate) fn parse_gid(raw: &str) -> Result<Gid, Problem> {
     raw.parse::<Gid>()
         .ok()
         .filter(|g| g.as_u64() > 0)
         .ok_or_else(|| Problem::bad_request(format!("{raw:?} is not a transaction id")))
 }
 
+/// A listing's query string, shared by the API and the console.
 #[derive(Debug, Deserialize)]
-struct ListQuery {
-    status: Option<String>,
+pub(crate) struct ListQuery {
+    pub status: Option<String>,
+    pub mode: Option<String>,
+    /// Created at or after (Unix ms).
+    pub from_ms: Option<i64>,
+    /// Created before (Unix ms).
+    pub to_ms: Option<i64>,
+    /// A gid, an idempotency key, or an order or refund id.
+    pub q: Option<String>,
     #[serde(default = "default_limit")]
-    limit: i64,
-    before: Option<String>,
+    pub limit: i64,
+    pub before: Option<String>,
 }
 
 fn default_limit() -> i64 {
     50
 }
 
-/// `GET /api/v1/transactions?status=cancelling&limit=50&before=<gid>`: newest first.
+impl ListQuery {
+    /// The filter it names; a 400 for a value that names nothing.
+    pub(crate) fn filter(&self) -> Result<log::Filter, Problem> {
+        let given = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+        let status = match given(&self.status) {
+            None => None,
+            Some(s) => Some(Status::parse(&s).ok_or_else(|| {
+                Problem::bad_request(
+                    "status must be prepared, confirming, cancelling, succeeded or failed",
+                )
+            })?),
+        };
+        let mode = match given(&self.mode) {
+            None => None,
+            Some(m) => Some(
+                log::mode_named(&m)
+                    .ok_or_else(|| Problem::bad_request("mode must be tcc or saga"))?,
+            ),
+        };
+        let before = match given(&self.before) {
+            None => None,
+            Some(b) => Some(parse_gid(&b)?),
+        };
+        if let (Some(from), Some(to)) = (self.from_ms, self.to_ms) {
+            if from >= to {
+                return Err(Problem::bad_request("from_ms must be before to_ms"));
+            }
+        }
+        let search = given(&self.q);
+        if search.as_ref().is_some_and(|s| s.len() > 200) {
+            return Err(Problem::bad_request("q must be at most 200 characters"));
+        }
+        Ok(log::Filter {
+            status,
+            mode,
+            created_from: self.from_ms,
+            created_to: self.to_ms,
+            search,
+            before,
+            limit: self.limit.clamp(1, 500),
+        })
+    }
+}
+
+/// `GET /api/v1/transactions?status=cancelling&mode=saga&from_ms=…&to_ms=…&q=<gid, key or
+/// order id>&limit=50&before=<gid>`: newest first.
 async fn list(
     engine: web::Data<Arc<Engine>>,
     q: web::Query<ListQuery>,
 ) -> Result<HttpResponse, Problem> {
-    let status = match q.status.as_deref() {
-        None | Some("") => None,
-        Some(s) => Some(Status::parse(s).ok_or_else(|| {
-            Problem::bad_request(
-                "status must be prepared, confirming, cancelling, succeeded or failed",
-            )
-        })?),
-    };
-    let before = match q.before.as_deref() {
-        None | Some("") => None,
-        Some(b) => Some(parse_gid(b)?),
-    };
-    let limit = q.limit.clamp(1, 500);
-    let rows = log::list(engine.db(), status, before, limit)
+    let filter = q.filter()?;
+    let limit = filter.limit;
+    let rows = log::list(engine.db(), &filter)
         .await
         .map_err(EngineError::from)?;
     let next = (rows.len() as i64 == limit)

@@ -15,6 +15,7 @@
 //! - [`view`]: the read model both APIs show, a page of transactions in three queries.
 //! - [`grpc`] and [`http`]: the APIs.
 
+pub mod console;
 pub mod engine;
 pub mod grpc;
 pub mod http;
@@ -63,6 +64,11 @@ pub struct Config {
     /// keeps its status row for good: it answers a late replay of its key.
     #[serde(default = "default_retention")]
     pub retention: host::Retention,
+    /// The trace UI's page of one trace, `{trace_id}` standing for the id
+    /// (`http://127.0.0.1:16686/trace/{trace_id}`): the console links each transaction to the
+    /// trace it was started in. Unset: the console shows the trace id only.
+    #[serde(default)]
+    pub trace_link: Option<String>,
 }
 
 fn default_retention() -> host::Retention {
@@ -85,6 +91,7 @@ impl Default for Config {
             participants: Default::default(),
             failpoint: None,
             retention: default_retention(),
+            trace_link: None,
         }
     }
 }
@@ -128,6 +135,16 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
         return Err(ConfigError(format!("node_id must be 0..={}", ids::MAX_NODE)).into());
     }
     config.retention.validate("retention")?;
+    if let Some(link) = &config.trace_link {
+        if !(link.starts_with("http://") || link.starts_with("https://"))
+            || !link.contains("{trace_id}")
+        {
+            return Err(ConfigError(
+                "trace_link must be an http(s) URL containing {trace_id}".into(),
+            )
+            .into());
+        }
+    }
     let mut engine_config = config.engine()?;
     let tls = config.common.trust("coordinator")?;
     engine_config.participants_tls = tls.clone();
@@ -168,6 +185,9 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let grpc = grpc::CoordinatorService::new(engine.clone(), admin.get_ref().clone()).into_server();
     let engine_data = actix_web::web::Data::new(engine);
     let failpoint_data = actix_web::web::Data::from(failpoints);
+    let console_data = actix_web::web::Data::new(console::Settings {
+        trace_link: config.trace_link.clone(),
+    });
     host::app::start(
         ServiceParts {
             name: "coordinator",
@@ -179,8 +199,10 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
             http: Arc::new(move |cfg| {
                 cfg.app_data(engine_data.clone())
                     .app_data(admin.clone())
-                    .app_data(failpoint_data.clone());
+                    .app_data(failpoint_data.clone())
+                    .app_data(console_data.clone());
                 http::routes(cfg);
+                console::routes(cfg);
             }),
             shutdown_grace: Duration::from_secs(config.common.shutdown_grace_secs),
             json_limit: 64 * 1024,

@@ -34,6 +34,8 @@ pub struct NewTxn {
     pub branch_timeout_ms: i64,
     pub deadline_at: i64,
     pub branches: Vec<NewBranch>,
+    /// The trace the request came in (32 hex digits), for the console's link to it.
+    pub trace_id: Option<String>,
 }
 
 /// A recorded global transaction with what the driver needs.
@@ -161,11 +163,14 @@ pub fn mode_str(mode: Mode) -> &'static str {
 }
 
 fn parse_mode(s: &str) -> Result<Mode, StoreError> {
-    match s {
-        "tcc" => Ok(Mode::Tcc),
-        "saga" => Ok(Mode::Saga),
-        other => Err(corrupt("mode", other)),
-    }
+    mode_named(s).ok_or_else(|| corrupt("mode", s))
+}
+
+/// The mode [`mode_str`] spells `s`.
+pub fn mode_named(s: &str) -> Option<Mode> {
+    [Mode::Tcc, Mode::Saga]
+        .into_iter()
+        .find(|m| mode_str(*m) == s)
 }
 
 /// The `reason` column holds the typed [`Rollback`] as JSON; words from before it was typed
@@ -284,8 +289,8 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
     let now = store::now_ms();
     sqlx::query(
         "INSERT INTO global_txns (gid, mode, status, idempotency_key, request_hash, reason, concurrent, branch_timeout_ms, \
-         created_at, updated_at, deadline_at, next_attempt_at, attempts, owner, lease_until, epoch) \
-         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $8, $9, $8, 0, $10, $11, $12)",
+         created_at, updated_at, deadline_at, next_attempt_at, attempts, owner, lease_until, epoch, trace_id) \
+         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $8, $9, $8, 0, $10, $11, $12, $13)",
     )
     .bind(new.gid.as_i64())
     .bind(mode_str(new.mode))
@@ -299,6 +304,7 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
     .bind(owner)
     .bind(now + lease_ms)
     .bind(FIRST_EPOCH)
+    .bind(new.trace_id.clone())
     .execute(&mut *tx)
     .await?;
     // One statement for all branches: each statement is a round trip and an executor run.
@@ -640,24 +646,101 @@ pub struct Summary {
     pub next_attempt_at: i64,
 }
 
-/// Transactions newest first, optionally of one status, with gid below `before`.
-pub async fn list(
-    db: &Db,
-    status: Option<Status>,
-    before: Option<Gid>,
-    limit: i64,
-) -> Result<Vec<Summary>, StoreError> {
+/// What a listing selects; every field but the page size is optional.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    pub status: Option<Status>,
+    pub mode: Option<Mode>,
+    /// Created at or after (Unix ms).
+    pub created_from: Option<i64>,
+    /// Created before (Unix ms).
+    pub created_to: Option<i64>,
+    /// A gid, an idempotency key, or the part of a key after its last `:` (order-svc's keys are
+    /// `order:<order id>` and `refund:<refund id>`, so an order id finds its transactions).
+    pub search: Option<String>,
+    /// Only gids below this one (the next page).
+    pub before: Option<Gid>,
+    pub limit: i64,
+}
+
+/// A value bound into a query built from a [`Filter`].
+enum Bound {
+    Int(i64),
+    Text(String),
+}
+
+/// Transactions newest first, as `filter` selects them.
+pub async fn list(db: &Db, filter: &Filter) -> Result<Vec<Summary>, StoreError> {
     type Row = (i64, String, String, Option<String>, i64, i64, i64, i64);
-    let rows: Vec<Row> = sqlx::query_as(
+    let mut binds = vec![Bound::Int(filter.before.map_or(i64::MAX, Gid::as_i64))];
+    let mut sql = String::from(
         "SELECT gid, mode, status, reason, created_at, updated_at, attempts, next_attempt_at FROM global_txns \
-         WHERE gid < $1 AND ($2 = '' OR status = $2) ORDER BY gid DESC LIMIT $3",
-    )
-    .bind(before.map_or(i64::MAX, Gid::as_i64))
-    .bind(status.map(|s| s.as_str()).unwrap_or(""))
-    .bind(limit)
-    .fetch_all(db.pool())
-    .await?;
-    rows.into_iter()
+         WHERE gid < $1",
+    );
+    let next = |binds: &mut Vec<Bound>, value: Bound| {
+        binds.push(value);
+        format!("${}", binds.len())
+    };
+    if let Some(status) = filter.status {
+        let p = next(&mut binds, Bound::Text(status.as_str().into()));
+        sql += &format!(" AND status = {p}");
+    }
+    if let Some(mode) = filter.mode {
+        let p = next(&mut binds, Bound::Text(mode_str(mode).into()));
+        sql += &format!(" AND mode = {p}");
+    }
+    if let Some(from) = filter.created_from {
+        // The gid bound lets the primary key narrow the scan; created_at is the exact test.
+        let g = next(
+            &mut binds,
+            Bound::Int(Gid::first_at(from.max(0) as u64).as_i64()),
+        );
+        let p = next(&mut binds, Bound::Int(from));
+        sql += &format!(" AND gid >= {g} AND created_at >= {p}");
+    }
+    if let Some(to) = filter.created_to {
+        let p = next(&mut binds, Bound::Int(to));
+        sql += &format!(" AND created_at < {p}");
+    }
+    if let Some(text) = filter
+        .search
+        .as_deref()
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
+        let key = next(&mut binds, Bound::Text(text.into()));
+        let escaped: String = text
+            .chars()
+            .flat_map(|c| match c {
+                '\\' | '%' | '_' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let suffix = next(&mut binds, Bound::Text(format!("%:{escaped}")));
+        let by_gid = match text.parse::<Gid>() {
+            Ok(gid) => {
+                let p = next(&mut binds, Bound::Int(gid.as_i64()));
+                format!("gid = {p} OR ")
+            }
+            Err(_) => String::new(),
+        };
+        sql += &format!(
+            " AND ({by_gid}idempotency_key = {key} OR idempotency_key LIKE {suffix} ESCAPE '\\')"
+        );
+    }
+    let p = next(&mut binds, Bound::Int(filter.limit));
+    sql += &format!(" ORDER BY gid DESC LIMIT {p}");
+    let mut query = sqlx::query_as::<_, Row>(&sql);
+    for b in binds {
+        query = match b {
+            Bound::Int(v) => query.bind(v),
+            Bound::Text(v) => query.bind(v),
+        };
+    }
+    query
+        .fetch_all(db.pool())
+        .await?
+        .into_iter()
         .map(
             |(gid, mode, status, reason, created_at, updated_at, attempts, next_attempt_at)| {
                 Ok(Summary {
@@ -673,6 +756,104 @@ pub async fn list(
             },
         )
         .collect()
+}
+
+/// The trace a transaction was started in, when one was recorded.
+pub async fn trace_id(db: &Db, gid: Gid) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar::<_, Option<String>>("SELECT trace_id FROM global_txns WHERE gid = $1")
+            .bind(gid.as_i64())
+            .fetch_optional(db.pool())
+            .await?
+            .flatten(),
+    )
+}
+
+/// The log's recent activity, for the console's live numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Recent {
+    /// How far back (ms) the numbers look.
+    pub window_ms: i64,
+    /// Transactions created in the window.
+    pub started: i64,
+    /// Of those, how many have ended (succeeded or failed).
+    pub ended: i64,
+    /// Branch call latency per participant over the answered calls of the window.
+    pub latency: Vec<Latency>,
+    /// See [`recovery_lag_ms`].
+    pub recovery_lag_ms: i64,
+}
+
+/// Branch call latency at one participant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latency {
+    pub participant: String,
+    pub calls: usize,
+    pub p50_us: i64,
+    pub p99_us: i64,
+}
+
+/// At most this many calls go into [`recent`]'s percentiles (the newest transactions' first).
+const RECENT_CALLS: i64 = 50_000;
+
+/// What the log shows of the last `window_ms`: rates and per-participant latency, read from
+/// every instance's writes (not only this process's), over index ranges (gids are ordered by
+/// creation time), so a console refresh stays cheap on a long log.
+pub async fn recent(db: &Db, window_ms: i64) -> Result<Recent, StoreError> {
+    let since = store::now_ms() - window_ms;
+    let floor = Gid::first_at(since.max(0) as u64).as_i64();
+    let (started, ended): (i64, i64) = sqlx::query_as(
+        "SELECT CAST(COUNT(*) AS BIGINT), \
+         CAST(COALESCE(SUM(CASE WHEN status IN ('succeeded', 'failed') THEN 1 ELSE 0 END), 0) AS BIGINT) \
+         FROM global_txns WHERE gid >= $1 AND created_at >= $2",
+    )
+    .bind(floor)
+    .bind(since)
+    .fetch_one(db.pool())
+    .await?;
+    let calls: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT b.participant, a.duration_us FROM attempts a \
+         JOIN branches b ON b.gid = a.gid AND b.idx = a.idx \
+         WHERE a.gid >= $1 AND a.started_at >= $2 AND a.outcome <> 'abandoned' \
+         ORDER BY a.gid DESC LIMIT $3",
+    )
+    .bind(floor)
+    .bind(since)
+    .bind(RECENT_CALLS)
+    .fetch_all(db.pool())
+    .await?;
+    let mut by_participant: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    for (participant, us) in calls {
+        by_participant.entry(participant).or_default().push(us);
+    }
+    let latency = by_participant
+        .into_iter()
+        .map(|(participant, mut us)| {
+            us.sort_unstable();
+            Latency {
+                participant,
+                calls: us.len(),
+                p50_us: percentile(&us, 50),
+                p99_us: percentile(&us, 99),
+            }
+        })
+        .collect();
+    Ok(Recent {
+        window_ms,
+        started,
+        ended,
+        latency,
+        recovery_lag_ms: recovery_lag_ms(db).await?,
+    })
+}
+
+/// The nearest-rank percentile of sorted values (0 for none).
+pub fn percentile(sorted: &[i64], p: usize) -> i64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = (p * sorted.len()).div_ceil(100).max(1);
+    sorted[rank.min(sorted.len()) - 1]
 }
 
 /// Every attempt of a transaction, oldest first.

@@ -43,6 +43,13 @@ impl Known {
         trust::ROLES.iter().copied().find(|r| r == name)
     }
 
+    /// The configured name of the participant at `addr`, if it has one.
+    pub fn name_of(&self, addr: &str) -> Option<&str> {
+        self.by_addr
+            .get(addr.trim_end_matches('/'))
+            .map(String::as_str)
+    }
+
     /// Whether any address is accepted (nothing configured).
     pub fn is_open(&self) -> bool {
         self.by_addr.is_empty()

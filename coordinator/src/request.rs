@@ -166,6 +166,7 @@ pub fn validate(
         branch_timeout_ms: branch_timeout.as_millis() as i64,
         deadline_at: store::now_ms() + timeout.as_millis() as i64,
         branches,
+        trace_id: telemetry::current_trace_id(),
     })
 }
 

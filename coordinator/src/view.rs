@@ -34,6 +34,18 @@ pub async fn transaction_page(
     before: Option<log::TimelineCursor>,
     limit: i64,
 ) -> Result<(pb::GlobalTransaction, i64, Option<log::TimelineCursor>), EngineError> {
+    let (stored, timeline, total, next) = stored_page(db, gid, before, limit).await?;
+    Ok((shown(stored, &timeline), total, next))
+}
+
+/// The transaction as stored (payloads and participant addresses included) with one page of
+/// its timeline, its attempt count and the next page's cursor.
+pub async fn stored_page(
+    db: &Db,
+    gid: Gid,
+    before: Option<log::TimelineCursor>,
+    limit: i64,
+) -> Result<StoredPage, EngineError> {
     // The state first, then the timeline: attempts are only ever appended, in the same commit
     // as the state they led to, so a timeline read after the state holds every attempt that
     // state counts (read the other way round, a transaction could show `succeeded` without the
@@ -42,8 +54,16 @@ pub async fn transaction_page(
         .await?
         .ok_or(EngineError::NotFound(gid))?;
     let (timeline, total, next) = log::timeline_page(db, gid, before, limit).await?;
-    Ok((shown(stored, &timeline), total, next))
+    Ok((stored, timeline, total, next))
 }
+
+/// What [`stored_page`] reads.
+pub type StoredPage = (
+    log::Stored,
+    Vec<log::Attempt>,
+    i64,
+    Option<log::TimelineCursor>,
+);
 
 /// Transactions as the API shows them, in three queries whatever their number (in the order of
 /// `gids`; those that do not exist are left out).
@@ -64,7 +84,7 @@ pub async fn transactions(
 }
 
 /// One transaction as the API shows it.
-fn shown(stored: log::Stored, timeline: &[log::Attempt]) -> pb::GlobalTransaction {
+pub(crate) fn shown(stored: log::Stored, timeline: &[log::Attempt]) -> pb::GlobalTransaction {
     let gid = stored.gid;
     let mode = stored.txn.mode;
     let status = stored.txn.status;

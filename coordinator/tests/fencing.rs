@@ -34,6 +34,7 @@ async fn log_with_one_transaction(db: &TestDb, lease_ms: i64) -> (Db, log::Store
             depends_on: vec![],
             retriable: false,
         }],
+        trace_id: None,
     };
     let lease_until = log::insert(&db, &new, OWNER, lease_ms).await.unwrap();
     (db, log::Stored::recorded(&new, OWNER, lease_until))

@@ -435,6 +435,8 @@ struct Layout {
     port_offset: u16,
     /// Where the services export their spans, if anywhere.
     otlp: Option<String>,
+    /// The trace UI's page of one trace (`{trace_id}` stands for the id), for the console.
+    trace_link: Option<String>,
 }
 
 impl Layout {
@@ -477,6 +479,9 @@ fn spawn(which: Which, layout: &Layout) -> std::io::Result<Child> {
             .env("ORDER_API__INVENTORY_URL", layout.grpc(Which::Inventory));
     }
     if which == Which::Coordinator {
+        if let Some(link) = &layout.trace_link {
+            command.env("COORDINATOR_TRACE_LINK", link);
+        }
         // The only participants its transactions may name.
         command
             .env("COORDINATOR_PARTICIPANTS__ORDER", layout.grpc(Which::Order))
@@ -778,6 +783,7 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
         admin_token,
         port_offset: cli.port_offset,
         otlp: std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok(),
+        trace_link: None,
     };
     let mut layout = layout;
     // The trace UI in this process, unless asked not to or its ports are taken (then the
@@ -799,6 +805,7 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
         match ui.bind().await {
             Ok(bound) => {
                 layout.otlp = Some(format!("http://127.0.0.1:{}", 4317 + offset));
+                layout.trace_link = Some(format!("http://{http}/trace/{{trace_id}}"));
                 tokio::spawn(async move {
                     if let Err(e) = bound.run().await {
                         eprintln!("platform: {e}");
@@ -867,6 +874,10 @@ async fn run(cli: Cli) -> Result<(), PlatformError> {
     println!("  logs:        {}/logs/<service>.log", data.display());
     println!("  pids:        {}/run/<service>.pid", data.display());
     println!("  admin token: {}/admin-token", data.display());
+    println!(
+        "  console:     {}/console (sign in with the admin token)",
+        layout.http(Which::Coordinator)
+    );
     if let Some(ui) = trace_ui {
         println!("  traces:      http://{ui}/ (one order = one trace across the four services)");
     }

@@ -316,15 +316,40 @@ impl AdminToken {
         }
     }
 
+    /// Whether `presented` is the token (in constant time).
+    pub fn accepts(&self, presented: &str) -> bool {
+        self.matches(presented)
+    }
+
+    /// A value derived from the token for one `purpose` (a browser session's cookie, say):
+    /// it proves the token was presented without holding the token itself, and changes with it.
+    pub fn derived(&self, purpose: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        h.update(purpose.as_bytes());
+        h.update([0]);
+        h.update(self.0.as_bytes());
+        h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Whether `presented` is [`AdminToken::derived`] for `purpose` (in constant time).
+    pub fn accepts_derived(&self, purpose: &str, presented: &str) -> bool {
+        constant_time_eq(presented.as_bytes(), self.derived(purpose).as_bytes())
+    }
+
     /// Compares in time that depends on the lengths only, never on where they differ.
     fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (presented.as_bytes(), self.0.as_bytes());
-        let mut diff = a.len() ^ b.len();
-        for i in 0..a.len().max(b.len()) {
-            diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
-        }
-        diff == 0
+        constant_time_eq(presented.as_bytes(), self.0.as_bytes())
     }
+}
+
+/// Compares in time that depends on the lengths only, never on where they differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        diff |= usize::from(a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0));
+    }
+    diff == 0
 }
 
 /// The shortest admin token production mode accepts (32 random bytes' worth of hex is 64).

@@ -123,6 +123,15 @@ impl Gid {
         self.0 as i64
     }
 
+    /// The smallest id the generator can make at or after `unix_ms`: a lower bound on the ids
+    /// of everything created since, for range scans by time over an id index.
+    pub fn first_at(unix_ms: u64) -> Gid {
+        Gid(unix_ms
+            .saturating_sub(EPOCH_MS)
+            .min((1 << TIMESTAMP_BITS) - 1)
+            << (NODE_BITS + SEQUENCE_BITS))
+    }
+
     /// Splits the id into creation time, node and sequence.
     pub fn parts(self) -> GidParts {
         GidParts {
@@ -327,6 +336,17 @@ mod tests {
         fn set(&self, ms: u64) {
             self.ms.store(ms, Ordering::SeqCst);
         }
+    }
+
+    #[test]
+    fn first_at_bounds_every_id_made_from_that_millisecond_on() {
+        let at = EPOCH_MS + 86_400_000;
+        let g = Snowflake::with_clock(MAX_NODE, ManualClock::at(at)).unwrap();
+        let made = g.next_id().unwrap();
+        assert!(Gid::first_at(at) <= made);
+        assert!(Gid::first_at(at + 1) > made);
+        assert_eq!(Gid::first_at(at).parts().unix_ms, at);
+        assert_eq!(Gid::first_at(0).as_u64(), 0, "before the epoch: every id");
     }
 
     impl Clock for ManualClock {

@@ -19,6 +19,7 @@
 //! - [`free_port`] and [`Service`]: spawn a real binary, wait for its `/readyz`, SIGKILL it,
 //!   restart it, read its log.
 
+pub mod browser;
 pub mod cli;
 pub mod containers;
 pub mod participant;

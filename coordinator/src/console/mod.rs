@@ -1,0 +1,510 @@
+//! The operator's console at `/console`: the transactions with filters, counts and live
+//! numbers; one transaction's attempts on a shared time axis, its decision, retry schedule,
+//! decoded payloads and trace; and the operator's retry.
+//!
+//! Why server-rendered: the project's machines have no npm and the console must work offline,
+//! so the pages are HTML made here (`maud`), one small stylesheet and one small script embedded
+//! in the binary (the script only re-fetches the page for auto-refresh; every page works
+//! without it). Nothing is loaded from anywhere else, and the Content-Security-Policy says so.
+//!
+//! Why a cookie: a browser cannot send the admin token as a bearer header on a link, so signing
+//! in with the token sets a session cookie holding a value *derived* from the token and an
+//! expiry (never the token itself): `HttpOnly`, `SameSite=Strict`, scoped to `/console`, valid
+//! for [`SESSION_SECS`], and void once the token changes. The two writes (retry, sign out) are
+//! POSTs that a cross-site page cannot make with the cookie (`SameSite=Strict`), and an
+//! `Origin` that is not this host is refused besides.
+
+mod clock;
+mod gantt;
+mod page;
+mod payload;
+
+use crate::engine::{Engine, EngineError};
+use crate::http::ListQuery;
+use crate::log;
+use crate::view;
+use actix_web::http::{header, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse};
+use host::AdminToken;
+use maud::Markup;
+use serde::Deserialize;
+use std::sync::Arc;
+
+/// The console's settings.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// The trace UI's page of one trace, `{trace_id}` standing for the id.
+    pub trace_link: Option<String>,
+}
+
+/// How long a console session lasts.
+pub const SESSION_SECS: i64 = 12 * 3600;
+const COOKIE: &str = "tcc_console";
+/// The window of the live numbers.
+const LIVE_WINDOW_MS: i64 = 60_000;
+/// Attempts one transaction page shows (the newest).
+const TIMELINE_LIMIT: i64 = 1000;
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::scope("/console")
+            .route("", web::get().to(list))
+            .route("/", web::get().to(list))
+            .route("/login", web::post().to(login))
+            .route("/logout", web::post().to(logout))
+            .route("/transactions/{gid}", web::get().to(show))
+            .route("/transactions/{gid}/retry", web::post().to(retry))
+            .route("/assets/console.css", web::get().to(css))
+            .route("/assets/console.js", web::get().to(js)),
+    );
+}
+
+/// Every console response: no caching, nothing from elsewhere, never framed.
+fn respond(status: StatusCode, body: Markup) -> HttpResponse {
+    HttpResponse::build(status)
+        .insert_header((header::CONTENT_TYPE, "text/html; charset=utf-8"))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; style-src 'self'; script-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        // `same-origin`, not `no-referrer`: under `no-referrer` a browser sends `Origin: null`
+        // on the console's own form posts, which the origin check must refuse.
+        .insert_header((header::REFERRER_POLICY, "same-origin"))
+        .body(body.into_string())
+}
+
+fn see_other(to: &str) -> HttpResponse {
+    HttpResponse::SeeOther()
+        .insert_header((header::LOCATION, to))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .finish()
+}
+
+fn now_secs() -> i64 {
+    store::now_ms() / 1000
+}
+
+fn purpose(expires: i64) -> String {
+    format!("console-session:{expires}")
+}
+
+/// The cookie's value for a session that ends at `expires` (Unix seconds).
+fn session_value(token: &AdminToken, expires: i64) -> String {
+    format!("{expires}.{}", token.derived(&purpose(expires)))
+}
+
+/// Whether the request carries a live session made with the current token.
+fn signed_in(req: &HttpRequest, token: &AdminToken) -> bool {
+    let Some(cookie) = cookie_value(req) else {
+        return false;
+    };
+    let Some((expires, proof)) = cookie.split_once('.') else {
+        return false;
+    };
+    match expires.parse::<i64>() {
+        Ok(e) if e > now_secs() && e <= now_secs() + SESSION_SECS => {
+            token.accepts_derived(&purpose(e), proof)
+        }
+        _ => false,
+    }
+}
+
+/// The session cookie's value, if the request carries one.
+fn cookie_value(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get_all(header::COOKIE)
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+/// A `Set-Cookie` for the session (`value` empty: one that removes it).
+fn set_cookie(value: &str, secure: bool) -> String {
+    let max_age = if value.is_empty() { 0 } else { SESSION_SECS };
+    format!(
+        "{COOKIE}={value}; Path=/console; Max-Age={max_age}; HttpOnly; SameSite=Strict{}",
+        if secure { "; Secure" } else { "" }
+    )
+}
+
+/// A write comes from this host's own pages: the browser's `Sec-Fetch-Site`, when it sends
+/// one, says so; otherwise its `Origin`, when it sends one, is this host.
+fn same_origin(req: &HttpRequest) -> bool {
+    if let Some(site) = req.headers().get("sec-fetch-site") {
+        return matches!(site.to_str(), Ok("same-origin" | "none"));
+    }
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return true;
+    };
+    let host = req.connection_info().host().to_owned();
+    origin
+        .to_str()
+        .ok()
+        .and_then(|o| o.split_once("://"))
+        .is_some_and(|(_, h)| h == host)
+}
+
+fn unauthorized() -> HttpResponse {
+    respond(StatusCode::UNAUTHORIZED, page::login(None))
+}
+
+#[derive(Deserialize)]
+struct LoginForm {
+    token: String,
+}
+
+async fn login(
+    req: HttpRequest,
+    token: web::Data<AdminToken>,
+    form: web::Form<LoginForm>,
+) -> HttpResponse {
+    if !same_origin(&req) {
+        return respond(
+            StatusCode::FORBIDDEN,
+            page::login(Some("cross-site sign-in refused")),
+        );
+    }
+    if !token.accepts(form.token.trim()) {
+        return respond(
+            StatusCode::UNAUTHORIZED,
+            page::login(Some("That is not the coordinator's admin token.")),
+        );
+    }
+    let expires = now_secs() + SESSION_SECS;
+    let secure = req.connection_info().scheme() == "https";
+    let mut to = see_other("/console");
+    if let Ok(v) =
+        header::HeaderValue::from_str(&set_cookie(&session_value(&token, expires), secure))
+    {
+        to.headers_mut().append(header::SET_COOKIE, v);
+    }
+    to
+}
+
+async fn logout(req: HttpRequest) -> HttpResponse {
+    if !same_origin(&req) {
+        return respond(
+            StatusCode::FORBIDDEN,
+            page::error("Refused", "cross-site request"),
+        );
+    }
+    let secure = req.connection_info().scheme() == "https";
+    let mut to = see_other("/console");
+    if let Ok(v) = header::HeaderValue::from_str(&set_cookie("", secure)) {
+        to.headers_mut().append(header::SET_COOKIE, v);
+    }
+    to
+}
+
+/// The console's query: the API's filter plus the time range as UTC wall-clock inputs.
+#[derive(Debug, Default, Deserialize)]
+struct ConsoleQuery {
+    status: Option<String>,
+    mode: Option<String>,
+    q: Option<String>,
+    before: Option<String>,
+    limit: Option<i64>,
+    from: Option<String>,
+    to: Option<String>,
+}
+
+fn bad_request(message: impl Into<String>) -> HttpResponse {
+    respond(
+        StatusCode::BAD_REQUEST,
+        page::error("Bad request", &message.into()),
+    )
+}
+
+fn unavailable(e: EngineError) -> HttpResponse {
+    tracing::warn!(error = %e, "console read failed");
+    respond(
+        StatusCode::SERVICE_UNAVAILABLE,
+        page::error(
+            "Unavailable",
+            "The coordinator's log cannot be read right now; try again shortly.",
+        ),
+    )
+}
+
+async fn list(
+    req: HttpRequest,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+    q: web::Query<ConsoleQuery>,
+) -> HttpResponse {
+    if !signed_in(&req, &token) {
+        return unauthorized();
+    }
+    let q = q.into_inner();
+    let mut list = ListQuery {
+        status: q.status,
+        mode: q.mode,
+        q: q.q,
+        before: q.before,
+        limit: q.limit.unwrap_or(50),
+        from_ms: None,
+        to_ms: None,
+    };
+    for (text, into, name) in [
+        (&q.from, &mut list.from_ms, "from"),
+        (&q.to, &mut list.to_ms, "to"),
+    ] {
+        if let Some(t) = text.as_deref().filter(|t| !t.is_empty()) {
+            match clock::parse_utc(t) {
+                Some(ms) => *into = Some(ms),
+                None => {
+                    return bad_request(format!(
+                        "{name} must be a UTC date and time like 2026-12-02T03:04"
+                    ))
+                }
+            }
+        }
+    }
+    let filter = match list.filter() {
+        Ok(f) => f,
+        Err(p) => return bad_request(p.body().detail.clone().unwrap_or_default()),
+    };
+    let db = engine.db();
+    let read = async {
+        let rows = log::list(db, &filter).await?;
+        let counts = log::counts(db).await?;
+        let recent = log::recent(db, LIVE_WINDOW_MS).await?;
+        Ok::<_, store::StoreError>((rows, counts, recent))
+    };
+    let (rows, counts, recent) = match read.await {
+        Ok(r) => r,
+        Err(e) => return unavailable(e.into()),
+    };
+    let next_before = (rows.len() as i64 == filter.limit)
+        .then(|| rows.last().map(|r| r.gid))
+        .flatten();
+    let names = recent
+        .latency
+        .iter()
+        .map(|l| name_of(&engine, &l.participant))
+        .collect();
+    let from_text = list.from_ms.map(clock::input_value).unwrap_or_default();
+    let to_text = list.to_ms.map(clock::input_value).unwrap_or_default();
+    respond(
+        StatusCode::OK,
+        page::list(&page::List {
+            query: &list,
+            rows: &rows,
+            counts: &counts,
+            live: page::Live { recent, names },
+            next_before,
+            from_text: &from_text,
+            to_text: &to_text,
+        }),
+    )
+}
+
+/// A participant's configured name, or its address.
+fn name_of(engine: &Engine, addr: &str) -> String {
+    engine
+        .participants()
+        .name_of(addr)
+        .map_or_else(|| addr.to_owned(), str::to_owned)
+}
+
+#[derive(Deserialize)]
+struct ShowQuery {
+    retried: Option<String>,
+}
+
+async fn show(
+    req: HttpRequest,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+    settings: web::Data<Settings>,
+    gid: web::Path<String>,
+    q: web::Query<ShowQuery>,
+) -> HttpResponse {
+    if !signed_in(&req, &token) {
+        return unauthorized();
+    }
+    let gid = match crate::http::parse_gid(&gid) {
+        Ok(g) => g,
+        Err(p) => return bad_request(p.body().detail.clone().unwrap_or_default()),
+    };
+    let db = engine.db();
+    let (stored, timeline, total, _) = match view::stored_page(db, gid, None, TIMELINE_LIMIT).await
+    {
+        Ok(page) => page,
+        Err(EngineError::NotFound(_)) => {
+            return respond(
+                StatusCode::NOT_FOUND,
+                page::error("Not found", &format!("There is no transaction {gid}.")),
+            )
+        }
+        Err(e) => return unavailable(e),
+    };
+    let trace_id = match log::trace_id(db, gid).await {
+        Ok(t) => t,
+        Err(e) => return unavailable(e.into()),
+    };
+    let shown = view::shown(stored.clone(), &[]);
+    let branches = shown
+        .branches
+        .into_iter()
+        .zip(&stored.branches)
+        .map(|(state, b)| {
+            let name = engine
+                .participants()
+                .name_of(&b.participant)
+                .map(str::to_owned);
+            page::BranchView {
+                payload: payload::describe(name.as_deref(), &b.payload),
+                name,
+                state,
+            }
+        })
+        .collect();
+    let next_caps_ms = engine
+        .backoff_caps(stored.attempts as u32 + 1, 3)
+        .into_iter()
+        .map(|d| d.as_millis() as i64)
+        .collect();
+    respond(
+        StatusCode::OK,
+        page::detail(&page::Detail {
+            stored,
+            branches,
+            timeline,
+            total_attempts: total,
+            trace_id,
+            trace_link: settings.trace_link.clone(),
+            next_caps_ms,
+            now_ms: store::now_ms(),
+            flash: q
+                .retried
+                .as_ref()
+                .map(|_| "Made due now: a recovery round drives it next."),
+        }),
+    )
+}
+
+async fn retry(
+    req: HttpRequest,
+    token: web::Data<AdminToken>,
+    engine: web::Data<Arc<Engine>>,
+    gid: web::Path<String>,
+) -> HttpResponse {
+    if !signed_in(&req, &token) {
+        return unauthorized();
+    }
+    if !same_origin(&req) {
+        return respond(
+            StatusCode::FORBIDDEN,
+            page::error("Refused", "cross-site request"),
+        );
+    }
+    let gid = match crate::http::parse_gid(&gid) {
+        Ok(g) => g,
+        Err(p) => return bad_request(p.body().detail.clone().unwrap_or_default()),
+    };
+    match engine.retry_now(gid).await {
+        Ok(_) => {
+            tracing::info!(gid = %gid, "operator retry from the console");
+            see_other(&format!("/console/transactions/{gid}?retried=1"))
+        }
+        Err(EngineError::NotFound(_)) => respond(
+            StatusCode::NOT_FOUND,
+            page::error("Not found", &format!("There is no transaction {gid}.")),
+        ),
+        Err(e) => unavailable(e),
+    }
+}
+
+async fn css() -> HttpResponse {
+    asset(
+        "text/css; charset=utf-8",
+        include_str!("assets/console.css"),
+    )
+}
+
+async fn js() -> HttpResponse {
+    asset(
+        "text/javascript; charset=utf-8",
+        include_str!("assets/console.js"),
+    )
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> HttpResponse {
+    HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, content_type))
+        .insert_header((header::CACHE_CONTROL, "public, max-age=3600"))
+        .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::test::TestRequest;
+
+    #[test]
+    fn a_session_made_with_the_token_holds_until_it_expires_or_the_token_changes() {
+        let token = AdminToken::new("a-token-of-the-right-sort");
+        let live = session_value(&token, now_secs() + 60);
+        let req = |v: &str| {
+            TestRequest::default()
+                .insert_header((header::COOKIE, format!("theme=dark; {COOKIE}={v}")))
+                .to_http_request()
+        };
+        assert!(signed_in(&req(&live), &token));
+        assert!(
+            !live.contains("a-token-of-the-right-sort"),
+            "never the token itself"
+        );
+        assert!(!signed_in(&req(&live), &AdminToken::new("another-token")));
+        let expired = session_value(&token, now_secs() - 1);
+        assert!(!signed_in(&req(&expired), &token));
+        let (e, proof) = live.split_once('.').unwrap();
+        let later = format!("{}.{proof}", e.parse::<i64>().unwrap() + 1);
+        assert!(
+            !signed_in(&req(&later), &token),
+            "the expiry is part of the proof"
+        );
+        let too_long = session_value(&token, now_secs() + SESSION_SECS + 60);
+        assert!(!signed_in(&req(&too_long), &token));
+        assert!(!signed_in(&req("garbage"), &token));
+        assert!(!signed_in(
+            &TestRequest::default().to_http_request(),
+            &token
+        ));
+    }
+
+    #[test]
+    fn a_write_from_another_origin_is_refused() {
+        let req = |origin: Option<&str>| {
+            let r = TestRequest::default().insert_header((header::HOST, "127.0.0.1:8090"));
+            match origin {
+                Some(o) => r.insert_header((header::ORIGIN, o)),
+                None => r,
+            }
+            .to_http_request()
+        };
+        assert!(same_origin(&req(Some("http://127.0.0.1:8090"))));
+        assert!(
+            same_origin(&req(None)),
+            "no Origin: not a browser's cross-site write"
+        );
+        assert!(!same_origin(&req(Some("http://evil.example"))));
+        assert!(!same_origin(&req(Some("null"))));
+        let fetched = |site: &str| {
+            TestRequest::default()
+                .insert_header((header::HOST, "127.0.0.1:8090"))
+                .insert_header(("sec-fetch-site", site.to_owned()))
+                .to_http_request()
+        };
+        assert!(same_origin(&fetched("same-origin")));
+        assert!(!same_origin(&fetched("same-site")));
+        assert!(!same_origin(&fetched("cross-site")));
+    }
+}
