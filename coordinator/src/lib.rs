@@ -69,6 +69,12 @@ pub struct Config {
     /// trace it was started in. Unset: the console shows the trace id only.
     #[serde(default)]
     pub trace_link: Option<String>,
+    /// The participants' admin HTTP APIs, `name → URL`
+    /// (`COORDINATOR_PARTICIPANT_ADMIN__PAYMENT=http://127.0.0.1:8081`), for the console's fault
+    /// switches: called with the coordinator's admin token, so they work where the participants
+    /// share it (the dev platform). Faults are refused in production whatever this holds.
+    #[serde(default)]
+    pub participant_admin: std::collections::BTreeMap<String, String>,
 }
 
 fn default_retention() -> host::Retention {
@@ -92,6 +98,7 @@ impl Default for Config {
             failpoint: None,
             retention: default_retention(),
             trace_link: None,
+            participant_admin: Default::default(),
         }
     }
 }
@@ -187,6 +194,13 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
     let failpoint_data = actix_web::web::Data::from(failpoints);
     let console_data = actix_web::web::Data::new(console::Settings {
         trace_link: config.trace_link.clone(),
+        participant_admin: config
+            .participant_admin
+            .iter()
+            .map(|(name, url)| (name.clone(), url.trim_end_matches('/').to_owned()))
+            .collect(),
+        production: config.common.production,
+        http: reqwest::Client::new(),
     });
     host::app::start(
         ServiceParts {

@@ -482,6 +482,16 @@ fn spawn(which: Which, layout: &Layout) -> std::io::Result<Child> {
         if let Some(link) = &layout.trace_link {
             command.env("COORDINATOR_TRACE_LINK", link);
         }
+        // The console's fault switches (the services share the platform's admin token).
+        for participant in [Which::Order, Which::Payment, Which::Inventory] {
+            command.env(
+                format!(
+                    "COORDINATOR_PARTICIPANT_ADMIN__{}",
+                    participant.name().to_uppercase()
+                ),
+                layout.http(participant),
+            );
+        }
         // The only participants its transactions may name.
         command
             .env("COORDINATOR_PARTICIPANTS__ORDER", layout.grpc(Which::Order))

@@ -3,7 +3,8 @@
 //! transaction and reads its attempts in the chart, finds a transaction stuck on a Cancel that
 //! keeps erroring, clears the fault, clicks "Retry now", and watches it end. The test asserts
 //! on what the pages say (statuses, the chart's bars, the decision, the trace link), and saves
-//! a screenshot of the transaction view (`target/console/transaction.png`).
+//! a screenshot of the transaction view (`target/console/transaction.png`). Then the fault
+//! switches: a refused Try armed at payment from the page bites the next order and is gone.
 //!
 //! Needs Chromium and chromedriver (Debian: `chromium`, `chromium-driver`; CI installs them).
 
@@ -306,5 +307,104 @@ async fn an_operator_finds_a_stuck_cancel_reads_its_attempts_and_retries_it_in_a
     b.find("tr[data-status=failed]", WAIT).await.unwrap();
     b.resize(1400, 1000).await.unwrap();
     std::fs::write(dir.join("transactions.png"), b.screenshot().await.unwrap()).unwrap();
+
+    // The fault switches: arm a refused Try at payment from the console, see it bite, clear it.
+    b.goto(&p.console("/faults")).await.unwrap();
+    let card = "section[data-participant=payment]";
+    b.find(&format!("{card} p.empty"), WAIT).await.unwrap();
+    for (css, _) in [
+        (format!("{card} select[name=op] option[value=try]"), ()),
+        (format!("{card} select[name=kind] option[value=fail]"), ()),
+    ] {
+        b.click(&b.find(&css, WAIT).await.unwrap()).await.unwrap();
+    }
+    let code = b
+        .find(&format!("{card} input[name=code]"), WAIT)
+        .await
+        .unwrap();
+    b.type_into(&code, "lab_says_no").await.unwrap();
+    b.click(
+        &b.find(&format!("{card} form.arm button"), WAIT)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    b.find("p.flash", WAIT).await.unwrap();
+    let armed = b
+        .text(
+            &b.find(&format!("{card} tr[data-op=try][data-kind=fail]"), WAIT)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(armed.contains("lab_says_no"), "{armed}");
+    let refused = p.order("alice", "fault-1", "coffee").await;
+    assert_eq!(refused["reason"], "lab_says_no", "{refused}");
+    b.goto(&p.console("/faults")).await.unwrap();
+    let taken = b.text(&b.find(card, WAIT).await.unwrap()).await.unwrap();
+    assert!(
+        taken.contains("Nothing armed") && taken.contains("try fail × 1"),
+        "{taken}"
+    );
+    // A bad form is the participant's refusal on the page, nothing armed.
+    b.click(
+        &b.find(
+            &format!("{card} select[name=kind] option[value=delay]"),
+            WAIT,
+        )
+        .await
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    b.click(
+        &b.find(&format!("{card} form.arm button"), WAIT)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let why = b
+        .text(&b.find("p.error", WAIT).await.unwrap())
+        .await
+        .unwrap();
+    assert!(why.contains("a delay needs ms"), "{why}");
+    b.find(&format!("{card} p.empty"), WAIT).await.unwrap();
+    // The coordinator's failpoints: armed and disarmed from the page (not hit).
+    b.click(
+        &b.find("tr[data-failpoint=after_decision] button", WAIT)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let row = b
+        .text(
+            &b.find("tr[data-failpoint=after_decision]", WAIT)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(row.contains("after 0"), "{row}");
+    b.click(
+        &b.find("tr[data-failpoint=after_decision] button", WAIT)
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    b.find("p.flash", WAIT).await.unwrap();
+    let row = b
+        .text(
+            &b.find("tr[data-failpoint=after_decision]", WAIT)
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert!(row.contains("no"), "{row}");
     b.quit().await;
 }

@@ -15,6 +15,7 @@
 //! `Origin` that is not this host is refused besides.
 
 mod clock;
+mod faults;
 mod gantt;
 mod page;
 mod payload;
@@ -35,6 +36,10 @@ use std::sync::Arc;
 pub struct Settings {
     /// The trace UI's page of one trace, `{trace_id}` standing for the id.
     pub trace_link: Option<String>,
+    /// The participants' admin APIs (name → base URL) for the fault switches.
+    pub participant_admin: std::collections::BTreeMap<String, String>,
+    pub production: bool,
+    pub http: reqwest::Client,
 }
 
 /// How long a console session lasts.
@@ -54,6 +59,12 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route("/logout", web::post().to(logout))
             .route("/transactions/{gid}", web::get().to(show))
             .route("/transactions/{gid}/retry", web::post().to(retry))
+            .route("/faults", web::get().to(faults_page))
+            .route("/faults/{name}/{action}", web::post().to(fault_action))
+            .route(
+                "/failpoints/{point}/{action}",
+                web::post().to(failpoint_action),
+            )
             .route("/assets/console.css", web::get().to(css))
             .route("/assets/console.js", web::get().to(js)),
     );
@@ -418,6 +429,236 @@ async fn retry(
             page::error("Not found", &format!("There is no transaction {gid}.")),
         ),
         Err(e) => unavailable(e),
+    }
+}
+
+type CoordinatorFailpoints = host::Failpoints<crate::engine::Crash>;
+
+#[derive(Deserialize)]
+struct DoneQuery {
+    done: Option<String>,
+}
+
+/// The page of fault switches, with what the last action did (`flash`) or why it failed.
+async fn render_faults(
+    token: &AdminToken,
+    settings: &Settings,
+    failpoints: &CoordinatorFailpoints,
+    status: StatusCode,
+    flash: Option<&str>,
+    error: Option<&str>,
+) -> HttpResponse {
+    let mut participants = Vec::new();
+    for (name, url) in &settings.participant_admin {
+        let listed = async {
+            let answer = settings
+                .http
+                .get(format!("{url}/admin/faults"))
+                .bearer_auth(token.expose())
+                .timeout(std::time::Duration::from_secs(3))
+                .send()
+                .await
+                .map_err(|_| "its admin API does not answer".to_owned())?;
+            if !answer.status().is_success() {
+                return Err(format!("its admin API answered {}", answer.status()));
+            }
+            answer
+                .json::<faults::Listed>()
+                .await
+                .map_err(|_| "its admin API answered something else than a fault list".to_owned())
+        }
+        .await;
+        participants.push(faults::Participant {
+            name: name.clone(),
+            listed,
+        });
+    }
+    let armed = failpoints.armed();
+    let points: faults::Failpoints = <crate::engine::Crash as host::failpoint::Point>::ALL
+        .iter()
+        .map(|p| {
+            (
+                host::failpoint::Point::name(*p),
+                armed.iter().find(|(a, _)| a == p).map(|(_, n)| *n),
+            )
+        })
+        .collect();
+    respond(
+        status,
+        faults::page(&participants, &points, settings.production, flash, error),
+    )
+}
+
+async fn faults_page(
+    req: HttpRequest,
+    token: web::Data<AdminToken>,
+    settings: web::Data<Settings>,
+    failpoints: web::Data<CoordinatorFailpoints>,
+    q: web::Query<DoneQuery>,
+) -> HttpResponse {
+    if !signed_in(&req, &token) {
+        return unauthorized();
+    }
+    let flash = match q.done.as_deref() {
+        Some("armed") => Some("Armed."),
+        Some("cleared") => Some("Cleared."),
+        Some("released") => Some("Released."),
+        Some("disarmed") => Some("Disarmed."),
+        _ => None,
+    };
+    render_faults(&token, &settings, &failpoints, StatusCode::OK, flash, None).await
+}
+
+/// `POST /console/faults/{name}/{arm|clear|release}`: relayed to the participant's admin API.
+async fn fault_action(
+    req: HttpRequest,
+    token: web::Data<AdminToken>,
+    settings: web::Data<Settings>,
+    failpoints: web::Data<CoordinatorFailpoints>,
+    path: web::Path<(String, String)>,
+    form: Option<web::Form<faults::ArmForm>>,
+) -> HttpResponse {
+    if !signed_in(&req, &token) {
+        return unauthorized();
+    }
+    if !same_origin(&req) {
+        return respond(
+            StatusCode::FORBIDDEN,
+            page::error("Refused", "cross-site request"),
+        );
+    }
+    let (name, action) = path.into_inner();
+    let failed = |status: StatusCode, why: String| {
+        let (token, settings, failpoints) = (&token, &settings, &failpoints);
+        async move { render_faults(token, settings, failpoints, status, None, Some(&why)).await }
+    };
+    let Some(url) = settings.participant_admin.get(&name) else {
+        return failed(
+            StatusCode::NOT_FOUND,
+            format!(
+                "No participant {:?} has fault switches here.",
+                name.chars().take(64).collect::<String>()
+            ),
+        )
+        .await;
+    };
+    let http = &settings.http;
+    let request = match action.as_str() {
+        "arm" => {
+            let Some(form) = form else {
+                return failed(StatusCode::BAD_REQUEST, "The form is incomplete.".into()).await;
+            };
+            if !["try", "confirm", "cancel", "action", "compensate"].contains(&form.op.as_str()) {
+                return failed(StatusCode::BAD_REQUEST, "No such op.".into()).await;
+            }
+            match form.body() {
+                Ok(body) => http
+                    .put(format!("{url}/admin/faults/{}", form.op))
+                    .json(&body),
+                Err(why) => return failed(StatusCode::BAD_REQUEST, why).await,
+            }
+        }
+        "clear" => http.delete(format!("{url}/admin/faults")),
+        "release" => http.post(format!("{url}/admin/faults/release")),
+        _ => return failed(StatusCode::NOT_FOUND, "No such action.".into()).await,
+    };
+    let answer = match request
+        .bearer_auth(token.expose())
+        .timeout(std::time::Duration::from_secs(5))
+        .send()
+        .await
+    {
+        Ok(a) => a,
+        Err(_) => {
+            return failed(
+                StatusCode::BAD_GATEWAY,
+                format!("{name}'s admin API does not answer."),
+            )
+            .await
+        }
+    };
+    if answer.status().is_success() {
+        let done = match action.as_str() {
+            "arm" => "armed",
+            "clear" => "cleared",
+            _ => "released",
+        };
+        return see_other(&format!("/console/faults?done={done}"));
+    }
+    let status = answer.status();
+    // The participant's own problem detail (what it refused and why), never more.
+    let detail = answer
+        .json::<serde_json::Value>()
+        .await
+        .ok()
+        .and_then(|p| p["detail"].as_str().map(str::to_owned))
+        .unwrap_or_else(|| format!("{name} answered {status}"));
+    let shown = if status.is_client_error() {
+        StatusCode::BAD_REQUEST
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    failed(shown, format!("{name} refused: {detail}")).await
+}
+
+#[derive(Deserialize)]
+struct AfterForm {
+    #[serde(default)]
+    after: String,
+}
+
+/// `POST /console/failpoints/{point}/{arm|disarm}`: the coordinator's own failpoints.
+async fn failpoint_action(
+    req: HttpRequest,
+    token: web::Data<AdminToken>,
+    settings: web::Data<Settings>,
+    failpoints: web::Data<CoordinatorFailpoints>,
+    path: web::Path<(String, String)>,
+    form: Option<web::Form<AfterForm>>,
+) -> HttpResponse {
+    if !signed_in(&req, &token) {
+        return unauthorized();
+    }
+    if !same_origin(&req) {
+        return respond(
+            StatusCode::FORBIDDEN,
+            page::error("Refused", "cross-site request"),
+        );
+    }
+    let (name, action) = path.into_inner();
+    let outcome = match (CoordinatorFailpoints::parse(&name), action.as_str()) {
+        (Err(e), _) => Err((StatusCode::NOT_FOUND, e.to_string())),
+        (Ok(point), "arm") => {
+            let after = form.as_ref().map_or("", |f| f.after.trim());
+            match if after.is_empty() {
+                Ok(0)
+            } else {
+                after.parse::<u32>()
+            } {
+                Ok(after) => failpoints
+                    .arm(point, after)
+                    .map(|()| "armed")
+                    .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string())),
+                Err(_) => Err((
+                    StatusCode::BAD_REQUEST,
+                    "after must be a whole number".to_owned(),
+                )),
+            }
+        }
+        (Ok(point), "disarm") => {
+            failpoints.disarm(point);
+            Ok("disarmed")
+        }
+        (Ok(_), _) => Err((StatusCode::NOT_FOUND, "No such action.".to_owned())),
+    };
+    match outcome {
+        Ok(done) => {
+            tracing::warn!(failpoint = %name, %action, "coordinator failpoint switched from the console");
+            see_other(&format!("/console/faults?done={done}"))
+        }
+        Err((status, why)) => {
+            render_faults(&token, &settings, &failpoints, status, None, Some(&why)).await
+        }
     }
 }
 

@@ -28,6 +28,7 @@ pub fn layout(title: &str, signed_in: bool, body: Markup) -> Markup {
                     @if signed_in {
                         nav {
                             a href="/console" { "Transactions" }
+                            a href="/console/faults" { "Faults" }
                             form.inline method="post" action="/console/logout" {
                                 button.link type="submit" { "Sign out" }
                             }

@@ -316,6 +316,12 @@ impl AdminToken {
         }
     }
 
+    /// The token itself, to call a peer that shares it (the console calls the participants'
+    /// admin APIs with it where they share the coordinator's token, as in the dev platform).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// Whether `presented` is the token (in constant time).
     pub fn accepts(&self, presented: &str) -> bool {
         self.matches(presented)

@@ -3,8 +3,8 @@
 //! warrant a client crate and its TLS stack).
 //!
 //! [`Browser::start`] fails the test when Chromium or its driver is missing, saying what to
-//! install; `ALLOW_SKIP_BROWSER=1` turns that into a loud skip (never set in CI, which installs
-//! `chromium` and `chromium-driver`).
+//! install; `ALLOW_SKIP_BROWSER=1` turns that into a loud skip, refused under `REQUIRE_BROWSER=1`
+//! or `CI` (CI's `scripts/test` installs `chromium` and `chromium-driver`).
 
 use crate::process::free_port;
 use serde_json::{json, Value};
@@ -49,10 +49,13 @@ fn which(names: &[&str]) -> Option<String> {
     })
 }
 
-/// Whether a test may skip for want of a browser (never in CI).
+/// Whether a test may skip for want of a browser: only with `ALLOW_SKIP_BROWSER=1`, and never
+/// with `REQUIRE_BROWSER=1` or in CI (`CI` set).
 pub fn may_skip() -> bool {
+    let set = |k: &str| std::env::var(k).is_ok_and(|v| !v.is_empty() && v != "0");
     std::env::var("ALLOW_SKIP_BROWSER").is_ok_and(|v| v == "1")
-        && std::env::var("CI").map_or(true, |v| v.is_empty())
+        && !set("REQUIRE_BROWSER")
+        && !set("CI")
 }
 
 impl Browser {
