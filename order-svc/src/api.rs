@@ -21,7 +21,6 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use host::Problem;
 use proto::v1 as pb;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 use store::{Db, StoreError};
@@ -245,28 +244,73 @@ impl host::failpoint::Point for Crash {
 
 /// Mounts the public routes and the catalog admin route.
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/v1/orders", web::post().to(place_order))
-        .route("/api/v1/orders", web::get().to(list_orders))
-        .route("/api/v1/orders/{id}", web::get().to(get_order))
-        .route(
-            "/api/v1/orders/{id}/refund",
-            web::post().to(crate::refund::refund_order),
-        );
+    use host::problem::only;
+    cfg.service(
+        only("/api/v1/orders", "GET, POST")
+            .route(web::post().to(place_order))
+            .route(web::get().to(list_orders)),
+    )
+    .service(only("/api/v1/orders/{id}", "GET").route(web::get().to(get_order)))
+    .service(
+        only("/api/v1/orders/{id}/refund", "POST")
+            .route(web::post().to(crate::refund::refund_order)),
+    );
 }
 
-#[derive(Debug, Deserialize)]
+/// A whole number, as JSON Schema counts them: `2` and `2.0` alike (a client whose JSON
+/// library writes every number as a double is not wrong); `2.5`, or beyond `i64`, is refused.
+pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
+    let n = serde_json::Number::deserialize(d)?;
+    if let Some(i) = n.as_i64() {
+        return Ok(i);
+    }
+    match n.as_f64() {
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
+        _ => Err(serde::de::Error::custom(format!(
+            "{n} is not a whole number within range"
+        ))),
+    }
+}
+
+/// [`whole_number`], optional.
+pub(crate) fn optional_whole_number<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<i64>, D::Error> {
+    #[derive(Deserialize)]
+    struct Whole(#[serde(deserialize_with = "whole_number")] i64);
+    Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
+}
+
+/// `POST /api/v1/orders`'s body: one line of one product.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = NewOrder, example = json!({"sku": "coffee", "quantity": 2}))]
 pub(crate) struct NewOrderBody {
+    /// The product (1 to 64 characters of letters, digits and `_-.@:`).
+    #[schema(min_length = 1, max_length = 64, pattern = "^[A-Za-z0-9_.@:-]+$")]
     pub(crate) sku: String,
+    /// How many (1 to the configured `max_quantity`, 1000 by default).
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(deserialize_with = "whole_number")]
     pub(crate) quantity: i64,
 }
 
 /// The order as the public API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(
+    as = Order,
+    example = json!({"order_id": "121441931732451328", "gid": "121441931786977280",
+        "status": "confirmed", "sku": "coffee", "quantity": 2, "amount": 900})
+)]
 pub struct OrderView {
+    /// The order's id (a decimal Snowflake id: compare as text, it does not fit a double).
+    #[schema(pattern = "^[0-9]+$")]
     pub order_id: String,
+    /// The global transaction's id (null when the coordinator has not recorded it yet).
+    #[schema(pattern = "^[0-9]+$")]
     pub gid: Option<String>,
     /// `confirmed`, `cancelled` or `pending`; once refunded, `refunding` then `refunded`.
+    #[schema(pattern = "^(confirmed|cancelled|pending|refunding|refunded)$")]
     pub status: String,
     /// Why it was cancelled: `insufficient_funds`, `out_of_stock`, `unknown_account`,
     /// `unavailable`, `timeout`, ….
@@ -274,10 +318,27 @@ pub struct OrderView {
     pub reason: Option<String>,
     pub sku: String,
     pub quantity: i64,
+    /// The price, in cents.
     pub amount: i64,
     /// The order's latest refund, if one was asked for (`GET /api/v1/orders/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub refund: Option<crate::refund::RefundView>,
+}
+
+/// The `Idempotency-Key` header, as the API documents it.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+pub(crate) struct IdempotencyKey {
+    /// The client's key for this request (1 to 200 visible ASCII characters): a retry with the
+    /// same key gets the same answer.
+    #[param(
+        rename = "Idempotency-Key",
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[!-~]+$"
+    )]
+    idempotency_key: String,
 }
 
 pub(crate) fn idempotency_key(req: &HttpRequest) -> Result<String, Problem> {
@@ -309,8 +370,64 @@ pub(crate) fn unprocessable(code: &str, detail: impl Into<String>) -> Problem {
     Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
 }
 
+/// An order placed but not decided yet, as `GET /api/v1/orders/{id}` shows it before its
+/// answer is stored.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PendingOrder {
+    #[schema(pattern = "^[0-9]+$")]
+    order_id: String,
+    /// Always `pending`.
+    #[schema(pattern = "^pending$")]
+    status: String,
+}
+
+/// What `GET /api/v1/orders/{id}` answers.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+pub(crate) enum OrderOrPending {
+    Order(Box<OrderView>),
+    Pending(PendingOrder),
+}
+
+/// A page of the caller's orders.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct OrderList {
+    orders: Vec<OrderView>,
+    /// The `after` of the next page; null on the last page.
+    next_after: Option<String>,
+}
+
 /// `POST /api/v1/orders` `{"sku": "...", "quantity": n}` with `Idempotency-Key`.
-async fn place_order(
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders",
+    tag = "orders",
+    summary = "Place an order",
+    description = "Places an order as one TCC transaction across order-svc, payment-svc and \
+        inventory-svc, and answers once the decision is durable (`confirmed` or `cancelled` with \
+        its `reason`), or `pending` when that takes longer than the wait limit (follow \
+        `GET /api/v1/orders/{id}`). A retry with the same `Idempotency-Key` and body gets the \
+        same answer (`Idempotent-Replayed: true`), never a second order.",
+    params(IdempotencyKey),
+    request_body(content = NewOrderBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The order and its outcome", body = OrderView,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
+        (status = 400, description = "A malformed body or key", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A request with this key is still in progress", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 415, description = "The body is not JSON", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "An unknown product, or a key reused for another body", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many orders from this user", body = host::problem::ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "A dependency is down; retry with the same key", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn place_order(
     req: HttpRequest,
     caller: Caller,
     api: web::Data<Api>,
@@ -463,7 +580,21 @@ impl From<OrderRow> for OrderView {
 }
 
 /// `GET /api/v1/orders/{id}`: the caller's own order; anyone else's is a 404.
-async fn get_order(
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders/{id}",
+    tag = "orders",
+    summary = "Read one of your orders",
+    params(("id" = String, Path, description = "The order id")),
+    responses(
+        (status = 200, description = "The order (with its latest refund), or `pending` before its answer is stored", body = OrderOrPending),
+        (status = 401, description = "No valid bearer token", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such order of yours", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn get_order(
     caller: Caller,
     db: web::Data<Db>,
     id: web::Path<String>,
@@ -501,24 +632,44 @@ async fn get_order(
             }
             Err(not_found())
         }
-        Some(None) => Ok(HttpResponse::Ok()
-            .json(json!({ "order_id": order_id.to_string(), "status": "pending" }))),
+        Some(None) => Ok(HttpResponse::Ok().json(PendingOrder {
+            order_id: order_id.to_string(),
+            status: "pending".into(),
+        })),
         None => Err(not_found()),
     }
 }
 
 /// `GET /api/v1/orders?limit=20&after=<order id>`: the caller's orders, newest first.
-async fn list_orders(
+#[utoipa::path(
+    get,
+    path = "/api/v1/orders",
+    tag = "orders",
+    summary = "List your orders, newest first",
+    params(
+        ("limit" = Option<i64>, Query, description = "Orders per page (1 to 1000; default 100)"),
+        ("after" = Option<String>, Query, description = "The `next_after` of the previous page (an order id)", pattern = "^[0-9]*$"),
+    ),
+    responses(
+        (status = 200, description = "A page of orders", body = OrderList),
+        (status = 400, description = "A malformed query", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is unavailable", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_orders(
     caller: Caller,
     db: web::Data<Db>,
     page: web::Query<host::Page>,
 ) -> Result<HttpResponse, Problem> {
     let before = if page.after.is_empty() {
         i64::MAX
+    } else if page.after.bytes().all(|b| b.is_ascii_digit()) {
+        // Digits beyond any order id: every order is older.
+        page.after.parse::<i64>().unwrap_or(i64::MAX)
     } else {
-        page.after
-            .parse::<i64>()
-            .map_err(|_| Problem::bad_request("after must be an order id"))?
+        return Err(Problem::bad_request("after must be an order id"));
     };
     let rows: Vec<OrderRow> = sqlx::query_as(
         "SELECT id, gid, sku, quantity, amount, status FROM orders WHERE user_id = $1 AND id < $2 ORDER BY id DESC LIMIT $3",
@@ -529,13 +680,26 @@ async fn list_orders(
     .fetch_all(db.pool())
     .await?;
     let next = page.next_after(&rows, |o| o.id.to_string());
-    let orders: Vec<OrderView> = rows.into_iter().map(OrderView::from).collect();
-    Ok(HttpResponse::Ok().json(json!({ "orders": orders, "next_after": next })))
+    Ok(HttpResponse::Ok().json(OrderList {
+        orders: rows.into_iter().map(OrderView::from).collect(),
+        next_after: next,
+    }))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_quantity_written_as_a_double_is_the_same_whole_number_and_a_fraction_is_refused() {
+        let parse = |body: &str| serde_json::from_str::<NewOrderBody>(body).map(|b| b.quantity);
+        assert_eq!(parse(r#"{"sku": "mug", "quantity": 2}"#).unwrap(), 2);
+        assert_eq!(parse(r#"{"sku": "mug", "quantity": 276.0}"#).unwrap(), 276);
+        assert!(parse(r#"{"sku": "mug", "quantity": 2.5}"#).is_err());
+        assert!(parse(r#"{"sku": "mug", "quantity": 1e300}"#).is_err());
+        assert!(parse(r#"{"sku": "mug", "quantity": "2"}"#).is_err());
+        assert!(parse(r#"{"sku": "mug"}"#).is_err(), "quantity is required");
+    }
 
     #[test]
     fn the_request_hash_depends_on_sku_and_quantity() {

@@ -21,6 +21,7 @@ mod checkout;
 pub mod domain;
 mod idempotency;
 pub mod limit;
+pub mod openapi;
 pub mod refund;
 
 pub use idempotency::purge_answered as purge_answered_keys;
@@ -112,6 +113,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, host::
                     .app_data(crash.clone());
                 admin::routes(cfg);
                 api::routes(cfg);
+                openapi::routes(cfg);
             }),
             background: Some(Box::new(move |db, shutdown| {
                 let db = db.clone();

@@ -53,19 +53,28 @@ pub const FINISH: &str = "refunded";
 pub const RELEASE: &str = "release";
 
 /// `POST /api/v1/orders/{id}/refund`'s body; empty or `{}` refunds the whole order.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct RefundBody {
+#[schema(as = NewRefund, example = json!({"quantity": 1}))]
+pub(crate) struct RefundBody {
+    /// How many to refund (1 to the order's quantity); left out, the whole order.
+    #[schema(minimum = 1, maximum = 1000)]
+    #[serde(default, deserialize_with = "crate::api::optional_whole_number")]
     quantity: Option<i64>,
 }
 
 /// A refund as the public API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = Refund)]
 pub struct RefundView {
+    #[schema(pattern = "^[0-9]+$")]
     pub refund_id: String,
+    #[schema(pattern = "^[0-9]+$")]
     pub order_id: String,
+    #[schema(pattern = "^[0-9]+$")]
     pub gid: Option<String>,
     /// `refunded`, `failed` or `pending` (still under way when the answer was due).
+    #[schema(pattern = "^(refunded|failed|pending|refunding)$")]
     pub status: String,
     /// Why it failed: `merchant_insufficient_funds`, `buyer_account_full`, `timeout`, ….
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -219,6 +228,31 @@ fn request_hash(order_id: i64, body: &RefundBody) -> String {
 
 /// `POST /api/v1/orders/{id}/refund` `{"quantity": n}` (optional) with `Idempotency-Key`: the
 /// caller's own confirmed order (anyone else's is a 404, as for reads).
+#[utoipa::path(
+    post,
+    path = "/api/v1/orders/{id}/refund",
+    tag = "orders",
+    summary = "Refund one of your confirmed orders",
+    description = "Runs the refund as a Saga (the order, then payment and inventory at once); \
+        answers `refunded`, `failed` with its `reason` (the order stays confirmed), or `pending`. \
+        An empty body or `{}` refunds the whole order.",
+    params(("id" = String, Path, description = "The order id"), crate::api::IdempotencyKey),
+    request_body(content = Option<RefundBody>, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The refund and its outcome", body = RefundView,
+            headers(("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
+        (status = 400, description = "A malformed body or key", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "No valid bearer token", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such order of yours", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "Not refundable now: cancelled, already refunded, a refund in progress, or this key in progress", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is too large", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "More than the order holds, or a key reused for another body", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 429, description = "Too many requests from this user", body = host::problem::ProblemBody, content_type = "application/problem+json",
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+        (status = 503, description = "A dependency is down; retry with the same key", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("bearer" = []))
+)]
 pub(crate) async fn refund_order(
     req: HttpRequest,
     caller: crate::auth::Caller,
@@ -228,12 +262,15 @@ pub(crate) async fn refund_order(
     body: web::Bytes,
 ) -> Result<HttpResponse, Problem> {
     let key = idempotency_key(&req)?;
+    // No body, `null` or `{}`: the whole order.
     let body: RefundBody = if body.iter().all(u8::is_ascii_whitespace) {
         RefundBody::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Problem::bad_request(format!("the body must be {{}} or {{\"quantity\": n}}: {e}"))
-        })?
+        serde_json::from_slice::<Option<RefundBody>>(&body)
+            .map_err(|e| {
+                Problem::bad_request(format!("the body must be {{}} or {{\"quantity\": n}}: {e}"))
+            })?
+            .unwrap_or_default()
     };
     if let Some(q) = body.quantity {
         if !(1..=api.config.max_quantity).contains(&q) {

@@ -10,96 +10,14 @@
 
 mod common;
 
+use common::{repo, Running};
 use reqwest::StatusCode;
 use serde_json::json;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use testkit::browser::Browser;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// The one-command platform in a folder of its own, on free ports; stopped when dropped.
-struct Running {
-    child: std::process::Child,
-    root: tempfile::TempDir,
-    offset: u16,
-}
-
-impl Running {
-    fn start() -> Running {
-        let root = testkit::temp_dir("console-");
-        let bin = Path::new(env!("CARGO_BIN_EXE_platform"));
-        std::fs::create_dir_all(root.path().join("target/release")).unwrap();
-        std::os::unix::fs::symlink(bin, root.path().join("target/release/platform")).unwrap();
-        let offset = common::free_offset(&[16686, 4317]);
-        let child = common::start_platform(root.path(), &["--port-offset", &offset.to_string()]);
-        Running {
-            child,
-            root,
-            offset,
-        }
-    }
-
-    fn url(&self, port: u16, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", port + self.offset)
-    }
-
-    fn console(&self, path: &str) -> String {
-        self.url(8090, &format!("/console{path}"))
-    }
-
-    fn admin_token(&self) -> String {
-        std::fs::read_to_string(self.root.path().join("data/admin-token"))
-            .unwrap()
-            .trim()
-            .to_owned()
-    }
-
-    fn user_token(&self, user: &str) -> String {
-        let out = Command::new(self.root.path().join("target/release/platform"))
-            .args(["--data", "data", "token", "--sub", user])
-            .current_dir(self.root.path())
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    }
-
-    /// Places an order; returns the order API's answer.
-    async fn order(&self, user: &str, key: &str, sku: &str) -> serde_json::Value {
-        let answer = reqwest::Client::new()
-            .post(self.url(8080, "/api/v1/orders"))
-            .bearer_auth(self.user_token(user))
-            .header("Idempotency-Key", key)
-            .json(&json!({"sku": sku, "quantity": 1}))
-            .send()
-            .await
-            .unwrap();
-        answer.json().await.unwrap()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGINT,
-        );
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-    }
-}
 
 /// Waits until `css` matches an element whose text is `text` (the page auto-refreshes).
 async fn wait_for_text(b: &Browser, css: &str, text: &str, wait: Duration) {
@@ -127,7 +45,7 @@ async fn an_operator_finds_a_stuck_cancel_reads_its_attempts_and_retries_it_in_a
     else {
         return;
     };
-    let p = Running::start();
+    let p = Running::start(env!("CARGO_BIN_EXE_platform"));
     let admin = p.admin_token();
     let http = reqwest::Client::new();
 

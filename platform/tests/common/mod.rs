@@ -1,6 +1,9 @@
-//! What the README tour and the labs share: a free port offset, and the one-command platform
-//! started in a folder of its own and waited for until it says it is running.
+//! What the platform-level tests share: a free port offset, and the one-command platform
+//! started in a folder of its own and waited for until it says it is running ([`Running`]
+//! wraps it for the tests that talk to it over HTTP). Each test file uses part of it.
+#![allow(dead_code)]
 
+use serde_json::json;
 use std::io::BufRead;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -58,5 +61,88 @@ pub fn start_platform(root: &Path, args: &[&str]) -> Child {
                 "the platform exited: {banner:#?}"
             ),
         }
+    }
+}
+
+/// The repository's root.
+pub fn repo() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The one-command platform in a folder of its own, on free ports; stopped when dropped.
+pub struct Running {
+    child: std::process::Child,
+    pub root: tempfile::TempDir,
+    pub offset: u16,
+}
+
+impl Running {
+    pub fn start(bin: &str) -> Running {
+        let root = testkit::temp_dir("platform-");
+        let bin = Path::new(bin);
+        std::fs::create_dir_all(root.path().join("target/release")).unwrap();
+        std::os::unix::fs::symlink(bin, root.path().join("target/release/platform")).unwrap();
+        let offset = free_offset(&[16686, 4317]);
+        let child = start_platform(root.path(), &["--port-offset", &offset.to_string()]);
+        Running {
+            child,
+            root,
+            offset,
+        }
+    }
+
+    pub fn url(&self, port: u16, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", port + self.offset)
+    }
+
+    pub fn console(&self, path: &str) -> String {
+        self.url(8090, &format!("/console{path}"))
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("data/admin-token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    pub fn user_token(&self, user: &str) -> String {
+        let out = Command::new(self.root.path().join("target/release/platform"))
+            .args(["--data", "data", "token", "--sub", user])
+            .current_dir(self.root.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// Places an order; returns the order API's answer.
+    pub async fn order(&self, user: &str, key: &str, sku: &str) -> serde_json::Value {
+        let answer = reqwest::Client::new()
+            .post(self.url(8080, "/api/v1/orders"))
+            .bearer_auth(self.user_token(user))
+            .header("Idempotency-Key", key)
+            .json(&json!({"sku": sku, "quantity": 1}))
+            .send()
+            .await
+            .unwrap();
+        answer.json().await.unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGINT,
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
     }
 }

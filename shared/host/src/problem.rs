@@ -11,10 +11,18 @@ use std::fmt;
 pub struct Problem(Box<ProblemBody>);
 
 /// The fields of a [`Problem`].
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(
+    as = Problem,
+    example = json!({"type": "/problems/insufficient_funds", "title": "Unprocessable Entity",
+        "status": 422, "detail": "account \"carol\" has less than 450 available",
+        "code": "insufficient_funds"})
+)]
 pub struct ProblemBody {
+    /// A relative reference to the page that explains the code (`/problems/{code}`).
     #[serde(rename = "type")]
     pub type_uri: String,
+    /// The HTTP status's reason phrase.
     pub title: String,
     pub status: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -100,6 +108,7 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("not_refundable", 409, "Only a confirmed order can be refunded; this one was cancelled."),
     ("order_settling", 409, "The order was decided but its last step has not reached order-svc yet: retry the refund in a moment."),
     ("insufficient_funds", 409, "The account has less available than the amount asked for (an admin payout)."),
+    ("method_not_allowed", 405, "This address does not take this method; the Allow header lists the ones it does."),
     ("payload_too_large", 413, "The body is larger than this route accepts."),
     ("unsupported_media_type", 415, "The body must be JSON, sent with Content-Type: application/json."),
     ("rate_limited", 429, "Too many new orders from this user: wait the Retry-After seconds, then retry the same request with the same Idempotency-Key (nothing was stored under it)."),
@@ -207,6 +216,33 @@ pub fn path_config() -> web::PathConfig {
 /// Query strings: errors as problems.
 pub fn query_config() -> web::QueryConfig {
     web::QueryConfig::default().error_handler(|err, _| Problem::bad_request(err.to_string()).into())
+}
+
+/// The response for a method a resource does not serve: a 405 whose `Allow` lists the ones it
+/// does (`"GET, POST"`).
+pub fn method_not_allowed(req: &HttpRequest, allow: &'static str) -> HttpResponse {
+    let mut res = Problem::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!(
+            "{} does not take {}; it takes {allow}",
+            req.path(),
+            req.method()
+        ),
+    )
+    .error_response();
+    res.headers_mut().insert(
+        actix_web::http::header::ALLOW,
+        actix_web::http::header::HeaderValue::from_static(allow),
+    );
+    res
+}
+
+/// A resource serving `allow` (`"GET, POST"`) only: any other method is a 405 naming them.
+pub fn only(path: &str, allow: &'static str) -> actix_web::Resource {
+    web::resource(path).default_service(web::to(move |req: HttpRequest| async move {
+        method_not_allowed(&req, allow)
+    }))
 }
 
 /// The response for a route that does not exist.
