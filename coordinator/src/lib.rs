@@ -201,6 +201,7 @@ pub async fn start(config: Config, shutdown: Shutdown) -> Result<Running, StartE
             .collect(),
         production: config.common.production,
         http: reqwest::Client::new(),
+        live: Default::default(),
     });
     host::app::start(
         ServiceParts {

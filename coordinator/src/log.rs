@@ -655,8 +655,9 @@ pub struct Filter {
     pub created_from: Option<i64>,
     /// Created before (Unix ms).
     pub created_to: Option<i64>,
-    /// A gid, an idempotency key, or the part of a key after its last `:` (order-svc's keys are
-    /// `order:<order id>` and `refund:<refund id>`, so an order id finds its transactions).
+    /// A gid, an idempotency key, or the part of a key after a `:` (order-svc's keys are
+    /// `order:<order id>` and `refund:<refund id>`, so an order id finds its transactions). Case
+    /// sensitive on PostgreSQL, not for ASCII on SQLite (`LIKE`).
     pub search: Option<String>,
     /// Only gids below this one (the next page).
     pub before: Option<Gid>,
@@ -691,9 +692,11 @@ pub async fn list(db: &Db, filter: &Filter) -> Result<Vec<Summary>, StoreError> 
     }
     if let Some(from) = filter.created_from {
         // The gid bound lets the primary key narrow the scan; created_at is the exact test.
+        // A gid is made before its row is written (a queue, a pool, a clock step between), so
+        // the bound starts well before `from`.
         let g = next(
             &mut binds,
-            Bound::Int(Gid::first_at(from.max(0) as u64).as_i64()),
+            Bound::Int(Gid::first_at((from - GID_SLACK_MS).max(0) as u64).as_i64()),
         );
         let p = next(&mut binds, Bound::Int(from));
         sql += &format!(" AND gid >= {g} AND created_at >= {p}");
@@ -793,15 +796,19 @@ pub struct Latency {
     pub p99_us: i64,
 }
 
-/// At most this many calls go into [`recent`]'s percentiles (the newest transactions' first).
+/// At most this many calls go into [`recent`]'s percentiles (the newest first).
 const RECENT_CALLS: i64 = 50_000;
 
+/// How long before its row's `created_at` a transaction's gid may have been made.
+const GID_SLACK_MS: i64 = 5 * 60_000;
+
 /// What the log shows of the last `window_ms`: rates and per-participant latency, read from
-/// every instance's writes (not only this process's), over index ranges (gids are ordered by
-/// creation time), so a console refresh stays cheap on a long log.
+/// every instance's writes (not only this process's), over index ranges (transactions by gid,
+/// which grows with creation time; calls by their start), so a console refresh stays cheap on
+/// a long log. The latency covers every call of the window, an old transaction's included.
 pub async fn recent(db: &Db, window_ms: i64) -> Result<Recent, StoreError> {
     let since = store::now_ms() - window_ms;
-    let floor = Gid::first_at(since.max(0) as u64).as_i64();
+    let floor = Gid::first_at((since - GID_SLACK_MS).max(0) as u64).as_i64();
     let (started, ended): (i64, i64) = sqlx::query_as(
         "SELECT CAST(COUNT(*) AS BIGINT), \
          CAST(COALESCE(SUM(CASE WHEN status IN ('succeeded', 'failed') THEN 1 ELSE 0 END), 0) AS BIGINT) \
@@ -814,10 +821,9 @@ pub async fn recent(db: &Db, window_ms: i64) -> Result<Recent, StoreError> {
     let calls: Vec<(String, i64)> = sqlx::query_as(
         "SELECT b.participant, a.duration_us FROM attempts a \
          JOIN branches b ON b.gid = a.gid AND b.idx = a.idx \
-         WHERE a.gid >= $1 AND a.started_at >= $2 AND a.outcome <> 'abandoned' \
-         ORDER BY a.gid DESC LIMIT $3",
+         WHERE a.started_at >= $1 AND a.outcome <> 'abandoned' \
+         ORDER BY a.started_at DESC LIMIT $2",
     )
-    .bind(floor)
     .bind(since)
     .bind(RECENT_CALLS)
     .fetch_all(db.pool())

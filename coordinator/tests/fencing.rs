@@ -223,7 +223,122 @@ async fn a_transaction_read_while_it_is_written_shows_every_attempt_its_state_co
     assert!(reads > 10, "only {reads} reads overlapped the writes");
 }
 
+/// The console's reads of the log: a call made now for a transaction created long ago is in
+/// the live latency; a transaction whose gid was made a moment before its row was written is
+/// in a listing from its `created_at` on; a search finds it by the id after its key's `:`.
+async fn the_console_s_listing_and_live_numbers_find_what_the_time_bounds_name(db: TestDb) {
+    let (db, stored) = log_with_one_transaction(&db, 60_000).await;
+    let now = store::now_ms();
+    let attempt = log::Attempt {
+        idx: 0,
+        op: coordinator::machine::Op::Cancel,
+        started_at: now,
+        duration_us: 5_000,
+        outcome: log::Outcome::Error,
+        error: None,
+        owner: OWNER.into(),
+    };
+    let written = log::checkpoint(
+        &db,
+        Checkpoint {
+            gid: stored.gid,
+            owner: OWNER,
+            epoch: stored.epoch,
+            from: stored.txn.status,
+            txn: &stored.txn,
+            branches: &stored.branches,
+            new_attempts: std::slice::from_ref(&attempt),
+            release_until: None,
+            lease_ms: 60_000,
+        },
+    )
+    .await
+    .unwrap();
+    assert!(written.is_some());
+    let recent = log::recent(&db, 60_000).await.unwrap();
+    assert_eq!(
+        recent.latency.iter().map(|l| l.calls).sum::<usize>(),
+        1,
+        "the old transaction's call of now: {recent:?}"
+    );
+
+    // A gid made a second before its row.
+    let gid = ids::Gid::from_u64(ids::Gid::first_at((now - 1_000) as u64).as_u64() + 7).unwrap();
+    let new = NewTxn {
+        gid,
+        mode: Mode::Saga,
+        idempotency_key: Some("refund:123456".into()),
+        request_hash: "h".into(),
+        concurrent: false,
+        branch_timeout_ms: 10,
+        deadline_at: now + 60_000,
+        branches: vec![NewBranch {
+            branch_id: "b0".into(),
+            participant: "http://127.0.0.1:9".into(),
+            payload: vec![],
+            depends_on: vec![],
+            retriable: false,
+        }],
+        trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
+    };
+    log::insert(&db, &new, OWNER, 60_000).await.unwrap();
+    let created = log::load(&db, gid).await.unwrap().unwrap().created_at;
+    let listed = |filter: log::Filter| {
+        let db = db.clone();
+        async move {
+            log::list(&db, &filter)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.gid)
+                .collect::<Vec<_>>()
+        }
+    };
+    let page = |f: log::Filter| log::Filter { limit: 10, ..f };
+    assert_eq!(
+        listed(page(log::Filter {
+            created_from: Some(created),
+            ..Default::default()
+        }))
+        .await,
+        [gid]
+    );
+    assert_eq!(
+        listed(page(log::Filter {
+            search: Some("123456".into()),
+            mode: Some(Mode::Saga),
+            ..Default::default()
+        }))
+        .await,
+        [gid]
+    );
+    assert_eq!(
+        listed(page(log::Filter {
+            search: Some("12345_".into()),
+            ..Default::default()
+        }))
+        .await,
+        Vec::<ids::Gid>::new(),
+        "LIKE's wildcards are literal in a search"
+    );
+    assert_eq!(
+        listed(page(log::Filter {
+            search: Some(gid.to_string()),
+            status: Some(Status::Prepared),
+            created_to: Some(created + 1),
+            ..Default::default()
+        }))
+        .await,
+        [gid]
+    );
+    assert_eq!(
+        log::trace_id(&db, gid).await.unwrap().as_deref(),
+        Some("0af7651916cd43dd8448eb211c80319c")
+    );
+}
+
 both_backends!(
+    the_console_s_listing_and_live_numbers_find_what_the_time_bounds_name,
     a_transaction_read_while_it_is_written_shows_every_attempt_its_state_counts,
     a_lapsed_claim_cannot_write_after_the_same_instance_claimed_again,
     a_status_is_replaced_only_from_the_status_the_writer_read,

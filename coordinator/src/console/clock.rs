@@ -16,10 +16,15 @@ pub fn format_ms(unix_ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02} {h:02}:{min:02}:{s:02}.{ms:03}")
 }
 
-/// `2026-12-02T03:04` as a `datetime-local` input spells it (UTC).
+/// `2026-12-02T03:04` as a `datetime-local` input spells it (UTC), with `:05` seconds when
+/// there are any (so a range given to the second comes back as given).
 pub fn input_value(unix_ms: i64) -> String {
     let t = format_ms(unix_ms);
-    format!("{}T{}", &t[..10], &t[11..16])
+    if &t[17..19] == "00" {
+        format!("{}T{}", &t[..10], &t[11..16])
+    } else {
+        format!("{}T{}", &t[..10], &t[11..19])
+    }
 }
 
 /// Parses `YYYY-MM-DDTHH:MM[:SS]` (or with a space for the `T`) as UTC; `None` when it is not
@@ -107,6 +112,7 @@ mod tests {
             assert_eq!(parse_utc(&input_value(ms)), Some(ms - ms % 60_000));
         }
         assert_eq!(parse_utc("2026-12-02T03:04:05"), Some(1_796_180_645_000));
+        assert_eq!(input_value(1_796_180_645_678), "2026-12-02T03:04:05");
     }
 
     #[test]

@@ -40,6 +40,37 @@ pub struct Settings {
     pub participant_admin: std::collections::BTreeMap<String, String>,
     pub production: bool,
     pub http: reqwest::Client,
+    /// The counts and live numbers, read at most every [`LIVE_EVERY`] whatever the number of
+    /// open pages refreshing themselves (they read the whole log's counts).
+    pub live: Arc<std::sync::Mutex<Option<(std::time::Instant, Live)>>>,
+}
+
+/// What every list page shows besides its rows.
+type Live = (Vec<(String, i64)>, log::Recent);
+
+/// How long the counts and live numbers are reused.
+const LIVE_EVERY: std::time::Duration = std::time::Duration::from_secs(3);
+
+impl Settings {
+    async fn live(&self, db: &store::Db) -> Result<Live, store::StoreError> {
+        let cached = self
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < LIVE_EVERY)
+            .map(|(_, live)| live.clone());
+        if let Some(live) = cached {
+            return Ok(live);
+        }
+        let live = (
+            log::counts(db).await?,
+            log::recent(db, LIVE_WINDOW_MS).await?,
+        );
+        *self.live.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((std::time::Instant::now(), live.clone()));
+        Ok(live)
+    }
 }
 
 /// How long a console session lasts.
@@ -246,6 +277,7 @@ async fn list(
     req: HttpRequest,
     token: web::Data<AdminToken>,
     engine: web::Data<Arc<Engine>>,
+    settings: web::Data<Settings>,
     q: web::Query<ConsoleQuery>,
 ) -> HttpResponse {
     if !signed_in(&req, &token) {
@@ -283,8 +315,7 @@ async fn list(
     let db = engine.db();
     let read = async {
         let rows = log::list(db, &filter).await?;
-        let counts = log::counts(db).await?;
-        let recent = log::recent(db, LIVE_WINDOW_MS).await?;
+        let (counts, recent) = settings.live(db).await?;
         Ok::<_, store::StoreError>((rows, counts, recent))
     };
     let (rows, counts, recent) = match read.await {
@@ -392,10 +423,11 @@ async fn show(
             trace_link: settings.trace_link.clone(),
             next_caps_ms,
             now_ms: store::now_ms(),
-            flash: q
-                .retried
-                .as_ref()
-                .map(|_| "Made due now: a recovery round drives it next."),
+            flash: match q.retried.as_deref() {
+                Some("due") => Some("Made due now: a recovery round drives it next."),
+                Some("ended") => Some("Nothing to retry: it had already ended."),
+                _ => None,
+            },
         }),
     )
 }
@@ -420,9 +452,12 @@ async fn retry(
         Err(p) => return bad_request(p.body().detail.clone().unwrap_or_default()),
     };
     match engine.retry_now(gid).await {
+        Ok(status) if status.is_terminal() => {
+            see_other(&format!("/console/transactions/{gid}?retried=ended"))
+        }
         Ok(_) => {
             tracing::info!(gid = %gid, "operator retry from the console");
-            see_other(&format!("/console/transactions/{gid}?retried=1"))
+            see_other(&format!("/console/transactions/{gid}?retried=due"))
         }
         Err(EngineError::NotFound(_)) => respond(
             StatusCode::NOT_FOUND,

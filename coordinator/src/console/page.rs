@@ -130,6 +130,14 @@ pub fn list(v: &List<'_>) -> Markup {
         ("from", v.from_text.to_owned()),
         ("to", v.to_text.to_owned()),
         ("q", given(&q.q)),
+        (
+            "limit",
+            if q.limit == 50 {
+                String::new()
+            } else {
+                q.limit.to_string()
+            },
+        ),
     ];
     let total: i64 = v.counts.iter().map(|(_, n)| n).sum();
     let older = v.next_before.map(|next| {
@@ -173,8 +181,8 @@ pub fn list(v: &List<'_>) -> Markup {
                         }
                     }
                 }
-                label { "From (UTC) " input type="datetime-local" name="from" value=(v.from_text); }
-                label { "To (UTC) " input type="datetime-local" name="to" value=(v.to_text); }
+                label { "From (UTC) " input type="datetime-local" step="1" name="from" value=(v.from_text); }
+                label { "To (UTC) " input type="datetime-local" step="1" name="to" value=(v.to_text); }
                 label.grow { "Search "
                     input type="search" name="q" value=(given(&q.q))
                         placeholder="gid, idempotency key, order or refund id";
