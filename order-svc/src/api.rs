@@ -318,7 +318,7 @@ pub struct OrderView {
     pub reason: Option<String>,
     pub sku: String,
     pub quantity: i64,
-    /// The price, in cents.
+    /// What the line costs (price times quantity), in cents.
     pub amount: i64,
     /// The order's latest refund, if one was asked for (`GET /api/v1/orders/{id}` only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -424,6 +424,7 @@ pub(crate) struct OrderList {
         (status = 429, description = "Too many orders from this user", body = host::problem::ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down; retry with the same key", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 500, description = "A bug (the log says what, the answer never does); retry with the same key", body = host::problem::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -591,6 +592,7 @@ impl From<OrderRow> for OrderView {
         (status = 401, description = "No valid bearer token", body = host::problem::ProblemBody, content_type = "application/problem+json"),
         (status = 404, description = "No such order of yours", body = host::problem::ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 500, description = "A bug (the log says what, the answer never does); retry with the same key", body = host::problem::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -655,6 +657,7 @@ pub(crate) async fn get_order(
         (status = 400, description = "A malformed query", body = host::problem::ProblemBody, content_type = "application/problem+json"),
         (status = 401, description = "No valid bearer token", body = host::problem::ProblemBody, content_type = "application/problem+json"),
         (status = 503, description = "The database is unavailable", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 500, description = "A bug (the log says what, the answer never does); retry with the same key", body = host::problem::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]

@@ -37,6 +37,17 @@ struct BearerJwt;
 
 impl Modify for BearerJwt {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        // A refund's body is optional (none: the whole order); utoipa only says so for an
+        // `Option<T>`, which it also lets be `null`, which the route refuses.
+        if let Some(body) = openapi
+            .paths
+            .paths
+            .get_mut("/api/v1/orders/{id}/refund")
+            .and_then(|p| p.post.as_mut())
+            .and_then(|op| op.request_body.as_mut())
+        {
+            body.required = Some(utoipa::openapi::Required::False);
+        }
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "bearer",

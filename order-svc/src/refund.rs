@@ -63,6 +63,29 @@ pub(crate) struct RefundBody {
     quantity: Option<i64>,
 }
 
+/// The largest refund body read (`{"quantity": n}` needs a few bytes).
+const REFUND_BODY_LIMIT: usize = 16 * 1024;
+
+/// The body, at most `limit` bytes: beyond it a 413 problem (actix's own limit answers plain
+/// text, and would let a client send 256 KiB).
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, Problem> {
+    use futures::StreamExt;
+    let mut body = web::BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| Problem::bad_request(format!("the body could not be read: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(Problem::new(
+                actix_web::http::StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the body is larger than {limit} bytes"),
+            ));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 /// A refund as the public API shows it.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[schema(as = Refund)]
@@ -237,7 +260,8 @@ fn request_hash(order_id: i64, body: &RefundBody) -> String {
         answers `refunded`, `failed` with its `reason` (the order stays confirmed), or `pending`. \
         An empty body or `{}` refunds the whole order.",
     params(("id" = String, Path, description = "The order id"), crate::api::IdempotencyKey),
-    request_body(content = Option<RefundBody>, content_type = "application/json"),
+    // Optional (no body: the whole order); `openapi.rs` marks it so.
+    request_body(content = RefundBody, content_type = "application/json"),
     responses(
         (status = 201, description = "The refund and its outcome", body = RefundView,
             headers(("Idempotent-Replayed" = String, description = "`true` on a replayed answer"))),
@@ -250,6 +274,7 @@ fn request_hash(order_id: i64, body: &RefundBody) -> String {
         (status = 429, description = "Too many requests from this user", body = host::problem::ProblemBody, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"))),
         (status = 503, description = "A dependency is down; retry with the same key", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 500, description = "A bug (the log says what, the answer never does); retry with the same key", body = host::problem::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("bearer" = []))
 )]
@@ -259,18 +284,18 @@ pub(crate) async fn refund_order(
     api: web::Data<Api>,
     db: web::Data<Db>,
     id: web::Path<String>,
-    body: web::Bytes,
+    body: web::Payload,
 ) -> Result<HttpResponse, Problem> {
     let key = idempotency_key(&req)?;
-    // No body, `null` or `{}`: the whole order.
+    // No body or `{}`: the whole order. (A `null` is refused: on a route that moves money,
+    // only what the document allows.)
+    let body = read_body(body, REFUND_BODY_LIMIT).await?;
     let body: RefundBody = if body.iter().all(u8::is_ascii_whitespace) {
         RefundBody::default()
     } else {
-        serde_json::from_slice::<Option<RefundBody>>(&body)
-            .map_err(|e| {
-                Problem::bad_request(format!("the body must be {{}} or {{\"quantity\": n}}: {e}"))
-            })?
-            .unwrap_or_default()
+        serde_json::from_slice(&body).map_err(|e| {
+            Problem::bad_request(format!("the body must be {{}} or {{\"quantity\": n}}: {e}"))
+        })?
     };
     if let Some(q) = body.quantity {
         if !(1..=api.config.max_quantity).contains(&q) {

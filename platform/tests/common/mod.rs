@@ -27,8 +27,14 @@ pub fn free_offset(extra: &[u16]) -> u16 {
 /// `root/target/release/platform ARGS` run in `root`, once its banner says it is running
 /// (within two minutes, or the test fails with what it printed).
 pub fn start_platform(root: &Path, args: &[&str]) -> Child {
+    start_platform_with(root, args, &[])
+}
+
+/// [`start_platform`] with environment variables (the services inherit them).
+pub fn start_platform_with(root: &Path, args: &[&str], env: &[(&str, &str)]) -> Child {
     let mut platform = Command::new(root.join("target/release/platform"))
         .args(args)
+        .envs(env.iter().copied())
         .current_dir(root)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -81,12 +87,18 @@ pub struct Running {
 
 impl Running {
     pub fn start(bin: &str) -> Running {
+        Running::start_with(bin, &[])
+    }
+
+    /// With environment variables for the platform and its services
+    /// (`ORDER_API__RATE_LIMIT__PER_SECOND=0`, say).
+    pub fn start_with(bin: &str, env: &[(&str, &str)]) -> Running {
         let root = testkit::temp_dir("platform-");
         let bin = Path::new(bin);
         std::fs::create_dir_all(root.path().join("target/release")).unwrap();
         std::os::unix::fs::symlink(bin, root.path().join("target/release/platform")).unwrap();
         let offset = free_offset(&[16686, 4317]);
-        let child = start_platform(root.path(), &["--port-offset", &offset.to_string()]);
+        let child = start_platform_with(root.path(), &["--port-offset", &offset.to_string()], env);
         Running {
             child,
             root,

@@ -61,6 +61,30 @@ pub fn docker_or_skip() -> bool {
     false
 }
 
+/// `docker pause`, which must succeed. The kernel's freezer can give up on a container whose
+/// processes are busy in the kernel (`unable to freeze`, seen under the chaos run's load):
+/// that is tried again, a few times, before it fails the test.
+fn pause(id: &str) {
+    const TRIES: u32 = 5;
+    for attempt in 1..=TRIES {
+        let out = Command::new("docker")
+            .args(["pause", id])
+            .output()
+            .unwrap_or_else(|e| panic!("docker pause {id} did not start: {e}"));
+        if out.status.success() {
+            return;
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            attempt < TRIES && err.contains("unable to freeze"),
+            "docker pause {id} failed with {} (attempt {attempt}):\n{err}",
+            out.status
+        );
+        eprintln!("docker pause {id}: the freezer gave up (attempt {attempt}); again");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Runs a command that must succeed; its program and arguments (never its environment, which
 /// may hold secrets) in the panic.
 pub fn run(cmd: &mut Command) -> Output {
@@ -659,7 +683,7 @@ impl Cluster {
                 run(Command::new("docker").args(["network", "connect", &self.network, &id]));
             }
             FaultKind::Pause => {
-                run(Command::new("docker").args(["pause", &id]));
+                pause(&id);
                 tokio::time::sleep(down).await;
                 run(Command::new("docker").args(["unpause", &id]));
             }
