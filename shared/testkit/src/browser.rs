@@ -8,6 +8,7 @@
 
 use crate::process::free_port;
 use serde_json::{json, Value};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,7 +77,10 @@ impl Browser {
             )));
         };
         let port = free_port();
+        // Its own process group: the Chromium it starts joins it, and a test that fails
+        // before `quit` still takes the browser down with the driver (see `Drop`).
         let child = Command::new(&driver)
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -307,7 +311,11 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        // The session's Chromium goes with its driver.
+        // The driver and every Chromium process it started (one process group).
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.driver.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }

@@ -640,8 +640,19 @@ impl Cluster {
 
     /// Freezes every process of `s` (the cgroup freezer): it holds its connections and answers
     /// nothing until [`Cluster::unpause`].
+    /// As [`pause`], the freezer's `unable to freeze` is tried again a few times.
     pub async fn pause(&self, s: Svc) {
-        self.services[&s].pause().await.unwrap();
+        const TRIES: u32 = 5;
+        for attempt in 1..=TRIES {
+            match self.services[&s].pause().await {
+                Ok(()) => return,
+                Err(e) if attempt < TRIES && format!("{e:?}").contains("unable to freeze") => {
+                    eprintln!("pausing {s:?}: the freezer gave up (attempt {attempt}); again");
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+                Err(e) => panic!("pausing {s:?} (attempt {attempt}): {e:?}"),
+            }
+        }
     }
 
     pub async fn unpause(&self, s: Svc) {
