@@ -191,6 +191,21 @@ fn same_origin(req: &HttpRequest) -> bool {
         .is_some_and(|(_, h)| h == host)
 }
 
+/// A write's checks: a live session, and a request from this host's own pages. `Some`: the
+/// refusal to send.
+fn refuse_write(req: &HttpRequest, token: &AdminToken) -> Option<HttpResponse> {
+    if !signed_in(req, token) {
+        return Some(unauthorized());
+    }
+    if !same_origin(req) {
+        return Some(respond(
+            StatusCode::FORBIDDEN,
+            page::error("Refused", "cross-site request"),
+        ));
+    }
+    None
+}
+
 fn unauthorized() -> HttpResponse {
     respond(StatusCode::UNAUTHORIZED, page::login(None))
 }
@@ -438,14 +453,8 @@ async fn retry(
     engine: web::Data<Arc<Engine>>,
     gid: web::Path<String>,
 ) -> HttpResponse {
-    if !signed_in(&req, &token) {
-        return unauthorized();
-    }
-    if !same_origin(&req) {
-        return respond(
-            StatusCode::FORBIDDEN,
-            page::error("Refused", "cross-site request"),
-        );
+    if let Some(refused) = refuse_write(&req, &token) {
+        return refused;
     }
     let gid = match crate::http::parse_gid(&gid) {
         Ok(g) => g,
@@ -553,14 +562,8 @@ async fn fault_action(
     path: web::Path<(String, String)>,
     form: Option<web::Form<faults::ArmForm>>,
 ) -> HttpResponse {
-    if !signed_in(&req, &token) {
-        return unauthorized();
-    }
-    if !same_origin(&req) {
-        return respond(
-            StatusCode::FORBIDDEN,
-            page::error("Refused", "cross-site request"),
-        );
+    if let Some(refused) = refuse_write(&req, &token) {
+        return refused;
     }
     let (name, action) = path.into_inner();
     let failed = |status: StatusCode, why: String| {
@@ -651,14 +654,8 @@ async fn failpoint_action(
     path: web::Path<(String, String)>,
     form: Option<web::Form<AfterForm>>,
 ) -> HttpResponse {
-    if !signed_in(&req, &token) {
-        return unauthorized();
-    }
-    if !same_origin(&req) {
-        return respond(
-            StatusCode::FORBIDDEN,
-            page::error("Refused", "cross-site request"),
-        );
+    if let Some(refused) = refuse_write(&req, &token) {
+        return refused;
     }
     let (name, action) = path.into_inner();
     let outcome = match (CoordinatorFailpoints::parse(&name), action.as_str()) {
