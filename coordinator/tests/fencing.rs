@@ -48,6 +48,18 @@ fn decided(stored: &log::Stored, status: Status) -> Txn {
 }
 
 async fn write(db: &Db, stored: &log::Stored, epoch: i64, from: Status, txn: &Txn) -> bool {
+    write_with(db, stored, epoch, from, txn, &[]).await
+}
+
+/// [`write`] with the attempts the checkpoint appends to the timeline.
+async fn write_with(
+    db: &Db,
+    stored: &log::Stored,
+    epoch: i64,
+    from: Status,
+    txn: &Txn,
+    attempts: &[log::Attempt],
+) -> bool {
     log::checkpoint(
         db,
         Checkpoint {
@@ -57,7 +69,7 @@ async fn write(db: &Db, stored: &log::Stored, epoch: i64, from: Status, txn: &Tx
             from,
             txn,
             branches: &stored.branches,
-            new_attempts: &[],
+            new_attempts: attempts,
             release_until: None,
             lease_ms: 60_000,
         },
@@ -180,23 +192,9 @@ async fn a_transaction_read_while_it_is_written_shows_every_attempt_its_state_co
                     error: Some(format!("attempt {n}")),
                     owner: OWNER.into(),
                 };
-                let written = log::checkpoint(
-                    &db,
-                    Checkpoint {
-                        gid: stored.gid,
-                        owner: OWNER,
-                        epoch: stored.epoch,
-                        from,
-                        txn: &txn,
-                        branches: &stored.branches,
-                        new_attempts: std::slice::from_ref(&attempt),
-                        release_until: None,
-                        lease_ms: 60_000,
-                    },
-                )
-                .await
-                .unwrap();
-                assert!(written.is_some(), "write {n} was fenced off");
+                let epoch = stored.epoch;
+                let written = write_with(&db, &stored, epoch, from, &txn, &[attempt]).await;
+                assert!(written, "write {n} was fenced off");
             }
         })
     };
@@ -238,23 +236,9 @@ async fn the_console_s_listing_and_live_numbers_find_what_the_time_bounds_name(d
         error: None,
         owner: OWNER.into(),
     };
-    let written = log::checkpoint(
-        &db,
-        Checkpoint {
-            gid: stored.gid,
-            owner: OWNER,
-            epoch: stored.epoch,
-            from: stored.txn.status,
-            txn: &stored.txn,
-            branches: &stored.branches,
-            new_attempts: std::slice::from_ref(&attempt),
-            release_until: None,
-            lease_ms: 60_000,
-        },
-    )
-    .await
-    .unwrap();
-    assert!(written.is_some());
+    let from = stored.txn.status;
+    let written = write_with(&db, &stored, stored.epoch, from, &stored.txn, &[attempt]).await;
+    assert!(written);
     let recent = log::recent(&db, 60_000).await.unwrap();
     assert_eq!(
         recent.latency.iter().map(|l| l.calls).sum::<usize>(),

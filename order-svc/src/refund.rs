@@ -63,9 +63,6 @@ pub(crate) struct RefundBody {
     quantity: Option<i64>,
 }
 
-/// The largest refund body read (`{"quantity": n}` needs a few bytes).
-const REFUND_BODY_LIMIT: usize = 16 * 1024;
-
 /// The body, at most `limit` bytes: beyond it a 413 problem (actix's own limit answers plain
 /// text, and would let a client send 256 KiB).
 async fn read_body(mut payload: web::Payload, limit: usize) -> Result<web::BytesMut, Problem> {
@@ -289,7 +286,9 @@ pub(crate) async fn refund_order(
     let key = idempotency_key(&req)?;
     // No body or `{}`: the whole order. (A `null` is refused: on a route that moves money,
     // only what the document allows.)
-    let body = read_body(body, REFUND_BODY_LIMIT).await?;
+    // The limit every JSON body of the service has (the refund's is read by hand: it may be
+    // empty, which the JSON extractor refuses).
+    let body = read_body(body, tcc::service::JSON_LIMIT).await?;
     let body: RefundBody = if body.iter().all(u8::is_ascii_whitespace) {
         RefundBody::default()
     } else {

@@ -39,11 +39,7 @@ fn script_of(page: &str) -> String {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
+    testkit::which(tool).is_some()
 }
 
 /// Runs lab `name` (`docs/labs/<name>.md`) and returns its output.

@@ -45,11 +45,7 @@ fn tour() -> (String, usize) {
 }
 
 fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .is_ok_and(|o| o.status.success())
+    testkit::which(tool).is_some()
 }
 
 #[test]

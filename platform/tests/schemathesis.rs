@@ -21,12 +21,7 @@ fn schemathesis() -> Option<PathBuf> {
     if local.exists() {
         return Some(local);
     }
-    let found = Command::new("sh")
-        .args(["-c", "command -v schemathesis"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())?;
-    Some(PathBuf::from(String::from_utf8_lossy(&found.stdout).trim()))
+    testkit::which("schemathesis").map(PathBuf::from)
 }
 
 #[tokio::test(flavor = "multi_thread")]

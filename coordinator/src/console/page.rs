@@ -96,29 +96,16 @@ fn status_options() -> impl Iterator<Item = &'static str> {
     Status::ALL.iter().map(|s| s.as_str())
 }
 
+/// `?k=v&…` of the pairs whose value is not empty (`""` when none is).
 fn query_string(pairs: &[(&str, String)]) -> String {
-    let kept: Vec<String> = pairs
-        .iter()
-        .filter(|(_, v)| !v.is_empty())
-        .map(|(k, v)| format!("{k}={}", encode(v)))
-        .collect();
-    if kept.is_empty() {
-        String::new()
-    } else {
-        format!("?{}", kept.join("&"))
+    let mut query = form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
+        query.append_pair(k, v);
     }
-}
-
-/// Percent-encodes a query value.
-fn encode(v: &str) -> String {
-    v.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    match query.finish() {
+        q if q.is_empty() => q,
+        q => format!("?{q}"),
+    }
 }
 
 pub fn list(v: &List<'_>) -> Markup {
@@ -449,7 +436,7 @@ mod tests {
                 ("status", String::new()),
                 ("mode", "tcc".into())
             ]),
-            "?q=order%3A1%202%26x&mode=tcc"
+            "?q=order%3A1+2%26x&mode=tcc"
         );
         assert_eq!(query_string(&[("q", String::new())]), "");
     }

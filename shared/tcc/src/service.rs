@@ -9,6 +9,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use store::Db;
 
+/// The largest JSON body a participant service reads (its admin API's, order-svc's public API's).
+pub const JSON_LIMIT: usize = 16 * 1024;
+
 /// The configuration of a participant service: the common settings and barrier purging.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ParticipantConfig {
@@ -118,7 +121,7 @@ pub async fn start<H: Handler>(
                 routes(cfg);
             }),
             shutdown_grace: Duration::from_secs(p.common.shutdown_grace_secs),
-            json_limit: 16 * 1024,
+            json_limit: JSON_LIMIT,
             tls,
             // A participant's branches are the coordinator's to drive, no one else's.
             grpc_callers: &["coordinator"],

@@ -38,18 +38,6 @@ pub struct Browser {
 #[derive(Debug, Clone)]
 pub struct Element(String);
 
-fn which(names: &[&str]) -> Option<String> {
-    names.iter().find_map(|n| {
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {n}"))
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-    })
-}
-
 /// Whether a test may skip for want of a browser: only with `ALLOW_SKIP_BROWSER=1`, and never
 /// with `REQUIRE_BROWSER=1` or in CI (`CI` set).
 pub fn may_skip() -> bool {
@@ -64,8 +52,10 @@ impl Browser {
     /// `Ok(None)`: no browser here and skipping is allowed (a loud message says so).
     pub async fn start(width: u32, height: u32) -> Result<Option<Browser>, BrowserError> {
         let (Some(chrome), Some(driver)) = (
-            which(&["chromium", "chromium-browser", "google-chrome"]),
-            which(&["chromedriver"]),
+            ["chromium", "chromium-browser", "google-chrome"]
+                .into_iter()
+                .find_map(crate::which),
+            crate::which("chromedriver"),
         ) else {
             let why = "no Chromium or chromedriver on PATH (Debian: apt-get install chromium chromium-driver)";
             if may_skip() {

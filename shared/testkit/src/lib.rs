@@ -138,6 +138,17 @@ pub fn trust(role: &str) -> trust::Trust {
 }
 
 /// A temporary folder for a test's files (logs, data folders of spawned services).
+/// Where `tool` is on `PATH` (`command -v`), if it is.
+pub fn which(tool: &str) -> Option<String> {
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+}
+
 pub fn temp_dir(prefix: &str) -> tempfile::TempDir {
     tempfile::Builder::new()
         .prefix(prefix)
