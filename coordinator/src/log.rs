@@ -634,11 +634,16 @@ pub async fn retry_now(db: &Db, gid: Gid) -> Result<Option<Status>, StoreError> 
 }
 
 /// One line of a listing.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+#[schema(as = TransactionSummary)]
 pub struct Summary {
+    #[schema(value_type = String, example = "7284019283746521")]
     pub gid: Gid,
+    /// `tcc` or `saga`.
     pub mode: String,
+    /// `prepared`, `confirming`, `cancelling`, `succeeded` or `failed`.
     pub status: String,
+    /// Why it was rolled back, in words.
     pub reason: Option<String>,
     pub created_at: i64,
     pub updated_at: i64,
@@ -696,7 +701,7 @@ pub async fn list(db: &Db, filter: &Filter) -> Result<Vec<Summary>, StoreError> 
         // the bound starts well before `from`.
         let g = next(
             &mut binds,
-            Bound::Int(Gid::first_at((from - GID_SLACK_MS).max(0) as u64).as_i64()),
+            Bound::Int(Gid::first_at(from.saturating_sub(GID_SLACK_MS).max(0) as u64).as_i64()),
         );
         let p = next(&mut binds, Bound::Int(from));
         sql += &format!(" AND gid >= {g} AND created_at >= {p}");
@@ -960,11 +965,20 @@ impl std::fmt::Display for TimelineCursor {
 impl std::str::FromStr for TimelineCursor {
     type Err = ();
 
+    /// Exactly what [`Display`](std::fmt::Display) writes: two runs of 1 to 18 digits (no sign,
+    /// no space), so that every cursor the API documents parses and nothing else does.
     fn from_str(s: &str) -> Result<Self, ()> {
+        let number = |part: &str| -> Result<i64, ()> {
+            if (1..=18).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit()) {
+                part.parse().map_err(|_| ())
+            } else {
+                Err(())
+            }
+        };
         let (at, id) = s.split_once('.').ok_or(())?;
         Ok(TimelineCursor {
-            started_at: at.parse().map_err(|_| ())?,
-            id: id.parse().map_err(|_| ())?,
+            started_at: number(at)?,
+            id: number(id)?,
         })
     }
 }

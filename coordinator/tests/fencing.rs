@@ -287,6 +287,22 @@ async fn the_console_s_listing_and_live_numbers_find_what_the_time_bounds_name(d
         .await,
         [gid]
     );
+    // The far ends of time: everything since the beginning (the slack before `from` must not
+    // wrap around to the end), and nothing from the end.
+    assert!(listed(page(log::Filter {
+        created_from: Some(i64::MIN),
+        ..Default::default()
+    }))
+    .await
+    .contains(&gid));
+    assert_eq!(
+        listed(page(log::Filter {
+            created_from: Some(i64::MAX),
+            ..Default::default()
+        }))
+        .await,
+        Vec::<ids::Gid>::new()
+    );
     assert_eq!(
         listed(page(log::Filter {
             search: Some("123456".into()),

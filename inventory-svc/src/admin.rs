@@ -1,29 +1,74 @@
 //! Admin and read API over HTTP (all under `/admin`, behind the admin token): create and
-//! restock SKUs, read stock and reservations, and the conservation audit.
+//! restock SKUs, read stock and reservations, and the conservation audit. Each route is
+//! annotated for the service's OpenAPI document ([`document`]).
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
 use admin::{NewSku, Restock, StockAudit};
+use host::openapi::{GidBranchListing, GidPath, IdPath, Listing};
+use host::problem::{only, ProblemBody};
 use host::Problem;
 use serde::{Deserialize, Serialize};
+use std::sync::OnceLock;
 use store::{Db, StoreError};
+use utoipa::OpenApi;
 
-/// Mounts the routes.
+/// Mounts the routes (each a 405 for a method it does not take) and the OpenAPI document.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    host::openapi::routes(cfg, document());
     cfg.service(
         web::scope("/admin")
             .wrap(from_fn(host::require_admin))
-            .route("/skus", web::get().to(list_skus))
-            .route("/skus/{id}", web::put().to(create_sku))
-            .route("/skus/{id}", web::get().to(get_sku))
-            .route("/skus/{id}/restocks", web::post().to(restock))
-            .route("/reservations", web::get().to(list_reservations))
-            .route("/reservations/{gid}", web::get().to(reservations_of))
-            .route("/audit", web::get().to(audit)),
+            .service(only("/skus", "GET").route(web::get().to(list_skus)))
+            .service(
+                only("/skus/{id}", "GET, PUT")
+                    .route(web::put().to(create_sku))
+                    .route(web::get().to(get_sku)),
+            )
+            .service(only("/skus/{id}/restocks", "POST").route(web::post().to(restock)))
+            .service(only("/reservations", "GET").route(web::get().to(list_reservations)))
+            .service(only("/reservations/{gid}", "GET").route(web::get().to(reservations_of)))
+            .service(only("/audit", "GET").route(web::get().to(audit))),
     );
 }
 
-#[derive(Debug, Serialize, Deserialize, sqlx::FromRow)]
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tcc-pay inventory-svc operator API",
+        version = "1",
+        description = "Stock of the tcc-pay platform, for operators, tests and labs: every call \
+            needs inventory-svc's admin token. Errors are RFC 9457 problem documents \
+            (`application/problem+json`) whose `code` says what went wrong. Branch calls (Try, \
+            Confirm, Cancel) are gRPC, from the coordinator only."
+    ),
+    paths(
+        list_skus,
+        create_sku,
+        get_sku,
+        restock,
+        list_reservations,
+        reservations_of,
+        audit
+    ),
+    components(schemas(Sku, SkuList, Reservation, ReservationsOf, GidReservation, ReservationList, NewSku, Restock, StockAudit)),
+    tags((name = "inventory", description = "SKUs, reservations and the stock audit"))
+)]
+struct InventoryApi;
+
+/// inventory-svc's OpenAPI document, made once.
+pub fn document() -> &'static serde_json::Value {
+    static DOC: OnceLock<serde_json::Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut api = InventoryApi::openapi();
+        api.merge(tcc::service::FaultsApi::openapi());
+        host::openapi::finish(api)
+    })
+}
+
+/// A SKU's stock.
+#[derive(Debug, Serialize, Deserialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(example = json!({"id": "vinyl", "available": 98, "reserved": 0, "sold": 2}))]
 pub struct Sku {
     pub id: String,
     pub available: i64,
@@ -61,6 +106,19 @@ async fn record_restock(
 
 /// `PUT /admin/skus/{id}` `{"available": n}`: creates the SKU with that opening stock (201), or
 /// leaves an existing one as it is (200). Idempotent.
+#[utoipa::path(
+    put,
+    path = "/admin/skus/{id}",
+    tag = "inventory",
+    summary = "Create a SKU with an opening stock (idempotent)",
+    params(IdPath),
+    request_body = NewSku,
+    responses(
+        (status = 201, description = "Created", body = Sku),
+        (status = 200, description = "It existed: left as it was", body = Sku),
+    ),
+    security(("admin" = []))
+)]
 async fn create_sku(
     db: web::Data<Db>,
     id: web::Path<String>,
@@ -101,6 +159,20 @@ async fn create_sku(
 }
 
 /// `POST /admin/skus/{id}/restocks` `{"quantity": n}`: adds stock.
+#[utoipa::path(
+    post,
+    path = "/admin/skus/{id}/restocks",
+    tag = "inventory",
+    summary = "Add stock",
+    params(IdPath),
+    request_body = Restock,
+    responses(
+        (status = 200, description = "The SKU after the restock", body = Sku),
+        (status = 404, description = "No such SKU", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The stock would exceed the largest allowed", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("admin" = []))
+)]
 async fn restock(
     db: web::Data<Db>,
     id: web::Path<String>,
@@ -125,7 +197,11 @@ async fn restock(
     if updated == 0 {
         return Err(match fetch(&db, &id).await? {
             None => Problem::not_found(format!("no SKU {:?}", id.as_str())),
-            Some(_) => Problem::bad_request("the stock would exceed the largest allowed"),
+            Some(_) => Problem::new(
+                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "balance_too_large",
+                "the stock would exceed the largest allowed",
+            ),
         });
     }
     record_restock(&mut tx, &id, body.quantity).await?;
@@ -136,6 +212,18 @@ async fn restock(
     Ok(HttpResponse::Ok().json(sku))
 }
 
+#[utoipa::path(
+    get,
+    path = "/admin/skus/{id}",
+    tag = "inventory",
+    summary = "Read a SKU's stock",
+    params(IdPath),
+    responses(
+        (status = 200, description = "The SKU", body = Sku),
+        (status = 404, description = "No such SKU", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("admin" = []))
+)]
 async fn get_sku(db: web::Data<Db>, id: web::Path<String>) -> Result<HttpResponse, Problem> {
     check_id(&id)?;
     match fetch(&db, &id).await? {
@@ -145,6 +233,15 @@ async fn get_sku(db: web::Data<Db>, id: web::Path<String>) -> Result<HttpRespons
 }
 
 /// `GET /admin/skus?limit=100&after=<id>`.
+#[utoipa::path(
+    get,
+    path = "/admin/skus",
+    tag = "inventory",
+    summary = "Every SKU, in id order",
+    params(Listing),
+    responses((status = 200, description = "A page of SKUs", body = SkuList)),
+    security(("admin" = []))
+)]
 async fn list_skus(
     db: web::Data<Db>,
     page: web::Query<host::Page>,
@@ -156,11 +253,20 @@ async fn list_skus(
     .bind(page.limit())
     .fetch_all(db.pool())
     .await?;
-    let next = page.next_after(&skus, |s| s.id.clone());
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "skus": skus, "next_after": next })))
+    let next_after = page.next_after(&skus, |s| s.id.clone());
+    Ok(HttpResponse::Ok().json(SkuList { skus, next_after }))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A page of SKUs.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct SkuList {
+    skus: Vec<Sku>,
+    /// The `after` of the next page; none on the last.
+    next_after: Option<String>,
+}
+
+/// What one branch reserved or sold here.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct Reservation {
     branch_id: String,
     sku: String,
@@ -169,26 +275,59 @@ struct Reservation {
 }
 
 /// `GET /admin/reservations/{gid}`.
+#[utoipa::path(
+    get,
+    path = "/admin/reservations/{gid}",
+    tag = "inventory",
+    summary = "What each branch of a global transaction did here",
+    params(GidPath),
+    responses((status = 200, description = "Its reservations (none: no branch reached this service)", body = ReservationsOf)),
+    security(("admin" = []))
+)]
 async fn reservations_of(
     db: web::Data<Db>,
     gid: web::Path<String>,
 ) -> Result<HttpResponse, Problem> {
-    let gid: ids::Gid = gid
-        .parse()
-        .map_err(|e: ids::IdError| Problem::bad_request(e.to_string()))?;
+    // Beyond every gid: a transaction with none.
+    let Some(id) = host::page::positive_id("gid", &gid)? else {
+        return Ok(HttpResponse::Ok().json(ReservationsOf {
+            gid: gid.into_inner(),
+            reservations: Vec::new(),
+        }));
+    };
     let rows: Vec<Reservation> = sqlx::query_as(
         "SELECT branch_id, sku, quantity, status FROM reservations WHERE gid = $1 ORDER BY branch_id",
     )
-    .bind(gid.as_i64())
+    .bind(id)
     .fetch_all(db.pool())
     .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "gid": gid, "reservations": rows })))
+    Ok(HttpResponse::Ok().json(ReservationsOf {
+        gid: gid.into_inner(),
+        reservations: rows,
+    }))
+}
+
+/// The reservations of one global transaction.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ReservationsOf {
+    #[schema(example = "7284019283746521")]
+    gid: String,
+    reservations: Vec<Reservation>,
+}
+
+/// A page of reservations.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct ReservationList {
+    reservations: Vec<GidReservation>,
+    /// The `after` of the next page; none on the last.
+    next_after: Option<String>,
 }
 
 /// A reservation with the global transaction it belongs to, as the full listing shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct GidReservation {
     #[serde(with = "host::page::id_string")]
+    #[schema(value_type = String)]
     gid: i64,
     branch_id: String,
     sku: String,
@@ -198,6 +337,15 @@ struct GidReservation {
 
 /// `GET /admin/reservations?after=<gid>/<branch>&limit=`: every reservation, oldest transaction
 /// first; what a cross-service audit reads to compare each transaction's parties.
+#[utoipa::path(
+    get,
+    path = "/admin/reservations",
+    tag = "inventory",
+    summary = "Every reservation, oldest transaction first",
+    params(GidBranchListing),
+    responses((status = 200, description = "A page of reservations", body = ReservationList)),
+    security(("admin" = []))
+)]
 async fn list_reservations(
     db: web::Data<Db>,
     page: web::Query<host::Page>,
@@ -212,11 +360,22 @@ async fn list_reservations(
     .bind(page.limit())
     .fetch_all(db.pool())
     .await?;
-    let next = page.next_after(&rows, |r| format!("{}/{}", r.gid, r.branch_id));
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "reservations": rows, "next_after": next })))
+    let next_after = page.next_after(&rows, |r| format!("{}/{}", r.gid, r.branch_id));
+    Ok(HttpResponse::Ok().json(ReservationList {
+        reservations: rows,
+        next_after,
+    }))
 }
 
 /// `GET /admin/audit`.
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    tag = "inventory",
+    summary = "The stock invariants, read in one transaction",
+    responses((status = 200, description = "Totals, and whether they are consistent", body = StockAudit)),
+    security(("admin" = []))
+)]
 async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
     let mut tx = db.begin().await?;
     let (skus, available, reserved, sold, negative): (i64, i64, i64, i64, i64) = sqlx::query_as(
@@ -257,4 +416,40 @@ async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
         negative_skus: negative,
         consistent,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `UPDATE_OPENAPI=1 cargo test --workspace --lib openapi` rewrites both files.
+    #[test]
+    fn the_checked_in_openapi_document_and_reference_are_what_the_code_generates() {
+        host::openapi::assert_checked_in("inventory-svc", document());
+    }
+
+    #[test]
+    fn every_operator_operation_is_in_the_openapi_document_behind_the_admin_token() {
+        let admin: Vec<String> = host::openapi::operations(document())
+            .into_iter()
+            .filter(|(_, schemes)| schemes == &[host::openapi::ADMIN])
+            .map(|(op, _)| op)
+            .collect();
+        assert_eq!(
+            admin,
+            [
+                "delete /admin/faults",
+                "get /admin/audit",
+                "get /admin/faults",
+                "get /admin/reservations",
+                "get /admin/reservations/{gid}",
+                "get /admin/skus",
+                "get /admin/skus/{id}",
+                "post /admin/faults/release",
+                "post /admin/skus/{id}/restocks",
+                "put /admin/faults/{op}",
+                "put /admin/skus/{id}",
+            ]
+        );
+    }
 }

@@ -257,30 +257,6 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     );
 }
 
-/// A whole number, as JSON Schema counts them: `2` and `2.0` alike (a client whose JSON
-/// library writes every number as a double is not wrong); `2.5`, or beyond `i64`, is refused.
-pub(crate) fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<i64, D::Error> {
-    let n = serde_json::Number::deserialize(d)?;
-    if let Some(i) = n.as_i64() {
-        return Ok(i);
-    }
-    match n.as_f64() {
-        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(f as i64),
-        _ => Err(serde::de::Error::custom(format!(
-            "{n} is not a whole number within range"
-        ))),
-    }
-}
-
-/// [`whole_number`], optional.
-pub(crate) fn optional_whole_number<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Option<i64>, D::Error> {
-    #[derive(Deserialize)]
-    struct Whole(#[serde(deserialize_with = "whole_number")] i64);
-    Ok(Option::<Whole>::deserialize(d)?.map(|w| w.0))
-}
-
 /// `POST /api/v1/orders`'s body: one line of one product.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -291,7 +267,7 @@ pub(crate) struct NewOrderBody {
     pub(crate) sku: String,
     /// How many (1 to the configured `max_quantity`, 1000 by default).
     #[schema(minimum = 1, maximum = 1000)]
-    #[serde(deserialize_with = "whole_number")]
+    #[serde(deserialize_with = "admin::whole::number")]
     pub(crate) quantity: i64,
 }
 

@@ -4,12 +4,13 @@
 use crate::api::Api;
 use actix_web::{web, HttpResponse};
 use host::Problem;
-use serde_json::json;
 use store::{Db, StoreError};
 
 /// The catalog admin route (mounted in the admin scope).
 pub fn admin_routes(scope: actix_web::Scope) -> actix_web::Scope {
-    scope.route("/catalog/{sku}", web::put().to(put_catalog_item))
+    scope.service(
+        host::problem::only("/catalog/{sku}", "PUT").route(web::put().to(put_catalog_item)),
+    )
 }
 
 pub(crate) async fn price_of(
@@ -30,7 +31,21 @@ pub(crate) async fn price_of(
 }
 
 /// `PUT /admin/catalog/{sku}` `{"name": "...", "price": n}`.
-async fn put_catalog_item(
+#[utoipa::path(
+    put,
+    path = "/admin/catalog/{sku}",
+    tag = "admin",
+    summary = "Sell a SKU, or change its name and price",
+    params(("sku" = String, Path, description = "The SKU (as inventory-svc knows it)",
+        pattern = "^[A-Za-z0-9_.@:-]{1,64}$")),
+    request_body = admin::CatalogItem,
+    responses(
+        (status = 200, description = "The catalog entry now", body = admin::CatalogItem),
+        (status = 422, description = "A name of only spaces", body = host::problem::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("admin" = []))
+)]
+pub(crate) async fn put_catalog_item(
     api: web::Data<Api>,
     db: web::Data<Db>,
     sku: web::Path<String>,
@@ -38,8 +53,17 @@ async fn put_catalog_item(
 ) -> Result<HttpResponse, Problem> {
     tcc::check::id("sku", &sku).map_err(|r| Problem::bad_request(r.message))?;
     tcc::check::units("price", body.price).map_err(|r| Problem::bad_request(r.message))?;
-    if body.name.trim().is_empty() || body.name.len() > 200 {
+    // Length as the document counts it (characters); a name of only spaces is well-formed but
+    // names nothing.
+    if body.name.is_empty() || body.name.chars().count() > 200 {
         return Err(Problem::bad_request("name must be 1 to 200 characters"));
+    }
+    if body.name.trim().is_empty() {
+        return Err(Problem::new(
+            actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "blank_name",
+            "name must not be only spaces",
+        ));
     }
     let mut writer = db.begin().await?;
     sqlx::query(
@@ -54,6 +78,8 @@ async fn put_catalog_item(
     .await?;
     writer.commit().await?;
     api.prices.invalidate(sku.as_str()).await;
-    Ok(HttpResponse::Ok()
-        .json(json!({ "sku": sku.as_str(), "name": body.name.trim(), "price": body.price })))
+    Ok(HttpResponse::Ok().json(admin::CatalogItem {
+        name: body.name.trim().to_owned(),
+        price: body.price,
+    }))
 }

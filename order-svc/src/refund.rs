@@ -59,7 +59,7 @@ pub const RELEASE: &str = "release";
 pub(crate) struct RefundBody {
     /// How many to refund (1 to the order's quantity); left out, the whole order.
     #[schema(minimum = 1, maximum = 1000)]
-    #[serde(default, deserialize_with = "crate::api::optional_whole_number")]
+    #[serde(default, deserialize_with = "admin::whole::optional")]
     quantity: Option<i64>,
 }
 

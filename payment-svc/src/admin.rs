@@ -1,30 +1,75 @@
 //! Admin and read API over HTTP (all under `/admin`, behind the admin token): create and top up
-//! accounts, pay money out of them, read balances and holds, and the conservation audit.
+//! accounts, pay money out of them, read balances and holds, and the conservation audit. Each
+//! route is annotated for the service's OpenAPI document ([`document`]).
 
 use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
 use admin::{Deposit, NewAccount, PaymentAudit};
+use host::openapi::{GidBranchListing, GidPath, IdPath, Listing};
+use host::problem::{only, ProblemBody};
 use host::Problem;
 use serde::Serialize;
+use std::sync::OnceLock;
 use store::Db;
+use utoipa::OpenApi;
 
-/// Mounts the routes.
+/// Mounts the routes (each a 405 for a method it does not take) and the OpenAPI document.
 pub fn routes(cfg: &mut web::ServiceConfig) {
+    host::openapi::routes(cfg, document());
     cfg.service(
         web::scope("/admin")
             .wrap(from_fn(host::require_admin))
-            .route("/accounts", web::get().to(list_accounts))
-            .route("/accounts/{id}", web::put().to(create_account))
-            .route("/accounts/{id}", web::get().to(get_account))
-            .route("/accounts/{id}/deposits", web::post().to(deposit))
-            .route("/accounts/{id}/payouts", web::post().to(payout))
-            .route("/holds", web::get().to(list_holds))
-            .route("/holds/{gid}", web::get().to(holds_of))
-            .route("/audit", web::get().to(audit)),
+            .service(only("/accounts", "GET").route(web::get().to(list_accounts)))
+            .service(
+                only("/accounts/{id}", "GET, PUT")
+                    .route(web::put().to(create_account))
+                    .route(web::get().to(get_account)),
+            )
+            .service(only("/accounts/{id}/deposits", "POST").route(web::post().to(deposit)))
+            .service(only("/accounts/{id}/payouts", "POST").route(web::post().to(payout)))
+            .service(only("/holds", "GET").route(web::get().to(list_holds)))
+            .service(only("/holds/{gid}", "GET").route(web::get().to(holds_of)))
+            .service(only("/audit", "GET").route(web::get().to(audit))),
     );
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tcc-pay payment-svc operator API",
+        version = "1",
+        description = "Accounts and money of the tcc-pay platform, for operators, tests and \
+            labs: every call needs payment-svc's admin token. Amounts are whole cents. Errors are \
+            RFC 9457 problem documents (`application/problem+json`) whose `code` says what went \
+            wrong. Branch calls (Try, Confirm, Cancel) are gRPC, from the coordinator only."
+    ),
+    paths(
+        list_accounts,
+        create_account,
+        get_account,
+        deposit,
+        payout,
+        list_holds,
+        holds_of,
+        audit
+    ),
+    components(schemas(Account, AccountList, Hold, HoldsOf, GidHold, HoldList, NewAccount, Deposit, PaymentAudit)),
+    tags((name = "payment", description = "Accounts, holds and the money audit"))
+)]
+struct PaymentApi;
+
+/// payment-svc's OpenAPI document, made once.
+pub fn document() -> &'static serde_json::Value {
+    static DOC: OnceLock<serde_json::Value> = OnceLock::new();
+    DOC.get_or_init(|| {
+        let mut api = PaymentApi::openapi();
+        api.merge(tcc::service::FaultsApi::openapi());
+        host::openapi::finish(api)
+    })
+}
+
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
+#[schema(example = json!({"id": "alice", "available": 95000, "frozen": 5000}))]
 pub struct Account {
     pub id: String,
     pub available: i64,
@@ -63,6 +108,19 @@ async fn record_deposit(
 
 /// `PUT /admin/accounts/{id}` `{"available": n}`: creates the account with that opening
 /// balance (201), or leaves an existing one as it is (200). Idempotent.
+#[utoipa::path(
+    put,
+    path = "/admin/accounts/{id}",
+    tag = "payment",
+    summary = "Create an account with an opening balance (idempotent)",
+    params(IdPath),
+    request_body = NewAccount,
+    responses(
+        (status = 201, description = "Created", body = Account),
+        (status = 200, description = "It existed: left as it was", body = Account),
+    ),
+    security(("admin" = []))
+)]
 async fn create_account(
     db: web::Data<Db>,
     id: web::Path<String>,
@@ -103,6 +161,20 @@ async fn create_account(
 }
 
 /// `POST /admin/accounts/{id}/deposits` `{"amount": n}`: adds money.
+#[utoipa::path(
+    post,
+    path = "/admin/accounts/{id}/deposits",
+    tag = "payment",
+    summary = "Add money to an account",
+    params(IdPath),
+    request_body = Deposit,
+    responses(
+        (status = 200, description = "The account after the deposit", body = Account),
+        (status = 404, description = "No such account", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 422, description = "The balance would exceed the largest allowed", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("admin" = []))
+)]
 async fn deposit(
     db: web::Data<Db>,
     id: web::Path<String>,
@@ -125,7 +197,11 @@ async fn deposit(
     if updated == 0 {
         return Err(match fetch(&db, &id).await? {
             None => Problem::not_found(format!("no account {:?}", id.as_str())),
-            Some(_) => Problem::bad_request("the balance would exceed the largest allowed"),
+            Some(_) => Problem::new(
+                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                "balance_too_large",
+                "the balance would exceed the largest allowed",
+            ),
         });
     }
     record_deposit(&mut tx, &id, body.amount).await?;
@@ -140,6 +216,20 @@ async fn deposit(
 /// payout to its bank), from `available` only, recorded as a negative deposit so that
 /// `available + frozen = Σ deposits` still holds. A balance too low is a 409
 /// `insufficient_funds`; what a refund then finds is a merchant that cannot pay.
+#[utoipa::path(
+    post,
+    path = "/admin/accounts/{id}/payouts",
+    tag = "payment",
+    summary = "Pay money out of an account (a merchant's payout)",
+    params(IdPath),
+    request_body = Deposit,
+    responses(
+        (status = 200, description = "The account after the payout", body = Account),
+        (status = 404, description = "No such account", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "`insufficient_funds`: less available than asked", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("admin" = []))
+)]
 async fn payout(
     db: web::Data<Db>,
     id: web::Path<String>,
@@ -174,6 +264,19 @@ async fn payout(
     Ok(HttpResponse::Ok().json(account))
 }
 
+/// `GET /admin/accounts/{id}`.
+#[utoipa::path(
+    get,
+    path = "/admin/accounts/{id}",
+    tag = "payment",
+    summary = "Read an account",
+    params(IdPath),
+    responses(
+        (status = 200, description = "The account", body = Account),
+        (status = 404, description = "No such account", body = ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("admin" = []))
+)]
 async fn get_account(db: web::Data<Db>, id: web::Path<String>) -> Result<HttpResponse, Problem> {
     check_id(&id)?;
     match fetch(&db, &id).await? {
@@ -183,6 +286,15 @@ async fn get_account(db: web::Data<Db>, id: web::Path<String>) -> Result<HttpRes
 }
 
 /// `GET /admin/accounts?limit=100&after=<id>`: accounts in id order.
+#[utoipa::path(
+    get,
+    path = "/admin/accounts",
+    tag = "payment",
+    summary = "Every account, in id order",
+    params(Listing),
+    responses((status = 200, description = "A page of accounts", body = AccountList)),
+    security(("admin" = []))
+)]
 async fn list_accounts(
     db: web::Data<Db>,
     page: web::Query<host::Page>,
@@ -194,11 +306,23 @@ async fn list_accounts(
     .bind(page.limit())
     .fetch_all(db.pool())
     .await?;
-    let next = page.next_after(&accounts, |a| a.id.clone());
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "accounts": accounts, "next_after": next })))
+    let next_after = page.next_after(&accounts, |a| a.id.clone());
+    Ok(HttpResponse::Ok().json(AccountList {
+        accounts,
+        next_after,
+    }))
 }
 
-#[derive(Debug, Serialize, sqlx::FromRow)]
+/// A page of accounts.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct AccountList {
+    accounts: Vec<Account>,
+    /// The `after` of the next page; none on the last.
+    next_after: Option<String>,
+}
+
+/// What one branch froze or paid here.
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct Hold {
     branch_id: String,
     account_id: String,
@@ -208,23 +332,56 @@ struct Hold {
 }
 
 /// `GET /admin/holds/{gid}`: what each branch of a global transaction did here.
+#[utoipa::path(
+    get,
+    path = "/admin/holds/{gid}",
+    tag = "payment",
+    summary = "What each branch of a global transaction did here",
+    params(GidPath),
+    responses((status = 200, description = "Its holds (none: no branch reached this service)", body = HoldsOf)),
+    security(("admin" = []))
+)]
 async fn holds_of(db: web::Data<Db>, gid: web::Path<String>) -> Result<HttpResponse, Problem> {
-    let gid: ids::Gid = gid
-        .parse()
-        .map_err(|e: ids::IdError| Problem::bad_request(e.to_string()))?;
+    // Beyond every gid: a transaction with none.
+    let Some(id) = host::page::positive_id("gid", &gid)? else {
+        return Ok(HttpResponse::Ok().json(HoldsOf {
+            gid: gid.into_inner(),
+            holds: Vec::new(),
+        }));
+    };
     let holds: Vec<Hold> = sqlx::query_as(
         "SELECT branch_id, account_id, merchant_id, amount, status FROM holds WHERE gid = $1 ORDER BY branch_id",
     )
-    .bind(gid.as_i64())
+    .bind(id)
     .fetch_all(db.pool())
     .await?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "gid": gid, "holds": holds })))
+    Ok(HttpResponse::Ok().json(HoldsOf {
+        gid: gid.into_inner(),
+        holds,
+    }))
+}
+
+/// The holds of one global transaction.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct HoldsOf {
+    #[schema(example = "7284019283746521")]
+    gid: String,
+    holds: Vec<Hold>,
+}
+
+/// A page of holds.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+struct HoldList {
+    holds: Vec<GidHold>,
+    /// The `after` of the next page; none on the last.
+    next_after: Option<String>,
 }
 
 /// A hold with the global transaction it belongs to, as the full listing shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, utoipa::ToSchema)]
 struct GidHold {
     #[serde(with = "host::page::id_string")]
+    #[schema(value_type = String)]
     gid: i64,
     branch_id: String,
     account_id: String,
@@ -235,6 +392,15 @@ struct GidHold {
 
 /// `GET /admin/holds?after=<gid>/<branch>&limit=`: every hold, oldest transaction first; what a
 /// cross-service audit reads to compare each transaction's parties.
+#[utoipa::path(
+    get,
+    path = "/admin/holds",
+    tag = "payment",
+    summary = "Every hold, oldest transaction first",
+    params(GidBranchListing),
+    responses((status = 200, description = "A page of holds", body = HoldList)),
+    security(("admin" = []))
+)]
 async fn list_holds(
     db: web::Data<Db>,
     page: web::Query<host::Page>,
@@ -249,11 +415,19 @@ async fn list_holds(
     .bind(page.limit())
     .fetch_all(db.pool())
     .await?;
-    let next = page.next_after(&holds, |h| format!("{}/{}", h.gid, h.branch_id));
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "holds": holds, "next_after": next })))
+    let next_after = page.next_after(&holds, |h| format!("{}/{}", h.gid, h.branch_id));
+    Ok(HttpResponse::Ok().json(HoldList { holds, next_after }))
 }
 
 /// `GET /admin/audit`: totals read in one transaction.
+#[utoipa::path(
+    get,
+    path = "/admin/audit",
+    tag = "payment",
+    summary = "The money invariants, read in one transaction",
+    responses((status = 200, description = "Totals, and whether they are consistent", body = PaymentAudit)),
+    security(("admin" = []))
+)]
 async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
     let mut tx = db.begin().await?;
     let (accounts, available, frozen, incoming, negative): (i64, i64, i64, i64, i64) = sqlx::query_as(
@@ -288,4 +462,41 @@ async fn audit(db: web::Data<Db>) -> Result<HttpResponse, Problem> {
         negative_accounts: negative,
         consistent,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `UPDATE_OPENAPI=1 cargo test --workspace --lib openapi` rewrites both files.
+    #[test]
+    fn the_checked_in_openapi_document_and_reference_are_what_the_code_generates() {
+        host::openapi::assert_checked_in("payment-svc", document());
+    }
+
+    #[test]
+    fn every_operator_operation_is_in_the_openapi_document_behind_the_admin_token() {
+        let admin: Vec<String> = host::openapi::operations(document())
+            .into_iter()
+            .filter(|(_, schemes)| schemes == &[host::openapi::ADMIN])
+            .map(|(op, _)| op)
+            .collect();
+        assert_eq!(
+            admin,
+            [
+                "delete /admin/faults",
+                "get /admin/accounts",
+                "get /admin/accounts/{id}",
+                "get /admin/audit",
+                "get /admin/faults",
+                "get /admin/holds",
+                "get /admin/holds/{gid}",
+                "post /admin/accounts/{id}/deposits",
+                "post /admin/accounts/{id}/payouts",
+                "post /admin/faults/release",
+                "put /admin/accounts/{id}",
+                "put /admin/faults/{op}",
+            ]
+        );
+    }
 }

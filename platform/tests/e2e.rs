@@ -1947,7 +1947,9 @@ async fn faults_switched_on_through_the_admin_api_make_the_course_s_anomalies_ha
             Some(json!({"kind": "fail"})),
         )
         .await;
-    assert_eq!(status, 400, "{problem}");
+    // Well-formed, but a Confirm must succeed: 422, not a malformed request.
+    assert_eq!(status, 422, "{problem}");
+    assert_eq!(problem["code"], "fault_not_applicable", "{problem}");
     let (status, _) = p
         .admin(
             Method::PUT,

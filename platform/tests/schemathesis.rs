@@ -1,9 +1,21 @@
-//! order-svc's public API fuzzed from its own OpenAPI document: `schemathesis` runs every
+//! Every HTTP API of the platform fuzzed from its own OpenAPI document: `schemathesis` runs every
 //! check (no server error, every status, content type, header and body as documented, schema-
-//! invalid input refused, schema-valid input accepted or refused for what it means, stateful
-//! links such as place an order then read it) against the one-command platform, as a buyer.
-//! First, the document the running service serves must be the one checked in
-//! (`docs/openapi/order-svc.json`), so the fuzzed contract is the reviewed one.
+//! invalid input refused, schema-valid input accepted or refused for what it means, a route
+//! behind a token refused without it, stateful links such as create an account then read it)
+//! against the one-command platform: order-svc's public API as a buyer, and the operator APIs
+//! of order-svc, payment-svc, inventory-svc and the coordinator with the admin token.
+//!
+//! First, the document each running service serves must be the one checked in
+//! (`docs/openapi/<service>.json`), so the fuzzed contract is the reviewed one, and every path
+//! asked with a method it does not document answers 405 with an `Allow` that lists exactly the
+//! documented ones (the document is the whole surface, not a part of it). Last, the
+//! platform must still work and still balance: a new buyer's order is confirmed, and the
+//! cross-database audit (DESIGN §5) holds over everything the fuzzing did (orders, deposits,
+//! payouts, restocks, price changes).
+//!
+//! The switches that break the platform on purpose (a participant's faults, the crash
+//! failpoints) are fuzzed after everything else, then switched off: armed in the middle of the
+//! run they would hang or kill the services the rest of the run reads.
 //!
 //! Needs `schemathesis` (a Python package): `scripts/test` installs it into
 //! `target/tools/st` when missing; on `PATH` works too. Without it the test fails saying so;
@@ -15,6 +27,7 @@ mod common;
 use common::{repo, Running};
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
 fn schemathesis() -> Option<PathBuf> {
     let local = repo().join("target/tools/st/bin/schemathesis");
@@ -24,8 +37,118 @@ fn schemathesis() -> Option<PathBuf> {
     testkit::which("schemathesis").map(PathBuf::from)
 }
 
+/// The services with an HTTP API, by the name of their document and their port.
+const SERVICES: [(&str, u16); 4] = [
+    ("order-svc", 8080),
+    ("payment-svc", 8081),
+    ("inventory-svc", 8082),
+    ("coordinator", 8090),
+];
+
+/// The operations that arm a switch (a fault on a participant's branch calls, a crash point).
+const SWITCHES: &str = r"^PUT .*/(faults|failpoints)/\{";
+
+/// The operations that read or reset the switches: fuzzed with the switches.
+const SWITCHBOARD: &str = r"/(faults|failpoints)";
+
+/// One schemathesis run over the operations `filter` selects; its summary, once it passed.
+struct Run<'a> {
+    st: &'a PathBuf,
+    p: &'a Running,
+    buyer: &'a str,
+    admin: &'a str,
+}
+
+impl Run<'_> {
+    /// Runs schemathesis on `service`'s document (at `port`) over the operations `filter`
+    /// (schemathesis's own flags) selects, and returns how many it tested.
+    fn fuzz(&self, service: &str, port: u16, filter: [&str; 2]) -> usize {
+        // Run in the platform's folder (schemathesis and Hypothesis keep state where they run),
+        // with a fixed seed (a failure here is the API's, reproducible, not a new draw's), for
+        // at most ten minutes.
+        let config = repo().join("schemathesis.toml");
+        let run = Command::new("timeout")
+            .arg("600")
+            .arg(self.st)
+            .args([
+                "--config-file",
+                config.to_str().unwrap(),
+                "run",
+                // The checked-in document, equal to the served one (checked first): loaded
+                // from its URL, schemathesis would leave out the document's own operation.
+                repo()
+                    .join(format!("docs/openapi/{service}.json"))
+                    .to_str()
+                    .unwrap(),
+                "--url",
+                &self.p.url(port, ""),
+                "--checks",
+                "all",
+                "--max-examples",
+                "40",
+                "--seed",
+                "20261202",
+                "--generation-database",
+                "none",
+                // One worker: CPython 3.12/3.13 can fail compiling in two threads at once
+                // ("AST constructor recursion depth mismatch"), an error of the tool, not the API.
+                "--workers",
+                "1",
+                filter[0],
+                filter[1],
+            ])
+            .current_dir(self.p.root.path())
+            .env("NO_COLOR", "1")
+            // schemathesis.toml's [auth.openapi.*] read them: each operation gets the token
+            // its security scheme names.
+            .env("TCC_PAY_BUYER_TOKEN", self.buyer)
+            .env("TCC_PAY_ADMIN_TOKEN", self.admin)
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&run.stdout);
+        let summary = out
+            .lines()
+            .skip_while(|l| !l.contains("SUMMARY"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        eprintln!("== {service} {filter:?}\n{summary}");
+        assert!(
+            run.status.success(),
+            "schemathesis found failures in {service}'s API ({filter:?}):\n{out}\n{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        tested(&out).unwrap_or_else(|| panic!("no 'Tested: N' in schemathesis's output:\n{out}"))
+    }
+}
+
+/// The `N` of schemathesis's `Tested: N` line.
+fn tested(out: &str) -> Option<usize> {
+    let after = &out[out.find("Tested: ")? + "Tested: ".len()..];
+    after
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// `"<METHOD> <path>"` of every operation in a document, as schemathesis names them.
+fn operations(doc: &serde_json::Value) -> Vec<String> {
+    doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            item.as_object()
+                .unwrap()
+                .keys()
+                .map(move |m| format!("{} {path}", m.to_uppercase()))
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn every_public_operation_fuzzed_from_the_served_openapi_document_answers_as_documented() {
+async fn every_operation_of_every_service_fuzzed_from_its_served_openapi_document_answers_as_documented(
+) {
     let Some(st) = schemathesis() else {
         let skip = std::env::var("ALLOW_SKIP_SCHEMATHESIS").is_ok_and(|v| v == "1")
             && std::env::var("CI").map_or(true, |v| v.is_empty());
@@ -42,87 +165,223 @@ async fn every_public_operation_fuzzed_from_the_served_openapi_document_answers_
         env!("CARGO_BIN_EXE_platform"),
         &[("ORDER_API__RATE_LIMIT__PER_SECOND", "0")],
     );
+    let http = reqwest::Client::new();
 
-    let served: serde_json::Value = reqwest::get(p.url(8080, "/openapi.json"))
-        .await
-        .unwrap()
-        .json()
+    let mut selected = Vec::new();
+    for (service, port) in SERVICES {
+        let served: serde_json::Value = http
+            .get(p.url(port, "/openapi.json"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let checked_in: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(repo().join(format!("docs/openapi/{service}.json"))).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            served == checked_in,
+            "{service} serves another document than docs/openapi/{service}.json: \
+             UPDATE_OPENAPI=1 cargo test --workspace --lib openapi, and review the change"
+        );
+        let ops = operations(&served);
+        let armed = ops.iter().filter(|op| is_switch(op)).count();
+        selected.push((service, port, ops.len(), armed));
+    }
+
+    let buyer = p.user_token("alice");
+    let admin = p.admin_token();
+    let mut refused = 0;
+    for (service, port) in SERVICES {
+        refused += every_other_method_is_refused_with_what_the_path_allows(
+            &http,
+            &p.url(port, ""),
+            service,
+            &admin,
+        )
+        .await;
+    }
+    eprintln!("methods refused with 405 and their Allow: {refused}");
+    let run = Run {
+        st: &st,
+        p: &p,
+        buyer: &buyer,
+        admin: &admin,
+    };
+    let mut total = 0;
+    for &(service, port, ops, armed) in &selected {
+        let n = run.fuzz(service, port, ["--exclude-name-regex", SWITCHES]);
+        assert_eq!(
+            n,
+            ops - armed,
+            "{service}: every operation but the switches was tested"
+        );
+        total += n;
+        if service == "order-svc" {
+            // Valid orders went through: the run placed some (not every answer was a refusal).
+            let placed: serde_json::Value = http
+                .get(p.url(8080, "/api/v1/orders"))
+                .bearer_auth(&buyer)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let confirmed = placed["orders"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| o["status"] == "confirmed" || o["status"] == "refunded")
+                .count();
+            assert!(confirmed > 0, "no order of the run was confirmed: {placed}");
+            eprintln!("orders the run confirmed (or refunded): {confirmed}");
+        }
+    }
+    for &(service, port, _, armed) in selected.iter().filter(|s| s.3 > 0) {
+        let n = run.fuzz(service, port, ["--include-name-regex", SWITCHBOARD]);
+        assert!(
+            n >= armed,
+            "{service}: the switches were tested ({n} operations)"
+        );
+        total += n;
+    }
+    eprintln!("operations tested: {total}");
+
+    // Every switch off, then the platform works and balances.
+    let endpoints = admin::Endpoints {
+        coordinator: p.url(8090, ""),
+        order: p.url(8080, ""),
+        payment: p.url(8081, ""),
+        inventory: p.url(8082, ""),
+        tokens: admin::Tokens::same(&admin),
+    };
+    let a = admin::Admin::new(&endpoints);
+    for (api, prefix) in [
+        (&a.order.0, "/admin"),
+        (&a.payment.0, "/admin"),
+        (&a.inventory.0, "/admin"),
+    ] {
+        let cleared: serde_json::Value = api
+            .delete(&format!("{prefix}/faults"))
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e}", api.base()));
+        assert_eq!(cleared["armed"], serde_json::json!([]), "{cleared}");
+    }
+    for (api, prefix) in [(&a.order.0, "/admin"), (&a.coordinator, "/api/v1/admin")] {
+        let list: host::failpoint::FailpointList =
+            api.get(&format!("{prefix}/failpoints")).await.unwrap();
+        for armed in list.armed {
+            let _: host::failpoint::FailpointList = api
+                .delete(&format!("{prefix}/failpoints/{}", armed.point))
+                .await
+                .unwrap();
+        }
+        let list: host::failpoint::FailpointList =
+            api.get(&format!("{prefix}/failpoints")).await.unwrap();
+        assert!(list.armed.is_empty(), "{list:?}");
+    }
+    a.payment
+        .open_account("after-fuzz", 1_000_000)
         .await
         .unwrap();
-    let checked_in: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(repo().join("docs/openapi/order-svc.json")).unwrap(),
-    )
-    .unwrap();
-    assert!(
-        served == checked_in,
-        "order-svc serves another document than docs/openapi/order-svc.json: \
-         UPDATE_OPENAPI=1 cargo test -p order-svc openapi, and review the change"
-    );
-
-    let token = p.user_token("alice");
-    // Run in the platform's folder (schemathesis and Hypothesis keep state where they run),
-    // with a fixed seed (a failure here is the API's, reproducible, not a new draw's), for at
-    // most ten minutes.
-    let config = repo().join("schemathesis.toml");
-    let run = Command::new("timeout")
-        .arg("600")
-        .arg(&st)
-        .args([
-            "--config-file",
-            config.to_str().unwrap(),
-            "run",
-            &p.url(8080, "/openapi.json"),
-            "--checks",
-            "all",
-            "--max-examples",
-            "40",
-            "--seed",
-            "20261202",
-            "--generation-database",
-            "none",
-            // One worker: CPython 3.12/3.13 can fail compiling in two threads at once
-            // ("AST constructor recursion depth mismatch"), an error of the tool, not the API.
-            "--workers",
-            "1",
-            "--header",
-            &format!("Authorization: Bearer {token}"),
-        ])
-        .current_dir(p.root.path())
-        .env("NO_COLOR", "1")
-        .output()
+    a.inventory.open_sku("after-fuzz", 10).await.unwrap();
+    a.order
+        .put_catalog_item("after-fuzz", "What the fuzzing left", 700)
+        .await
         .unwrap();
-    let out = String::from_utf8_lossy(&run.stdout);
-    let summary = out
-        .lines()
-        .skip_while(|l| !l.contains("SUMMARY"))
-        .collect::<Vec<_>>()
-        .join("\n");
-    eprintln!("{summary}");
-    assert!(
-        run.status.success(),
-        "schemathesis found failures:\n{out}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    assert!(
-        out.contains("Tested: 4"),
-        "every operation was tested:\n{out}"
-    );
-    // Valid orders went through: the run placed some (not every answer was a refusal).
-    let placed: serde_json::Value = reqwest::Client::new()
-        .get(p.url(8080, "/api/v1/orders"))
-        .bearer_auth(&token)
+    let order: serde_json::Value = http
+        .post(p.url(8080, "/api/v1/orders"))
+        .bearer_auth(p.user_token("after-fuzz"))
+        .header("Idempotency-Key", "after-fuzz-1")
+        .json(&serde_json::json!({"sku": "after-fuzz", "quantity": 3}))
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    let confirmed = placed["orders"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|o| o["status"] == "confirmed" || o["status"] == "refunded")
-        .count();
-    assert!(confirmed > 0, "no order of the run was confirmed: {placed}");
-    eprintln!("orders the run confirmed (or refunded): {confirmed}");
+    assert_eq!(order["status"], "confirmed", "{order}");
+    assert_eq!(order["amount"], 2100, "{order}");
+    let report = audit::run(&endpoints, Duration::from_secs(60))
+        .await
+        .unwrap_or_else(|e| panic!("audit: {e}"));
+    assert!(report.ok, "the audit after the fuzzing:\n{report}");
+    eprintln!("{report}");
+}
+
+/// Every path of the document `service` serves at `base`, asked with each method it does not
+/// document: a 405 problem whose `Allow` lists exactly the documented ones (never a 404, which
+/// would say the path is not there). How many requests it made.
+async fn every_other_method_is_refused_with_what_the_path_allows(
+    http: &reqwest::Client,
+    base: &str,
+    service: &str,
+    token: &str,
+) -> usize {
+    use reqwest::Method;
+    let doc: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join(format!("docs/openapi/{service}.json"))).unwrap(),
+    )
+    .unwrap();
+    let mut asked = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        let mut documented: Vec<String> = item
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|m| m.to_uppercase())
+            .collect();
+        documented.sort();
+        // Any value stands for a path parameter: the method is refused before it is read.
+        let concrete: String = path
+            .split('/')
+            .map(|seg| if seg.starts_with('{') { "1" } else { seg })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in [
+            Method::GET,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+            Method::PATCH,
+        ] {
+            if documented.iter().any(|m| m == method.as_str()) {
+                continue;
+            }
+            let r = http
+                .request(method.clone(), format!("{base}{concrete}"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let mut allow: Vec<String> = r
+                .headers()
+                .get("allow")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .split(',')
+                .map(|m| m.trim().to_owned())
+                .filter(|m| !m.is_empty())
+                .collect();
+            allow.sort();
+            let body: serde_json::Value = r.json().await.unwrap_or_default();
+            assert_eq!(status, 405, "{service}: {method} {path}: {body}");
+            assert_eq!(allow, documented, "{service}: {method} {path}'s Allow");
+            assert_eq!(
+                body["code"], "method_not_allowed",
+                "{service}: {method} {path}"
+            );
+            asked += 1;
+        }
+    }
+    asked
+}
+
+/// Whether an operation is one [`SWITCHES`] selects.
+fn is_switch(op: &str) -> bool {
+    op.starts_with("PUT ") && (op.contains("/faults/{") || op.contains("/failpoints/{"))
 }

@@ -270,6 +270,21 @@ struct ConsoleQuery {
     to: Option<String>,
 }
 
+/// A transaction id in a path, or the page saying what is wrong with it: a 400 for one that is
+/// not an id, a 404 for one beyond every gid.
+fn gid_in_path(raw: &str) -> Result<ids::Gid, Box<HttpResponse>> {
+    match crate::http::parse_gid(raw) {
+        Ok(Some(gid)) => Ok(gid),
+        Ok(None) => Err(Box::new(respond(
+            StatusCode::NOT_FOUND,
+            page::error("Not found", &format!("There is no transaction {raw}.")),
+        ))),
+        Err(p) => Err(Box::new(bad_request(
+            p.body().detail.clone().unwrap_or_default(),
+        ))),
+    }
+}
+
 fn bad_request(message: impl Into<String>) -> HttpResponse {
     respond(
         StatusCode::BAD_REQUEST,
@@ -385,9 +400,9 @@ async fn show(
     if !signed_in(&req, &token) {
         return unauthorized();
     }
-    let gid = match crate::http::parse_gid(&gid) {
+    let gid = match gid_in_path(&gid) {
         Ok(g) => g,
-        Err(p) => return bad_request(p.body().detail.clone().unwrap_or_default()),
+        Err(page) => return *page,
     };
     let db = engine.db();
     let (stored, timeline, total, _) = match view::stored_page(db, gid, None, TIMELINE_LIMIT).await
@@ -456,9 +471,9 @@ async fn retry(
     if let Some(refused) = refuse_write(&req, &token) {
         return refused;
     }
-    let gid = match crate::http::parse_gid(&gid) {
+    let gid = match gid_in_path(&gid) {
         Ok(g) => g,
-        Err(p) => return bad_request(p.body().detail.clone().unwrap_or_default()),
+        Err(page) => return *page,
     };
     match engine.retry_now(gid).await {
         Ok(status) if status.is_terminal() => {

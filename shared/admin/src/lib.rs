@@ -12,6 +12,8 @@
 //! admin routes. No retries: a seeding step that fails is reported with the service, the path and
 //! what came back, and the caller decides.
 
+pub mod whole;
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
@@ -84,43 +86,59 @@ pub enum AdminError {
 
 /// `PUT /admin/accounts/{id}`: creates the account with this opening balance (recorded as its
 /// first deposit); an existing account is left as it is.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewAccount {
+    /// The opening balance in cents (default 0).
     #[serde(default)]
+    #[serde(deserialize_with = "whole::number")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub available: i64,
 }
 
 /// `POST /admin/accounts/{id}/deposits`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Deposit {
+    /// Cents.
+    #[serde(deserialize_with = "whole::number")]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub amount: i64,
 }
 
 /// `PUT /admin/skus/{id}`: creates the SKU with this opening stock (recorded as its first
 /// restock); an existing SKU is left as it is.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NewSku {
+    /// The opening stock (default 0).
     #[serde(default)]
+    #[serde(deserialize_with = "whole::number")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_000_i64)]
     pub available: i64,
 }
 
 /// `POST /admin/skus/{id}/restocks`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Restock {
+    #[serde(deserialize_with = "whole::number")]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64)]
     pub quantity: i64,
 }
 
 /// `PUT /admin/catalog/{sku}`: what the public API sells the SKU as, and at what price (cents).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CatalogItem {
+    /// What the public API sells it as: 1 to 200 characters, not only spaces.
+    #[schema(min_length = 1, max_length = 200, example = "Vinyl record")]
     pub name: String,
+    /// Cents.
+    #[serde(deserialize_with = "whole::number")]
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_000_i64, example = 2500)]
     pub price: i64,
 }
 
 // ---- what the services answer ----
 
 /// A payment-svc account.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Account {
     pub id: String,
     pub available: i64,
@@ -128,7 +146,7 @@ pub struct Account {
 }
 
 /// An inventory-svc SKU.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sku {
     pub id: String,
     pub available: i64,
@@ -138,7 +156,7 @@ pub struct Sku {
 
 /// payment-svc's `GET /admin/audit`: the money invariants of docs/design.md §5 as that service sees
 /// them, read in one transaction.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PaymentAudit {
     #[serde(default)]
     pub accounts: i64,
@@ -161,7 +179,7 @@ pub struct PaymentAudit {
 
 /// inventory-svc's `GET /admin/audit`: the stock invariants of docs/design.md §5 as that service sees
 /// them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StockAudit {
     #[serde(default)]
     pub skus: i64,
@@ -179,7 +197,7 @@ pub struct StockAudit {
 }
 
 /// order-svc's `GET /admin/audit`: orders by status and the idempotency keys behind them.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderAudit {
     pub pending: i64,
     pub confirmed: i64,
@@ -266,6 +284,11 @@ impl Api {
         body: &B,
     ) -> Result<T, AdminError> {
         self.call(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    /// `DELETE path`, the answer read as `T`.
+    pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, AdminError> {
+        self.call(reqwest::Method::DELETE, path, None::<&()>).await
     }
 
     async fn call<B: Serialize, T: DeserializeOwned>(

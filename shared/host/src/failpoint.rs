@@ -148,15 +148,37 @@ impl<P: Point> Failpoints<P> {
     /// `DELETE /failpoints/{point}` on `scope` (an admin scope: the caller puts the token in
     /// front). Each answers the armed points. Needs `web::Data<Failpoints<P>>`.
     pub fn routes(scope: actix_web::Scope) -> actix_web::Scope {
+        use crate::problem::only;
         scope
-            .route("/failpoints", web::get().to(list::<P>))
-            .route("/failpoints/{point}", web::put().to(arm::<P>))
-            .route("/failpoints/{point}", web::delete().to(disarm::<P>))
+            .service(only("/failpoints", "GET").route(web::get().to(list::<P>)))
+            .service(
+                only("/failpoints/{point}", "PUT, DELETE")
+                    .route(web::put().to(arm::<P>))
+                    .route(web::delete().to(disarm::<P>)),
+            )
+    }
+
+    /// The routes' OpenAPI paths (`/failpoints…`, to nest under the admin scope's prefix), with
+    /// `point` enumerating this service's points.
+    pub fn openapi() -> utoipa::openapi::OpenApi {
+        use utoipa::OpenApi as _;
+        let mut doc = FailpointsApi::openapi();
+        let names: Vec<&str> = P::ALL.iter().map(|p| p.name()).collect();
+        crate::openapi::enumerate_path_parameter(&mut doc, "point", &names);
+        doc
     }
 }
 
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(list, arm, disarm),
+    components(schemas(Arm, Armed, FailpointList)),
+    tags((name = "failpoints", description = "Crash points for tests and labs: the process SIGKILLs itself at the armed one (refused in production)"))
+)]
+struct FailpointsApi;
+
 /// One armed point, as the admin API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Armed {
     pub point: String,
     /// Hits it still lets pass before it fires.
@@ -164,18 +186,20 @@ pub struct Armed {
 }
 
 /// The admin API's answer: what is armed, and every point there is.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FailpointList {
     pub armed: Vec<Armed>,
     pub known: Vec<String>,
 }
 
 /// `PUT /admin/failpoints/{point}`'s body.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"after": 2}))]
 pub struct Arm {
     /// Hits to let pass first (0, the default: fire at the next).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "admin::whole::number")]
+    #[schema(maximum = 1_000_000)]
     pub after: u32,
 }
 
@@ -193,10 +217,32 @@ fn listing<P: Point>(f: &Failpoints<P>) -> HttpResponse {
     })
 }
 
+#[utoipa::path(
+    get,
+    path = "/failpoints",
+    tag = "failpoints",
+    summary = "The armed failpoints, and every point there is",
+    responses((status = 200, description = "Armed and known points", body = FailpointList)),
+    security(("admin" = []))
+)]
 async fn list<P: Point>(f: web::Data<Failpoints<P>>) -> HttpResponse {
     listing(&f)
 }
 
+#[utoipa::path(
+    put,
+    path = "/failpoints/{point}",
+    tag = "failpoints",
+    summary = "Arm a failpoint: let `after` hits pass, then SIGKILL the process at the next",
+    params(("point" = String, Path, description = "The point's name")),
+    request_body = Arm,
+    responses(
+        (status = 200, description = "Armed; what is armed now", body = FailpointList),
+        (status = 403, description = "Production mode refuses failpoints", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No such point", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("admin" = []))
+)]
 async fn arm<P: Point>(
     f: web::Data<Failpoints<P>>,
     point: web::Path<String>,
@@ -212,6 +258,18 @@ async fn arm<P: Point>(
     Ok(listing(&f))
 }
 
+#[utoipa::path(
+    delete,
+    path = "/failpoints/{point}",
+    tag = "failpoints",
+    summary = "Disarm a failpoint",
+    params(("point" = String, Path, description = "The point's name")),
+    responses(
+        (status = 200, description = "Disarmed (or was not armed); what is armed now", body = FailpointList),
+        (status = 404, description = "No such point", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+    ),
+    security(("admin" = []))
+)]
 async fn disarm<P: Point>(
     f: web::Data<Failpoints<P>>,
     point: web::Path<String>,

@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod failpoint;
 pub mod metrics;
+pub mod openapi;
 pub mod page;
 pub mod problem;
 pub mod retention;

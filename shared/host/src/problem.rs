@@ -97,6 +97,7 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("unauthorized", 401, "No valid credentials: a missing, malformed, expired or foreign token (public API), or a missing or wrong admin token (admin and operator routes). Get a new token; a token signed before the service's data folder was reset, or with a key rotated out, is refused."),
     ("failpoints_refused", 403, "Failpoints (crashes on purpose, for tests and labs) are refused in production mode."),
     ("faults_refused", 403, "Faults (delayed, hung, failed or erroring calls on purpose, for labs) are refused in production mode."),
+    ("fault_not_applicable", 422, "This op cannot take this fault: only try and action may answer FAILURE (confirm, cancel and compensate must succeed)."),
     ("not_found", 404, "Nothing at this address for you: an unknown route, an order that is not yours or does not exist, an unknown account, SKU, transaction or failpoint."),
     ("in_progress", 409, "Another request with the same Idempotency-Key is still being answered. Retry the same key a moment later: you will get its answer."),
     ("idempotency_key_reused", 422, "This Idempotency-Key was already used with a different request body (or, at the coordinator, a different transaction). Use a new key for a new request."),
@@ -107,6 +108,9 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("already_refunded", 409, "This order was refunded; an order is refunded once."),
     ("not_refundable", 409, "Only a confirmed order can be refunded; this one was cancelled."),
     ("order_settling", 409, "The order was decided but its last step has not reached order-svc yet: retry the refund in a moment."),
+    ("balance_too_large", 422, "A deposit or restock would take a balance or a stock beyond the largest one allowed."),
+    ("blank_name", 422, "A catalog name of only spaces: give the product a name."),
+    ("empty_range", 422, "A time range whose start is not before its end (from_ms >= to_ms): nothing can be in it. Give a start before the end, or leave either out."),
     ("insufficient_funds", 409, "The account has less available than the amount asked for (an admin payout)."),
     ("method_not_allowed", 405, "This address does not take this method; the Allow header lists the ones it does."),
     ("payload_too_large", 413, "The body is larger than this route accepts."),
@@ -117,6 +121,17 @@ pub const CODES: &[(&str, u16, &str)] = &[
 ];
 
 /// `GET /problems/{code}`: the page a problem's `type` points at (plain HTML, offline).
+#[utoipa::path(
+    get,
+    path = "/problems/{code}",
+    tag = "operations",
+    summary = "What a problem's code means (the page its `type` names)",
+    params(("code" = String, Path, description = "A problem's `code`, e.g. `insufficient_funds`")),
+    responses(
+        (status = 200, description = "The code, its HTTP status and its meaning", content_type = "text/html", body = String),
+        (status = 404, description = "No such code", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 pub async fn describe(code: web::Path<String>) -> Result<HttpResponse, Problem> {
     let Some((code, status, meaning)) = CODES.iter().find(|(c, _, _)| *c == code.as_str()) else {
         return Err(Problem::not_found("no such problem type"));

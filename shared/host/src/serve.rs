@@ -211,19 +211,41 @@ pub async fn run(
     Ok(())
 }
 
-/// `/healthz` (the process answers), `/readyz` (its database answers), `/metrics`.
+/// `/healthz` (the process answers), `/readyz` (its database answers), `/metrics`, and the
+/// problem pages; each a 405 naming GET for any other method.
 /// Needs `web::Data<store::Db>` and `web::Data<Metrics>` in the app data.
 pub fn health_routes(cfg: &mut web::ServiceConfig) {
-    cfg.route(
-        "/healthz",
-        web::get().to(|| async { HttpResponse::Ok().json(serde_json::json!({"status": "ok"})) }),
-    )
-    .route("/readyz", web::get().to(readyz))
-    .route("/metrics", web::get().to(metrics))
-    .route("/problems/{code}", web::get().to(crate::problem::describe));
+    use crate::problem::only;
+    cfg.service(only("/healthz", "GET").route(web::get().to(healthz)))
+        .service(only("/readyz", "GET").route(web::get().to(readyz)))
+        .service(only("/metrics", "GET").route(web::get().to(metrics)))
+        .service(only("/problems/{code}", "GET").route(web::get().to(crate::problem::describe)));
 }
 
-async fn readyz(db: web::Data<store::Db>) -> Result<HttpResponse, Problem> {
+/// Liveness.
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Whether the process answers",
+    responses((status = 200, description = "It does", body = crate::openapi::Status))
+)]
+pub(crate) async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+}
+
+/// Readiness.
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Whether the service can serve: its database answers",
+    responses(
+        (status = 200, description = "Ready", body = crate::openapi::Status),
+        (status = 503, description = "The database does not answer", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn readyz(db: web::Data<store::Db>) -> Result<HttpResponse, Problem> {
     db.ping().await.map_err(|e| {
         // Unauthenticated: the answer says what is wrong, the log says where.
         tracing::warn!(error = %e, "not ready: the database does not answer");
@@ -232,7 +254,15 @@ async fn readyz(db: web::Data<store::Db>) -> Result<HttpResponse, Problem> {
     Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
 }
 
-async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+/// Prometheus metrics.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "The service's metrics (OpenMetrics text)",
+    responses((status = 200, description = "Counters, gauges and histograms", content_type = "application/openmetrics-text", body = String))
+)]
+pub(crate) async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.render())
