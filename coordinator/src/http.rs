@@ -60,7 +60,12 @@ pub fn document() -> &'static serde_json::Value {
             "/api/v1/admin",
             host::Failpoints::<crate::engine::Crash>::openapi(),
         );
-        host::openapi::finish(api)
+        let mut doc = host::openapi::finish(api);
+        let first = "$response.body#/transactions/0/gid";
+        for to in ["show_transaction", "retry_transaction"] {
+            host::openapi::link(&mut doc, "GET /api/v1/transactions", to, "gid", first);
+        }
+        doc
     })
 }
 
@@ -193,6 +198,7 @@ struct TransactionList {
 /// order id>&limit=50&before=<gid>`: newest first.
 #[utoipa::path(
     get,
+    operation_id = "list_transactions",
     path = "/api/v1/transactions",
     tag = "transactions",
     summary = "List and search transactions, newest first",
@@ -244,7 +250,7 @@ struct ShowQuery {
     #[param(minimum = 1, maximum = 1000, default = 200)]
     timeline_limit: i64,
     /// The `timeline.next_before` of the previous page.
-    #[param(pattern = "^([0-9]{1,18}\\.[0-9]{1,18})?$")]
+    #[param(pattern = "^([0-9]{1,19}\\.[0-9]{1,19})?$")]
     timeline_before: Option<String>,
 }
 
@@ -341,6 +347,7 @@ struct TimelinePage {
 /// pages back through older ones).
 #[utoipa::path(
     get,
+    operation_id = "show_transaction",
     path = "/api/v1/transactions/{gid}",
     tag = "transactions",
     summary = "One transaction: its decision, branches and every attempt",
@@ -453,6 +460,7 @@ struct Retried {
 /// `POST /api/v1/admin/transactions/{gid}/retry`: drive an unfinished transaction now.
 #[utoipa::path(
     post,
+    operation_id = "retry_transaction",
     path = "/api/v1/admin/transactions/{gid}/retry",
     tag = "transactions",
     summary = "Drive an unfinished transaction now (its backoff skipped)",
@@ -515,6 +523,22 @@ mod tests {
             cursor.to_string().parse::<log::TimelineCursor>(),
             Ok(cursor)
         );
+        let random_id = log::TimelineCursor {
+            started_at: 1_796_209_113_850,
+            id: 4_110_733_920_188_876_339,
+        };
+        assert_eq!(
+            random_id.to_string().parse::<log::TimelineCursor>(),
+            Ok(random_id)
+        );
+        assert_eq!(
+            "9999999999999999999.1".parse::<log::TimelineCursor>(),
+            Ok(log::TimelineCursor {
+                started_at: i64::MAX,
+                id: 1
+            }),
+            "beyond i64: every attempt is older"
+        );
         for bad in [
             "",
             "1",
@@ -524,7 +548,7 @@ mod tests {
             "1.-2",
             " 1.2",
             "1.2.3",
-            "1234567890123456789.1",
+            "12345678901234567890.1",
         ] {
             assert_eq!(bad.parse::<log::TimelineCursor>(), Err(()), "{bad:?}");
         }

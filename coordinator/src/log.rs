@@ -965,12 +965,16 @@ impl std::fmt::Display for TimelineCursor {
 impl std::str::FromStr for TimelineCursor {
     type Err = ();
 
-    /// Exactly what [`Display`](std::fmt::Display) writes: two runs of 1 to 18 digits (no sign,
-    /// no space), so that every cursor the API documents parses and nothing else does.
+    /// What [`Display`](std::fmt::Display) writes: two runs of 1 to 19 digits (no sign, no
+    /// space; an attempt's id is a random non-negative i64), so that every cursor the API
+    /// documents parses and nothing else does. A number beyond i64 is read as i64::MAX: every
+    /// attempt is older than such a cursor, so its page is the newest, as it should be.
     fn from_str(s: &str) -> Result<Self, ()> {
         let number = |part: &str| -> Result<i64, ()> {
-            if (1..=18).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit()) {
-                part.parse().map_err(|_| ())
+            if (1..=19).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit()) {
+                // 19 digits always fit a u64.
+                let n = part.parse::<u64>().map_err(|_| ())?;
+                Ok(i64::try_from(n).unwrap_or(i64::MAX))
             } else {
                 Err(())
             }

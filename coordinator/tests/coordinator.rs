@@ -1059,6 +1059,8 @@ async fn a_long_timeline_pages_back_through_every_attempt_once(db: TestDb) {
         "timeline_limit=0",
         "timeline_limit=1001",
         "timeline_before=yesterday",
+        "timeline_before=-1.5",
+        "timeline_before=%2B1.5",
     ] {
         let (status, problem) = read(bad.into()).await;
         assert_eq!(status, 400, "{bad}: {problem}");

@@ -62,7 +62,20 @@ pub fn document() -> &'static serde_json::Value {
     DOC.get_or_init(|| {
         let mut api = InventoryApi::openapi();
         api.merge(tcc::service::FaultsApi::openapi());
-        host::openapi::finish(api)
+        let mut doc = host::openapi::finish(api);
+        let first = "$response.body#/skus/0/id";
+        for to in ["get_sku", "restock"] {
+            host::openapi::link(&mut doc, "GET /admin/skus", to, "id", first);
+        }
+        let first = "$response.body#/reservations/0/gid";
+        host::openapi::link(
+            &mut doc,
+            "GET /admin/reservations",
+            "reservations_of",
+            "gid",
+            first,
+        );
+        doc
     })
 }
 

@@ -100,6 +100,7 @@ fn below(after: &str) -> Result<i64, Problem> {
 
 #[utoipa::path(
     get,
+    operation_id = "admin_get_order",
     path = "/admin/orders/{id}",
     tag = "admin",
     summary = "Read any order",
@@ -161,6 +162,7 @@ struct OrderQuery {
 /// `GET /admin/orders?user_id=&status=&limit=&after=<order id>`: newest first.
 #[utoipa::path(
     get,
+    operation_id = "admin_list_orders",
     path = "/admin/orders",
     tag = "admin",
     summary = "Every order, newest first",

@@ -76,7 +76,23 @@ pub fn document() -> &'static serde_json::Value {
         api.merge(crate::admin::AdminApi::openapi());
         api.merge(tcc::service::FaultsApi::openapi());
         let api = api.nest("/admin", host::Failpoints::<crate::api::Crash>::openapi());
-        host::openapi::finish(api)
+        let mut doc = host::openapi::finish(api);
+        let (list, first) = ("GET /admin/orders", "$response.body#/orders/0");
+        host::openapi::link(
+            &mut doc,
+            list,
+            "admin_get_order",
+            "id",
+            &format!("{first}/id"),
+        );
+        host::openapi::link(
+            &mut doc,
+            list,
+            "orders_of_gid",
+            "gid",
+            &format!("{first}/gid"),
+        );
+        doc
     })
 }
 

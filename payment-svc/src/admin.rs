@@ -64,7 +64,14 @@ pub fn document() -> &'static serde_json::Value {
     DOC.get_or_init(|| {
         let mut api = PaymentApi::openapi();
         api.merge(tcc::service::FaultsApi::openapi());
-        host::openapi::finish(api)
+        let mut doc = host::openapi::finish(api);
+        let first = "$response.body#/accounts/0/id";
+        for to in ["get_account", "deposit", "payout"] {
+            host::openapi::link(&mut doc, "GET /admin/accounts", to, "id", first);
+        }
+        let first = "$response.body#/holds/0/gid";
+        host::openapi::link(&mut doc, "GET /admin/holds", "holds_of", "gid", first);
+        doc
     })
 }
 

@@ -62,7 +62,7 @@ struct Run<'a> {
 impl Run<'_> {
     /// Runs schemathesis on `service`'s document (at `port`) over the operations `filter`
     /// (schemathesis's own flags) selects, and returns how many it tested.
-    fn fuzz(&self, service: &str, port: u16, filter: [&str; 2]) -> usize {
+    fn fuzz(&self, service: &str, port: u16, filter: &[&str]) -> usize {
         // Run in the platform's folder (schemathesis and Hypothesis keep state where they run),
         // with a fixed seed (a failure here is the API's, reproducible, not a new draw's), for
         // at most ten minutes.
@@ -94,9 +94,8 @@ impl Run<'_> {
                 // ("AST constructor recursion depth mismatch"), an error of the tool, not the API.
                 "--workers",
                 "1",
-                filter[0],
-                filter[1],
             ])
+            .args(filter)
             .current_dir(self.p.root.path())
             .env("NO_COLOR", "1")
             // schemathesis.toml's [auth.openapi.*] read them: each operation gets the token
@@ -111,7 +110,12 @@ impl Run<'_> {
             .skip_while(|l| !l.contains("SUMMARY"))
             .collect::<Vec<_>>()
             .join("\n");
-        eprintln!("== {service} {filter:?}\n{summary}");
+        let links: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains("API Links:") || l.contains("Scenarios:"))
+            .map(str::trim)
+            .collect();
+        eprintln!("== {service} {filter:?} {links:?}\n{summary}");
         assert!(
             run.status.success(),
             "schemathesis found failures in {service}'s API ({filter:?}):\n{out}\n{}",
@@ -188,7 +192,8 @@ async fn every_operation_of_every_service_fuzzed_from_its_served_openapi_documen
         );
         let ops = operations(&served);
         let armed = ops.iter().filter(|op| is_switch(op)).count();
-        selected.push((service, port, ops.len(), armed));
+        let board = ops.iter().filter(|op| on_switchboard(op)).count();
+        selected.push((service, port, ops.len(), armed, board));
     }
 
     let buyer = p.user_token("alice");
@@ -211,8 +216,8 @@ async fn every_operation_of_every_service_fuzzed_from_its_served_openapi_documen
         admin: &admin,
     };
     let mut total = 0;
-    for &(service, port, ops, armed) in &selected {
-        let n = run.fuzz(service, port, ["--exclude-name-regex", SWITCHES]);
+    for &(service, port, ops, armed, _) in &selected {
+        let n = run.fuzz(service, port, &["--exclude-name-regex", SWITCHES]);
         assert_eq!(
             n,
             ops - armed,
@@ -240,11 +245,21 @@ async fn every_operation_of_every_service_fuzzed_from_its_served_openapi_documen
             eprintln!("orders the run confirmed (or refunded): {confirmed}");
         }
     }
-    for &(service, port, _, armed) in selected.iter().filter(|s| s.3 > 0) {
-        let n = run.fuzz(service, port, ["--include-name-regex", SWITCHBOARD]);
-        assert!(
-            n >= armed,
-            "{service}: the switches were tested ({n} operations)"
+    for &(service, port, _, _, board) in selected.iter().filter(|s| s.3 > 0) {
+        let n = run.fuzz(
+            service,
+            port,
+            // No stateful phase: the document's links lead out of the switchboard.
+            &[
+                "--include-name-regex",
+                SWITCHBOARD,
+                "--phases",
+                "examples,coverage,fuzzing",
+            ],
+        );
+        assert_eq!(
+            n, board,
+            "{service}: every operation of the switchboard was tested"
         );
         total += n;
     }
@@ -379,6 +394,11 @@ async fn every_other_method_is_refused_with_what_the_path_allows(
         }
     }
     asked
+}
+
+/// Whether an operation is one [`SWITCHBOARD`] selects.
+fn on_switchboard(op: &str) -> bool {
+    op.contains("/faults") || op.contains("/failpoints")
 }
 
 /// Whether an operation is one [`SWITCHES`] selects.

@@ -219,6 +219,7 @@ fn listing<P: Point>(f: &Failpoints<P>) -> HttpResponse {
 
 #[utoipa::path(
     get,
+    operation_id = "list_failpoints",
     path = "/failpoints",
     tag = "failpoints",
     summary = "The armed failpoints, and every point there is",
@@ -231,6 +232,7 @@ async fn list<P: Point>(f: web::Data<Failpoints<P>>) -> HttpResponse {
 
 #[utoipa::path(
     put,
+    operation_id = "arm_failpoint",
     path = "/failpoints/{point}",
     tag = "failpoints",
     summary = "Arm a failpoint: let `after` hits pass, then SIGKILL the process at the next",
@@ -260,6 +262,7 @@ async fn arm<P: Point>(
 
 #[utoipa::path(
     delete,
+    operation_id = "disarm_failpoint",
     path = "/failpoints/{point}",
     tag = "failpoints",
     summary = "Disarm a failpoint",

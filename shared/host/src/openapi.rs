@@ -215,6 +215,26 @@ pub fn problem_response(description: &str) -> utoipa::openapi::Response {
         .build()
 }
 
+/// Links `from`'s 200 answer (`"GET /admin/accounts"`) to the operation whose id is `to`, its
+/// parameter `param` taken from the answer (`$response.body#/accounts/0/id`): how a client, and
+/// the fuzzer's stateful phase, reach real resources (list, then read or act on one) instead of
+/// guessing ids that are all 404s. On the finished document (utoipa 5 writes a link's fields in
+/// snake case, which no OpenAPI tool reads). Panics on an operation or answer the document does
+/// not have: a typo here is a bug of the document, caught by each service's test.
+pub fn link(doc: &mut Value, from: &str, to: &str, param: &str, expression: &str) {
+    let (method, path) = from.split_once(' ').expect("\"<METHOD> <path>\"");
+    let answer = doc["paths"][path][method.to_lowercase()]["responses"]["200"]
+        .as_object_mut()
+        .unwrap_or_else(|| panic!("{from} has no 200 answer"));
+    let links = answer
+        .entry("links")
+        .or_insert_with(|| Value::Object(Default::default()));
+    links[to] = serde_json::json!({
+        "operationId": to,
+        "parameters": { param: expression },
+    });
+}
+
 /// Sets the values a path parameter may take (`enum`), on every operation of `doc` that has it:
 /// names known only at run time (a service's failpoints), so that a client and a fuzzer see them.
 pub fn enumerate_path_parameter(doc: &mut OpenApi, name: &str, values: &[&str]) {
@@ -418,6 +438,36 @@ fn type_name(v: &Value) -> String {
 /// code generates: a change to the API then shows in review. With `UPDATE_OPENAPI=1` it first
 /// rewrites both. For each service's unit test.
 pub fn assert_checked_in(service: &str, doc: &Value) {
+    let ids: Vec<&str> = doc["paths"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(_, item)| item.as_object().into_iter().flatten())
+        .filter_map(|(_, op)| op["operationId"].as_str())
+        .collect();
+    let mut unique = ids.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(
+        unique.len(),
+        ids.len(),
+        "{service}: an operationId is used twice (give one an operation_id): {ids:?}"
+    );
+    for (path, item) in doc["paths"].as_object().into_iter().flatten() {
+        for (method, op) in item.as_object().into_iter().flatten() {
+            for (name, link) in op["responses"]["200"]["links"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
+                let to = link["operationId"].as_str().unwrap_or_default();
+                assert!(
+                    ids.contains(&to),
+                    "{service}: {method} {path}'s link {name} goes to no operation {to:?}"
+                );
+            }
+        }
+    }
     let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     let json = serde_json::to_string_pretty(doc).unwrap_or_default() + "\n";
     let md = reference(service, doc);
