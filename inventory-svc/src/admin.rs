@@ -443,11 +443,7 @@ mod tests {
 
     #[test]
     fn every_operator_operation_is_in_the_openapi_document_behind_the_admin_token() {
-        let admin: Vec<String> = host::openapi::operations(document())
-            .into_iter()
-            .filter(|(_, schemes)| schemes == &[host::openapi::ADMIN])
-            .map(|(op, _)| op)
-            .collect();
+        let admin = host::openapi::secured_by(document(), host::openapi::ADMIN);
         assert_eq!(
             admin,
             [

@@ -120,12 +120,7 @@ mod tests {
             doc["openapi"]
         );
         let ops = host::openapi::operations(doc);
-        let on = |scheme: &str| -> Vec<&str> {
-            ops.iter()
-                .filter(|(_, s)| s.iter().any(|s| s == scheme))
-                .map(|(op, _)| op.as_str())
-                .collect()
-        };
+        let on = |scheme: &str| host::openapi::secured_by(doc, scheme);
         assert_eq!(
             on("bearer"),
             [

@@ -412,7 +412,9 @@ async fn a_credit_that_would_pass_the_largest_balance_is_refused_at_its_try_and_
             Some(json!({"amount": 6})),
         )
         .await;
-    assert_eq!(status, 400, "{body}");
+    // Well formed, but more than an account may hold: refused for what it means.
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "balance_too_large", "{body}");
     p.admin(
         Method::POST,
         "/admin/accounts/merchant/deposits",

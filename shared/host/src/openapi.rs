@@ -144,8 +144,16 @@ pub fn finish(mut api: OpenApi) -> Value {
                 .build(),
         ),
     );
-    for item in api.paths.paths.values_mut() {
-        for op in [
+    for op in operations_mut(&mut api).filter(|op| behind_admin(op)) {
+        add_admin_problems(op);
+    }
+    serde_json::to_value(api).unwrap_or_default()
+}
+
+/// Every operation of `api`, to change in place.
+fn operations_mut(api: &mut OpenApi) -> impl Iterator<Item = &mut Operation> {
+    api.paths.paths.values_mut().flat_map(|item| {
+        [
             &mut item.get,
             &mut item.put,
             &mut item.post,
@@ -154,13 +162,7 @@ pub fn finish(mut api: OpenApi) -> Value {
         ]
         .into_iter()
         .flatten()
-        {
-            if behind_admin(op) {
-                add_admin_problems(op);
-            }
-        }
-    }
-    serde_json::to_value(api).unwrap_or_default()
+    })
 }
 
 fn behind_admin(op: &Operation) -> bool {
@@ -244,21 +246,10 @@ pub fn enumerate_path_parameter(doc: &mut OpenApi, name: &str, values: &[&str]) 
         .schema_type(Type::String)
         .enum_values(Some(values.iter().copied()))
         .into();
-    for item in doc.paths.paths.values_mut() {
-        for op in [
-            &mut item.get,
-            &mut item.put,
-            &mut item.post,
-            &mut item.delete,
-            &mut item.patch,
-        ]
-        .into_iter()
-        .flatten()
-        {
-            for p in op.parameters.iter_mut().flatten() {
-                if p.name == name {
-                    p.schema = Some(schema.clone());
-                }
+    for op in operations_mut(doc) {
+        for p in op.parameters.iter_mut().flatten() {
+            if p.name == name {
+                p.schema = Some(schema.clone());
             }
         }
     }
@@ -363,6 +354,18 @@ pub fn reference(service: &str, doc: &Value) -> String {
                     );
                 }
                 out += "\n";
+                for (to, link) in op["responses"]["200"]["links"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                {
+                    for (param, from) in link["parameters"].as_object().into_iter().flatten() {
+                        out += &format!("Then: `{to}` with `{param}` = `{}`.\n", text(from));
+                    }
+                }
+                if op["responses"]["200"]["links"].is_object() {
+                    out += "\n";
+                }
             }
         }
     }
@@ -492,6 +495,16 @@ pub fn assert_checked_in(service: &str, doc: &Value) {
             path.display()
         );
     }
+}
+
+/// The operations of `doc` behind `scheme` alone, as `"<method> <path>"`, sorted: what each
+/// service's test compares with the routes it mounts.
+pub fn secured_by(doc: &Value, scheme: &str) -> Vec<String> {
+    operations(doc)
+        .into_iter()
+        .filter(|(_, schemes)| schemes.len() == 1 && schemes[0] == scheme)
+        .map(|(op, _)| op)
+        .collect()
 }
 
 /// The operations of `doc` as `"<method> <path>"`, sorted, and each one's security schemes: what
