@@ -164,6 +164,11 @@ mod tests {
                 "get /readyz"
             ]
         );
+        // And nothing else: no operation behind two schemes, or another one, escapes the lists.
+        assert_eq!(
+            on("bearer").len() + on(host::openapi::ADMIN).len() + open.len(),
+            ops.len()
+        );
         assert_eq!(
             doc["components"]["securitySchemes"]["bearer"]["scheme"],
             "bearer"

@@ -61,8 +61,9 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Runs schemathesis on `service`'s document (at `port`) over the operations `filter`
-    /// (schemathesis's own flags) selects, and returns how many it tested.
-    fn fuzz(&self, service: &str, port: u16, filter: &[&str]) -> usize {
+    /// (schemathesis's own flags) selects; returns how many it tested, and how many of the
+    /// document's links its stateful phase followed (none without that phase).
+    fn fuzz(&self, service: &str, port: u16, filter: &[&str]) -> (usize, Option<usize>) {
         // Run in the platform's folder (schemathesis and Hypothesis keep state where they run),
         // with a fixed seed (a failure here is the API's, reproducible, not a new draw's), for
         // at most ten minutes.
@@ -121,7 +122,14 @@ impl Run<'_> {
             "schemathesis found failures in {service}'s API ({filter:?}):\n{out}\n{}",
             String::from_utf8_lossy(&run.stderr)
         );
-        tested(&out).unwrap_or_else(|| panic!("no 'Tested: N' in schemathesis's output:\n{out}"))
+        // How many links the stateful phase followed (`API Links: N covered / M selected`).
+        let covered = links
+            .iter()
+            .find_map(|l| l.strip_prefix("API Links:"))
+            .and_then(|l| l.split_whitespace().next()?.parse().ok());
+        let tested = tested(&out)
+            .unwrap_or_else(|| panic!("no 'Tested: N' in schemathesis's output:\n{out}"));
+        (tested, covered)
     }
 }
 
@@ -217,7 +225,12 @@ async fn every_operation_of_every_service_fuzzed_from_its_served_openapi_documen
     };
     let mut total = 0;
     for &(service, port, ops, armed, _) in &selected {
-        let n = run.fuzz(service, port, &["--exclude-name-regex", SWITCHES]);
+        let (n, links) = run.fuzz(service, port, &["--exclude-name-regex", SWITCHES]);
+        // The stateful phase followed links: list, then read or act on an item of the list.
+        assert!(
+            links.is_some_and(|covered| covered > 0),
+            "{service}: no link followed ({links:?})"
+        );
         assert_eq!(
             n,
             ops - armed,
@@ -246,7 +259,7 @@ async fn every_operation_of_every_service_fuzzed_from_its_served_openapi_documen
         }
     }
     for &(service, port, _, _, board) in selected.iter().filter(|s| s.3 > 0) {
-        let n = run.fuzz(
+        let (n, _) = run.fuzz(
             service,
             port,
             // No stateful phase: the document's links lead out of the switchboard.

@@ -221,20 +221,63 @@ pub fn problem_response(description: &str) -> utoipa::openapi::Response {
 /// parameter `param` taken from the answer (`$response.body#/accounts/0/id`): how a client, and
 /// the fuzzer's stateful phase, reach real resources (list, then read or act on one) instead of
 /// guessing ids that are all 404s. On the finished document (utoipa 5 writes a link's fields in
-/// snake case, which no OpenAPI tool reads). Panics on an operation or answer the document does
-/// not have: a typo here is a bug of the document, caught by each service's test.
+/// snake case, which no OpenAPI tool reads). Panics on a link that cannot work: no such answer,
+/// no operation `to` with a parameter `param`, a pointer the answer's schema does not have, or
+/// the same link twice. A typo here is a bug of the document, caught by each service's test.
 pub fn link(doc: &mut Value, from: &str, to: &str, param: &str, expression: &str) {
     let (method, path) = from.split_once(' ').expect("\"<METHOD> <path>\"");
+    let target_has_param = doc["paths"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .flat_map(|(_, item)| item.as_object().into_iter().flatten())
+        .filter(|(_, op)| op["operationId"] == to)
+        .flat_map(|(_, op)| op["parameters"].as_array().into_iter().flatten())
+        .any(|p| p["name"] == param);
+    assert!(
+        target_has_param,
+        "{from}: no operation {to} with a parameter {param}"
+    );
+    let pointer = expression
+        .strip_prefix("$response.body#")
+        .unwrap_or_else(|| panic!("{from}: {expression} is not a $response.body# pointer"));
+    let schema = &doc["paths"][path][method.to_lowercase()]["responses"]["200"]["content"]
+        ["application/json"]["schema"];
+    assert!(
+        has_pointer(doc, schema, pointer),
+        "{from}: its answer's schema has no {pointer}"
+    );
     let answer = doc["paths"][path][method.to_lowercase()]["responses"]["200"]
         .as_object_mut()
         .unwrap_or_else(|| panic!("{from} has no 200 answer"));
     let links = answer
         .entry("links")
         .or_insert_with(|| Value::Object(Default::default()));
+    assert!(links.get(to).is_none(), "{from}: a second link to {to}");
     links[to] = serde_json::json!({
         "operationId": to,
         "parameters": { param: expression },
     });
+}
+
+/// Whether a JSON pointer into a value of `schema` (`/accounts/0/id`) names something the schema
+/// describes: each name a property, each number an item, through `$ref`s to the components.
+fn has_pointer(doc: &Value, schema: &Value, pointer: &str) -> bool {
+    let mut at = schema;
+    for segment in pointer.split('/').skip(1) {
+        while let Some(name) = at["$ref"].as_str() {
+            at = &doc["components"]["schemas"][name.rsplit('/').next().unwrap_or(name)];
+        }
+        at = if segment.bytes().all(|b| b.is_ascii_digit()) {
+            &at["items"]
+        } else {
+            &at["properties"][segment]
+        };
+        if at.is_null() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Sets the values a path parameter may take (`enum`), on every operation of `doc` that has it:
@@ -556,6 +599,45 @@ mod tests {
     #[derive(utoipa::OpenApi)]
     #[openapi(paths(put_thing, list_things))]
     struct Things;
+
+    #[test]
+    fn a_link_is_written_only_where_it_can_work() {
+        let mut doc = finish(Things::openapi());
+        link(
+            &mut doc,
+            "GET /admin/things",
+            "put_thing",
+            "id",
+            "$response.body#/status",
+        );
+        assert_eq!(
+            doc["paths"]["/admin/things"]["get"]["responses"]["200"]["links"]["put_thing"],
+            serde_json::json!({"operationId": "put_thing", "parameters": {"id": "$response.body#/status"}})
+        );
+        let attempt = |to: &'static str, param: &'static str, pointer: &'static str| {
+            let mut doc = doc.clone();
+            std::panic::catch_unwind(move || {
+                link(&mut doc, "GET /admin/things", to, param, pointer)
+            })
+            .is_err()
+        };
+        assert!(
+            attempt("put_thing", "id", "$response.body#/status"),
+            "twice"
+        );
+        assert!(
+            attempt("get_thing", "id", "$response.body#/status"),
+            "no such operation"
+        );
+        assert!(
+            attempt("put_thing", "sku", "$response.body#/status"),
+            "no such parameter"
+        );
+        assert!(
+            attempt("put_thing", "id", "$response.body#/things/0/id"),
+            "no such field"
+        );
+    }
 
     #[test]
     fn an_admin_operation_documents_the_problems_its_input_and_token_can_bring() {
