@@ -260,6 +260,35 @@ fn default_timeline_limit() -> i64 {
 
 /// One transaction as the operator reads it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({
+    "gid": "7284019283746521",
+    "mode": "tcc",
+    "status": "failed",
+    "reason": "branch payment rejected its first phase: insufficient_funds: available 300 < 900",
+    "rollback": {"kind": "rejected", "branch_id": "payment", "code": "insufficient_funds", "message": "available 300 < 900"},
+    "idempotency_key": "order:7284019283740001",
+    "created_at_ms": 1764662400000_u64,
+    "updated_at_ms": 1764662400042_u64,
+    "deadline_ms": 1764662430000_u64,
+    "next_attempt_at_ms": 0,
+    "attempts": 1,
+    "details_purged": false,
+    "branches": [{
+        "branch_id": "payment",
+        "participant": "http://127.0.0.1:50052",
+        "op": "cancel",
+        "status": "done",
+        "attempts": 2,
+        "last_error": null,
+        "depends_on": [],
+        "retriable": false,
+        "timeline": [
+            {"op": "try", "started_at_ms": 1764662400003_u64, "duration_ms": 4, "outcome": "failure", "error": "insufficient_funds"},
+            {"op": "cancel", "started_at_ms": 1764662400011_u64, "duration_ms": 3, "outcome": "success", "error": null}
+        ]
+    }],
+    "timeline": {"shown": 2, "total": 2, "next_before": null}
+}))]
 struct Transaction {
     #[schema(example = "7284019283746521")]
     gid: String,
@@ -451,6 +480,7 @@ async fn show(
 
 /// The retry's answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"gid": "7284019283746521", "status": "cancelling"}))]
 struct Retried {
     gid: String,
     /// Its status now: unfinished ones are driven at once, finished ones stay as they are.
