@@ -74,11 +74,9 @@ impl From<EngineError> for Problem {
         match e {
             EngineError::NotFound(gid) => Problem::not_found(format!("no transaction {gid}")),
             EngineError::Invalid(m) => Problem::bad_request(m),
-            EngineError::KeyReused(_) => Problem::new(
-                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                e.to_string(),
-            ),
+            EngineError::KeyReused(_) => {
+                Problem::unprocessable("idempotency_key_reused", e.to_string())
+            }
             EngineError::Store(s) => s.into(),
             EngineError::Id(_) | EngineError::Node(_) => {
                 tracing::error!(error = %e, "no transaction id can be made");
@@ -159,8 +157,7 @@ impl ListQuery {
         if let (Some(from), Some(to)) = (self.from_ms, self.to_ms) {
             if from >= to {
                 // Well-formed, but a range with nothing in it.
-                return Err(Problem::new(
-                    actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+                return Err(Problem::unprocessable(
                     "empty_range",
                     "from_ms must be before to_ms",
                 ));

@@ -210,8 +210,7 @@ async fn restock(
     if updated == 0 {
         return Err(match fetch(&db, &id).await? {
             None => Problem::not_found(format!("no SKU {:?}", id.as_str())),
-            Some(_) => Problem::new(
-                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+            Some(_) => Problem::unprocessable(
                 "balance_too_large",
                 "the stock would exceed the largest allowed",
             ),

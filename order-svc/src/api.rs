@@ -16,7 +16,6 @@
 use crate::auth::Caller;
 use crate::checkout::{checkout, execute, Checkout};
 use crate::idempotency::{self, Answer, FirstRequest, KeyState, Replay};
-use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use host::Problem;
 use proto::v1 as pb;
@@ -340,10 +339,6 @@ fn request_hash(body: &NewOrderBody) -> String {
     h.update([0]);
     h.update(body.quantity.to_be_bytes());
     hex::encode(h.finalize())
-}
-
-pub(crate) fn unprocessable(code: &str, detail: impl Into<String>) -> Problem {
-    Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
 }
 
 /// An order placed but not decided yet, as `GET /api/v1/orders/{id}` shows it before its

@@ -59,8 +59,7 @@ pub(crate) async fn put_catalog_item(
         return Err(Problem::bad_request("name must be 1 to 200 characters"));
     }
     if body.name.trim().is_empty() {
-        return Err(Problem::new(
-            actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+        return Err(Problem::unprocessable(
             "blank_name",
             "name must not be only spaces",
         ));

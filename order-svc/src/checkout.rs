@@ -2,7 +2,7 @@
 //! three branches (the order here, the charge at payment-svc, the reservation at
 //! inventory-svc), built once, then sent to the coordinator and its outcome made the answer.
 
-use crate::api::{unprocessable, Api, NewOrderBody, OrderView};
+use crate::api::{Api, NewOrderBody, OrderView};
 use crate::catalog::price_of;
 use crate::idempotency::Answer;
 use host::Problem;
@@ -59,7 +59,7 @@ pub(crate) async fn checkout(
     body: &NewOrderBody,
 ) -> Result<Result<Checkout, Answer>, Problem> {
     let Some((_name, price)) = price_of(api, db, &body.sku).await? else {
-        return Ok(Err(Answer::problem(&unprocessable(
+        return Ok(Err(Answer::problem(&Problem::unprocessable(
             "unknown_sku",
             format!("no product {:?} in the catalog", body.sku),
         ))));
@@ -68,7 +68,7 @@ pub(crate) async fn checkout(
         .checked_mul(body.quantity)
         .filter(|a| *a <= tcc::check::MAX_UNITS)
     else {
-        return Ok(Err(Answer::problem(&unprocessable(
+        return Ok(Err(Answer::problem(&Problem::unprocessable(
             "amount_too_large",
             "the order's amount is too large",
         ))));

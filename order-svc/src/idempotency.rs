@@ -6,7 +6,6 @@
 //! stored answer, a conflict (another body), a wait for a request in progress, or a take-over
 //! of an interrupted one, which resends the stored request byte for byte.
 
-use crate::api::unprocessable;
 use actix_web::http::StatusCode;
 use actix_web::HttpResponse;
 use host::Problem;
@@ -291,7 +290,7 @@ async fn wait_for_answer(
             return Ok(Replay::Forgotten);
         };
         if stored_hash != hash {
-            return Err(unprocessable(
+            return Err(Problem::unprocessable(
                 "idempotency_key_reused",
                 "this Idempotency-Key was already used with a different request body",
             ));

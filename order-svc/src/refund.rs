@@ -31,7 +31,7 @@
 //! default) bounds only the steps before the point of no return: a refund waits out a short
 //! outage of a participant rather than failing.
 
-use crate::api::{answered, idempotency_key, patience, unprocessable, Api};
+use crate::api::{answered, idempotency_key, patience, Api};
 use crate::checkout::reason_code;
 use crate::domain::{refund_amount, OrderStatus};
 use crate::idempotency::{self, Answer, FirstRequest, KeyState, Replay};
@@ -347,7 +347,7 @@ pub(crate) async fn refund_order(
                 Replay::TakeOver {
                     txn_request: None, ..
                 } => {
-                    return Err(unprocessable(
+                    return Err(Problem::unprocessable(
                         "idempotency_key_reused",
                         "this Idempotency-Key was used for another request",
                     ))
@@ -434,7 +434,7 @@ async fn first_attempt(
     }
     let quantity = body.quantity.unwrap_or(order.quantity);
     if quantity > order.quantity {
-        return Err(unprocessable(
+        return Err(Problem::unprocessable(
             "too_many_items",
             format!(
                 "the order has {} items; a refund of {quantity} is more",

@@ -204,8 +204,7 @@ async fn deposit(
     if updated == 0 {
         return Err(match fetch(&db, &id).await? {
             None => Problem::not_found(format!("no account {:?}", id.as_str())),
-            Some(_) => Problem::new(
-                actix_web::http::StatusCode::UNPROCESSABLE_ENTITY,
+            Some(_) => Problem::unprocessable(
                 "balance_too_large",
                 "the balance would exceed the largest allowed",
             ),

@@ -74,6 +74,11 @@ impl Problem {
         Problem::new(StatusCode::CONFLICT, code, detail)
     }
 
+    /// 422: well formed, refused for what it means (the code says what).
+    pub fn unprocessable(code: &str, detail: impl Into<String>) -> Self {
+        Problem::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail)
+    }
+
     /// 429 with `Retry-After: <secs>` (at least 1).
     pub fn too_many_requests(detail: impl Into<String>, retry_after_secs: u64) -> Self {
         let mut p = Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", detail);
@@ -277,11 +282,7 @@ mod codes_tests {
             Problem::not_found(""),
             Problem::unauthorized("", ""),
             Problem::conflict("in_progress", ""),
-            Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                "",
-            ),
+            Problem::unprocessable("idempotency_key_reused", ""),
             Problem::too_many_requests("", 1),
             Problem::unavailable(""),
             Problem::internal(""),

@@ -261,11 +261,9 @@ impl From<crate::fault::FaultError> for host::Problem {
                 host::Problem::new(StatusCode::FORBIDDEN, "faults_refused", e.to_string())
             }
             // Well-formed, but not a thing this op can do.
-            crate::fault::FaultError::CannotFail(_) => host::Problem::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "fault_not_applicable",
-                e.to_string(),
-            ),
+            crate::fault::FaultError::CannotFail(_) => {
+                host::Problem::unprocessable("fault_not_applicable", e.to_string())
+            }
             _ => host::Problem::bad_request(e.to_string()),
         }
     }
