@@ -236,7 +236,7 @@ async fn list<P: Point>(f: web::Data<Failpoints<P>>) -> HttpResponse {
     path = "/failpoints/{point}",
     tag = "failpoints",
     summary = "Arm a failpoint: let `after` hits pass, then SIGKILL the process at the next",
-    params(("point" = String, Path, description = "The point's name")),
+    params(("point" = String, Path, description = "The point's name.")),
     request_body = Arm,
     responses(
         (status = 200, description = "Armed; what is armed now", body = FailpointList),
@@ -266,7 +266,7 @@ async fn arm<P: Point>(
     path = "/failpoints/{point}",
     tag = "failpoints",
     summary = "Disarm a failpoint",
-    params(("point" = String, Path, description = "The point's name")),
+    params(("point" = String, Path, description = "The point's name.")),
     responses(
         (status = 200, description = "Disarmed (or was not armed); what is armed now", body = FailpointList),
         (status = 404, description = "No such point", body = crate::problem::ProblemBody, content_type = "application/problem+json"),

@@ -354,10 +354,11 @@ pub fn reference(service: &str, doc: &Value) -> String {
                                 .filter_map(Value::as_str)
                                 .map(|v| format!("`{v}`"))
                                 .collect();
-                            description += &format!(" One of {}.", values.join(", "));
+                            description =
+                                sentence(description) + &format!(" One of {}.", values.join(", "));
                         }
                         if let Some(pattern) = p["schema"]["pattern"].as_str() {
-                            description += &format!(" Pattern `{pattern}`.");
+                            description = sentence(description) + &format!(" Pattern `{pattern}`.");
                         }
                         out += &format!(
                             "| `{}` | {} | {} | {} | {} |\n",
@@ -433,7 +434,7 @@ pub fn reference(service: &str, doc: &Value) -> String {
             for (field, p) in props {
                 let mut description = text(&p["description"]);
                 if let Some(pattern) = p["pattern"].as_str() {
-                    description += &format!(" Pattern `{pattern}`.");
+                    description = sentence(description) + &format!(" Pattern `{pattern}`.");
                 }
                 out += &format!(
                     "| `{field}` | {} | {} | {} |\n",
@@ -458,6 +459,17 @@ pub fn reference(service: &str, doc: &Value) -> String {
         }
     }
     out
+}
+
+/// A description ending as a sentence does (a period), so that what the reference adds after it
+/// reads as the next one; empty stays empty.
+fn sentence(text: String) -> String {
+    let text = text.trim_end().to_owned();
+    if text.is_empty() || text.ends_with(['.', ':', '!', '?']) {
+        text
+    } else {
+        text + "."
+    }
 }
 
 fn type_name(v: &Value) -> String {

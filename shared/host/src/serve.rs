@@ -231,7 +231,9 @@ pub fn health_routes(cfg: &mut web::ServiceConfig) {
     responses((status = 200, description = "It does", body = crate::openapi::Status))
 )]
 pub(crate) async fn healthz() -> HttpResponse {
-    HttpResponse::Ok().json(serde_json::json!({"status": "ok"}))
+    HttpResponse::Ok().json(crate::openapi::Status {
+        status: "ok".into(),
+    })
 }
 
 /// Readiness.
@@ -251,7 +253,9 @@ pub(crate) async fn readyz(db: web::Data<store::Db>) -> Result<HttpResponse, Pro
         tracing::warn!(error = %e, "not ready: the database does not answer");
         Problem::unavailable("not ready: the database does not answer")
     })?;
-    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "ready"})))
+    Ok(HttpResponse::Ok().json(crate::openapi::Status {
+        status: "ready".into(),
+    }))
 }
 
 /// Prometheus metrics.
