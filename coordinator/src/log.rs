@@ -596,7 +596,8 @@ pub async fn claim_due(
         .map(stored_gid)
         .collect::<Result<Vec<_>, _>>()?;
     for gid in candidates.into_iter().filter(|gid| !busy(*gid)) {
-        let mut writer = db.begin().await?;
+        // One statement, its own transaction.
+        let mut writer = db.single().await?;
         // After the writer queue: a claim never commits with a lease that already ran out.
         let now = store::now_ms();
         let epoch: Option<i64> = sqlx::query_scalar(
@@ -611,7 +612,7 @@ pub async fn claim_due(
         .bind(format!("{stale_owner_prefix}%"))
         .fetch_optional(&mut *writer)
         .await?;
-        writer.commit().await?;
+        drop(writer);
         if let Some(epoch) = epoch {
             claimed.push(Claim { gid, epoch });
         }
@@ -621,7 +622,7 @@ pub async fn claim_due(
 
 /// Makes an unfinished transaction due now; returns its status (None: no such transaction).
 pub async fn retry_now(db: &Db, gid: Gid) -> Result<Option<Status>, StoreError> {
-    let mut writer = db.begin().await?;
+    let mut writer = db.single().await?;
     sqlx::query(
         "UPDATE global_txns SET next_attempt_at = $1 WHERE gid = $2 AND status IN ('prepared', 'confirming', 'cancelling')",
     )
@@ -629,7 +630,7 @@ pub async fn retry_now(db: &Db, gid: Gid) -> Result<Option<Status>, StoreError> 
     .bind(gid.as_i64())
     .execute(&mut *writer)
     .await?;
-    writer.commit().await?;
+    drop(writer);
     Ok(status_of(db, gid).await?.map(|(s, _)| s))
 }
 

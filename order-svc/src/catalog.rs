@@ -64,7 +64,7 @@ pub(crate) async fn put_catalog_item(
             "name must not be only spaces",
         ));
     }
-    let mut writer = db.begin().await?;
+    let mut writer = db.single().await?;
     sqlx::query(
         "INSERT INTO catalog (sku, name, price, updated_at) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (sku) DO UPDATE SET name = excluded.name, price = excluded.price, updated_at = excluded.updated_at",
@@ -75,7 +75,7 @@ pub(crate) async fn put_catalog_item(
     .bind(store::now_ms())
     .execute(&mut *writer)
     .await?;
-    writer.commit().await?;
+    drop(writer);
     api.prices.invalidate(sku.as_str()).await;
     Ok(HttpResponse::Ok().json(admin::CatalogItem {
         name: body.name.trim().to_owned(),

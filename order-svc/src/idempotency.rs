@@ -85,7 +85,7 @@ pub(crate) struct FirstRequest<'a> {
 pub(crate) async fn begin(db: &Db, r: FirstRequest<'_>) -> Result<bool, StoreError> {
     let now = store::now_ms();
     // Writes go through the database's writer queue (SQLite admits one writer at a time).
-    let mut writer = db.begin().await?;
+    let mut writer = db.single().await?;
     let fresh = sqlx::query(
         "INSERT INTO order_requests (user_id, idempotency_key, request_hash, order_id, response_status, response_body, \
          txn_request, created_at, updated_at, refund_of) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) \
@@ -104,7 +104,7 @@ pub(crate) async fn begin(db: &Db, r: FirstRequest<'_>) -> Result<bool, StoreErr
     .await?
     .rows_affected()
         == 1;
-    writer.commit().await?;
+    drop(writer);
     Ok(fresh)
 }
 
@@ -122,7 +122,7 @@ pub(crate) async fn save(
     answer: &Answer,
 ) -> Result<(), StoreError> {
     let transient = answer.status >= 500;
-    let mut writer = db.begin().await?;
+    let mut writer = db.single().await?;
     sqlx::query(
         "UPDATE order_requests SET response_status = $1, response_body = $2, updated_at = $3 \
          WHERE user_id = $4 AND idempotency_key = $5 AND response_status IS NULL",
@@ -134,7 +134,7 @@ pub(crate) async fn save(
     .bind(key)
     .execute(&mut *writer)
     .await?;
-    writer.commit().await?;
+    drop(writer);
     Ok(())
 }
 
@@ -149,7 +149,7 @@ pub(crate) async fn forget(
     key: &str,
     order_id: i64,
 ) -> Result<(), StoreError> {
-    let mut writer = db.begin().await?;
+    let mut writer = db.single().await?;
     sqlx::query(
         "DELETE FROM order_requests WHERE user_id = $1 AND idempotency_key = $2 AND order_id = $3 \
          AND response_status IS NULL",
@@ -159,7 +159,7 @@ pub(crate) async fn forget(
     .bind(order_id)
     .execute(&mut *writer)
     .await?;
-    writer.commit().await?;
+    drop(writer);
     Ok(())
 }
 
@@ -327,7 +327,7 @@ async fn wait_for_answer(
 /// over and resend its coordinator request, never start the order again. The key of the largest
 /// order id stays too: order ids resume above it after a restart.
 pub async fn purge_answered(db: &Db, before_ms: i64, batch: i64) -> Result<u64, StoreError> {
-    let mut writer = db.begin().await?;
+    let mut writer = db.single().await?;
     let removed = sqlx::query(
         "DELETE FROM order_requests WHERE (user_id, idempotency_key) IN ( \
            SELECT r.user_id, r.idempotency_key FROM order_requests r \
@@ -347,7 +347,7 @@ pub async fn purge_answered(db: &Db, before_ms: i64, batch: i64) -> Result<u64, 
     .execute(&mut *writer)
     .await?
     .rows_affected();
-    writer.commit().await?;
+    drop(writer);
     Ok(removed)
 }
 

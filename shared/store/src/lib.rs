@@ -9,6 +9,9 @@
 //! - [`Db::begin`] starts a write transaction. On SQLite that is `BEGIN IMMEDIATE`: a deferred
 //!   transaction that reads and then writes can fail at once with `SQLITE_BUSY` (the busy timeout
 //!   does not apply to a lock upgrade), so writers take the write lock up front and queue instead.
+//! - [`Db::single`] is a writer for one statement that is a whole transaction by itself: the
+//!   database commits it alone (autocommit), without the BEGIN and COMMIT round trips a
+//!   [`Db::begin`] costs; on SQLite it still waits its turn behind this process's other writers.
 //! - [`Db::migrate`] runs migrations embedded in the binary (`sqlx::migrate!`).
 //! - [`StoreError`] turns driver errors into what callers decide on: a unique violation (an
 //!   idempotent insert that lost the race), a serialization failure or busy database (retry the
@@ -154,6 +157,27 @@ impl WriteTx {
     }
 }
 
+/// A connection for one write statement that commits by itself (see [`Db::single`]). Derefs
+/// to the connection, so the statement takes `&mut *writer`.
+#[derive(Debug)]
+pub struct SingleWrite {
+    conn: sqlx::pool::PoolConnection<Any>,
+    _turn: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl std::ops::Deref for SingleWrite {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for SingleWrite {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
 impl std::ops::Deref for WriteTx {
     type Target = sqlx::AnyConnection;
     fn deref(&self) -> &Self::Target {
@@ -236,33 +260,52 @@ impl Db {
     /// Starts a transaction that will write: `BEGIN IMMEDIATE` on SQLite, after this process's
     /// earlier writers (FIFO); `BEGIN` on PostgreSQL.
     pub async fn begin(&self) -> Result<WriteTx, StoreError> {
-        let turn = match &self.writer {
-            Some(writer) => Some(
-                writer
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| StoreError::Unavailable("the database is closing".into()))?,
-            ),
-            None => None,
-        };
+        let turn = self.turn().await?;
         let statement = match self.backend {
             Backend::Sqlite => Some("BEGIN IMMEDIATE".into()),
             Backend::Postgres => None,
         };
+        let conn = self.idle_connection().await?;
+        let tx = Transaction::begin(conn, statement).await?;
+        Ok(WriteTx { tx, _turn: turn })
+    }
+
+    /// A writer for ONE statement that is the whole transaction (an INSERT … ON CONFLICT, a
+    /// conditional UPDATE): the database commits it by itself, as atomically and durably as
+    /// BEGIN; statement; COMMIT, two round trips fewer. On SQLite it waits its turn behind this
+    /// process's other writers, as [`Db::begin`] does. A second statement on it would be a
+    /// second transaction: use [`Db::begin`] for more than one.
+    pub async fn single(&self) -> Result<SingleWrite, StoreError> {
+        let turn = self.turn().await?;
+        let conn = self.idle_connection().await?;
+        Ok(SingleWrite { conn, _turn: turn })
+    }
+
+    /// This process's turn to write on SQLite (one writer at a time, FIFO); none on PostgreSQL.
+    async fn turn(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, StoreError> {
+        match &self.writer {
+            Some(writer) => Ok(Some(writer.clone().acquire_owned().await.map_err(|_| {
+                StoreError::Unavailable("the database is closing".into())
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// A pooled connection that is not inside a transaction.
+    async fn idle_connection(&self) -> Result<sqlx::pool::PoolConnection<Any>, StoreError> {
         loop {
             let conn = self.pool.acquire().await?;
             if conn.is_in_transaction() {
                 // A task cancelled in the middle of a transaction (a client that hung up) can
                 // leave its connection in the pool with the rollback still pending; such a
-                // connection refuses to begin and, on SQLite, may still hold the write lock.
-                // Close it; the pool opens a fresh one.
+                // connection refuses to begin, would run a single statement inside the
+                // abandoned transaction and, on SQLite, may still hold the write lock. Close
+                // it; the pool opens a fresh one.
                 tracing::warn!("closing a pooled connection left inside a transaction");
                 let _ = conn.close().await;
                 continue;
             }
-            let tx = Transaction::begin(conn, statement.clone()).await?;
-            return Ok(WriteTx { tx, _turn: turn });
+            return Ok(conn);
         }
     }
 

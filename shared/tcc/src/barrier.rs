@@ -188,7 +188,7 @@ pub async fn call<H: Handler>(
 /// a Saga Action that is never compensated (its Saga succeeded) keeps its one row, since only the
 /// coordinator knows that no Compensate can come any more.
 pub async fn purge(db: &Db, before_ms: i64) -> Result<u64, StoreError> {
-    let mut writer = db.begin().await?;
+    let mut writer = db.single().await?;
     let r = sqlx::query(
         // Every row of a branch settled before the cutoff is older than it (the settling row
         // comes last), so the created_at index narrows the scan.
@@ -199,7 +199,7 @@ pub async fn purge(db: &Db, before_ms: i64) -> Result<u64, StoreError> {
     .bind(before_ms)
     .execute(&mut *writer)
     .await?;
-    writer.commit().await?;
+    drop(writer);
     Ok(r.rows_affected())
 }
 
