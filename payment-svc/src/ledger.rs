@@ -53,6 +53,11 @@ enum Move {
     Available(i64),
     /// `frozen += delta`.
     Frozen(i64),
+    /// `available -= amount, frozen += amount`, if `available` has it: a Try's hold.
+    Freeze(i64),
+    /// `frozen -= amount, available += amount`, if `frozen` has it: held money given back (no
+    /// room check, as [`Move::Return`]).
+    Unfreeze(i64),
     /// `frozen += amount`, checking the room: a refund's money held on the buyer.
     FrozenIn(i64),
     /// `incoming += delta`: room reserved (positive) or given back (negative).
@@ -85,6 +90,18 @@ async fn apply_move(conn: &mut AnyConnection, account: &str, m: Move) -> Result<
         Move::Frozen(d) => (
             "UPDATE accounts SET frozen = frozen + $1, updated_at = $3 WHERE id = $2 AND frozen + $1 >= 0",
             d,
+            false,
+        ),
+        Move::Freeze(a) => (
+            "UPDATE accounts SET available = available - $1, frozen = frozen + $1, updated_at = $3 \
+             WHERE id = $2 AND available >= $1",
+            a,
+            false,
+        ),
+        Move::Unfreeze(a) => (
+            "UPDATE accounts SET frozen = frozen - $1, available = available + $1, updated_at = $3 \
+             WHERE id = $2 AND frozen >= $1",
+            a,
             false,
         ),
         Move::FrozenIn(a) => (
@@ -127,19 +144,27 @@ async fn apply_move(conn: &mut AnyConnection, account: &str, m: Move) -> Result<
     Ok(r.rows_affected() == 1)
 }
 
-/// Takes the two accounts' row locks in id order, whatever the op touches first: an order's
-/// ops touch the buyer then the merchant, a refund's (the merchant pays the buyer back) the
-/// merchant then the buyer, and on PostgreSQL two such ops at once on the same pair would
-/// deadlock (one aborted after a second, an order cancelled as `unavailable`). One statement
-/// more, only when the first account's id is the larger.
-async fn lock_in_order(conn: &mut AnyConnection, first: &str, second: &str) -> Result<(), OpError> {
-    if first > second {
-        sqlx::query("UPDATE accounts SET updated_at = updated_at WHERE id = $1")
-            .bind(second)
-            .execute(&mut *conn)
-            .await?;
+/// Applies every move, in the order of their accounts' ids (stable: one account's moves keep
+/// their order), and says for each whether it took effect. Each move locks its account's row until
+/// the commit, so every op that touches two accounts takes their locks in one global order,
+/// whatever it moves first: an order's ops move the buyer's money and the merchant's, a refund's
+/// the merchant's then the buyer's, and on PostgreSQL two such ops at once on the same pair in
+/// opposite orders would deadlock (one aborted after a second, an order cancelled as
+/// `unavailable`). Moves on different rows commute, and any refused one rolls the whole op back,
+/// so the order changes nothing else. (It used to be a locking statement more, before the
+/// moves, whenever the first account's id was the larger: on every order of the demo.)
+async fn apply_in_id_order(
+    conn: &mut AnyConnection,
+    moves: &[(&str, Move)],
+) -> Result<Vec<bool>, OpError> {
+    let mut order: Vec<usize> = (0..moves.len()).collect();
+    order.sort_by_key(|&i| moves[i].0);
+    let mut applied = vec![false; moves.len()];
+    for i in order {
+        let (account, m) = moves[i];
+        applied[i] = apply_move(conn, account, m).await?;
     }
-    Ok(())
+    Ok(applied)
 }
 
 /// Try: available → frozen, and room reserved on the merchant. Action: available → merchant.
@@ -151,24 +176,25 @@ async fn take(
     status: HoldStatus,
     charge: &Charge,
 ) -> Result<(), OpError> {
-    lock_in_order(conn, &charge.account_id, &charge.merchant_id).await?;
-    let moved = sqlx::query(
-        "UPDATE accounts SET available = available - $1, frozen = frozen + $2, updated_at = $4 \
-         WHERE id = $3 AND available >= $1",
-    )
-    .bind(charge.amount)
-    .bind(if status == HoldStatus::Frozen {
-        charge.amount
+    let debit = if status == HoldStatus::Frozen {
+        Move::Freeze(charge.amount)
     } else {
-        0
-    })
-    .bind(&charge.account_id)
-    .bind(store::now_ms())
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if !moved {
+        Move::Available(-charge.amount)
+    };
+    let credit = match status {
+        HoldStatus::Frozen => Move::Incoming(charge.amount),
+        HoldStatus::Held => Move::FrozenIn(charge.amount),
+        _ => Move::Available(charge.amount),
+    };
+    // Both moves run even when the first refused (all is rolled back then), so that the
+    // payer's refusal is the one reported when both refuse, whichever id is smaller.
+    let applied = apply_in_id_order(
+        conn,
+        &[(&charge.account_id, debit), (&charge.merchant_id, credit)],
+    )
+    .await?;
+    let (debited, credited) = (applied[0], applied[1]);
+    if !debited {
         return Err(if account_exists(conn, &charge.account_id).await? {
             Rejection::new(
                 "insufficient_funds",
@@ -185,12 +211,7 @@ async fn take(
         }
         .into());
     }
-    let credit = match status {
-        HoldStatus::Frozen => Move::Incoming(charge.amount),
-        HoldStatus::Held => Move::FrozenIn(charge.amount),
-        _ => Move::Available(charge.amount),
-    };
-    if !apply_move(conn, &charge.merchant_id, credit).await? {
+    if !credited {
         return Err(if account_exists(conn, &charge.merchant_id).await? {
             Rejection::new(
                 "merchant_account_full",
@@ -273,12 +294,13 @@ async fn settle(
         .into());
     };
     let reserved = reserved == 1;
-    lock_in_order(conn, &account, &merchant).await?;
-    let steps: &[(&str, Move)] = match (step, op) {
-        (Step::Pay, Op::Confirm) => &[
-            (&account, Move::Frozen(-amount)),
+    let (a, m) = (account.as_str(), merchant.as_str());
+    // Each op's moves (one statement each); all must take effect.
+    let moves: Vec<(&str, Move)> = match (step, op) {
+        (Step::Pay, Op::Confirm) => vec![
+            (a, Move::Frozen(-amount)),
             (
-                &merchant,
+                m,
                 if reserved {
                     Move::Arrive(amount)
                 } else {
@@ -287,49 +309,27 @@ async fn settle(
                 },
             ),
         ],
-        (Step::Pay, Op::Cancel) => &[
-            (&account, Move::Frozen(-amount)),
-            (&account, Move::Return(amount)),
+        (Step::Pay, Op::Cancel) if reserved => vec![
+            (a, Move::Unfreeze(amount)),
+            // The room reserved on the merchant is given back.
+            (m, Move::Incoming(-amount)),
         ],
-        (Step::Pay, Op::Compensate) => &[
-            (&account, Move::Return(amount)),
-            (&merchant, Move::Available(-amount)),
-        ],
-        // The held money goes back to the payer (`account_id`, the merchant of a refund);
-        // the payer first, as `lock_in_order` expects.
-        (Step::Hold, Op::Compensate) => &[
-            (&account, Move::Return(amount)),
-            (&merchant, Move::Frozen(-amount)),
-        ],
+        (Step::Pay, Op::Cancel) => vec![(a, Move::Unfreeze(amount))],
+        (Step::Pay, Op::Compensate) => vec![(a, Move::Return(amount)), (m, Move::Available(-amount))],
+        // The held money goes back to the payer (`account_id`, the merchant of a refund).
+        (Step::Hold, Op::Compensate) => vec![(a, Move::Return(amount)), (m, Move::Frozen(-amount))],
         // Its room was checked when it was held.
-        (Step::Release, Op::Action) => &[
-            (&merchant, Move::Frozen(-amount)),
-            (&merchant, Move::Return(amount)),
-        ],
-        (Step::Release, Op::Compensate) => &[
-            (&merchant, Move::Available(-amount)),
-            (&merchant, Move::Frozen(amount)),
-        ],
+        (Step::Release, Op::Action) => vec![(m, Move::Unfreeze(amount))],
+        (Step::Release, Op::Compensate) => vec![(m, Move::Freeze(amount))],
         _ => unreachable!("plan() moves no hold for {step:?} {op}"),
     };
-    for (who, m) in steps {
-        if !apply_move(conn, who, *m).await? {
-            return Err(Rejection::new(
-                "ledger_inconsistent",
-                format!("cannot apply {m:?} to {who:?} for {op}"),
-            )
-            .into());
-        }
-    }
-    if (step, op) == (Step::Pay, Op::Cancel)
-        && reserved
-        && !apply_move(conn, &merchant, Move::Incoming(-amount)).await?
-    {
-        return Err(Rejection::new(
+    let applied = apply_in_id_order(conn, &moves).await?;
+    match moves.iter().zip(applied).find(|(_, took)| !took) {
+        Some(((who, what), _)) => Err(Rejection::new(
             "ledger_inconsistent",
-            format!("no room reserved on {merchant:?} to give back for {op}"),
+            format!("cannot apply {what:?} to {who:?} for {op}"),
         )
-        .into());
+        .into()),
+        None => Ok(()),
     }
-    Ok(())
 }
