@@ -7,7 +7,10 @@
 //! - [`init`]: an env filter (`RUST_LOG`, default `info`), JSON logs (or human ones on a
 //!   terminal, or as `LOG_FORMAT` says), and OpenTelemetry spans. Spans are exported over OTLP
 //!   gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set (Jaeger ingests OTLP); when it is not, trace
-//!   ids are still made and propagated, nothing is exported and nothing complains.
+//!   ids are still made and propagated, nothing is exported and nothing complains, and spans
+//!   keep only what propagation needs: no log events copied into them, no busy/idle timings
+//!   taken at every poll, no code locations or thread names (all of it was built for every span
+//!   of every order, and dropped at its end).
 //! - [`http`]: actix-web middleware that continues the caller's W3C `traceparent` in a server
 //!   span, and a helper to inject it into outgoing HTTP requests.
 //! - [`grpc`]: a tonic client interceptor that injects `traceparent` into gRPC metadata, and a
@@ -135,7 +138,7 @@ pub fn init(config: &TelemetryConfig) -> Result<TelemetryGuard, TelemetryError> 
             .map_err(|e| TelemetryError::Exporter(endpoint.clone(), e.to_string()))?;
         builder = builder.with_batch_exporter(exporter);
     }
-    install(config, builder)
+    install(config, builder, config.otlp_endpoint.is_some())
 }
 
 /// Like [`init`], but exports every span synchronously to `exporter` as it ends (for tests and
@@ -147,12 +150,16 @@ pub fn init_with_exporter<E: SpanExporter + 'static>(
     install(
         config,
         SdkTracerProvider::builder().with_simple_exporter(exporter),
+        true,
     )
 }
 
+/// `exporting`: whether finished spans go anywhere; when not, the span layer records nothing
+/// but the trace context.
 fn install(
     config: &TelemetryConfig,
     builder: opentelemetry_sdk::trace::TracerProviderBuilder,
+    exporting: bool,
 ) -> Result<TelemetryGuard, TelemetryError> {
     let filter = EnvFilter::try_new(&config.filter)
         .map_err(|e| TelemetryError::Filter(config.filter.clone(), e.to_string()))?;
@@ -182,13 +189,21 @@ fn install(
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_target(true).boxed(),
     };
+    let spans = tracing_opentelemetry::layer().with_tracer(tracer);
+    let spans = if exporting {
+        spans.with_filter(traces_filter).boxed()
+    } else {
+        use tracing_subscriber::filter::{filter_fn, FilterExt};
+        spans
+            .with_tracked_inactivity(false)
+            .with_location(false)
+            .with_threads(false)
+            .with_filter(traces_filter.and(filter_fn(|meta| meta.is_span())))
+            .boxed()
+    };
     tracing_subscriber::registry()
         .with(fmt.with_filter(filter))
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(traces_filter),
-        )
+        .with(spans)
         .try_init()
         .map_err(|e| TelemetryError::AlreadySet(e.to_string()))?;
     Ok(TelemetryGuard { provider })

@@ -1,0 +1,136 @@
+//! Without an OTLP endpoint nothing is exported and spans record only the trace context; the
+//! trace must still cross every hop: an HTTP call and then a gRPC call each continue the
+//! caller's trace id, and a log line inside a span still carries it. (Its own test binary: the
+//! subscriber is process-global, and `propagation.rs` installs one that exports.)
+use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer};
+use proto::v1::participant_client::ParticipantClient;
+use proto::v1::participant_server::{Participant, ParticipantServer};
+use proto::v1::{BranchRequest, BranchResponse, Op};
+use std::sync::OnceLock;
+use telemetry::{LogFormat, TelemetryConfig, TelemetryGuard};
+use tracing::Instrument;
+
+fn init() {
+    static SETUP: OnceLock<TelemetryGuard> = OnceLock::new();
+    SETUP.get_or_init(|| {
+        let config = TelemetryConfig {
+            service_name: "no-exporter-test".into(),
+            filter: "warn".into(),
+            traces_filter: "info".into(),
+            log_format: LogFormat::Json,
+            otlp_endpoint: None,
+        };
+        telemetry::init(&config).unwrap()
+    });
+}
+
+struct Echo;
+
+#[tonic::async_trait]
+impl Participant for Echo {
+    async fn branch(
+        &self,
+        _request: tonic::Request<BranchRequest>,
+    ) -> Result<tonic::Response<BranchResponse>, tonic::Status> {
+        // An event inside the server span: filtered out of the span, never in the way.
+        tracing::info!(answer = "trace", "answering");
+        Ok(tonic::Response::new(BranchResponse::failure(
+            "trace",
+            telemetry::current_trace_id().unwrap_or_default(),
+        )))
+    }
+}
+
+/// The server's trace id, seen by its handler, for a call made inside `span`.
+async fn grpc_trace_id(addr: std::net::SocketAddr) -> String {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ParticipantClient::with_interceptor(channel, telemetry::grpc::TracePropagation)
+        .branch(BranchRequest {
+            gid: 1,
+            branch_id: "payment".into(),
+            op: Op::Try as i32,
+            payload: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_an_exporter_the_trace_id_still_crosses_an_http_hop_and_then_a_grpc_hop() {
+    init();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = listener.local_addr().unwrap();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .layer(telemetry::grpc::TraceLayer)
+            .add_service(ParticipantServer::new(Echo))
+            .serve_with_incoming_shutdown(
+                tonic::transport::server::TcpIncoming::from(listener),
+                async {
+                    let _ = stop_rx.await;
+                },
+            ),
+    );
+    // An HTTP server whose handler calls the gRPC server, as order-svc calls the coordinator,
+    // and answers "<its own trace id> <the gRPC server's>".
+    let http_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = http_listener.local_addr().unwrap().port();
+    let server = HttpServer::new(move || {
+        App::new()
+            .wrap(from_fn(telemetry::http::trace_requests))
+            .route(
+                "/orders",
+                web::post().to(move || async move {
+                    let own = telemetry::current_trace_id().unwrap_or_default();
+                    let next = grpc_trace_id(grpc_addr).await;
+                    HttpResponse::Ok().body(format!("{own} {next}"))
+                }),
+            )
+    })
+    .workers(1)
+    .listen(http_listener)
+    .unwrap()
+    .run();
+    let handle = server.handle();
+    tokio::spawn(server);
+
+    let client_span = tracing::info_span!("client-call");
+    let (caller, body) = async {
+        let caller = telemetry::current_trace_id().expect("a trace id without an exporter");
+        let mut headers = reqwest::header::HeaderMap::new();
+        telemetry::inject_current_http(&mut headers);
+        let traceparent = headers
+            .get("traceparent")
+            .expect("traceparent injected without an exporter")
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(traceparent.contains(&caller), "{traceparent} lacks {caller}");
+        let body = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{port}/orders"))
+            .headers(headers)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        (caller, body)
+    }
+    .instrument(client_span)
+    .await;
+    handle.stop(true).await;
+    let _ = stop_tx.send(());
+    grpc.await.unwrap().unwrap();
+
+    assert_eq!(caller.len(), 32);
+    assert_ne!(caller, "0".repeat(32));
+    assert_eq!(body, format!("{caller} {caller}"), "the hops' trace ids");
+}
