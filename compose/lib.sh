@@ -63,7 +63,7 @@ ensure_secrets() {
 # The images: the base image (pulled, or built offline from Debian's packages), then ours, with
 # release binaries of this repository.
 build_images() {
-  (cd .. && cargo build --release -p platform)
+  (cd .. && cargo build --release)
   local target
   target=$(cd .. && cd "${CARGO_TARGET_DIR:-target}" && pwd)
   # The image is bookworm (glibc 2.36): a binary linked against a newer glibc would crash-loop.

@@ -110,8 +110,8 @@ fn binary(bin_dir: &Option<PathBuf>, name: &str) -> Result<PathBuf, LoadError> {
     let path = dir.join(name);
     if !path.is_file() {
         return Err(LoadError::Args(format!(
-            "{} does not exist: build it beside load-tests (`cargo build --release -p platform -p \
-             load-tests -p {name}`; the README's build makes only the first two), or pass --bin-dir",
+            "{} does not exist: build it with the others (`cargo build --release` at the \
+             repository's root), or pass --bin-dir",
             path.display()
         )));
     }

@@ -1,5 +1,5 @@
 //! The platform under test: where its four services answer and the secrets to talk to them. By
-//! default the one-command platform on this machine (`cargo run --release -p platform`), whose
+//! default the one-command platform on this machine (`cargo run --release --bin platform`), whose
 //! admin token and JWT secret are read from its data folder.
 
 use crate::error::LoadError;

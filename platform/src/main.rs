@@ -1,4 +1,4 @@
-//! The whole platform in one command: `cargo run --release -p platform`.
+//! The whole platform in one command: `cargo run --release --bin platform`.
 //!
 //! Starts the coordinator, order-svc, payment-svc and inventory-svc as four separate processes
 //! (this binary re-executed as `platform serve <service>`), each with its own SQLite file under
