@@ -170,7 +170,7 @@ fn platform_binary(args: &ChaosArgs) -> Result<PathBuf, LoadError> {
     };
     if !bin.exists() {
         return Err(LoadError::Args(format!(
-            "{} is missing: build it with `cargo build --release -p platform -p load-tests`",
+            "{} is missing: build it with `cargo build --release`",
             bin.display()
         )));
     }
@@ -279,6 +279,7 @@ async fn start_load(
         max_in_flight: 4096,
         out: args.out.clone(),
         quiet: true,
+        profile: None,
     };
     let prepared = run::prepare(&run_args).await?;
     Ok(tokio::spawn(run::load(run_args, prepared)))

@@ -1,7 +1,8 @@
 //! load-tests: the instrument by which the platform's speed and correctness are judged.
 //!
 //! - `run`: orders through the public API, closed or open loop, with shares of failing and
-//!   duplicate orders; throughput, latency percentiles (HDR), outcomes; `--out` JSON.
+//!   duplicate orders; throughput, latency percentiles (HDR), outcomes; `--out` JSON;
+//!   `--profile DIR` flame graphs of the four services over the measured window.
 //! - `audit`: docs/design.md §5 across the four services; exits 1 on any violation.
 //! - `baseline`: the same writes in one local transaction on one database: the price of
 //!   distribution is `run` ÷ `baseline`, measured side by side.
@@ -19,6 +20,7 @@ mod chaos;
 mod compare;
 mod error;
 mod measure;
+mod profile;
 mod run;
 mod target;
 

@@ -84,6 +84,10 @@ pub struct RunArgs {
     /// No progress line.
     #[arg(long)]
     pub quiet: bool,
+    /// Profile the four services during the measured time (as long as it, at most 60 s) and
+    /// write their flame graphs here, `<service>.svg` (each service's `/debug/pprof/profile`).
+    #[arg(long, value_name = "DIR")]
+    pub profile: Option<PathBuf>,
 }
 
 /// What an order is meant to do.
@@ -721,15 +725,34 @@ pub async fn load(args: RunArgs, prepared: Prepared) -> Result<RunReport, LoadEr
     }
     let shared = new_shared();
     let bar = (!args.quiet).then(|| progress(shared.clone(), args.count, args.duration));
-    let seconds = drive(
-        &shared,
-        mode,
-        "",
-        args.duration,
-        args.count,
-        args.max_in_flight,
-    )
-    .await;
+    let endpoints = match &args.profile {
+        Some(_) => Some(args.target.endpoints()?),
+        None => None,
+    };
+    let profiles = async {
+        match (&args.profile, &endpoints) {
+            (Some(dir), Some(endpoints)) => {
+                crate::profile::take(endpoints, dir, args.duration).await.map(Some)
+            }
+            _ => Ok(None),
+        }
+    };
+    let (seconds, profiles) = tokio::join!(
+        drive(
+            &shared,
+            mode,
+            "",
+            args.duration,
+            args.count,
+            args.max_in_flight,
+        ),
+        profiles
+    );
+    if let Some(files) = profiles? {
+        for file in files {
+            eprintln!("flame graph: {}", file.display());
+        }
+    }
     if let Some(bar) = bar {
         bar.abort();
         eprintln!();

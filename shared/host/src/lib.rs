@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod page;
 pub mod problem;
+pub mod profile;
 pub mod retention;
 pub mod serve;
 

@@ -1,6 +1,6 @@
 //! What every service's OpenAPI 3.1 document shares, so that each service only annotates its own
 //! handlers: the routes every service serves (`/healthz`, `/readyz`, `/metrics`,
-//! `/problems/{code}`, `/openapi.json`), the admin token's security scheme and the problems any
+//! `/problems/{code}`, `/openapi.json`, `/debug/pprof/profile`), the admin token's security scheme and the problems any
 //! admin call can answer, the crash failpoints, the offline Markdown reference, and the check
 //! that the copy kept in the repository (`docs/openapi/<service>.json`) is what the code makes.
 //!
@@ -38,6 +38,14 @@ pub const ADMIN: &str = "admin";
     tags((name = "operations", description = "Health, metrics, error pages and this document; no token"))
 )]
 struct Operations;
+
+/// The CPU profile every service serves, behind the admin token.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    paths(crate::profile::profile),
+    tags((name = "profiling", description = "Where the process spends its CPU: a pprof profile or a flame graph (admin token)"))
+)]
+struct Profiling;
 
 /// `/healthz` and `/readyz`'s answer.
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
@@ -131,6 +139,7 @@ async fn document(doc: web::Data<Document>) -> HttpResponse {
 /// it can answer that its annotation leaves out.
 pub fn finish(mut api: OpenApi) -> Value {
     api.merge(Operations::openapi());
+    api.merge(Profiling::openapi());
     let components = api.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
         ADMIN,

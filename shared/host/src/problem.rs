@@ -117,6 +117,7 @@ pub const CODES: &[(&str, u16, &str)] = &[
     ("blank_name", 422, "A catalog name of only spaces: give the product a name."),
     ("empty_range", 422, "A time range whose start is not before its end (from_ms >= to_ms): nothing can be in it. Give a start before the end, or leave either out."),
     ("insufficient_funds", 409, "The account has less available than the amount asked for (an admin payout)."),
+    ("profile_running", 409, "A CPU profile of this process is being taken (one at a time): ask again once it ends, after the seconds it asked for."),
     ("method_not_allowed", 405, "This address does not take this method; the Allow header lists the ones it does."),
     ("payload_too_large", 413, "The body is larger than this route accepts."),
     ("unsupported_media_type", 415, "The body must be JSON, sent with Content-Type: application/json."),

@@ -211,15 +211,18 @@ pub async fn run(
     Ok(())
 }
 
-/// `/healthz` (the process answers), `/readyz` (its database answers), `/metrics`, and the
-/// problem pages; each a 405 naming GET for any other method.
-/// Needs `web::Data<store::Db>` and `web::Data<Metrics>` in the app data.
+/// `/healthz` (the process answers), `/readyz` (its database answers), `/metrics`, the
+/// problem pages, and a CPU profile behind the admin token ([`crate::profile`]); each a 405
+/// naming GET for any other method.
+/// Needs `web::Data<store::Db>`, `web::Data<Metrics>` and `web::Data<AdminToken>` in the app
+/// data.
 pub fn health_routes(cfg: &mut web::ServiceConfig) {
     use crate::problem::only;
     cfg.service(only("/healthz", "GET").route(web::get().to(healthz)))
         .service(only("/readyz", "GET").route(web::get().to(readyz)))
         .service(only("/metrics", "GET").route(web::get().to(metrics)))
-        .service(only("/problems/{code}", "GET").route(web::get().to(crate::problem::describe)));
+        .service(only("/problems/{code}", "GET").route(web::get().to(crate::problem::describe)))
+        .configure(crate::profile::routes);
 }
 
 /// Liveness.
