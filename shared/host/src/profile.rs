@@ -126,6 +126,10 @@ pub async fn profile(query: web::Query<ProfileQuery>) -> Result<HttpResponse, Pr
                     .map_err(|e| failed("the profile could not be encoded", e))?;
             }
         }
+        // Symbolising parsed the binary's debug info into a cache that is never used again
+        // until the next profile: 180 MB of heap and 130 MB of mapped file, kept for good in a
+        // service that otherwise runs in 25 MB.
+        backtrace::clear_symbol_cache();
         Ok(body)
     })
     .await
