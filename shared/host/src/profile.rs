@@ -114,6 +114,10 @@ pub async fn profile(query: web::Query<ProfileQuery>) -> Result<HttpResponse, Pr
         drop(guard);
         let mut body = Vec::new();
         match format {
+            // inferno draws nothing from no samples: an idle process gets a picture that says so.
+            Format::Svg if report.data.is_empty() => {
+                body = idle_svg(seconds).into_bytes();
+            }
             Format::Svg => report
                 .flamegraph(&mut body)
                 .map_err(|e| failed("the flame graph could not be drawn", e))?,
@@ -140,6 +144,15 @@ pub async fn profile(query: web::Query<ProfileQuery>) -> Result<HttpResponse, Pr
             Format::Svg => "image/svg+xml",
         })
         .body(body))
+}
+
+/// The flame graph of a process that never ran on a CPU while it was sampled.
+fn idle_svg(seconds: u64) -> String {
+    format!(
+        "<?xml version=\"1.0\" standalone=\"no\"?>\n<svg version=\"1.1\" width=\"600\" height=\"60\" \
+         xmlns=\"http://www.w3.org/2000/svg\"><text x=\"10\" y=\"35\" font-family=\"monospace\">\
+         No CPU samples in {seconds} s: the process was idle.</text></svg>\n"
+    )
 }
 
 /// The profiling route, behind the admin token (mounted by [`crate::serve::health_routes`]).
