@@ -5,8 +5,10 @@
 //! seconds asked, then answers either the pprof protobuf (`format=pb`, the default, which
 //! `pprof -http=:0 profile.pb` or `go tool pprof` read) or a flame graph as an SVG to open in a
 //! browser (`format=svg`). Behind the admin token: a profile shows the code's shape and costs a
-//! little CPU while it runs, and memory for good: the crate's sample table, about 70 MB, stays
-//! with a process once it has profiled (a service otherwise runs in about 25 MB). One profile at
+//! little CPU while it runs, and memory for good: the crate's sample table and what the
+//! symboliser leaves in the allocator stay with a process once it has profiled (measured: a
+//! service of about 25 MB then holds 130 to 175 MB, however many profiles follow). Profile a
+//! service in production knowing that; a restart gives the memory back. One profile at
 //! a time per process (the sampler is process-wide); a second asks again later (409). `load-tests run --profile DIR` takes one of each service
 //! during its measured window.
 
@@ -101,9 +103,10 @@ pub async fn profile(query: web::Query<ProfileQuery>) -> Result<HttpResponse, Pr
     })?;
     // The whole profile on a thread of its own, which keeps the turn until the sampler has
     // stopped (also when this request is dropped, its client gone). One thread, and so one
-    // malloc arena, for the sampler's table and the symboliser: the ~70 MB the pprof crate
-    // keeps once a process has profiled are reused by the next profile instead of being
-    // allocated again in another worker's arena (measured: 120, then 230, then 250 MB).
+    // malloc arena, for the sampler's table and the symboliser: what a profile leaves is
+    // reused by the next one instead of being allocated again in another worker's arena
+    // (measured on an idle service: 117, 234, 254 MB after three profiles from the workers;
+    // 131, 151, 151 MB from this thread).
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("profile".into())
