@@ -530,6 +530,7 @@ mod tests {
                 "get /api/v1/admin/failpoints",
                 "get /api/v1/transactions",
                 "get /api/v1/transactions/{gid}",
+                "get /debug/pprof/profile",
                 "post /api/v1/admin/transactions/{gid}/retry",
                 "put /api/v1/admin/failpoints/{point}",
             ]

@@ -453,6 +453,7 @@ mod tests {
                 "get /admin/reservations/{gid}",
                 "get /admin/skus",
                 "get /admin/skus/{id}",
+                "get /debug/pprof/profile",
                 "post /admin/faults/release",
                 "post /admin/skus/{id}/restocks",
                 "put /admin/faults/{op}",

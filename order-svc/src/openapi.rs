@@ -142,6 +142,7 @@ mod tests {
                 "get /admin/orders/{id}",
                 "get /admin/refunds",
                 "get /admin/transactions/{gid}/orders",
+                "get /debug/pprof/profile",
                 "post /admin/faults/release",
                 "put /admin/catalog/{sku}",
                 "put /admin/failpoints/{point}",

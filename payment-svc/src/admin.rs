@@ -493,6 +493,7 @@ mod tests {
                 "get /admin/faults",
                 "get /admin/holds",
                 "get /admin/holds/{gid}",
+                "get /debug/pprof/profile",
                 "post /admin/accounts/{id}/deposits",
                 "post /admin/accounts/{id}/payouts",
                 "post /admin/faults/release",
