@@ -82,7 +82,7 @@ fn failed(what: &str, e: impl std::fmt::Display) -> Problem {
     params(ProfileQuery),
     responses(
         (status = 200, description = "The profile of the next `seconds` (a pprof protobuf, or an SVG flame graph with `format=svg`)",
-            content((Vec<u8> = "application/octet-stream"), (String = "image/svg+xml"))),
+            content((String = "application/octet-stream"), (String = "image/svg+xml"))),
         (status = 409, description = "A profile of this process is being taken", body = crate::problem::ProblemBody, content_type = "application/problem+json"),
     ),
     security(("admin" = []))
