@@ -145,14 +145,14 @@ async fn apply_move(conn: &mut AnyConnection, account: &str, m: Move) -> Result<
 }
 
 /// Applies every move, in the order of their accounts' ids (stable: one account's moves keep
-/// their order), and says for each whether it took effect. Each move locks its account's row until
-/// the commit, so every op that touches two accounts takes their locks in one global order,
-/// whatever it moves first: an order's ops move the buyer's money and the merchant's, a refund's
-/// the merchant's then the buyer's, and on PostgreSQL two such ops at once on the same pair in
-/// opposite orders would deadlock (one aborted after a second, an order cancelled as
-/// `unavailable`). Moves on different rows commute, and any refused one rolls the whole op back,
-/// so the order changes nothing else. (It used to be a locking statement more, before the
-/// moves, whenever the first account's id was the larger: on every order of the demo.)
+/// their order), and says for each whether it took effect. A move that takes effect locks its
+/// row until the commit, so every op that touches two accounts takes their locks in one global
+/// order, whatever it moves first: an order's ops move the buyer's money and the merchant's, a
+/// refund's the merchant's then the buyer's, and on PostgreSQL two such ops at once on the same
+/// pair in opposite orders would deadlock (one aborted after a second, an order cancelled as
+/// `unavailable`). Moves on different rows commute, and any refused one rolls the whole op
+/// back, so the order changes nothing else. (It used to take a locking statement more, before
+/// the moves, whenever the buyer's id sorted after the merchant's.)
 async fn apply_in_id_order(
     conn: &mut AnyConnection,
     moves: &[(&str, Move)],

@@ -115,8 +115,11 @@ pub async fn profile(query: web::Query<ProfileQuery>) -> Result<HttpResponse, Pr
             let _ = tx.send(take(seconds, format));
         })
         .map_err(|e| failed("no thread to profile on", e))?;
-    let body = rx
+    // Symbolising and drawing take seconds, never a minute: past that the sampler is stuck (a
+    // signal handler that never returned), and the turn stays taken until a restart.
+    let body = tokio::time::timeout(Duration::from_secs(seconds + 60), rx)
         .await
+        .map_err(|_| failed("the profile did not end", "stuck after sampling"))?
         .map_err(|e| failed("the profiling thread stopped", e))??;
     Ok(HttpResponse::Ok()
         .content_type(match format {
