@@ -160,8 +160,11 @@ async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(
     compare_args.extend(target.iter().map(String::as_str));
     let compare = load_tests_with(&compare_args, server.as_deref()).await;
     assert!(compare.status.success(), "{}", text(&compare));
+    let said = String::from_utf8_lossy(&compare.stdout);
     assert!(
-        String::from_utf8_lossy(&compare.stdout).contains("median of 1 rounds at concurrency 2"),
+        said.contains("concurrency   2: TCC")
+            && said.contains("(medians of 1 rounds)")
+            && said.contains("best medians: TCC"),
         "{}",
         text(&compare)
     );
