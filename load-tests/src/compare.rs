@@ -30,7 +30,8 @@ pub struct CompareArgs {
     /// Each side's measured time per round.
     #[arg(long, value_parser = parse_duration, default_value = "10s")]
     pub duration: Duration,
-    /// Rounds of (platform, baseline) side by side; the ratio is the median of the rounds'.
+    /// Rounds of (platform, baseline) side by side; each side's figure is the median of its
+    /// rounds, and the ratio that of the two.
     #[arg(long, default_value_t = 3)]
     pub rounds: u32,
     /// Write the comparison as JSON here.
