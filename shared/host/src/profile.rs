@@ -7,7 +7,7 @@
 //! browser (`format=svg`). Behind the admin token: a profile shows the code's shape and costs a
 //! little CPU while it runs, and memory for good: the crate's sample table and what the
 //! symboliser leaves in the allocator stay with a process once it has profiled (measured: a
-//! service of about 25 MB then holds 130 to 175 MB, however many profiles follow). Profile a
+//! service of about 25 MB then holds about 250 MB, however many profiles follow). Profile a
 //! service in production knowing that; a restart gives the memory back. One profile at
 //! a time per process (the sampler is process-wide); a second asks again later (409). `load-tests run --profile DIR` takes one of each service
 //! during its measured window.
@@ -105,8 +105,9 @@ pub async fn profile(query: web::Query<ProfileQuery>) -> Result<HttpResponse, Pr
     // stopped (also when this request is dropped, its client gone). One thread, and so one
     // malloc arena, for the sampler's table and the symboliser: what a profile leaves is
     // reused by the next one instead of being allocated again in another worker's arena
-    // (measured on an idle service: 117, 234, 254 MB after three profiles from the workers;
-    // 131, 151, 151 MB from this thread).
+    // (measured with the framehop unwinder on an idle service: 117, 234, 254 MB after three
+    // profiles from the workers, 131, 151, 151 MB from this thread; with the default unwinder
+    // from this thread: 229, 248, 249 MB).
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("profile".into())
