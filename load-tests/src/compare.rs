@@ -185,8 +185,7 @@ impl CompareReport {
                 .unwrap_or((f64::NAN, 0))
         };
         let (median_tcc, tcc_concurrency) = best(|p| &p.tcc_orders_per_second);
-        let (median_baseline, baseline_concurrency) =
-            best(|p| &p.baseline_transactions_per_second);
+        let (median_baseline, baseline_concurrency) = best(|p| &p.baseline_transactions_per_second);
         CompareReport {
             seconds_per_side: duration.as_secs_f64(),
             median_tcc,
@@ -220,7 +219,10 @@ mod tests {
             ],
         );
         assert_eq!((report.median_tcc, report.tcc_concurrency), (200.0, 8));
-        assert_eq!((report.median_baseline, report.baseline_concurrency), (950.0, 2));
+        assert_eq!(
+            (report.median_baseline, report.baseline_concurrency),
+            (950.0, 2)
+        );
         assert!((report.ratio - 200.0 / 950.0).abs() < 1e-12);
     }
 

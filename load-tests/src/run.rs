@@ -731,9 +731,9 @@ pub async fn load(args: RunArgs, prepared: Prepared) -> Result<RunReport, LoadEr
     };
     let profiles = async {
         match (&args.profile, &endpoints) {
-            (Some(dir), Some(endpoints)) => {
-                crate::profile::take(endpoints, dir, args.duration).await.map(Some)
-            }
+            (Some(dir), Some(endpoints)) => crate::profile::take(endpoints, dir, args.duration)
+                .await
+                .map(Some),
             _ => Ok(None),
         }
     };

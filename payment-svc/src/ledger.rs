@@ -315,7 +315,9 @@ async fn settle(
             (m, Move::Incoming(-amount)),
         ],
         (Step::Pay, Op::Cancel) => vec![(a, Move::Unfreeze(amount))],
-        (Step::Pay, Op::Compensate) => vec![(a, Move::Return(amount)), (m, Move::Available(-amount))],
+        (Step::Pay, Op::Compensate) => {
+            vec![(a, Move::Return(amount)), (m, Move::Available(-amount))]
+        }
         // The held money goes back to the payer (`account_id`, the merchant of a refund).
         (Step::Hold, Op::Compensate) => vec![(a, Move::Return(amount)), (m, Move::Frozen(-amount))],
         // Its room was checked when it was held.

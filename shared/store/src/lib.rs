@@ -284,9 +284,11 @@ impl Db {
     /// This process's turn to write on SQLite (one writer at a time, FIFO); none on PostgreSQL.
     async fn turn(&self) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, StoreError> {
         match &self.writer {
-            Some(writer) => Ok(Some(writer.clone().acquire_owned().await.map_err(|_| {
-                StoreError::Unavailable("the database is closing".into())
-            })?)),
+            Some(writer) => {
+                Ok(Some(writer.clone().acquire_owned().await.map_err(
+                    |_| StoreError::Unavailable("the database is closing".into()),
+                )?))
+            }
             None => Ok(None),
         }
     }

@@ -112,7 +112,10 @@ async fn without_an_exporter_the_trace_id_still_crosses_an_http_hop_and_then_a_g
             .to_str()
             .unwrap()
             .to_owned();
-        assert!(traceparent.contains(&caller), "{traceparent} lacks {caller}");
+        assert!(
+            traceparent.contains(&caller),
+            "{traceparent} lacks {caller}"
+        );
         let body = reqwest::Client::new()
             .post(format!("http://127.0.0.1:{port}/orders"))
             .headers(headers)
