@@ -61,7 +61,7 @@ pub async fn compare(args: CompareArgs) -> Result<bool, LoadError> {
     } else {
         args.sweep.clone()
     };
-    if levels.iter().any(|&c| c == 0) {
+    if levels.contains(&0) {
         return Err(LoadError::Args("a concurrency must be at least 1".into()));
     }
     let mut points: Vec<Point> = levels
