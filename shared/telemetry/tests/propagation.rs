@@ -1,11 +1,12 @@
 //! A server span becomes the child of the client span across a real HTTP call (actix-web +
 //! reqwest) and a real gRPC call (tonic), both over loopback sockets.
+mod common;
+
 use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer};
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
 use proto::v1::participant_client::ParticipantClient;
-use proto::v1::participant_server::{Participant, ParticipantServer};
-use proto::v1::{BranchRequest, BranchResponse, Op};
+use proto::v1::{BranchRequest, Op};
 use std::sync::OnceLock;
 use telemetry::{LogFormat, TelemetryConfig, TelemetryGuard};
 use tracing::Instrument;
@@ -138,39 +139,11 @@ async fn an_http_request_without_traceparent_starts_a_new_trace_tagged_with_its_
     assert_eq!(tag.as_deref(), Some("lt-42"), "{:?}", server.attributes);
 }
 
-struct Echo;
-
-#[tonic::async_trait]
-impl Participant for Echo {
-    async fn branch(
-        &self,
-        request: tonic::Request<BranchRequest>,
-    ) -> Result<tonic::Response<BranchResponse>, tonic::Status> {
-        let _ = request;
-        Ok(tonic::Response::new(BranchResponse::failure(
-            "trace",
-            telemetry::current_trace_id().unwrap_or_default(),
-        )))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_grpc_server_span_is_the_child_of_the_calling_client_span() {
     exporter();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(telemetry::grpc::TraceLayer)
-            .add_service(ParticipantServer::new(Echo))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async {
-                    let _ = stop_rx.await;
-                },
-            ),
-    );
+    let server = common::EchoServer::start().await;
+    let addr = server.addr;
 
     let client_span = tracing::info_span!("grpc-client-call");
     let reply = async {
@@ -195,8 +168,7 @@ async fn a_grpc_server_span_is_the_child_of_the_calling_client_span() {
     .instrument(client_span.clone())
     .await;
     drop(client_span);
-    let _ = stop_tx.send(());
-    server.await.unwrap().unwrap();
+    server.stop().await;
 
     let client = finished("grpc-client-call")
         .pop()

@@ -2,10 +2,11 @@
 //! trace must still cross every hop: an HTTP call and then a gRPC call each continue the
 //! caller's trace id, and a log line inside a span still carries it. (Its own test binary: the
 //! subscriber is process-global, and `propagation.rs` installs one that exports.)
+mod common;
+
 use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer};
 use proto::v1::participant_client::ParticipantClient;
-use proto::v1::participant_server::{Participant, ParticipantServer};
-use proto::v1::{BranchRequest, BranchResponse, Op};
+use proto::v1::{BranchRequest, Op};
 use std::sync::OnceLock;
 use telemetry::{LogFormat, TelemetryConfig, TelemetryGuard};
 use tracing::Instrument;
@@ -24,24 +25,7 @@ fn init() {
     });
 }
 
-struct Echo;
-
-#[tonic::async_trait]
-impl Participant for Echo {
-    async fn branch(
-        &self,
-        _request: tonic::Request<BranchRequest>,
-    ) -> Result<tonic::Response<BranchResponse>, tonic::Status> {
-        // An event inside the server span: filtered out of the span, never in the way.
-        tracing::info!(answer = "trace", "answering");
-        Ok(tonic::Response::new(BranchResponse::failure(
-            "trace",
-            telemetry::current_trace_id().unwrap_or_default(),
-        )))
-    }
-}
-
-/// The server's trace id, seen by its handler, for a call made inside `span`.
+/// The gRPC server's trace id, as its handler saw it, for a call made from the current span.
 async fn grpc_trace_id(addr: std::net::SocketAddr) -> String {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
@@ -64,20 +48,8 @@ async fn grpc_trace_id(addr: std::net::SocketAddr) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_exporter_the_trace_id_still_crosses_an_http_hop_and_then_a_grpc_hop() {
     init();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(telemetry::grpc::TraceLayer)
-            .add_service(ParticipantServer::new(Echo))
-            .serve_with_incoming_shutdown(
-                tonic::transport::server::TcpIncoming::from(listener),
-                async {
-                    let _ = stop_rx.await;
-                },
-            ),
-    );
+    let grpc = common::EchoServer::start().await;
+    let grpc_addr = grpc.addr;
     // An HTTP server whose handler calls the gRPC server, as order-svc calls the coordinator,
     // and answers "<its own trace id> <the gRPC server's>".
     let http_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -130,8 +102,7 @@ async fn without_an_exporter_the_trace_id_still_crosses_an_http_hop_and_then_a_g
     .instrument(client_span)
     .await;
     handle.stop(true).await;
-    let _ = stop_tx.send(());
-    grpc.await.unwrap().unwrap();
+    grpc.stop().await;
 
     assert_eq!(caller.len(), 32);
     assert_ne!(caller, "0".repeat(32));
