@@ -5,8 +5,6 @@ mod common;
 use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer};
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SpanData};
-use proto::v1::participant_client::ParticipantClient;
-use proto::v1::{BranchRequest, Op};
 use std::sync::OnceLock;
 use telemetry::{LogFormat, TelemetryConfig, TelemetryGuard};
 use tracing::Instrument;
@@ -146,27 +144,9 @@ async fn a_grpc_server_span_is_the_child_of_the_calling_client_span() {
     let addr = server.addr;
 
     let client_span = tracing::info_span!("grpc-client-call");
-    let reply = async {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        let mut client =
-            ParticipantClient::with_interceptor(channel, telemetry::grpc::TracePropagation);
-        client
-            .branch(BranchRequest {
-                gid: 1,
-                branch_id: "payment".into(),
-                op: Op::Try as i32,
-                payload: vec![],
-            })
-            .await
-            .unwrap()
-            .into_inner()
-    }
-    .instrument(client_span.clone())
-    .await;
+    let reply = common::trace_id_seen_by(addr)
+        .instrument(client_span.clone())
+        .await;
     drop(client_span);
     server.stop().await;
 
@@ -177,5 +157,5 @@ async fn a_grpc_server_span_is_the_child_of_the_calling_client_span() {
         .pop()
         .expect("server span exported");
     assert_child(&server, &client);
-    assert_eq!(reply.message, client.span_context.trace_id().to_string());
+    assert_eq!(reply, client.span_context.trace_id().to_string());
 }

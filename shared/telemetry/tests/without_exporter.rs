@@ -5,8 +5,6 @@
 mod common;
 
 use actix_web::{middleware::from_fn, web, App, HttpResponse, HttpServer};
-use proto::v1::participant_client::ParticipantClient;
-use proto::v1::{BranchRequest, Op};
 use std::sync::OnceLock;
 use telemetry::{LogFormat, TelemetryConfig, TelemetryGuard};
 use tracing::Instrument;
@@ -25,26 +23,6 @@ fn init() {
     });
 }
 
-/// The gRPC server's trace id, as its handler saw it, for a call made from the current span.
-async fn grpc_trace_id(addr: std::net::SocketAddr) -> String {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    ParticipantClient::with_interceptor(channel, telemetry::grpc::TracePropagation)
-        .branch(BranchRequest {
-            gid: 1,
-            branch_id: "payment".into(),
-            op: Op::Try as i32,
-            payload: vec![],
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .message
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_an_exporter_the_trace_id_still_crosses_an_http_hop_and_then_a_grpc_hop() {
     init();
@@ -61,7 +39,7 @@ async fn without_an_exporter_the_trace_id_still_crosses_an_http_hop_and_then_a_g
                 "/orders",
                 web::post().to(move || async move {
                     let own = telemetry::current_trace_id().unwrap_or_default();
-                    let next = grpc_trace_id(grpc_addr).await;
+                    let next = common::trace_id_seen_by(grpc_addr).await;
                     HttpResponse::Ok().body(format!("{own} {next}"))
                 }),
             )

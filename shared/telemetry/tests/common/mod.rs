@@ -1,8 +1,9 @@
 //! A gRPC participant for the propagation tests: it answers the trace id its handler sees (as
 //! a FAILURE's message), behind the server-side trace layer.
 
+use proto::v1::participant_client::ParticipantClient;
 use proto::v1::participant_server::{Participant, ParticipantServer};
-use proto::v1::{BranchRequest, BranchResponse};
+use proto::v1::{BranchRequest, BranchResponse, Op};
 
 struct Echo;
 
@@ -51,4 +52,25 @@ impl EchoServer {
         let _ = self.stop.send(());
         self.task.await.unwrap().unwrap();
     }
+}
+
+/// The trace id the echoing server's handler saw for a call made from the current span (with
+/// the client-side propagation).
+pub async fn trace_id_seen_by(addr: std::net::SocketAddr) -> String {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    ParticipantClient::with_interceptor(channel, telemetry::grpc::TracePropagation)
+        .branch(BranchRequest {
+            gid: 1,
+            branch_id: "payment".into(),
+            op: Op::Try as i32,
+            payload: vec![],
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .message
 }
