@@ -13,7 +13,7 @@ const MAX_SECONDS: u64 = 60;
 /// Profiles the four services for `window` (whole seconds, 1 to 60) at once and writes their
 /// flame graphs into `dir`; returns the files written.
 pub async fn take(
-    endpoints: &admin::Endpoints,
+    admin: &admin::Admin,
     dir: &Path,
     window: Duration,
 ) -> Result<Vec<PathBuf>, LoadError> {
@@ -22,40 +22,22 @@ pub async fn take(
         what: format!("creating {}", dir.display()),
         source,
     })?;
-    let http = reqwest::Client::new();
-    let t = &endpoints.tokens;
+    let path = format!("/debug/pprof/profile?seconds={seconds}&format=svg");
     let services = [
-        ("coordinator", &endpoints.coordinator, &t.coordinator),
-        ("order-svc", &endpoints.order, &t.order),
-        ("payment-svc", &endpoints.payment, &t.payment),
-        ("inventory-svc", &endpoints.inventory, &t.inventory),
+        ("coordinator", &admin.coordinator),
+        ("order-svc", &admin.order.0),
+        ("payment-svc", &admin.payment.0),
+        ("inventory-svc", &admin.inventory.0),
     ];
-    let takes = services.map(|(service, base, token)| {
-        let http = http.clone();
+    let takes = services.map(|(service, api)| {
+        let path = &path;
         async move {
-            let url = format!(
-                "{}/debug/pprof/profile?seconds={seconds}&format=svg",
-                base.trim_end_matches('/')
-            );
-            let failed = |why: String| LoadError::Platform(format!("{service}'s profile: {why}"));
-            let answer = http
-                .get(&url)
-                .bearer_auth(token)
-                // Sampling, then symbolising and drawing.
-                .timeout(Duration::from_secs(seconds + 60))
-                .send()
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            let status = answer.status();
-            let body = answer.bytes().await.map_err(|e| failed(e.to_string()))?;
-            if !status.is_success() {
-                return Err(failed(format!(
-                    "{status}: {}",
-                    String::from_utf8_lossy(&body)
-                )));
-            }
+            // Sampling, then symbolising and drawing.
+            let svg = api
+                .get_bytes(path, Duration::from_secs(seconds + 60))
+                .await?;
             let file = dir.join(format!("{service}.svg"));
-            std::fs::write(&file, &body).map_err(|source| LoadError::Io {
+            std::fs::write(&file, svg).map_err(|source| LoadError::Io {
                 what: format!("writing {}", file.display()),
                 source,
             })?;

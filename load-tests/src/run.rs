@@ -725,16 +725,16 @@ pub async fn load(args: RunArgs, prepared: Prepared) -> Result<RunReport, LoadEr
     }
     let shared = new_shared();
     let bar = (!args.quiet).then(|| progress(shared.clone(), args.count, args.duration));
-    let endpoints = match &args.profile {
-        Some(_) => Some(args.target.endpoints()?),
+    let profiling = match &args.profile {
+        Some(dir) => Some((dir, args.target.admin()?)),
         None => None,
     };
     let profiles = async {
-        match (&args.profile, &endpoints) {
-            (Some(dir), Some(endpoints)) => crate::profile::take(endpoints, dir, args.duration)
+        match &profiling {
+            Some((dir, admin)) => crate::profile::take(admin, dir, args.duration)
                 .await
                 .map(Some),
-            _ => Ok(None),
+            None => Ok(None),
         }
     };
     let (seconds, profiles) = tokio::join!(

@@ -291,17 +291,42 @@ impl Api {
         self.call(reqwest::Method::DELETE, path, None::<&()>).await
     }
 
+    /// `GET path`, the answer's bytes as they are (a profile, a picture), waiting up to
+    /// `timeout` for them.
+    pub async fn get_bytes(&self, path: &str, timeout: Duration) -> Result<Vec<u8>, AdminError> {
+        self.send(reqwest::Method::GET, path, None::<&()>, timeout)
+            .await
+    }
+
     async fn call<B: Serialize, T: DeserializeOwned>(
         &self,
         method: reqwest::Method,
         path: &str,
         body: Option<&B>,
     ) -> Result<T, AdminError> {
+        let bytes = self
+            .send(method, path, body, Duration::from_secs(30))
+            .await?;
+        serde_json::from_slice(&bytes).map_err(|e| AdminError::Unreadable {
+            service: self.service,
+            path: path.into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Sends the request with the admin token; a 2xx answer's body, or why there is none.
+    async fn send<B: Serialize>(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&B>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, AdminError> {
         let mut req = self
             .http
             .request(method, format!("{}{path}", self.base))
             .bearer_auth(&self.token)
-            .timeout(Duration::from_secs(30));
+            .timeout(timeout);
         if let Some(b) = body {
             req = req.json(b);
         }
@@ -312,20 +337,16 @@ impl Api {
         };
         let res = req.send().await.map_err(unreachable)?;
         let status = res.status();
-        let text = res.text().await.map_err(unreachable)?;
+        let bytes = res.bytes().await.map_err(unreachable)?;
         if !status.is_success() {
             return Err(AdminError::Refused {
                 service: self.service,
                 path: path.into(),
                 status: status.as_u16(),
-                body: text,
+                body: String::from_utf8_lossy(&bytes).into_owned(),
             });
         }
-        serde_json::from_str(&text).map_err(|e| AdminError::Unreadable {
-            service: self.service,
-            path: path.into(),
-            detail: e.to_string(),
-        })
+        Ok(bytes.to_vec())
     }
 
     /// Every row of a keyset-paged listing: `first` is the path of the first page (with its
