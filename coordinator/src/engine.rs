@@ -111,6 +111,9 @@ pub struct EngineConfig {
     /// The coordinator's certificates, to call participants over mutual TLS (`None`: plaintext,
     /// dev only).
     pub participants_tls: Option<trust::Trust>,
+    /// Second-phase calls (Confirm, Cancel, Compensate) or batches of them in flight to one
+    /// participant at once; what is ready while they are goes in one batch. 0: no batching.
+    pub second_phase_in_flight: usize,
 }
 
 impl Default for EngineConfig {
@@ -131,6 +134,7 @@ impl Default for EngineConfig {
             node_lease: Duration::from_secs(3),
             participants: participants::Known::default(),
             participants_tls: None,
+            second_phase_in_flight: 1,
         }
     }
 }
@@ -225,6 +229,7 @@ impl Engine {
         let clients = Arc::new(participants::Clients::new(
             config.participants_tls.clone(),
             config.participants.clone(),
+            config.second_phase_in_flight,
         ));
         Ok(Arc::new(Engine {
             db,

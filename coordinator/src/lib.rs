@@ -75,6 +75,16 @@ pub struct Config {
     /// share it (the dev platform). Faults are refused in production whatever this holds.
     #[serde(default)]
     pub participant_admin: std::collections::BTreeMap<String, String>,
+    /// Second-phase calls, or batches of them, in flight to one participant at once
+    /// (`COORDINATOR_SECOND_PHASE_IN_FLIGHT`, default 1): Confirms, Cancels and Compensates
+    /// that are ready while they are go to that participant together, in one local
+    /// transaction there. 0: every call on its own.
+    #[serde(default = "default_second_phase_in_flight")]
+    pub second_phase_in_flight: usize,
+}
+
+fn default_second_phase_in_flight() -> usize {
+    engine::EngineConfig::default().second_phase_in_flight
 }
 
 fn default_retention() -> host::Retention {
@@ -99,6 +109,7 @@ impl Default for Config {
             retention: default_retention(),
             trace_link: None,
             participant_admin: Default::default(),
+            second_phase_in_flight: default_second_phase_in_flight(),
         }
     }
 }
@@ -127,6 +138,7 @@ impl Config {
             default_branch_timeout: Duration::from_millis(self.default_branch_timeout_ms.max(1)),
             recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
             node_lease: Duration::from_millis(self.node_lease_ms.max(300)),
+            second_phase_in_flight: self.second_phase_in_flight,
             backoff: retry::Backoff::forever(
                 Duration::from_millis(self.retry_initial_ms.max(1)),
                 Duration::from_millis(self.retry_max_ms.max(1)),

@@ -19,6 +19,7 @@ pub struct CoordinatorMetrics {
     calls: Family<Labels2, Histogram, fn() -> Histogram>,
     retries: Counter,
     lag: Gauge,
+    batches: Family<[(&'static str, String); 1], Histogram, fn() -> Histogram>,
 }
 
 fn mode(m: Mode) -> &'static str {
@@ -35,6 +36,9 @@ impl CoordinatorMetrics {
             }),
             retries: Counter::default(),
             lag: Gauge::default(),
+            batches: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1.0, 2.0, 9))
+            }),
         };
         registry.register(
             "coordinator_transactions_started",
@@ -61,7 +65,19 @@ impl CoordinatorMetrics {
             "How long the oldest due, unclaimed transaction has waited",
             m.lag.clone(),
         );
+        registry.register(
+            "coordinator_second_phase_batch_branches",
+            "Branches per second-phase send, by participant (1: a call on its own)",
+            m.batches.clone(),
+        );
         m
+    }
+
+    /// A second-phase send of `branches` calls to `participant`.
+    pub fn batch(&self, participant: &str, branches: usize) {
+        self.batches
+            .get_or_create(&[("participant", participant.to_owned())])
+            .observe(branches as f64);
     }
 
     pub fn started(&self, m: Mode) {

@@ -5,11 +5,14 @@
 use crate::log::{self, Attempt, Stored};
 use crate::machine::{CallResult, Op};
 use crate::metrics::CoordinatorMetrics;
+use futures::FutureExt;
 use proto::v1::participant_client::ParticipantClient;
+use proto::v1::{BranchBatchRequest, BranchRequest, BranchResponse};
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use telemetry::grpc::TracePropagation;
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 use tracing::Instrument;
@@ -73,22 +76,48 @@ impl Known {
 const MAX_CHANNELS: usize = 1_024;
 
 /// One reused channel per participant address, over mutual TLS when the coordinator has
-/// certificates.
+/// certificates; second-phase calls batched per address (see [`Batcher`]).
 #[derive(Debug, Default)]
 pub struct Clients {
     map: RwLock<HashMap<String, Client>>,
     tls: Option<trust::Trust>,
     /// Which role each known address must prove (its name in the allow-list).
     known: Known,
+    /// Second-phase calls (or batches) in flight to one participant before what comes next is
+    /// batched; 0: every call on its own.
+    in_flight: usize,
+    batchers: Mutex<HashMap<String, Batcher>>,
 }
 
 impl Clients {
-    pub fn new(tls: Option<trust::Trust>, known: Known) -> Clients {
+    /// `in_flight`: see [`crate::engine::EngineConfig::second_phase_in_flight`].
+    pub fn new(tls: Option<trust::Trust>, known: Known, in_flight: usize) -> Clients {
         Clients {
             map: RwLock::default(),
             tls,
             known,
+            in_flight,
+            batchers: Mutex::default(),
         }
+    }
+
+    /// The batcher of second-phase calls to `addr`, started on first use.
+    fn batcher(self: &Arc<Self>, addr: &str, metrics: &CoordinatorMetrics) -> Batcher {
+        let mut batchers = self.batchers.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = batchers.get(addr) {
+            if !b.queue.is_closed() {
+                return b.clone();
+            }
+        }
+        if batchers.len() >= MAX_CHANNELS {
+            // As for channels: dropped senders end their dispatchers once their queues drain.
+            batchers.clear();
+        }
+        // A label per configured participant; "other" for addresses a dev setup accepts.
+        let name = self.known.name_of(addr).unwrap_or("other").to_owned();
+        let b = Batcher::start(self.in_flight.max(1), metrics.clone(), name);
+        batchers.insert(addr.to_owned(), b.clone());
+        b
     }
 
     fn get(&self, addr: &str) -> Result<Client, BadParticipant> {
@@ -127,7 +156,7 @@ impl Clients {
         let branch = &stored.branches[idx];
         let client = self.get(&branch.participant);
         let (clients, addr) = (self.clone(), branch.participant.clone());
-        let request = proto::v1::BranchRequest {
+        let request = BranchRequest {
             gid: stored.gid.as_u64(),
             branch_id: branch.branch_id.clone(),
             op: op.to_wire() as i32,
@@ -137,17 +166,23 @@ impl Clients {
         let owner = owner.to_owned();
         let metrics = metrics.clone();
         let span = tracing::info_span!("branch", branch = %branch.branch_id, op = op.as_str());
+        // Second-phase calls go through the participant's batcher: alone when nothing else is
+        // on its way there, together with what is ready otherwise.
+        let batcher = (self.in_flight > 0 && !op.may_be_rejected())
+            .then(|| self.batcher(&branch.participant, &metrics));
         async move {
             let started_at = store::now_ms();
             let t = Instant::now();
             let result = match client {
                 Err(e) => CallResult::Error(e.to_string()),
-                Ok(mut client) => {
-                    let mut req = tonic::Request::new(request);
-                    // The participant learns the deadline; our own timer below fires first, so
-                    // a timeout always reads the same in the timeline.
-                    req.set_timeout(timeout + Duration::from_millis(50));
-                    match tokio::time::timeout(timeout, client.branch(req)).await {
+                Ok(client) => {
+                    let answer = match batcher {
+                        Some(batcher) => batcher.submit(client, request, timeout).boxed(),
+                        None => send(client, request, timeout).boxed(),
+                    };
+                    // Our own timer fires before the participant's deadline, so a timeout
+                    // always reads the same in the timeline.
+                    match tokio::time::timeout(timeout, answer).await {
                         Err(_) => CallResult::Error(format!(
                             "no answer within {} ms",
                             timeout.as_millis()
@@ -160,22 +195,19 @@ impl Clients {
                             }
                             CallResult::Error(format!("{:?}: {}", status.code(), status.message()))
                         }
-                        Ok(Ok(resp)) => {
-                            let resp = resp.into_inner();
-                            match resp.outcome() {
-                                proto::v1::Outcome::Success => CallResult::Success,
-                                proto::v1::Outcome::Failure => CallResult::Failure {
-                                    code: resp.code,
-                                    message: resp.message,
-                                },
-                                proto::v1::Outcome::Ongoing => {
-                                    CallResult::Error(format!("ongoing: {}", resp.message))
-                                }
-                                proto::v1::Outcome::Unspecified => {
-                                    CallResult::Error("no outcome in the answer".into())
-                                }
+                        Ok(Ok(resp)) => match resp.outcome() {
+                            proto::v1::Outcome::Success => CallResult::Success,
+                            proto::v1::Outcome::Failure => CallResult::Failure {
+                                code: resp.code,
+                                message: resp.message,
+                            },
+                            proto::v1::Outcome::Ongoing => {
+                                CallResult::Error(format!("ongoing: {}", resp.message))
                             }
-                        }
+                            proto::v1::Outcome::Unspecified => {
+                                CallResult::Error("no outcome in the answer".into())
+                            }
+                        },
                     }
                 }
             };
@@ -200,6 +232,193 @@ impl Clients {
             (idx, result, attempt)
         }
         .instrument(span)
+    }
+}
+
+/// One `Branch` call, the participant told the deadline (a little after the caller's own).
+async fn send(
+    mut client: Client,
+    request: BranchRequest,
+    timeout: Duration,
+) -> Result<BranchResponse, tonic::Status> {
+    let mut req = tonic::Request::new(request);
+    let deadline = timeout + Duration::from_millis(50);
+    req.set_timeout(deadline);
+    match tokio::time::timeout(deadline, client.branch(req)).await {
+        Ok(answer) => answer.map(tonic::Response::into_inner),
+        Err(_) => Err(tonic::Status::deadline_exceeded("no answer in time")),
+    }
+}
+
+/// How long a send holds its slot at most: a participant slow to answer delays the next batch
+/// to it by this much, never by its calls' whole timeout.
+const SLOT_HOLD: Duration = Duration::from_millis(100);
+
+/// Sends still unanswered per slot, at most: a participant that stopped answering gets a
+/// bounded number of sends (each up to its calls' timeout), not a new one every
+/// [`SLOT_HOLD`].
+const OUTSTANDING_PER_SLOT: usize = 8;
+
+/// The most branches one batch carries (the participant's limit).
+const MAX_BATCH: usize = tcc::grpc::MAX_BATCH;
+
+/// A second-phase call waiting for its turn.
+struct Queued {
+    client: Client,
+    request: BranchRequest,
+    timeout: Duration,
+    /// The caller's span: the call belongs to its transaction's trace.
+    span: tracing::Span,
+    reply: oneshot::Sender<Result<BranchResponse, tonic::Status>>,
+}
+
+/// Batches the second-phase calls to one participant: up to `in_flight` calls or batches are
+/// on their way at once (each for [`SLOT_HOLD`] at most, and never more than
+/// [`OUTSTANDING_PER_SLOT`] per slot unanswered), and what arrives meanwhile goes in the next
+/// batch, as one `Branches` call. Nothing waits for a batch to fill: at low load every call goes alone and
+/// at once, as before batching; under load, the participant confirms many branches with one
+/// commit. A participant that refuses a batch (faults armed, or one that predates batching)
+/// gets each call on its own.
+#[derive(Clone)]
+struct Batcher {
+    queue: mpsc::UnboundedSender<Queued>,
+}
+
+impl std::fmt::Debug for Batcher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher").finish_non_exhaustive()
+    }
+}
+
+impl Batcher {
+    fn start(in_flight: usize, metrics: CoordinatorMetrics, participant: String) -> Batcher {
+        let (queue, mut rx) = mpsc::unbounded_channel::<Queued>();
+        let slots = Arc::new(Semaphore::new(in_flight));
+        let outstanding = Arc::new(Semaphore::new(in_flight * OUTSTANDING_PER_SLOT));
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                // Waiting for a slot is where a batch grows.
+                let (Ok(sending), Ok(slot)) = (
+                    outstanding.clone().acquire_owned().await,
+                    slots.clone().acquire_owned().await,
+                ) else {
+                    break;
+                };
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match rx.try_recv() {
+                        Ok(q) => batch.push(q),
+                        Err(_) => break,
+                    }
+                }
+                // A caller that gave up (its timeout) is not called for.
+                batch.retain(|q| !q.reply.is_closed());
+                if batch.is_empty() {
+                    continue;
+                }
+                metrics.batch(&participant, batch.len());
+                tokio::spawn(async move {
+                    let sent = dispatch(batch);
+                    tokio::pin!(sent);
+                    tokio::select! {
+                        _ = &mut sent => return,
+                        _ = tokio::time::sleep(SLOT_HOLD) => {}
+                    }
+                    drop(slot);
+                    sent.await;
+                    drop(sending);
+                });
+            }
+        });
+        Batcher { queue }
+    }
+
+    /// Queues one call; answers as `Branch` would.
+    async fn submit(
+        self,
+        client: Client,
+        request: BranchRequest,
+        timeout: Duration,
+    ) -> Result<BranchResponse, tonic::Status> {
+        let (reply, answer) = oneshot::channel();
+        let queued = Queued {
+            client,
+            request,
+            timeout,
+            span: tracing::Span::current(),
+            reply,
+        };
+        if self.queue.send(queued).is_err() {
+            return Err(tonic::Status::unavailable("the coordinator is stopping"));
+        }
+        answer
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::cancelled("the call was dropped unsent")))
+    }
+}
+
+/// Sends one batch: a lone call as `Branch`, several as `Branches`, each caller answered.
+async fn dispatch(mut batch: Vec<Queued>) {
+    if batch.len() == 1 {
+        let q = batch.pop().expect("one call");
+        let answer = send(q.client, q.request, q.timeout)
+            .instrument(q.span)
+            .await;
+        let _ = q.reply.send(answer);
+        return;
+    }
+    // One span for the batch, in the first caller's trace and linked from the others'.
+    let span = tracing::info_span!(parent: &batch[0].span, "branch_batch", branches = batch.len());
+    for q in &batch[1..] {
+        span.follows_from(&q.span);
+    }
+    let timeout = batch.iter().map(|q| q.timeout).max().unwrap_or_default();
+    let mut client = batch[0].client.clone();
+    let mut req = tonic::Request::new(BranchBatchRequest {
+        branches: batch.iter().map(|q| q.request.clone()).collect(),
+    });
+    req.set_timeout(timeout + Duration::from_millis(50));
+    let answer = tokio::time::timeout(timeout + Duration::from_millis(50), client.branches(req))
+        .instrument(span)
+        .await;
+    match answer {
+        Ok(Ok(resp)) if resp.get_ref().results.len() == batch.len() => {
+            for (q, result) in batch.into_iter().zip(resp.into_inner().results) {
+                let _ = q.reply.send(result.into_call());
+            }
+        }
+        Ok(Ok(resp)) => {
+            let status = tonic::Status::internal(format!(
+                "the participant answered {} results for {} branches",
+                resp.get_ref().results.len(),
+                batch.len()
+            ));
+            for q in batch {
+                let _ = q.reply.send(Err(status.clone()));
+            }
+        }
+        Ok(Err(status))
+            if matches!(
+                status.code(),
+                tonic::Code::FailedPrecondition | tonic::Code::Unimplemented
+            ) =>
+        {
+            // Each on its own, at once: what a batch could not carry.
+            futures::future::join_all(batch.into_iter().map(|q| async move {
+                let answer = send(q.client, q.request, q.timeout)
+                    .instrument(q.span)
+                    .await;
+                let _ = q.reply.send(answer);
+            }))
+            .await;
+        }
+        Ok(Err(status)) => {
+            for q in batch {
+                let _ = q.reply.send(Err(status.clone()));
+            }
+        }
+        // Every caller's own timer has fired by now.
+        Err(_) => {}
     }
 }
 

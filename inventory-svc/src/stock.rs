@@ -103,6 +103,19 @@ impl Handler for Stock {
             }
         })
     }
+
+    /// A batch's SKUs, locked in id order before its first item: two batches settling the same
+    /// SKUs in different orders would otherwise deadlock on PostgreSQL.
+    fn lock_batch<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        picks: &'a [&'a Pick],
+    ) -> BoxFuture<'a, Result<(), OpError>> {
+        Box::pin(async move {
+            let skus = picks.iter().map(|p| p.sku.as_str());
+            Ok(tcc::barrier::lock_in_id_order(conn, "skus", skus).await?)
+        })
+    }
 }
 
 /// Moves `qty × delta` of (available, reserved, sold) on `sku`, none going below zero; false

@@ -33,6 +33,21 @@ impl Handler for Payments {
             }
         })
     }
+
+    /// A batch's payers and payees, locked in id order before its first item (see
+    /// [`apply_in_id_order`] for why the order matters).
+    fn lock_batch<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        charges: &'a [&'a Charge],
+    ) -> BoxFuture<'a, Result<(), OpError>> {
+        Box::pin(async move {
+            let ids = charges
+                .iter()
+                .flat_map(|c| [c.account_id.as_str(), c.merchant_id.as_str()]);
+            Ok(tcc::barrier::lock_in_id_order(conn, "accounts", ids).await?)
+        })
+    }
 }
 
 async fn account_exists(conn: &mut AnyConnection, id: &str) -> Result<bool, OpError> {

@@ -931,7 +931,79 @@ async fn a_failed_refunds_undo_locks_the_two_accounts_in_id_order(db: TestDb) {
     assert_consistent(&p).await;
 }
 
+/// A batch of Confirms for alice's and bob's orders, while another op holds bob's row and then
+/// wants the merchant's (as bob's next Try does, in id order): the batch must take its rows in
+/// id order too, before its first item, or on PostgreSQL the two wait on each other (one
+/// aborted after a second). Then the batch pays the merchant once per order.
+async fn a_batch_of_confirms_locks_its_accounts_in_id_order_and_pays_each_once(db: TestDb) {
+    let dir = testkit::temp_dir("payment-");
+    let p = payment(&db, dir.path()).await;
+    seed(&p, &[("alice", 1_000), ("bob", 1_000)]).await;
+    for (gid, who) in [(61, "alice"), (62, "bob")] {
+        let r = p
+            .call(gid, "payment", Op::Try, &charge(who, 100))
+            .await
+            .unwrap();
+        assert_eq!(outcome(&r), (Outcome::Success, ""));
+    }
+    let (alice, bob) = (charge("alice", 100), charge("bob", 100));
+    let items: [(u64, &str, Op, &[u8]); 2] = [
+        (61, "payment", Op::Confirm, &alice),
+        (62, "payment", Op::Confirm, &bob),
+    ];
+    if db.backend() == testkit::Backend::Postgres {
+        let ledger = store::Db::connect(&store::DbConfig::new(db.url()))
+            .await
+            .unwrap();
+        let mut other = ledger.begin().await.unwrap();
+        sqlx::query("UPDATE accounts SET updated_at = updated_at WHERE id = 'bob'")
+            .execute(&mut *other)
+            .await
+            .unwrap();
+        let api = p.api.with_timeout(std::time::Duration::from_secs(30));
+        let batch = tokio::spawn({
+            let (alice, bob) = (alice.clone(), bob.clone());
+            async move {
+                api.batch(&[
+                    (61, "payment", Op::Confirm, &alice),
+                    (62, "payment", Op::Confirm, &bob),
+                ])
+                .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // In id order the batch waits for bob before it touches merchant: the other op gets it.
+        let merchant =
+            sqlx::query("SELECT id FROM accounts WHERE id = 'merchant' FOR UPDATE NOWAIT")
+                .fetch_optional(&mut *other)
+                .await
+                .map(|row| row.is_some());
+        let _ = other.rollback().await;
+        let answered = batch.await.unwrap().unwrap();
+        assert!(
+            merchant.is_ok(),
+            "the batch locked merchant before bob: {merchant:?}; batch {answered:?}"
+        );
+        for r in answered {
+            assert_eq!(outcome(&r.unwrap()), (Outcome::Success, ""));
+        }
+    } else {
+        for r in p.api.batch(&items).await.unwrap() {
+            assert_eq!(outcome(&r.unwrap()), (Outcome::Success, ""));
+        }
+    }
+    // Again: duplicates, nothing moves twice.
+    for r in p.api.batch(&items).await.unwrap() {
+        assert_eq!(outcome(&r.unwrap()), (Outcome::Success, ""));
+    }
+    assert_eq!(balance(&p, "merchant").await, (200, 0));
+    assert_eq!(balance(&p, "alice").await, (900, 0));
+    assert_eq!(balance(&p, "bob").await, (900, 0));
+    assert_consistent(&p).await;
+}
+
 both_backends!(
+    a_batch_of_confirms_locks_its_accounts_in_id_order_and_pays_each_once,
     a_refund_step_read_by_a_payment_svc_from_before_refunds_is_refused_not_paid,
     a_release_moves_exactly_the_money_of_the_hold_it_marks_paid,
     a_failed_refunds_undo_locks_the_two_accounts_in_id_order,

@@ -966,8 +966,10 @@ async fn payment_killed_during_its_confirms_has_each_interrupted_confirm_retried
             "{body}"
         );
     }
-    // Wait until every Confirm is blocked on the lock, then kill payment-svc under them.
+    // Wait until every Confirm is sent and blocked on the lock (the coordinator batches them:
+    // one waiting session per send, lone or batch), then kill payment-svc under them.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let payment = ["participant=\"payment\""];
     loop {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
@@ -976,12 +978,26 @@ async fn payment_killed_during_its_confirms_has_each_interrupted_confirm_retried
         .fetch_one(payment_db.pool())
         .await
         .unwrap();
-        if waiting as usize >= N {
+        let sent = metric(
+            &p,
+            "coordinator",
+            "coordinator_second_phase_batch_branches_sum",
+            &payment,
+        )
+        .await;
+        let sends = metric(
+            &p,
+            "coordinator",
+            "coordinator_second_phase_batch_branches_count",
+            &payment,
+        )
+        .await;
+        if sent as usize >= N && waiting == sends as i64 {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "only {waiting} Confirms waiting"
+            "{sent} Confirms sent in {sends} sends, {waiting} waiting"
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

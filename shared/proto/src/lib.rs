@@ -47,6 +47,34 @@ impl v1::BranchResponse {
     }
 }
 
+impl v1::BranchResult {
+    /// One batch item's answer: what `Branch` would have answered, an error as its status.
+    pub fn from_call(result: Result<v1::BranchResponse, tonic::Status>) -> Self {
+        use v1::branch_result::Result as R;
+        v1::BranchResult {
+            result: Some(match result {
+                Ok(response) => R::Response(response),
+                Err(status) => R::Error(v1::BranchError {
+                    code: status.code() as i32,
+                    message: status.message().to_owned(),
+                }),
+            }),
+        }
+    }
+
+    /// Back to what a `Branch` call gives; an item with nothing in it is an error.
+    pub fn into_call(self) -> Result<v1::BranchResponse, tonic::Status> {
+        use v1::branch_result::Result as R;
+        match self.result {
+            Some(R::Response(response)) => Ok(response),
+            Some(R::Error(e)) => Err(tonic::Status::new(tonic::Code::from_i32(e.code), e.message)),
+            None => Err(tonic::Status::unknown(
+                "the batch answer has nothing for this branch",
+            )),
+        }
+    }
+}
+
 /// Whether a gRPC status from a branch call is worth retrying (docs/design.md §2).
 pub fn is_transient(status: &tonic::Status) -> bool {
     matches!(

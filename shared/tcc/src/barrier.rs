@@ -108,29 +108,56 @@ pub enum Gate {
     NullCompensation(WriteTx),
 }
 
-/// Steps 1 and 2: inserts the barrier rows and decides whether the business change runs.
-pub async fn enter(db: &Db, branch: &BranchRef, op: Op) -> Result<Gate, StoreError> {
-    let mut tx = db.begin().await?;
+/// What steps 1 and 2 decided on a transaction.
+enum Pass {
+    /// Nothing to do, and nothing was written.
+    Closed(Verdict),
+    /// Nothing to do, but a row was written that must be rolled back.
+    Wrote(Verdict),
+    Open,
+    NullCompensation,
+}
+
+/// Steps 1 and 2 on the transaction `conn`.
+async fn pass(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<Pass, StoreError> {
     let null_compensation = match op.undoes() {
-        Some(origin) => insert_row(&mut tx, branch, origin, op).await?,
+        Some(origin) => insert_row(conn, branch, origin, op).await?,
         None => false,
     };
-    let fresh = insert_row(&mut tx, branch, op, op).await?;
+    let fresh = insert_row(conn, branch, op, op).await?;
     if !fresh {
+        if null_compensation {
+            // An undo's row without the row of the op it undoes (the two are written together
+            // and purged together): a duplicate, once the marker is rolled back.
+            return Ok(Pass::Wrote(Verdict::Duplicate));
+        }
         let verdict = if op.may_be_rejected()
-            && reason_of(&mut tx, branch, op).await?.as_deref() != Some(op.as_str())
+            && reason_of(conn, branch, op).await?.as_deref() != Some(op.as_str())
         {
             Verdict::Hanging
         } else {
             Verdict::Duplicate
         };
-        tx.rollback().await?;
-        return Ok(Gate::Closed(verdict));
+        return Ok(Pass::Closed(verdict));
     }
-    if null_compensation {
-        return Ok(Gate::NullCompensation(tx));
+    Ok(if null_compensation {
+        Pass::NullCompensation
+    } else {
+        Pass::Open
+    })
+}
+
+/// Steps 1 and 2: inserts the barrier rows and decides whether the business change runs.
+pub async fn enter(db: &Db, branch: &BranchRef, op: Op) -> Result<Gate, StoreError> {
+    let mut tx = db.begin().await?;
+    match pass(&mut tx, branch, op).await? {
+        Pass::Closed(verdict) | Pass::Wrote(verdict) => {
+            tx.rollback().await?;
+            Ok(Gate::Closed(verdict))
+        }
+        Pass::NullCompensation => Ok(Gate::NullCompensation(tx)),
+        Pass::Open => Ok(Gate::Open(tx)),
     }
-    Ok(Gate::Open(tx))
 }
 
 /// Step 3: commits the business change with the barrier rows, or rolls both back.
@@ -176,6 +203,127 @@ pub async fn call<H: Handler>(
             })
         }
     }
+}
+
+/// One branch of a batch: the op and its decoded payload.
+#[derive(Debug)]
+pub struct Item<'a, P> {
+    pub branch: &'a BranchRef,
+    pub op: Op,
+    pub payload: &'a P,
+}
+
+/// Why a batch did nothing: every item must be run on its own ([`call`]), where each gets its
+/// own verdict or error.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchStopped {
+    /// Only Confirm, Cancel and Compensate are batched.
+    #[error("a {0} is not a second-phase op")]
+    FirstPhase(Op),
+    /// An item was rejected (a bug for a second-phase op, reported by its own call).
+    #[error("item {0} was rejected")]
+    Rejected(usize),
+    /// An item needs a rollback of its own (see [`call`]).
+    #[error("item {0} must be rolled back on its own")]
+    RolledBack(usize),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Runs second-phase ops of several branches in **one** local transaction: steps 1 to 3 for
+/// each item in turn, as [`call`] would, and one commit for all. One commit instead of one per
+/// branch is the point: under load, many transactions confirm at the same participant in the
+/// same millisecond.
+///
+/// All or nothing: an item whose business change fails (a database error, a rejection) rolls
+/// the whole batch back and this answers [`BatchStopped`]; nothing of the batch took effect, and
+/// the caller runs the items one by one. The verdicts, in the items' order, hold only once the
+/// batch committed.
+///
+/// Items are taken in (gid, branch) order, so two batches that share branches lock their
+/// barrier rows in the same order.
+pub async fn call_batch<H: Handler>(
+    db: &Db,
+    handler: &H,
+    items: &[Item<'_, H::Payload>],
+) -> Result<Vec<Verdict>, BatchStopped> {
+    if let Some(item) = items.iter().find(|i| i.op.may_be_rejected()) {
+        return Err(BatchStopped::FirstPhase(item.op));
+    }
+    let mut order: Vec<usize> = (0..items.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (items[a].branch, items[b].branch);
+        (a.gid, &a.branch_id).cmp(&(b.gid, &b.branch_id))
+    });
+    let mut verdicts = vec![Verdict::Duplicate; items.len()];
+    let mut tx = db.begin().await?;
+    let payloads: Vec<&H::Payload> = items.iter().map(|i| i.payload).collect();
+    match handler.lock_batch(&mut tx, &payloads).await {
+        Ok(()) => {}
+        Err(OpError::Store(e)) => return Err(e.into()),
+        Err(OpError::Rejected(_)) => return Err(BatchStopped::Rejected(0)),
+    }
+    for i in order {
+        let Item {
+            branch,
+            op,
+            payload,
+        } = items[i];
+        let (result, applied) = match pass(&mut tx, branch, op).await? {
+            Pass::Closed(verdict) => {
+                verdicts[i] = verdict;
+                continue;
+            }
+            Pass::Wrote(_) => return Err(BatchStopped::RolledBack(i)),
+            Pass::Open => (
+                handler.apply(&mut tx, branch, op, payload).await,
+                Verdict::Applied,
+            ),
+            Pass::NullCompensation => (
+                handler
+                    .null_compensation(&mut tx, branch, op, payload)
+                    .await,
+                Verdict::NullCompensation,
+            ),
+        };
+        match result {
+            Ok(()) => verdicts[i] = applied,
+            // Dropping the transaction rolls every item back.
+            Err(OpError::Rejected(_)) => return Err(BatchStopped::Rejected(i)),
+            Err(OpError::Store(e)) => return Err(e.into()),
+        }
+    }
+    tx.commit().await.map_err(StoreError::from)?;
+    Ok(verdicts)
+}
+
+/// Locks the rows of `table` whose `id` is one of `ids`, in byte order of the ids (the order
+/// a lone op that changes two rows takes them in), on PostgreSQL; SQLite's one writer needs no
+/// row locks. For [`Handler::lock_batch`]; `table` is the handler's own, never input.
+pub async fn lock_in_id_order(
+    conn: &mut AnyConnection,
+    table: &'static str,
+    ids: impl IntoIterator<Item = &str>,
+) -> Result<(), StoreError> {
+    if conn.backend_name() != "PostgreSQL" {
+        return Ok(());
+    }
+    let ids: std::collections::BTreeSet<&str> = ids.into_iter().collect();
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    // Locks are taken as the sorted rows come out; "C" sorts by bytes, as Rust's `str` does.
+    let sql = format!(
+        "SELECT id FROM {table} WHERE id IN ({}) ORDER BY id COLLATE \"C\" FOR UPDATE",
+        marks.join(", ")
+    );
+    let mut query = sqlx::query(&sql);
+    for id in ids {
+        query = query.bind(id);
+    }
+    query.execute(conn).await?;
+    Ok(())
 }
 
 /// Deletes the barrier rows of branches **settled here** before `before_ms` (Unix ms): a

@@ -233,6 +233,11 @@ impl Faults {
         (then, Some(kind))
     }
 
+    /// Whether a fault is armed for `op` (a batch of such calls must run them one by one).
+    pub fn armed_for(&self, op: Op) -> bool {
+        self.lock().iter().any(|(o, _, _)| *o == op)
+    }
+
     fn take(&self, op: Op) -> Option<Fault> {
         let mut armed = self.lock();
         let i = armed.iter().position(|(o, _, _)| *o == op)?;

@@ -16,7 +16,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use proto::v1::{BranchRequest, BranchResponse};
+use proto::v1::{
+    BranchBatchRequest, BranchBatchResponse, BranchRequest, BranchResponse, BranchResult,
+};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use store::{Db, StoreError};
@@ -142,12 +144,7 @@ impl<H: Handler> ParticipantService<H> {
             None => return Err(Status::invalid_argument(format!("unknown op {}", req.op))),
         };
         let result = self.handle_op(op, req).await;
-        let outcome = match &result {
-            Ok((_, verdict)) => verdict,
-            Err(status) if status.code() == tonic::Code::InvalidArgument => "invalid",
-            Err(_) => "error",
-        };
-        self.metrics.record(op, outcome, started.elapsed());
+        self.metrics.record(op, label(&result), started.elapsed());
         result.map(|(resp, _)| resp)
     }
 
@@ -176,6 +173,19 @@ impl<H: Handler> ParticipantService<H> {
                 ))
             }
         }
+        let (branch, payload) = match self.parse(op, req)? {
+            Parsed::Payload(branch, payload) => (branch, payload),
+            Parsed::Rejected(response) => return Ok((response, "invalid")),
+        };
+        let verdict = self
+            .call_with_local_retries(&branch, op, &payload)
+            .await
+            .map_err(|e| database_status(&branch, op, e))?;
+        respond(&branch, op, verdict)
+    }
+
+    /// Checks a request's gid and branch id and decodes its payload.
+    fn parse(&self, op: Op, req: BranchRequest) -> Result<Parsed<H::Payload>, Status> {
         let gid = Gid::from_u64(req.gid).map_err(|e| Status::invalid_argument(e.to_string()))?;
         if req.gid == 0 {
             return Err(Status::invalid_argument("gid must not be 0"));
@@ -187,42 +197,125 @@ impl<H: Handler> ParticipantService<H> {
             gid,
             branch_id: req.branch_id,
         };
-        let payload = match self.handler.decode(&req.payload) {
-            Ok(p) => p,
+        match self.handler.decode(&req.payload) {
+            Ok(p) => Ok(Parsed::Payload(branch, p)),
             Err(rejection) if op.may_be_rejected() => {
                 tracing::info!(%gid, branch = %branch.branch_id, %op, code = %rejection.code, "payload rejected");
-                return Ok((
-                    BranchResponse::failure(rejection.code, rejection.message),
-                    "invalid",
-                ));
+                Ok(Parsed::Rejected(BranchResponse::failure(
+                    rejection.code,
+                    rejection.message,
+                )))
             }
-            Err(rejection) => return Err(Status::invalid_argument(rejection.to_string())),
+            Err(rejection) => Err(Status::invalid_argument(rejection.to_string())),
+        }
+    }
+
+    /// Handles a batch of second-phase calls; everything but the tonic wrapping.
+    ///
+    /// Malformed items get their own INVALID_ARGUMENT; the others run in one local transaction
+    /// ([`barrier::call_batch`]). When that transaction does not commit (a conflict, a database
+    /// error, an item that needs its own rollback), each item runs on its own as [`Self::handle`]
+    /// would run it, so every item still gets its own answer.
+    pub async fn handle_batch(
+        &self,
+        req: BranchBatchRequest,
+    ) -> Result<BranchBatchResponse, Status> {
+        let started = Instant::now();
+        if req.branches.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "a batch has at most {MAX_BATCH} branches, not {}",
+                req.branches.len()
+            )));
+        }
+        let mut ops = Vec::with_capacity(req.branches.len());
+        for r in &req.branches {
+            match Op::from_wire(r.op) {
+                Some(op) if !op.may_be_rejected() => ops.push(op),
+                Some(op) => {
+                    return Err(Status::invalid_argument(format!(
+                        "a batch carries second-phase ops only, not {op}"
+                    )))
+                }
+                None => return Err(Status::invalid_argument(format!("unknown op {}", r.op))),
+            }
+        }
+        if ops.iter().any(|op| self.faults.armed_for(*op)) {
+            return Err(Status::failed_precondition(
+                "faults are armed on this participant: send each branch on its own",
+            ));
+        }
+        let mut results: Vec<Option<Result<BranchResponse, Status>>> = vec![None; ops.len()];
+        let mut parsed = Vec::with_capacity(ops.len());
+        for (i, (op, r)) in ops.iter().zip(req.branches).enumerate() {
+            match self.parse(*op, r) {
+                Ok(Parsed::Payload(branch, payload)) => parsed.push((i, *op, branch, payload)),
+                // Only a first-phase op's payload is answered with FAILURE; never here.
+                Ok(Parsed::Rejected(r)) => {
+                    self.metrics.record(*op, "invalid", started.elapsed());
+                    results[i] = Some(Err(Status::invalid_argument(r.message)));
+                }
+                Err(status) => {
+                    self.metrics.record(*op, "invalid", started.elapsed());
+                    results[i] = Some(Err(status));
+                }
+            }
+        }
+        let items: Vec<_> = parsed
+            .iter()
+            .map(|(_, op, branch, payload)| barrier::Item {
+                branch,
+                op: *op,
+                payload,
+            })
+            .collect();
+        match barrier::call_batch(&self.db, self.handler.as_ref(), &items).await {
+            Ok(verdicts) => {
+                for ((i, op, branch, _), verdict) in parsed.iter().zip(verdicts) {
+                    let result = respond(branch, *op, verdict);
+                    self.metrics.record(*op, label(&result), started.elapsed());
+                    results[*i] = Some(result.map(|(response, _)| response));
+                }
+            }
+            Err(stopped) => {
+                tracing::info!(branches = items.len(), why = %stopped, "batch not committed; each branch on its own");
+                let alone: Vec<futures::future::BoxFuture<'_, _>> = parsed
+                    .iter()
+                    .map(|(_, op, branch, payload)| {
+                        Box::pin(self.alone(branch, *op, payload, started)) as _
+                    })
+                    .collect();
+                use futures::stream::StreamExt;
+                let alone: Vec<_> = futures::stream::iter(alone)
+                    .buffered(FALLBACK_AT_ONCE)
+                    .collect()
+                    .await;
+                for ((i, ..), result) in parsed.iter().zip(alone) {
+                    results[*i] = Some(result);
+                }
+            }
+        }
+        Ok(BranchBatchResponse {
+            results: results
+                .into_iter()
+                .map(|r| BranchResult::from_call(r.expect("every item answered")))
+                .collect(),
+        })
+    }
+
+    /// One item of a batch that did not commit, on its own.
+    async fn alone(
+        &self,
+        branch: &BranchRef,
+        op: Op,
+        payload: &H::Payload,
+        started: Instant,
+    ) -> Result<BranchResponse, Status> {
+        let result = match self.call_with_local_retries(branch, op, payload).await {
+            Ok(verdict) => respond(branch, op, verdict),
+            Err(e) => Err(database_status(branch, op, e)),
         };
-        let verdict = self.call_with_local_retries(&branch, op, &payload).await.map_err(|e| {
-            tracing::warn!(%gid, branch = %branch.branch_id, %op, error = %e, "branch call failed");
-            // The caller's timeline shows the kind; the text (hosts, SQL) stays in this log.
-            if e.is_transient() {
-                Status::unavailable("the participant's database did not answer")
-            } else {
-                Status::internal("the participant failed on its database (see its log)")
-            }
-        })?;
-        tracing::debug!(%gid, branch = %branch.branch_id, %op, verdict = verdict.as_str(), "branch call");
-        let label = verdict.as_str();
-        let response = match verdict {
-            Verdict::Applied | Verdict::Duplicate | Verdict::NullCompensation => {
-                BranchResponse::success()
-            }
-            Verdict::Hanging => BranchResponse::failure(
-                "cancelled",
-                format!("the {op} arrived after its undo; nothing was done"),
-            ),
-            Verdict::Rejected(r) if op.may_be_rejected() => {
-                BranchResponse::failure(r.code, r.message)
-            }
-            Verdict::Rejected(r) => return Err(Status::invalid_argument(r.to_string())),
-        };
-        Ok((response, label))
+        self.metrics.record(op, label(&result), started.elapsed());
+        result.map(|(response, _)| response)
     }
 
     /// Conflicts (deadlock, serialization failure, SQLite busy) are retried here a few times
@@ -253,6 +346,61 @@ impl<H: Handler> ParticipantService<H> {
     }
 }
 
+/// The most branches one batch may carry.
+pub const MAX_BATCH: usize = 256;
+
+/// How many items of a batch that did not commit run at once, each on its own: a few, not the
+/// whole batch against the connection pool.
+const FALLBACK_AT_ONCE: usize = 4;
+
+/// A request's branch and payload, or the FAILURE a Try's malformed payload gets.
+enum Parsed<P> {
+    Payload(BranchRef, P),
+    Rejected(BranchResponse),
+}
+
+/// The wire answer to a verdict, and its metrics label.
+fn respond(
+    branch: &BranchRef,
+    op: Op,
+    verdict: Verdict,
+) -> Result<(BranchResponse, &'static str), Status> {
+    tracing::debug!(gid = %branch.gid, branch = %branch.branch_id, %op, verdict = verdict.as_str(), "branch call");
+    let label = verdict.as_str();
+    let response = match verdict {
+        Verdict::Applied | Verdict::Duplicate | Verdict::NullCompensation => {
+            BranchResponse::success()
+        }
+        Verdict::Hanging => BranchResponse::failure(
+            "cancelled",
+            format!("the {op} arrived after its undo; nothing was done"),
+        ),
+        Verdict::Rejected(r) if op.may_be_rejected() => BranchResponse::failure(r.code, r.message),
+        Verdict::Rejected(r) => return Err(Status::invalid_argument(r.to_string())),
+    };
+    Ok((response, label))
+}
+
+/// The metrics label of an answer.
+fn label(result: &Result<(BranchResponse, &'static str), Status>) -> &'static str {
+    match result {
+        Ok((_, verdict)) => verdict,
+        Err(status) if status.code() == tonic::Code::InvalidArgument => "invalid",
+        Err(_) => "error",
+    }
+}
+
+/// The status a database error answers with: its kind; the text (hosts, SQL) stays in this
+/// log.
+fn database_status(branch: &BranchRef, op: Op, e: StoreError) -> Status {
+    tracing::warn!(gid = %branch.gid, branch = %branch.branch_id, %op, error = %e, "branch call failed");
+    if e.is_transient() {
+        Status::unavailable("the participant's database did not answer")
+    } else {
+        Status::internal("the participant failed on its database (see its log)")
+    }
+}
+
 #[tonic::async_trait]
 impl<H: Handler> proto::v1::participant_server::Participant for ParticipantService<H> {
     async fn branch(
@@ -268,6 +416,20 @@ impl<H: Handler> proto::v1::participant_server::Participant for ParticipantServi
             .spawn(async move { this.handle(request.into_inner()).await }.instrument(span))
             .await
             .map_err(|e| Status::internal(format!("the branch call panicked: {e}")))?
+            .map(Response::new)
+    }
+
+    async fn branches(
+        &self,
+        request: Request<BranchBatchRequest>,
+    ) -> Result<Response<BranchBatchResponse>, Status> {
+        // In a task of its own, as `branch` is.
+        let this = self.clone();
+        let span = tracing::Span::current();
+        self.in_flight
+            .spawn(async move { this.handle_batch(request.into_inner()).await }.instrument(span))
+            .await
+            .map_err(|e| Status::internal(format!("the branch batch panicked: {e}")))?
             .map(Response::new)
     }
 }

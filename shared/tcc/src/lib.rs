@@ -169,6 +169,21 @@ pub trait Handler: Send + Sync + 'static {
         payload: &'a Self::Payload,
     ) -> BoxFuture<'a, Result<(), OpError>>;
 
+    /// Called once before the items of a batch run in one transaction
+    /// ([`barrier::call_batch`]): locks the business rows they will change, all in one global
+    /// order ([`barrier::lock_in_id_order`]). Without it, a batch locks the rows item after
+    /// item, and on PostgreSQL a lone call that locks two of those rows (in id order) can wait
+    /// on the batch while the batch waits on it: a deadlock, one of them aborted after a second.
+    /// Default: nothing, for a handler whose ops each change rows of their branch only.
+    fn lock_batch<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        payloads: &'a [&'a Self::Payload],
+    ) -> BoxFuture<'a, Result<(), OpError>> {
+        let _ = (conn, payloads);
+        Box::pin(async { Ok(()) })
+    }
+
     /// Called instead of [`Handler::apply`] when a Cancel/Compensate finds that its Try/Action
     /// never ran, in the same transaction as the barrier's marker. Nothing to undo; a service
     /// may leave a record (order-svc stores the order as CANCELLED). Default: nothing.

@@ -45,6 +45,11 @@ impl Handler for Wallet {
                 Op::Action => ("UPDATE wallet SET available = available - $1, spent = spent + $1 WHERE id = 1 AND available >= $1", true),
                 Op::Compensate => ("UPDATE wallet SET spent = spent - $1, available = available + $1 WHERE id = 1 AND spent >= $1", false),
             };
+            if *amount == UNLUCKY && !op.may_be_rejected() {
+                return Err(
+                    store::StoreError::Unavailable("the wallet's unlucky amount".into()).into(),
+                );
+            }
             let r = sqlx::query(sql).bind(*amount).execute(&mut *conn).await?;
             if r.rows_affected() == 0 {
                 if may_fail {
@@ -56,6 +61,10 @@ impl Handler for Wallet {
         })
     }
 }
+
+/// An amount whose Confirm, Cancel or Compensate always fails on the database (after its
+/// Try froze it): an item that makes a batch roll back.
+const UNLUCKY: i64 = 666;
 
 async fn wallet(db: &TestDb, available: i64) -> Db {
     let db = Db::connect(&DbConfig::new(db.url())).await.unwrap();
@@ -233,7 +242,180 @@ async fn purge_removes_only_branches_settled_before_the_cutoff(db: TestDb) {
     );
 }
 
+async fn batch(db: &Db, items: &[(u64, Op, i64)]) -> Result<Vec<Verdict>, barrier::BatchStopped> {
+    let branches: Vec<BranchRef> = items.iter().map(|(gid, _, _)| branch(*gid)).collect();
+    let items: Vec<_> = items
+        .iter()
+        .zip(&branches)
+        .map(|((_, op, amount), branch)| barrier::Item {
+            branch,
+            op: *op,
+            payload: amount,
+        })
+        .collect();
+    barrier::call_batch(db, &Wallet, &items).await
+}
+
+async fn a_batch_settles_each_branch_once_with_the_verdict_a_call_would_give(db: TestDb) {
+    let db = wallet(&db, 1_000).await;
+    for gid in 1..=4 {
+        assert_eq!(
+            call(&db, gid, Op::Try, 10 * gid as i64).await,
+            Verdict::Applied
+        );
+    }
+    assert_eq!(call(&db, 5, Op::Action, 50).await, Verdict::Applied);
+    let verdicts = batch(
+        &db,
+        &[
+            (3, Op::Confirm, 30),
+            (1, Op::Confirm, 10),
+            (2, Op::Cancel, 20),
+            // Sent twice in one batch: the second finds the first's row.
+            (1, Op::Confirm, 10),
+            // A Cancel whose Try never ran, and a Compensate.
+            (9, Op::Cancel, 90),
+            (5, Op::Compensate, 50),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Applied,
+            Verdict::Applied,
+            Verdict::Applied,
+            Verdict::Duplicate,
+            Verdict::NullCompensation,
+            Verdict::Applied
+        ]
+    );
+    // Try 4 (40) is still frozen; 10 and 30 are spent; 20 and 50 are back.
+    assert_eq!(balances(&db).await, (1_000 - 80, 40, 40));
+    // The same batch again: every item a duplicate, nothing moves.
+    let again = batch(
+        &db,
+        &[
+            (3, Op::Confirm, 30),
+            (1, Op::Confirm, 10),
+            (2, Op::Cancel, 20),
+            (9, Op::Cancel, 90),
+            (5, Op::Compensate, 50),
+        ],
+    )
+    .await
+    .unwrap();
+    assert!(again.iter().all(|v| *v == Verdict::Duplicate), "{again:?}");
+    assert_eq!(balances(&db).await, (1_000 - 80, 40, 40));
+    // The marker the batch left makes the late Try hang, as a lone Cancel's would.
+    assert_eq!(call(&db, 9, Op::Try, 90).await, Verdict::Hanging);
+    // Single calls after a batch: duplicates too.
+    assert_eq!(call(&db, 3, Op::Confirm, 30).await, Verdict::Duplicate);
+    assert_eq!(balances(&db).await, (1_000 - 80, 40, 40));
+}
+
+async fn a_batch_with_a_failing_item_commits_nothing_of_any_item(db: TestDb) {
+    let db = wallet(&db, 1_000).await;
+    assert_eq!(call(&db, 1, Op::Try, 10).await, Verdict::Applied);
+    assert_eq!(call(&db, 2, Op::Try, UNLUCKY).await, Verdict::Applied);
+    let rows = barrier_rows(&db).await;
+    let stopped = batch(
+        &db,
+        &[
+            (1, Op::Confirm, 10),
+            (2, Op::Confirm, UNLUCKY),
+            (3, Op::Cancel, 5),
+        ],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(stopped, barrier::BatchStopped::Store(_)),
+        "{stopped:?}"
+    );
+    assert_eq!(balances(&db).await, (1_000 - 10 - UNLUCKY, 10 + UNLUCKY, 0));
+    assert_eq!(barrier_rows(&db).await, rows, "no row of the batch stayed");
+    // A first-phase op is refused before anything is written.
+    let stopped = batch(&db, &[(1, Op::Confirm, 10), (4, Op::Try, 10)])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(stopped, barrier::BatchStopped::FirstPhase(Op::Try)),
+        "{stopped:?}"
+    );
+    assert_eq!(barrier_rows(&db).await, rows);
+    // Each on its own afterwards: the good one applies.
+    assert_eq!(call(&db, 1, Op::Confirm, 10).await, Verdict::Applied);
+    assert_eq!(balances(&db).await, (1_000 - 10 - UNLUCKY, UNLUCKY, 10));
+}
+
+/// Batches carrying the same branches (given in different orders), and lone calls for them,
+/// all at once, as a coordinator's retries and a second coordinator could send them: each
+/// Confirm takes effect exactly once. A batch that lost a race (on PostgreSQL a lone call and a
+/// batch can wait on each other's barrier row and wallet row: a deadlock, one side aborted) is
+/// run item by item, as the participant does.
+async fn batches_and_lone_calls_racing_for_the_same_branches_settle_each_once(db: TestDb) {
+    let db = wallet(&db, 10_000).await;
+    const N: u64 = 24;
+    for gid in 1..=N {
+        assert_eq!(call(&db, gid, Op::Try, 7).await, Verdict::Applied);
+    }
+    let forward: Vec<(u64, Op, i64)> = (1..=N).map(|g| (g, Op::Confirm, 7)).collect();
+    let backward: Vec<(u64, Op, i64)> = forward.iter().rev().copied().collect();
+    let mut tasks = Vec::new();
+    for items in [forward.clone(), backward, forward] {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            match batch(&db, &items).await {
+                Ok(verdicts) => verdicts,
+                Err(_) => {
+                    let mut verdicts = Vec::new();
+                    for (gid, op, amount) in &items {
+                        verdicts.push(retried(&db, *gid, *op, *amount).await);
+                    }
+                    verdicts
+                }
+            }
+        }));
+    }
+    for gid in (1..=N).step_by(5) {
+        let db = db.clone();
+        tasks.push(tokio::spawn(async move {
+            vec![retried(&db, gid, Op::Confirm, 7).await]
+        }));
+    }
+    let applied = join_all(tasks)
+        .await
+        .into_iter()
+        .flat_map(Result::unwrap)
+        .filter(|v| *v == Verdict::Applied)
+        .count();
+    assert_eq!(applied as u64, N, "one Applied per branch");
+    assert_eq!(
+        balances(&db).await,
+        (10_000 - 7 * N as i64, 0, 7 * N as i64)
+    );
+}
+
+/// A lone call, retried as the participant's gRPC adapter retries a lost race.
+async fn retried(db: &Db, gid: u64, op: Op, amount: i64) -> Verdict {
+    for _ in 0..20 {
+        match barrier::call(db, &Wallet, &branch(gid), op, &amount).await {
+            Ok(v) => return v,
+            Err(e) if e.is_transient() => {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(e) => panic!("gid {gid} {op}: {e}"),
+        }
+    }
+    panic!("gid {gid} {op}: still conflicting after 20 attempts")
+}
+
 both_backends!(
+    a_batch_settles_each_branch_once_with_the_verdict_a_call_would_give,
+    a_batch_with_a_failing_item_commits_nothing_of_any_item,
+    batches_and_lone_calls_racing_for_the_same_branches_settle_each_once,
     duplicated_try_confirm_and_cancel_change_nothing_the_second_time,
     a_cancel_before_its_try_leaves_a_marker_and_the_late_try_does_nothing,
     a_compensate_before_its_action_leaves_a_marker_and_the_late_action_does_nothing,
@@ -308,4 +490,99 @@ async fn the_grpc_adapter_maps_verdicts_and_bad_input_to_the_wire() {
         text.contains(r#"tcc_branch_calls_total{op="try",outcome="rejected"} 1"#),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn the_grpc_adapter_answers_each_item_of_a_batch_as_a_lone_call_would() {
+    use proto::v1::{BranchBatchRequest, BranchRequest, Op as P, Outcome};
+    let tdb = TestDb::sqlite();
+    let db = wallet(&tdb, 1_000).await;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let faults = Arc::new(tcc::fault::Faults::new(false));
+    let svc = tcc::grpc::ParticipantService::new(
+        db.clone(),
+        Arc::new(Wallet),
+        tcc::grpc::BranchMetrics::new(&mut registry),
+    )
+    .with_faults(faults.clone());
+    let req = |gid: u64, op: P, payload: &str| BranchRequest {
+        gid,
+        branch_id: "wallet".into(),
+        op: op as i32,
+        payload: payload.as_bytes().to_vec(),
+    };
+    for (gid, amount) in [(1, "10"), (2, "20"), (3, "666")] {
+        let r = svc.handle(req(gid, P::Try, amount)).await.unwrap();
+        assert_eq!(r.outcome(), Outcome::Success);
+    }
+    let batch = |branches| BranchBatchRequest { branches };
+
+    // A malformed item gets its own INVALID_ARGUMENT; the others are confirmed together.
+    let answer = svc
+        .handle_batch(batch(vec![
+            req(1, P::Confirm, "10"),
+            req(2, P::Confirm, "-1"),
+            req(0, P::Confirm, "20"),
+        ]))
+        .await
+        .unwrap();
+    let results: Vec<_> = answer.results.into_iter().map(|r| r.into_call()).collect();
+    assert_eq!(results[0].as_ref().unwrap().outcome(), Outcome::Success);
+    assert_eq!(
+        results[1].as_ref().unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(
+        results[2].as_ref().unwrap_err().code(),
+        tonic::Code::InvalidArgument
+    );
+    assert_eq!(balances(&db).await, (1_000 - 696, 686, 10));
+
+    // An item the database fails: the batch rolls back, and each item runs on its own: the
+    // good one is confirmed, the failing one answers UNAVAILABLE (the coordinator retries it).
+    let answer = svc
+        .handle_batch(batch(vec![
+            req(2, P::Confirm, "20"),
+            req(3, P::Confirm, "666"),
+        ]))
+        .await
+        .unwrap();
+    let results: Vec<_> = answer.results.into_iter().map(|r| r.into_call()).collect();
+    assert_eq!(results[0].as_ref().unwrap().outcome(), Outcome::Success);
+    assert_eq!(
+        results[1].as_ref().unwrap_err().code(),
+        tonic::Code::Unavailable
+    );
+    assert_eq!(balances(&db).await, (1_000 - 696, 666, 30));
+
+    // Refused whole, nothing done: a first-phase op, too many items, an armed fault.
+    let s = svc
+        .handle_batch(batch(vec![req(4, P::Try, "1"), req(2, P::Confirm, "20")]))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    let many = (1..=257).map(|g| req(1000 + g, P::Cancel, "1")).collect();
+    let s = svc.handle_batch(batch(many)).await.unwrap_err();
+    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+    faults.arm(Op::Cancel, tcc::fault::Fault::Error, 1).unwrap();
+    let s = svc
+        .handle_batch(batch(vec![
+            req(2, P::Confirm, "20"),
+            req(5, P::Cancel, "5"),
+        ]))
+        .await
+        .unwrap_err();
+    assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
+    assert_eq!(barrier_rows(&db).await, 3 + 2, "three tries, two confirms");
+    assert_eq!(balances(&db).await, (1_000 - 696, 666, 30));
+
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    for line in [
+        r#"tcc_branch_calls_total{op="confirm",outcome="applied"} 2"#,
+        r#"tcc_branch_calls_total{op="confirm",outcome="invalid"} 2"#,
+        r#"tcc_branch_calls_total{op="confirm",outcome="error"} 1"#,
+    ] {
+        assert!(text.contains(line), "{line} in {text}");
+    }
 }

@@ -118,6 +118,34 @@ impl Api {
             .map(|r| r.into_inner())
     }
 
+    /// Second-phase calls of several branches in one `Branches` call, as the coordinator
+    /// batches them: `(gid, branch_id, op, payload)` each; one answer per item, in order.
+    pub async fn batch(
+        &self,
+        items: &[(u64, &str, Op, &[u8])],
+    ) -> Result<Vec<Result<BranchResponse, tonic::Status>>, tonic::Status> {
+        let branches = items
+            .iter()
+            .map(|(gid, branch_id, op, payload)| BranchRequest {
+                gid: *gid,
+                branch_id: (*branch_id).into(),
+                op: *op as i32,
+                payload: payload.to_vec(),
+            })
+            .collect();
+        let answer = self
+            .client
+            .clone()
+            .branches(proto::v1::BranchBatchRequest { branches })
+            .await?
+            .into_inner();
+        Ok(answer
+            .results
+            .into_iter()
+            .map(proto::v1::BranchResult::into_call)
+            .collect())
+    }
+
     /// Like [`ParticipantProcess::call`], retrying transport errors (the process may be down
     /// or restarting) until an answer comes or `patience` runs out.
     pub async fn call_until_answered(

@@ -126,6 +126,15 @@ impl State {
 
 #[tonic::async_trait]
 impl Participant for Service {
+    async fn branches(
+        &self,
+        _request: tonic::Request<proto::v1::BranchBatchRequest>,
+    ) -> Result<tonic::Response<proto::v1::BranchBatchResponse>, tonic::Status> {
+        // One call at a time, as a participant that predates batches: the coordinator then
+        // sends each branch through `branch`.
+        Err(tonic::Status::unimplemented("no batches here"))
+    }
+
     async fn branch(
         &self,
         request: tonic::Request<BranchRequest>,
