@@ -11,6 +11,8 @@ use std::time::Duration;
 
 type Labels2 = [(&'static str, &'static str); 2];
 type Labels1 = [(&'static str, &'static str); 1];
+/// A participant's configured name (or `other`): bounded by the configuration.
+type ParticipantLabel = [(&'static str, String); 1];
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorMetrics {
@@ -19,7 +21,7 @@ pub struct CoordinatorMetrics {
     calls: Family<Labels2, Histogram, fn() -> Histogram>,
     retries: Counter,
     lag: Gauge,
-    batches: Family<[(&'static str, String); 1], Histogram, fn() -> Histogram>,
+    batches: Family<ParticipantLabel, Histogram, fn() -> Histogram>,
 }
 
 fn mode(m: Mode) -> &'static str {

@@ -262,6 +262,10 @@ const OUTSTANDING_PER_SLOT: usize = 8;
 /// The most branches one batch carries (the participant's limit).
 const MAX_BATCH: usize = tcc::grpc::MAX_BATCH;
 
+/// A batch stops growing past this many payload bytes: well under the 4 MiB a gRPC message
+/// may have (a payload is at most 64 KiB).
+const MAX_BATCH_BYTES: usize = 1024 * 1024;
+
 /// A second-phase call waiting for its turn.
 struct Queued {
     client: Client,
@@ -304,10 +308,14 @@ impl Batcher {
                 ) else {
                     break;
                 };
+                let mut bytes = first.request.payload.len();
                 let mut batch = vec![first];
-                while batch.len() < MAX_BATCH {
+                while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
                     match rx.try_recv() {
-                        Ok(q) => batch.push(q),
+                        Ok(q) => {
+                            bytes += q.request.payload.len();
+                            batch.push(q);
+                        }
                         Err(_) => break,
                     }
                 }

@@ -230,8 +230,9 @@ pub enum BatchStopped {
     Store(#[from] StoreError),
 }
 
-/// Runs second-phase ops of several branches in **one** local transaction: steps 1 to 3 for
-/// each item in turn, as [`call`] would, and one commit for all. One commit instead of one per
+/// Runs second-phase ops of several branches in **one** local transaction: steps 1 and 2 for
+/// every item, then the handler's [`Handler::lock_batch`] for those that run, then step 3 for
+/// each, and one commit for all; each item's verdict is the one [`call`] would give. One commit instead of one per
 /// branch is the point: under load, many transactions confirm at the same participant in the
 /// same millisecond.
 ///
@@ -257,37 +258,42 @@ pub async fn call_batch<H: Handler>(
     });
     let mut verdicts = vec![Verdict::Duplicate; items.len()];
     let mut tx = db.begin().await?;
-    let payloads: Vec<&H::Payload> = items.iter().map(|i| i.payload).collect();
+    // Steps 1 and 2 for every item first: barrier rows before business rows, as a lone call
+    // takes them, so a lone call and a batch never wait on each other in a cycle.
+    let mut passes = Vec::with_capacity(items.len());
+    for &i in &order {
+        let Item { branch, op, .. } = items[i];
+        match pass(&mut tx, branch, op).await? {
+            Pass::Closed(verdict) => verdicts[i] = verdict,
+            Pass::Wrote(_) => return Err(BatchStopped::RolledBack(i)),
+            Pass::Open => passes.push((i, Verdict::Applied)),
+            Pass::NullCompensation => passes.push((i, Verdict::NullCompensation)),
+        }
+    }
+    // Then the business rows of the items that run, all at once in one order.
+    let payloads: Vec<&H::Payload> = passes.iter().map(|(i, _)| items[*i].payload).collect();
     match handler.lock_batch(&mut tx, &payloads).await {
         Ok(()) => {}
         Err(OpError::Store(e)) => return Err(e.into()),
-        Err(OpError::Rejected(_)) => return Err(BatchStopped::Rejected(0)),
+        Err(OpError::Rejected(_)) => return Err(BatchStopped::Rejected(passes[0].0)),
     }
-    for i in order {
+    // Step 3 for each.
+    for (i, verdict) in passes {
         let Item {
             branch,
             op,
             payload,
         } = items[i];
-        let (result, applied) = match pass(&mut tx, branch, op).await? {
-            Pass::Closed(verdict) => {
-                verdicts[i] = verdict;
-                continue;
-            }
-            Pass::Wrote(_) => return Err(BatchStopped::RolledBack(i)),
-            Pass::Open => (
-                handler.apply(&mut tx, branch, op, payload).await,
-                Verdict::Applied,
-            ),
-            Pass::NullCompensation => (
+        let result = match verdict {
+            Verdict::NullCompensation => {
                 handler
                     .null_compensation(&mut tx, branch, op, payload)
-                    .await,
-                Verdict::NullCompensation,
-            ),
+                    .await
+            }
+            _ => handler.apply(&mut tx, branch, op, payload).await,
         };
         match result {
-            Ok(()) => verdicts[i] = applied,
+            Ok(()) => verdicts[i] = verdict,
             // Dropping the transaction rolls every item back.
             Err(OpError::Rejected(_)) => return Err(BatchStopped::Rejected(i)),
             Err(OpError::Store(e)) => return Err(e.into()),
@@ -308,10 +314,17 @@ pub async fn lock_in_id_order(
     if conn.backend_name() != "PostgreSQL" {
         return Ok(());
     }
-    let ids: std::collections::BTreeSet<&str> = ids.into_iter().collect();
-    if ids.is_empty() {
+    let mut ids: Vec<&str> = ids
+        .into_iter()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let Some(&last) = ids.last() else {
         return Ok(());
-    }
+    };
+    // As many placeholders as the next power of two (the last id repeated): a handful of
+    // statement texts, which each connection prepares once, instead of one per batch size.
+    ids.resize(ids.len().next_power_of_two(), last);
     let marks: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
     // Locks are taken as the sorted rows come out; "C" sorts by bytes, as Rust's `str` does.
     let sql = format!(
