@@ -7,8 +7,9 @@
 //! that failed, say) is written back with a backoff delay and the claim released; the recovery
 //! loop picks it up when it is due, on this instance or another.
 //!
-//! Commits per happy TCC transaction: 3 (record, decision, outcome); the attempts of each phase
-//! are written with the checkpoint that ends it.
+//! Commits per happy TCC transaction: 3 (record, decision, outcome), the last two shared with
+//! other transactions' checkpoints under load (group commit, see [`Committer`]); the attempts
+//! of each phase are written with the checkpoint that ends it.
 //!
 //! One drive per transaction: a drive holds a claim (owner, epoch) that every write checks, and
 //! renews it before sending calls that could outlive it; this process never claims a
@@ -114,6 +115,10 @@ pub struct EngineConfig {
     /// Second-phase calls (Confirm, Cancel, Compensate) or batches of them in flight to one
     /// participant at once; what is ready while they are goes in one batch. 0: no batching.
     pub second_phase_in_flight: usize,
+    /// Checkpoints (or groups of them) being written at once; the checkpoints of other
+    /// transactions that are ready meanwhile are written together, in one local transaction
+    /// (group commit). 0: each in a transaction of its own, at once.
+    pub checkpoints_in_flight: usize,
 }
 
 impl Default for EngineConfig {
@@ -135,6 +140,7 @@ impl Default for EngineConfig {
             participants: participants::Known::default(),
             participants_tls: None,
             second_phase_in_flight: 1,
+            checkpoints_in_flight: 1,
         }
     }
 }
@@ -188,6 +194,8 @@ pub struct Engine {
     keys: moka::future::Cache<String, (Gid, String)>,
     metrics: CoordinatorMetrics,
     failpoints: Arc<host::Failpoints<Crash>>,
+    /// Where checkpoints queue for a group commit (`None`: each written alone).
+    committer: Option<Committer>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -231,6 +239,8 @@ impl Engine {
             config.participants.clone(),
             config.second_phase_in_flight,
         ));
+        let committer = (config.checkpoints_in_flight > 0)
+            .then(|| Committer::start(db.clone(), config.checkpoints_in_flight));
         Ok(Arc::new(Engine {
             db,
             ids,
@@ -244,6 +254,7 @@ impl Engine {
                 .max_capacity(100_000)
                 .time_to_live(Duration::from_secs(600))
                 .build(),
+            committer,
             metrics,
             failpoints,
         }))
@@ -724,21 +735,40 @@ impl Run<'_> {
 
     async fn checkpoint(&mut self, release_until: Option<i64>) -> Result<bool, StoreError> {
         let attempts = std::mem::take(&mut self.attempts);
-        let written = log::checkpoint(
-            &self.engine.db,
-            Checkpoint {
-                gid: self.stored.gid,
-                owner: &self.engine.owner,
-                epoch: self.stored.epoch,
-                from: self.durable,
-                txn: &self.stored.txn,
-                branches: &self.stored.branches,
-                new_attempts: &attempts,
-                release_until,
-                lease_ms: self.engine.lease_ms(),
-            },
-        )
-        .await?;
+        let written = match &self.engine.committer {
+            Some(committer) => {
+                committer
+                    .write(Pending {
+                        gid: self.stored.gid,
+                        owner: self.engine.owner.clone(),
+                        epoch: self.stored.epoch,
+                        from: self.durable,
+                        txn: self.stored.txn.clone(),
+                        branches: self.stored.branches.clone(),
+                        new_attempts: attempts,
+                        release_until,
+                        lease_ms: self.engine.lease_ms(),
+                    })
+                    .await?
+            }
+            None => {
+                log::checkpoint(
+                    &self.engine.db,
+                    Checkpoint {
+                        gid: self.stored.gid,
+                        owner: &self.engine.owner,
+                        epoch: self.stored.epoch,
+                        from: self.durable,
+                        txn: &self.stored.txn,
+                        branches: &self.stored.branches,
+                        new_attempts: &attempts,
+                        release_until,
+                        lease_ms: self.engine.lease_ms(),
+                    },
+                )
+                .await?
+            }
+        };
         match written {
             Some(lease_until) => {
                 self.durable = self.stored.txn.status;
@@ -775,6 +805,115 @@ impl Run<'_> {
         self.checkpoint(Some(store::now_ms() + delay.as_millis() as i64))
             .await?;
         Ok(())
+    }
+}
+
+/// A checkpoint waiting for its group commit: what [`Checkpoint`] borrows, owned.
+struct Pending {
+    gid: Gid,
+    owner: String,
+    epoch: i64,
+    from: Status,
+    txn: Txn,
+    branches: Vec<log::StoredBranch>,
+    new_attempts: Vec<Attempt>,
+    release_until: Option<i64>,
+    lease_ms: i64,
+}
+
+impl Pending {
+    fn checkpoint(&self) -> Checkpoint<'_> {
+        Checkpoint {
+            gid: self.gid,
+            owner: &self.owner,
+            epoch: self.epoch,
+            from: self.from,
+            txn: &self.txn,
+            branches: &self.branches,
+            new_attempts: &self.new_attempts,
+            release_until: self.release_until,
+            lease_ms: self.lease_ms,
+        }
+    }
+}
+
+type Written = Result<Option<i64>, StoreError>;
+
+/// Group commit of checkpoints: up to `in_flight` local transactions write checkpoints at
+/// once, and the checkpoints of other transactions that are ready meanwhile go together in the
+/// next one ([`log::checkpoint_group`]). Nothing waits for a group to fill: a lone checkpoint
+/// is written at once. A group the database fails is written again one checkpoint at a time,
+/// so each drive learns its own outcome.
+#[derive(Clone)]
+struct Committer {
+    queue: tokio::sync::mpsc::UnboundedSender<(Pending, tokio::sync::oneshot::Sender<Written>)>,
+}
+
+impl Committer {
+    fn start(db: Db, in_flight: usize) -> Committer {
+        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+            Pending,
+            tokio::sync::oneshot::Sender<Written>,
+        )>();
+        let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let Ok(slot) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let mut group = vec![first];
+                while group.len() < log::MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(p) => group.push(p),
+                        Err(_) => break,
+                    }
+                }
+                let db = db.clone();
+                tokio::spawn(async move {
+                    commit(&db, group).await;
+                    drop(slot);
+                });
+            }
+        });
+        Committer { queue }
+    }
+
+    async fn write(&self, pending: Pending) -> Written {
+        let (reply, written) = tokio::sync::oneshot::channel();
+        if self.queue.send((pending, reply)).is_err() {
+            return Err(StoreError::Unavailable(
+                "the coordinator is stopping".into(),
+            ));
+        }
+        written
+            .await
+            .unwrap_or_else(|_| Err(StoreError::Unavailable("the checkpoint was dropped".into())))
+    }
+}
+
+/// Writes one group, answering each member.
+async fn commit(db: &Db, group: Vec<(Pending, tokio::sync::oneshot::Sender<Written>)>) {
+    let checkpoints: Vec<Checkpoint<'_>> = group.iter().map(|(p, _)| p.checkpoint()).collect();
+    match log::checkpoint_group(db, &checkpoints).await {
+        Ok(written) => {
+            drop(checkpoints);
+            for ((_, reply), w) in group.into_iter().zip(written) {
+                let _ = reply.send(Ok(w));
+            }
+        }
+        Err(e) if group.len() > 1 => {
+            tracing::info!(checkpoints = group.len(), error = %e, "group commit failed; each alone");
+            drop(checkpoints);
+            for (p, reply) in group {
+                let _ = reply.send(log::checkpoint(db, p.checkpoint()).await);
+            }
+        }
+        Err(e) => {
+            drop(checkpoints);
+            if let Some((_, reply)) = group.into_iter().next() {
+                let _ = reply.send(Err(e));
+            }
+        }
     }
 }
 

@@ -81,6 +81,16 @@ pub struct Config {
     /// transaction there. 0: every call on its own.
     #[serde(default = "default_second_phase_in_flight")]
     pub second_phase_in_flight: usize,
+    /// Checkpoints, or groups of them, written to the log at once
+    /// (`COORDINATOR_CHECKPOINTS_IN_FLIGHT`, default 1): the checkpoints of other transactions
+    /// ready meanwhile are written together, one local transaction for all (group commit). 0:
+    /// each in its own transaction.
+    #[serde(default = "default_checkpoints_in_flight")]
+    pub checkpoints_in_flight: usize,
+}
+
+fn default_checkpoints_in_flight() -> usize {
+    engine::EngineConfig::default().checkpoints_in_flight
 }
 
 fn default_second_phase_in_flight() -> usize {
@@ -110,6 +120,7 @@ impl Default for Config {
             trace_link: None,
             participant_admin: Default::default(),
             second_phase_in_flight: default_second_phase_in_flight(),
+            checkpoints_in_flight: default_checkpoints_in_flight(),
         }
     }
 }
@@ -139,6 +150,7 @@ impl Config {
             recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
             node_lease: Duration::from_millis(self.node_lease_ms.max(300)),
             second_phase_in_flight: self.second_phase_in_flight,
+            checkpoints_in_flight: self.checkpoints_in_flight,
             backoff: retry::Backoff::forever(
                 Duration::from_millis(self.retry_initial_ms.max(1)),
                 Duration::from_millis(self.retry_max_ms.max(1)),

@@ -485,79 +485,116 @@ pub struct Checkpoint<'a> {
 /// the claim now holds (0 when released), or `None` when the transaction was claimed again (by
 /// another instance or this one) or changed under it.
 pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<Option<i64>, StoreError> {
+    let written = checkpoint_group(db, std::slice::from_ref(&c)).await?;
+    Ok(written.into_iter().next().flatten())
+}
+
+/// The most checkpoints one group commit carries.
+pub const MAX_GROUP: usize = 64;
+
+/// [`checkpoint`] for several transactions in **one** local transaction (group commit): each
+/// member's fenced status write first, in gid order; then the branches and attempts of the
+/// members whose fence held, in one statement each. A member whose claim or status moved
+/// writes nothing at all (`None`), as alone; the others are not held back by it. A database
+/// error fails the whole group, none of it written: the caller may write each alone.
+pub async fn checkpoint_group(
+    db: &Db,
+    group: &[Checkpoint<'_>],
+) -> Result<Vec<Option<i64>>, StoreError> {
+    let mut order: Vec<usize> = (0..group.len()).collect();
+    order.sort_by_key(|&i| group[i].gid);
+    let mut written = vec![None; group.len()];
     let mut tx = db.begin().await?;
     // After the writer queue: the lease counts from when this write can commit.
     let now = store::now_ms();
-    let (owner, lease_until, next_attempt_at, round) = match c.release_until {
-        Some(at) => (None, 0, at, 1),
-        None => (Some(c.owner), now + c.lease_ms, now, 0),
-    };
-    let updated = sqlx::query(
-        "UPDATE global_txns SET status = $1, reason = $2, updated_at = $3, owner = $4, lease_until = $5, \
-         next_attempt_at = $6, attempts = attempts + $7 WHERE gid = $8 AND owner = $9 AND epoch = $10 AND status = $11",
-    )
-    .bind(c.txn.status.as_str())
-    .bind(c.txn.reason.as_ref().map(encode_reason))
-    .bind(now)
-    .bind(owner)
-    .bind(lease_until)
-    .bind(next_attempt_at)
-    .bind(round)
-    .bind(c.gid.as_i64())
-    .bind(c.owner)
-    .bind(c.epoch)
-    .bind(c.from.as_str())
-    .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    if updated == 0 {
+    for &i in &order {
+        let c = &group[i];
+        let (owner, lease_until, next_attempt_at, round) = match c.release_until {
+            Some(at) => (None, 0, at, 1),
+            None => (Some(c.owner), now + c.lease_ms, now, 0),
+        };
+        let updated = sqlx::query(
+            "UPDATE global_txns SET status = $1, reason = $2, updated_at = $3, owner = $4, lease_until = $5, \
+             next_attempt_at = $6, attempts = attempts + $7 WHERE gid = $8 AND owner = $9 AND epoch = $10 AND status = $11",
+        )
+        .bind(c.txn.status.as_str())
+        .bind(c.txn.reason.as_ref().map(encode_reason))
+        .bind(now)
+        .bind(owner)
+        .bind(lease_until)
+        .bind(next_attempt_at)
+        .bind(round)
+        .bind(c.gid.as_i64())
+        .bind(c.owner)
+        .bind(c.epoch)
+        .bind(c.from.as_str())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 1 {
+            written[i] = Some(lease_until);
+        }
+    }
+    let held: Vec<&Checkpoint<'_>> = order
+        .iter()
+        .filter(|&&i| written[i].is_some())
+        .map(|&i| &group[i])
+        .collect();
+    if held.is_empty() {
         tx.rollback().await?;
-        return Ok(None);
+        return Ok(written);
     }
     // All branches in one UPDATE … FROM (VALUES …) (PostgreSQL, SQLite ≥ 3.33; VALUES columns
     // are column1… in both), and all new attempts in one INSERT.
-    if !c.branches.is_empty() {
+    let branches: usize = held.iter().map(|c| c.branches.len()).sum();
+    if branches > 0 {
         let sql = format!(
-            "UPDATE branches SET phase1 = v.column2, phase2 = v.column3, attempts = v.column4, last_error = v.column5 \
-             FROM (VALUES {}) AS v WHERE branches.gid = $1 AND branches.idx = v.column1",
-            rows_from(2, c.branches.len(), 5, |p| format!(
-                "({}, {}, {}, {}, {})",
-                p[0], p[1], p[2], p[3], p[4]
+            "UPDATE branches SET phase1 = v.column3, phase2 = v.column4, attempts = v.column5, last_error = v.column6 \
+             FROM (VALUES {}) AS v WHERE branches.gid = v.column1 AND branches.idx = v.column2",
+            rows(branches, 6, |p| format!(
+                "({}, {}, {}, {}, {}, {})",
+                p[0], p[1], p[2], p[3], p[4], p[5]
             ))
         );
-        let mut update = sqlx::query(&sql).bind(c.gid.as_i64());
-        for (idx, (state, b)) in c.txn.branches.iter().zip(c.branches).enumerate() {
-            update = update
-                .bind(idx as i64)
-                .bind(state.first.as_str())
-                .bind(state.second.as_str())
-                .bind(b.attempts)
-                .bind(b.last_error.clone());
+        let mut update = sqlx::query(&sql);
+        for c in &held {
+            for (idx, (state, b)) in c.txn.branches.iter().zip(c.branches).enumerate() {
+                update = update
+                    .bind(c.gid.as_i64())
+                    .bind(idx as i64)
+                    .bind(state.first.as_str())
+                    .bind(state.second.as_str())
+                    .bind(b.attempts)
+                    .bind(b.last_error.clone());
+            }
         }
         update.execute(&mut *tx).await?;
     }
-    if !c.new_attempts.is_empty() {
+    let attempts: usize = held.iter().map(|c| c.new_attempts.len()).sum();
+    if attempts > 0 {
         let sql = format!(
             "INSERT INTO attempts (id, gid, idx, op, started_at, duration_us, outcome, error, owner) VALUES {}",
-            rows(c.new_attempts.len(), 9, |p| format!("({})", p.join(", ")))
+            rows(attempts, 9, |p| format!("({})", p.join(", ")))
         );
         let mut insert = sqlx::query(&sql);
-        for a in c.new_attempts {
-            insert = insert
-                .bind(store::random_id())
-                .bind(c.gid.as_i64())
-                .bind(a.idx)
-                .bind(a.op.as_str())
-                .bind(a.started_at)
-                .bind(a.duration_us)
-                .bind(a.outcome.as_str())
-                .bind(a.error.clone())
-                .bind(&a.owner);
+        for c in &held {
+            for a in c.new_attempts {
+                insert = insert
+                    .bind(store::random_id())
+                    .bind(c.gid.as_i64())
+                    .bind(a.idx)
+                    .bind(a.op.as_str())
+                    .bind(a.started_at)
+                    .bind(a.duration_us)
+                    .bind(a.outcome.as_str())
+                    .bind(a.error.clone())
+                    .bind(&a.owner);
+            }
         }
         insert.execute(&mut *tx).await?;
     }
     tx.commit().await?;
-    Ok(Some(lease_until))
+    Ok(written)
 }
 
 /// A won claim: the transaction and the claim's fencing token.

@@ -19,10 +19,16 @@ const OWNER: &str = "7:aaaa";
 async fn log_with_one_transaction(db: &TestDb, lease_ms: i64) -> (Db, log::Stored) {
     let db = Db::connect(&DbConfig::new(db.url())).await.unwrap();
     db.migrate(&coordinator::MIGRATOR).await.unwrap();
+    let stored = record(&db, gid(), lease_ms).await;
+    (db, stored)
+}
+
+/// Records transaction `gid` (one branch), claimed by [`OWNER`] for `lease_ms`.
+async fn record(db: &Db, gid: ids::Gid, lease_ms: i64) -> log::Stored {
     let new = NewTxn {
-        gid: gid(),
+        gid,
         mode: Mode::Tcc,
-        idempotency_key: Some("fence".into()),
+        idempotency_key: Some(format!("fence-{gid}")),
         request_hash: "h".into(),
         concurrent: false,
         branch_timeout_ms: 10,
@@ -36,8 +42,8 @@ async fn log_with_one_transaction(db: &TestDb, lease_ms: i64) -> (Db, log::Store
         }],
         trace_id: None,
     };
-    let lease_until = log::insert(&db, &new, OWNER, lease_ms).await.unwrap();
-    (db, log::Stored::recorded(&new, OWNER, lease_until))
+    let lease_until = log::insert(db, &new, OWNER, lease_ms).await.unwrap();
+    log::Stored::recorded(&new, OWNER, lease_until)
 }
 
 fn decided(stored: &log::Stored, status: Status) -> Txn {
@@ -221,6 +227,91 @@ async fn a_transaction_read_while_it_is_written_shows_every_attempt_its_state_co
     assert!(reads > 10, "only {reads} reads overlapped the writes");
 }
 
+/// Group commit: three transactions' checkpoints in one local transaction, the middle one's
+/// fence broken (the status it read is no longer stored). That one writes nothing, neither
+/// its status, nor its branch, nor its attempt; the two others write all of theirs.
+async fn a_group_commit_writes_every_member_whose_fence_holds_and_nothing_of_one_whose_fence_broke(
+    db: TestDb,
+) {
+    let (db, _) = log_with_one_transaction(&db, 60_000).await;
+    let gids: Vec<ids::Gid> = [101, 102, 103]
+        .iter()
+        .map(|g| ids::Gid::from_u64(*g).unwrap())
+        .collect();
+    let mut stored = Vec::new();
+    for gid in &gids {
+        let mut s = record(&db, *gid, 60_000).await;
+        s.branches[0].attempts = 1;
+        s.branches[0].last_error = Some(format!("error of {gid}"));
+        stored.push(s);
+    }
+    let attempt = |n: u64| log::Attempt {
+        idx: 0,
+        op: coordinator::machine::Op::Try,
+        started_at: store::now_ms(),
+        duration_us: 1,
+        outcome: log::Outcome::Error,
+        error: Some(format!("attempt of {n}")),
+        owner: OWNER.into(),
+    };
+    let txns = [
+        decided(&stored[0], Status::Cancelling),
+        decided(&stored[1], Status::Cancelling),
+        decided(&stored[2], Status::Confirming),
+    ];
+    let attempts = [[attempt(101)], [attempt(102)], [attempt(103)]];
+    // Listed out of gid order: the group writes in gid order, and answers in the list's.
+    let members = [2, 1, 0].map(|i| Checkpoint {
+        gid: gids[i],
+        owner: OWNER,
+        epoch: stored[i].epoch,
+        // 102 read Confirming, which it never was.
+        from: if i == 1 {
+            Status::Confirming
+        } else {
+            Status::Prepared
+        },
+        txn: &txns[i],
+        branches: &stored[i].branches,
+        new_attempts: &attempts[i],
+        release_until: None,
+        lease_ms: 60_000,
+    });
+    let written = log::checkpoint_group(&db, &members).await.unwrap();
+    assert!(
+        written[0].is_some() && written[1].is_none() && written[2].is_some(),
+        "{written:?}"
+    );
+    for (i, want) in [
+        (0, Status::Cancelling),
+        (1, Status::Prepared),
+        (2, Status::Confirming),
+    ] {
+        let gid = gids[i];
+        assert_eq!(
+            log::status_of(&db, gid).await.unwrap().unwrap().0,
+            want,
+            "{gid}"
+        );
+        let now = log::load(&db, gid).await.unwrap().unwrap();
+        let fenced = i == 1;
+        assert_eq!(
+            now.branches[0].attempts,
+            if fenced { 0 } else { 1 },
+            "{gid}"
+        );
+        assert_eq!(now.branches[0].last_error.is_some(), !fenced, "{gid}");
+        let (page, _, _) = coordinator::view::transaction_page(&db, gid, None, 1000)
+            .await
+            .unwrap();
+        assert_eq!(
+            page.branches[0].timeline.len(),
+            if fenced { 0 } else { 1 },
+            "{gid}"
+        );
+    }
+}
+
 /// The console's reads of the log: a call made now for a transaction created long ago is in
 /// the live latency; a transaction whose gid was made a moment before its row was written is
 /// in a listing from its `created_at` on; a search finds it by the id after its key's `:`.
@@ -338,6 +429,7 @@ async fn the_console_s_listing_and_live_numbers_find_what_the_time_bounds_name(d
 }
 
 both_backends!(
+    a_group_commit_writes_every_member_whose_fence_holds_and_nothing_of_one_whose_fence_broke,
     the_console_s_listing_and_live_numbers_find_what_the_time_bounds_name,
     a_transaction_read_while_it_is_written_shows_every_attempt_its_state_counts,
     a_lapsed_claim_cannot_write_after_the_same_instance_claimed_again,
