@@ -744,7 +744,19 @@ impl Run<'_> {
                         epoch: self.stored.epoch,
                         from: self.durable,
                         txn: self.stored.txn.clone(),
-                        branches: self.stored.branches.clone(),
+                        // What the log writes of them: not their payloads.
+                        branches: self
+                            .stored
+                            .branches
+                            .iter()
+                            .map(|b| log::StoredBranch {
+                                branch_id: String::new(),
+                                participant: String::new(),
+                                payload: Vec::new(),
+                                attempts: b.attempts,
+                                last_error: b.last_error.clone(),
+                            })
+                            .collect(),
                         new_attempts: attempts,
                         release_until,
                         lease_ms: self.engine.lease_ms(),
@@ -892,26 +904,33 @@ impl Committer {
 }
 
 /// Writes one group, answering each member.
+///
+/// A group that lost a race (a conflict: rolled back, nothing written) is written again one
+/// checkpoint at a time, at once. Any other failure is every member's: a database that does
+/// not answer would fail each of them again, and a commit that may have happened must not be
+/// written a second time (a renewal would record its attempts twice). Each drive then stops,
+/// and recovery takes its transaction up again.
 async fn commit(db: &Db, group: Vec<(Pending, tokio::sync::oneshot::Sender<Written>)>) {
     let checkpoints: Vec<Checkpoint<'_>> = group.iter().map(|(p, _)| p.checkpoint()).collect();
-    match log::checkpoint_group(db, &checkpoints).await {
+    let result = log::checkpoint_group(db, &checkpoints).await;
+    drop(checkpoints);
+    match result {
         Ok(written) => {
-            drop(checkpoints);
             for ((_, reply), w) in group.into_iter().zip(written) {
                 let _ = reply.send(Ok(w));
             }
         }
-        Err(e) if group.len() > 1 => {
-            tracing::info!(checkpoints = group.len(), error = %e, "group commit failed; each alone");
-            drop(checkpoints);
-            for (p, reply) in group {
+        Err(log::GroupFailed::RolledBack(StoreError::Conflict(e))) if group.len() > 1 => {
+            tracing::info!(checkpoints = group.len(), error = %e, "group commit conflicted; each alone");
+            futures::future::join_all(group.into_iter().map(|(p, reply)| async move {
                 let _ = reply.send(log::checkpoint(db, p.checkpoint()).await);
-            }
+            }))
+            .await;
         }
         Err(e) => {
-            drop(checkpoints);
-            if let Some((_, reply)) = group.into_iter().next() {
-                let _ = reply.send(Err(e));
+            let why = e.to_string();
+            for (_, reply) in group {
+                let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
             }
         }
     }

@@ -485,8 +485,22 @@ pub struct Checkpoint<'a> {
 /// the claim now holds (0 when released), or `None` when the transaction was claimed again (by
 /// another instance or this one) or changed under it.
 pub async fn checkpoint(db: &Db, c: Checkpoint<'_>) -> Result<Option<i64>, StoreError> {
-    let written = checkpoint_group(db, std::slice::from_ref(&c)).await?;
-    Ok(written.into_iter().next().flatten())
+    match checkpoint_group(db, std::slice::from_ref(&c)).await {
+        Ok(written) => Ok(written.into_iter().next().flatten()),
+        Err(GroupFailed::RolledBack(e) | GroupFailed::Unknown(e)) => Err(e),
+    }
+}
+
+/// Why a group commit wrote nothing, or may have.
+#[derive(Debug, thiserror::Error)]
+pub enum GroupFailed {
+    /// A statement failed: the transaction rolled back, nothing of the group was written.
+    #[error(transparent)]
+    RolledBack(StoreError),
+    /// The commit itself failed (a connection lost during COMMIT): the group may or may not be
+    /// written.
+    #[error("the group's commit may not have happened: {0}")]
+    Unknown(StoreError),
 }
 
 /// The most checkpoints one group commit carries.
@@ -500,7 +514,24 @@ pub const MAX_GROUP: usize = 64;
 pub async fn checkpoint_group(
     db: &Db,
     group: &[Checkpoint<'_>],
-) -> Result<Vec<Option<i64>>, StoreError> {
+) -> Result<Vec<Option<i64>>, GroupFailed> {
+    let (tx, written) = write_group(db, group)
+        .await
+        .map_err(GroupFailed::RolledBack)?;
+    if let Some(tx) = tx {
+        tx.commit()
+            .await
+            .map_err(|e| GroupFailed::Unknown(e.into()))?;
+    }
+    Ok(written)
+}
+
+/// The statements of [`checkpoint_group`], uncommitted (`None`: nothing to commit, rolled
+/// back).
+async fn write_group(
+    db: &Db,
+    group: &[Checkpoint<'_>],
+) -> Result<(Option<store::WriteTx>, Vec<Option<i64>>), StoreError> {
     let mut order: Vec<usize> = (0..group.len()).collect();
     order.sort_by_key(|&i| group[i].gid);
     let mut written = vec![None; group.len()];
@@ -542,7 +573,7 @@ pub async fn checkpoint_group(
         .collect();
     if held.is_empty() {
         tx.rollback().await?;
-        return Ok(written);
+        return Ok((None, written));
     }
     // All branches in one UPDATE … FROM (VALUES …) (PostgreSQL, SQLite ≥ 3.33; VALUES columns
     // are column1… in both), and all new attempts in one INSERT.
@@ -593,8 +624,7 @@ pub async fn checkpoint_group(
         }
         insert.execute(&mut *tx).await?;
     }
-    tx.commit().await?;
-    Ok(written)
+    Ok((Some(tx), written))
 }
 
 /// A won claim: the transaction and the claim's fencing token.

@@ -260,8 +260,9 @@ async fn a_group_commit_writes_every_member_whose_fence_holds_and_nothing_of_one
         decided(&stored[2], Status::Confirming),
     ];
     let attempts = [[attempt(101)], [attempt(102)], [attempt(103)]];
-    // Listed out of gid order: the group writes in gid order, and answers in the list's.
-    let members = [2, 1, 0].map(|i| Checkpoint {
+    // Listed out of gid order, the fenced one first: the group writes in gid order, and
+    // answers in the list's.
+    let members = [1, 2, 0].map(|i| Checkpoint {
         gid: gids[i],
         owner: OWNER,
         epoch: stored[i].epoch,
@@ -279,7 +280,7 @@ async fn a_group_commit_writes_every_member_whose_fence_holds_and_nothing_of_one
     });
     let written = log::checkpoint_group(&db, &members).await.unwrap();
     assert!(
-        written[0].is_some() && written[1].is_none() && written[2].is_some(),
+        written[0].is_none() && written[1].is_some() && written[2].is_some(),
         "{written:?}"
     );
     for (i, want) in [

@@ -126,13 +126,43 @@ impl State {
 
 #[tonic::async_trait]
 impl Participant for Service {
+    /// A batch whose ops have no script (every call succeeds) goes through the barrier item by
+    /// item, each recorded as a call; one with a scripted op is refused as a participant with
+    /// faults armed refuses it, so each of its calls plays its script through `branch`.
     async fn branches(
         &self,
-        _request: tonic::Request<proto::v1::BranchBatchRequest>,
+        request: tonic::Request<proto::v1::BranchBatchRequest>,
     ) -> Result<tonic::Response<proto::v1::BranchBatchResponse>, tonic::Status> {
-        // One call at a time, as a participant that predates batches: the coordinator then
-        // sends each branch through `branch`.
-        Err(tonic::Status::unimplemented("no batches here"))
+        let req = request.into_inner();
+        let mut s = self.state.lock().unwrap();
+        if req
+            .branches
+            .iter()
+            .any(|b| s.script.get(&b.op()).is_some_and(|q| !q.is_empty()))
+        {
+            return Err(tonic::Status::failed_precondition(
+                "scripted ops: send each on its own",
+            ));
+        }
+        let mut results = Vec::with_capacity(req.branches.len());
+        for b in &req.branches {
+            let op = b.op();
+            let effect = s.barrier(b.gid, &b.branch_id, op);
+            s.calls.push(Call {
+                gid: b.gid,
+                branch_id: b.branch_id.clone(),
+                op,
+                at: Instant::now(),
+                effect: Some(effect),
+            });
+            results.push(proto::v1::BranchResult::from_call(Ok(match effect {
+                Effect::Hanging => BranchResponse::failure("cancelled", "arrived after its undo"),
+                _ => BranchResponse::success(),
+            })));
+        }
+        Ok(tonic::Response::new(proto::v1::BranchBatchResponse {
+            results,
+        }))
     }
 
     async fn branch(
