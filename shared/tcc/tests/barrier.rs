@@ -265,21 +265,17 @@ async fn a_batch_settles_each_branch_once_with_the_verdict_a_call_would_give(db:
         );
     }
     assert_eq!(call(&db, 5, Op::Action, 50).await, Verdict::Applied);
-    let verdicts = batch(
-        &db,
-        &[
-            (3, Op::Confirm, 30),
-            (1, Op::Confirm, 10),
-            (2, Op::Cancel, 20),
-            // Sent twice in one batch: the second finds the first's row.
-            (1, Op::Confirm, 10),
-            // A Cancel whose Try never ran, and a Compensate.
-            (9, Op::Cancel, 90),
-            (5, Op::Compensate, 50),
-        ],
-    )
-    .await
-    .unwrap();
+    let items = [
+        (3, Op::Confirm, 30),
+        (1, Op::Confirm, 10),
+        (2, Op::Cancel, 20),
+        // Sent twice in one batch: the second finds the first's row.
+        (1, Op::Confirm, 10),
+        // A Cancel whose Try never ran, and a Compensate.
+        (9, Op::Cancel, 90),
+        (5, Op::Compensate, 50),
+    ];
+    let verdicts = batch(&db, &items).await.unwrap();
     assert_eq!(
         verdicts,
         [
@@ -294,18 +290,7 @@ async fn a_batch_settles_each_branch_once_with_the_verdict_a_call_would_give(db:
     // Try 4 (40) is still frozen; 10 and 30 are spent; 20 and 50 are back.
     assert_eq!(balances(&db).await, (1_000 - 80, 40, 40));
     // The same batch again: every item a duplicate, nothing moves.
-    let again = batch(
-        &db,
-        &[
-            (3, Op::Confirm, 30),
-            (1, Op::Confirm, 10),
-            (2, Op::Cancel, 20),
-            (9, Op::Cancel, 90),
-            (5, Op::Compensate, 50),
-        ],
-    )
-    .await
-    .unwrap();
+    let again = batch(&db, &items).await.unwrap();
     assert!(again.iter().all(|v| *v == Verdict::Duplicate), "{again:?}");
     assert_eq!(balances(&db).await, (1_000 - 80, 40, 40));
     // The marker the batch left makes the late Try hang, as a lone Cancel's would.
