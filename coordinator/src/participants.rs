@@ -1,6 +1,7 @@
 //! The participants as the coordinator reaches them: one reused gRPC channel per address, and
 //! one branch call with its own timeout, answered as a [`CallResult`] plus the [`Attempt`] the
-//! timeline records.
+//! timeline records. Second-phase calls to one participant are batched by what is ready (see
+//! [`Batcher`]): a call alone when nothing else is on its way there.
 
 use crate::log::{self, Attempt, Stored};
 use crate::machine::{CallResult, Op};

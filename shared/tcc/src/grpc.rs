@@ -8,6 +8,11 @@
 //! | Try after its Cancel (hanging) | FAILURE `cancelled` | — |
 //! | transient database trouble (after local retries) | UNAVAILABLE | UNAVAILABLE |
 //! | any other database error | INTERNAL | INTERNAL |
+//!
+//! `Branches` answers each item of a batch with exactly what `Branch` would have answered it
+//! (an error as the item's own status), and refuses the whole batch only when it is malformed
+//! (INVALID_ARGUMENT) or a fault is armed for one of its ops (FAILED_PRECONDITION: the caller
+//! sends each item through `Branch`, where the fault plays).
 
 use crate::barrier::{self, Verdict};
 use crate::{BranchRef, Handler, Op};
