@@ -8,7 +8,7 @@
 //! loop picks it up when it is due, on this instance or another.
 //!
 //! Commits per happy TCC transaction: 3 (record, decision, outcome), the last two shared with
-//! other transactions' checkpoints under load (group commit, see [`Committer`]); the attempts
+//! other transactions' checkpoints under load (group commit, see `Committer`); the attempts
 //! of each phase are written with the checkpoint that ends it.
 //!
 //! One drive per transaction: a drive holds a claim (owner, epoch) that every write checks, and

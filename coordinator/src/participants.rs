@@ -1,7 +1,7 @@
 //! The participants as the coordinator reaches them: one reused gRPC channel per address, and
 //! one branch call with its own timeout, answered as a [`CallResult`] plus the [`Attempt`] the
 //! timeline records. Second-phase calls to one participant are batched by what is ready (see
-//! [`Batcher`]): a call alone when nothing else is on its way there.
+//! `Batcher`): a call alone when nothing else is on its way there.
 
 use crate::log::{self, Attempt, Stored};
 use crate::machine::{CallResult, Op};
@@ -77,7 +77,7 @@ impl Known {
 const MAX_CHANNELS: usize = 1_024;
 
 /// One reused channel per participant address, over mutual TLS when the coordinator has
-/// certificates; second-phase calls batched per address (see [`Batcher`]).
+/// certificates; second-phase calls batched per address (see `Batcher`).
 #[derive(Debug, Default)]
 pub struct Clients {
     map: RwLock<HashMap<String, Client>>,
