@@ -905,11 +905,11 @@ impl Committer {
 
 /// Writes one group, answering each member.
 ///
-/// A group that lost a race (a conflict: rolled back, nothing written) is written again one
-/// checkpoint at a time, at once. Any other failure is every member's: a database that does
-/// not answer would fail each of them again, and a commit that may have happened must not be
-/// written a second time (a renewal would record its attempts twice). Each drive then stops,
-/// and recovery takes its transaction up again.
+/// A group whose statements failed (rolled back: nothing written) is written again, each
+/// checkpoint alone and all at once, so one member's trouble is its own and the others go on.
+/// A commit that failed may have happened: it is every member's failure, never written a
+/// second time (a renewal would record its attempts twice); each drive stops, and recovery
+/// takes its transaction up again.
 async fn commit(db: &Db, group: Vec<(Pending, tokio::sync::oneshot::Sender<Written>)>) {
     let checkpoints: Vec<Checkpoint<'_>> = group.iter().map(|(p, _)| p.checkpoint()).collect();
     let result = log::checkpoint_group(db, &checkpoints).await;
@@ -920,8 +920,8 @@ async fn commit(db: &Db, group: Vec<(Pending, tokio::sync::oneshot::Sender<Writt
                 let _ = reply.send(Ok(w));
             }
         }
-        Err(log::GroupFailed::RolledBack(StoreError::Conflict(e))) if group.len() > 1 => {
-            tracing::info!(checkpoints = group.len(), error = %e, "group commit conflicted; each alone");
+        Err(log::GroupFailed::RolledBack(e)) if group.len() > 1 => {
+            tracing::info!(checkpoints = group.len(), error = %e, "group commit failed; each alone");
             futures::future::join_all(group.into_iter().map(|(p, reply)| async move {
                 let _ = reply.send(log::checkpoint(db, p.checkpoint()).await);
             }))
