@@ -571,10 +571,6 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
         .filter(succeeded)
         .filter(|(_, at)| *at > sigterm_at)
         .count();
-    assert!(
-        finished_during_shutdown > 0,
-        "no call was in flight at SIGTERM ({answered} answered in all)"
-    );
     // What the other calls got, and when relative to the SIGTERM (a failure says which).
     let mut others = std::collections::BTreeMap::<String, (usize, i128, i128)>::new();
     for (r, at) in results.iter().filter(|r| !succeeded(r)) {
@@ -592,13 +588,18 @@ async fn sigterm_lets_calls_in_flight_finish_and_exits_0(db: TestDb) {
         e.1 = e.1.min(ms);
         e.2 = e.2.max(ms);
     }
-    // Nothing in flight met a database torn down under it.
     let log = std::fs::read_to_string(&p.service.spec().log_path).unwrap_or_default();
+    assert!(
+        finished_during_shutdown > 0,
+        "no call was in flight at SIGTERM ({answered} answered in all); the others (count, \
+         first and last ms after SIGTERM): {others:?}\nthe service's log:\n{log}"
+    );
+    // Nothing in flight met a database torn down under it.
     let torn: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("being shutdown") || l.contains("branch call failed"))
         .collect();
-    assert!(torn.is_empty(), "{torn:#?}");
+    assert!(torn.is_empty(), "{torn:#?}\nthe service's log:\n{log}");
     // Every call is either answered SUCCESS and committed, or refused and without effect:
     // after a restart the frozen money is exactly what the answered calls froze.
     p.service.restart().await.unwrap();

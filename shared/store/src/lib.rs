@@ -317,9 +317,17 @@ impl Db {
         Ok(())
     }
 
-    /// Closes every connection, waiting for those in use to be returned.
+    /// Closes every connection, waiting for those in use to be returned and closed.
+    ///
+    /// sqlx's `close` can return while a connection released just before is still being
+    /// pinged on its way back (seen: the ping ran after `close` returned and after the HTTP
+    /// workers stopped, on a socket one of their runtimes had opened, and failed with "being
+    /// shutdown"). So this also waits until the pool holds no connection at all.
     pub async fn close(&self) {
         self.pool.close().await;
+        while self.pool.size() > 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 }
 
