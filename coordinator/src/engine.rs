@@ -7,9 +7,9 @@
 //! that failed, say) is written back with a backoff delay and the claim released; the recovery
 //! loop picks it up when it is due, on this instance or another.
 //!
-//! Commits per happy TCC transaction: 3 (record, decision, outcome), the last two shared with
-//! other transactions' checkpoints under load (group commit, see `Committer`); the attempts
-//! of each phase are written with the checkpoint that ends it.
+//! Commits per happy TCC transaction: 3 (record, decision, outcome), each shared with other
+//! transactions' under load (group commit, see `Recorder` and `Committer`); the attempts of
+//! each phase are written with the checkpoint that ends it.
 //!
 //! One drive per transaction: a drive holds a claim (owner, epoch) that every write checks, and
 //! renews it before sending calls that could outlive it; this process never claims a
@@ -19,6 +19,7 @@ use crate::log::{self, Attempt, Checkpoint, NewTxn, Stored};
 use crate::machine::{CallResult, Effect, Event, Op, Rollback, Status, Txn};
 use crate::metrics::CoordinatorMetrics;
 use crate::participants;
+use crate::ready;
 use crate::request;
 pub use crate::request::{BranchRequest, ExecuteRequest};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -196,6 +197,8 @@ pub struct Engine {
     failpoints: Arc<host::Failpoints<Crash>>,
     /// Where checkpoints queue for a group commit (`None`: each written alone).
     committer: Option<Committer>,
+    /// Where new transactions queue to be recorded together (`None`: each alone).
+    recorder: Option<Recorder>,
 }
 
 impl std::fmt::Debug for Engine {
@@ -241,6 +244,14 @@ impl Engine {
         ));
         let committer = (config.checkpoints_in_flight > 0)
             .then(|| Committer::start(db.clone(), config.checkpoints_in_flight));
+        let recorder = (config.checkpoints_in_flight > 0).then(|| {
+            Recorder::start(
+                db.clone(),
+                owner.clone(),
+                lease_ms(config.lease),
+                config.checkpoints_in_flight,
+            )
+        });
         Ok(Arc::new(Engine {
             db,
             ids,
@@ -255,6 +266,7 @@ impl Engine {
                 .time_to_live(Duration::from_secs(600))
                 .build(),
             committer,
+            recorder,
             metrics,
             failpoints,
         }))
@@ -310,7 +322,14 @@ impl Engine {
             return Err(refused);
         }
         let mut rx = self.subscribe(new.gid);
-        let lease_until = match log::insert(&self.db, &new, &self.owner, self.lease_ms()).await {
+        let (new, recorded) = match &self.recorder {
+            Some(recorder) => recorder.record(new).await?,
+            None => {
+                let recorded = log::insert(&self.db, &new, &self.owner, self.lease_ms()).await;
+                (new, recorded)
+            }
+        };
+        let lease_until = match recorded {
             Ok(lease_until) => lease_until,
             Err(StoreError::UniqueViolation { .. }) if new.idempotency_key.is_some() => {
                 drop(rx);
@@ -436,7 +455,7 @@ impl Engine {
     }
 
     fn lease_ms(&self) -> i64 {
-        self.config.lease.as_millis() as i64
+        lease_ms(self.config.lease)
     }
 
     /// Drives one transaction this instance claimed (as read from the log) until nothing is
@@ -857,49 +876,101 @@ type Written = Result<Option<i64>, StoreError>;
 /// is written at once. A group the database fails is written again one checkpoint at a time,
 /// so each drive learns its own outcome.
 #[derive(Clone)]
-struct Committer {
-    queue: tokio::sync::mpsc::UnboundedSender<(Pending, tokio::sync::oneshot::Sender<Written>)>,
-}
+struct Committer(ready::Grouped<Pending, Written>);
 
 impl Committer {
     fn start(db: Db, in_flight: usize) -> Committer {
-        let (queue, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
-            Pending,
-            tokio::sync::oneshot::Sender<Written>,
-        )>();
-        let slots = Arc::new(tokio::sync::Semaphore::new(in_flight));
-        tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                let Ok(slot) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let mut group = vec![first];
-                while group.len() < log::MAX_GROUP {
-                    match rx.try_recv() {
-                        Ok(p) => group.push(p),
-                        Err(_) => break,
-                    }
-                }
+        Committer(ready::Grouped::start(
+            in_flight,
+            ready::Cap::items(log::MAX_GROUP),
+            move |group| {
                 let db = db.clone();
-                tokio::spawn(async move {
-                    commit(&db, group).await;
-                    drop(slot);
-                });
-            }
-        });
-        Committer { queue }
+                async move { commit(&db, group).await }
+            },
+        ))
     }
 
     async fn write(&self, pending: Pending) -> Written {
-        let (reply, written) = tokio::sync::oneshot::channel();
-        if self.queue.send((pending, reply)).is_err() {
-            return Err(StoreError::Unavailable(
+        self.0.submit(pending).await.unwrap_or_else(|| {
+            Err(StoreError::Unavailable(
                 "the coordinator is stopping".into(),
-            ));
-        }
-        written
+            ))
+        })
+    }
+}
+
+fn lease_ms(lease: Duration) -> i64 {
+    i64::try_from(lease.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// What recording a new transaction gave: the transaction back, and until when its claim
+/// holds (or why it was not recorded).
+type Recorded = (NewTxn, Result<i64, StoreError>);
+
+/// Group commit of new transactions, as [`Committer`] for checkpoints: the transactions
+/// submitted while a group is being recorded are recorded together in the next one
+/// ([`log::insert_group`]), with the same slots setting.
+#[derive(Clone)]
+struct Recorder(ready::Grouped<NewTxn, Recorded>);
+
+impl Recorder {
+    fn start(db: Db, owner: String, lease_ms: i64, in_flight: usize) -> Recorder {
+        let cap = ready::Cap {
+            items: log::MAX_INSERT_GROUP,
+            // Branch rows bind 7 values each: well under SQLite's 32,766.
+            size: 256,
+            size_of: |(new, _): &ready::Member<NewTxn, Recorded>| new.branches.len(),
+        };
+        let owner: Arc<str> = owner.into();
+        Recorder(ready::Grouped::start(in_flight, cap, move |group| {
+            let (db, owner) = (db.clone(), owner.clone());
+            async move { record(&db, &owner, lease_ms, group).await }
+        }))
+    }
+
+    async fn record(&self, new: NewTxn) -> Result<Recorded, StoreError> {
+        self.0
+            .submit(new)
             .await
-            .unwrap_or_else(|_| Err(StoreError::Unavailable("the checkpoint was dropped".into())))
+            .ok_or_else(|| StoreError::Unavailable("the coordinator is stopping".into()))
+    }
+}
+
+/// Records one group of new transactions, answering each member.
+///
+/// As [`commit`]: a group that rolled back is recorded again, each alone and all at once; a
+/// commit that failed may have happened, and is every member's failure (its caller answers
+/// "unavailable"; a transaction that was recorded all the same is Prepared and owned with a
+/// lease, which recovery rolls back once the lease runs out).
+async fn record(db: &Db, owner: &str, lease_ms: i64, group: Vec<ready::Member<NewTxn, Recorded>>) {
+    let news: Vec<&NewTxn> = group.iter().map(|(new, _)| new).collect();
+    let result = log::insert_group(db, &news, owner, lease_ms).await;
+    drop(news);
+    match result {
+        Ok(recorded) => {
+            for ((new, reply), r) in group.into_iter().zip(recorded) {
+                let _ = reply.send((new, r));
+            }
+        }
+        Err(log::GroupFailed::RolledBack(e)) if group.len() > 1 => {
+            tracing::info!(transactions = group.len(), error = %e, "recording a group failed; each alone");
+            futures::future::join_all(group.into_iter().map(|(new, reply)| async move {
+                let r = log::insert(db, &new, owner, lease_ms).await;
+                let _ = reply.send((new, r));
+            }))
+            .await;
+        }
+        Err(log::GroupFailed::RolledBack(e)) => {
+            if let Some((new, reply)) = group.into_iter().next() {
+                let _ = reply.send((new, Err(e)));
+            }
+        }
+        Err(e) => {
+            let why = e.to_string();
+            for (new, reply) in group {
+                let _ = reply.send((new, Err(StoreError::Unavailable(why.clone()))));
+            }
+        }
     }
 }
 
@@ -910,7 +981,7 @@ impl Committer {
 /// A commit that failed may have happened: it is every member's failure, never written a
 /// second time (a renewal would record its attempts twice); each drive stops, and recovery
 /// takes its transaction up again.
-async fn commit(db: &Db, group: Vec<(Pending, tokio::sync::oneshot::Sender<Written>)>) {
+async fn commit(db: &Db, group: Vec<ready::Member<Pending, Written>>) {
     let checkpoints: Vec<Checkpoint<'_>> = group.iter().map(|(p, _)| p.checkpoint()).collect();
     let result = log::checkpoint_group(db, &checkpoints).await;
     drop(checkpoints);

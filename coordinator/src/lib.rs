@@ -8,6 +8,8 @@
 //!   that tells an idempotent replay from another request.
 //! - [`participants`]: one reused gRPC channel per participant, and one branch call with its
 //!   timeout and its attempt for the timeline.
+//! - `ready`: batching by what is ready, the loop behind group commit and second-phase
+//!   batches.
 //! - [`engine`]: executes the effects — branch calls over reused gRPC channels with per-call
 //!   timeouts — persists decisions, retries with persisted backoff, and recovers due
 //!   transactions by claiming them with a conditional update of owner and lease, so several
@@ -23,6 +25,7 @@ pub mod log;
 pub mod machine;
 pub mod metrics;
 pub mod participants;
+mod ready;
 pub mod request;
 pub mod view;
 

@@ -11,6 +11,7 @@
 use crate::machine::{Branch, First, Mode, Op, Rollback, Second, Status, Txn};
 use ids::Gid;
 use sqlx::Row;
+use std::collections::HashSet;
 use store::{Db, StoreError};
 
 /// A branch as requested.
@@ -285,45 +286,123 @@ pub const FIRST_EPOCH: i64 = 1;
 /// until when the claim holds. A unique violation means the idempotency key (or the gid) is
 /// taken.
 pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result<i64, StoreError> {
-    let mut tx = db.begin().await?;
+    match insert_group(db, &[new], owner, lease_ms).await {
+        Ok(mut recorded) => recorded.pop().unwrap_or(Err(StoreError::NotFound)),
+        Err(GroupFailed::RolledBack(e) | GroupFailed::Unknown(e)) => Err(e),
+    }
+}
+
+/// The most new transactions one [`insert_group`] records.
+pub const MAX_INSERT_GROUP: usize = 64;
+
+/// [`insert`] for several new transactions in **one** local transaction (group commit): one
+/// statement for their rows, in idempotency-key order (two groups racing for keys wait for
+/// each other in one order, never in a cycle), and one for the branches of those recorded. A
+/// member whose idempotency key (or gid) is taken records nothing and gets
+/// [`StoreError::UniqueViolation`], as alone; the others are not held back by it. A database
+/// error fails the whole group, none of it written: the caller may record each alone.
+pub async fn insert_group(
+    db: &Db,
+    group: &[&NewTxn],
+    owner: &str,
+    lease_ms: i64,
+) -> Result<Vec<Result<i64, StoreError>>, GroupFailed> {
+    let mut order: Vec<usize> = (0..group.len()).collect();
+    order.sort_by(|&a, &b| {
+        (&group[a].idempotency_key, group[a].gid).cmp(&(&group[b].idempotency_key, group[b].gid))
+    });
+    let mut tx = db.begin().await.map_err(GroupFailed::RolledBack)?;
+    // After the writer queue: the lease counts from when this write can commit.
     let now = store::now_ms();
-    sqlx::query(
+    let recorded = insert_rows(&mut tx, group, &order, owner, now, now + lease_ms)
+        .await
+        .map_err(GroupFailed::RolledBack)?;
+    tx.commit()
+        .await
+        .map_err(|e| GroupFailed::Unknown(e.into()))?;
+    Ok(group
+        .iter()
+        .map(|n| {
+            if recorded.contains(&n.gid.as_i64()) {
+                Ok(now + lease_ms)
+            } else {
+                Err(StoreError::UniqueViolation { constraint: None })
+            }
+        })
+        .collect())
+}
+
+/// The statements of [`insert_group`]: the gids recorded.
+async fn insert_rows(
+    tx: &mut store::WriteTx,
+    group: &[&NewTxn],
+    order: &[usize],
+    owner: &str,
+    now: i64,
+    lease_until: i64,
+) -> Result<HashSet<i64>, StoreError> {
+    // `$1`…`$4` are shared by every row: status, owner, lease, epoch.
+    let sql = format!(
         "INSERT INTO global_txns (gid, mode, status, idempotency_key, request_hash, reason, concurrent, branch_timeout_ms, \
          created_at, updated_at, deadline_at, next_attempt_at, attempts, owner, lease_until, epoch, trace_id) \
-         VALUES ($1, $2, $3, $4, $5, NULL, $6, $7, $8, $8, $9, $8, 0, $10, $11, $12, $13)",
-    )
-    .bind(new.gid.as_i64())
-    .bind(mode_str(new.mode))
-    .bind(Status::Prepared.as_str())
-    .bind(new.idempotency_key.clone())
-    .bind(&new.request_hash)
-    .bind(i64::from(new.concurrent))
-    .bind(new.branch_timeout_ms)
-    .bind(now)
-    .bind(new.deadline_at)
-    .bind(owner)
-    .bind(now + lease_ms)
-    .bind(FIRST_EPOCH)
-    .bind(new.trace_id.clone())
-    .execute(&mut *tx)
-    .await?;
+         VALUES {} ON CONFLICT DO NOTHING RETURNING gid",
+        rows_from(5, order.len(), 9, |p| format!(
+            "({}, {}, $1, {}, {}, NULL, {}, {}, {}, {}, {}, {}, 0, $2, $3, $4, {})",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[6], p[7], p[6], p[8]
+        ))
+    );
+    let mut insert = sqlx::query_scalar::<_, i64>(&sql)
+        .bind(Status::Prepared.as_str())
+        .bind(owner)
+        .bind(lease_until)
+        .bind(FIRST_EPOCH);
+    for &i in order {
+        let new = group[i];
+        insert = insert
+            .bind(new.gid.as_i64())
+            .bind(mode_str(new.mode))
+            .bind(new.idempotency_key.clone())
+            .bind(&new.request_hash)
+            .bind(i64::from(new.concurrent))
+            .bind(new.branch_timeout_ms)
+            .bind(now)
+            .bind(new.deadline_at)
+            .bind(new.trace_id.clone());
+    }
+    let recorded: HashSet<i64> = insert.fetch_all(&mut **tx).await?.into_iter().collect();
     // One statement for all branches: each statement is a round trip and an executor run.
+    let branches: Vec<(&NewTxn, usize, &NewBranch)> = order
+        .iter()
+        .map(|&i| group[i])
+        .filter(|new| recorded.contains(&new.gid.as_i64()))
+        .flat_map(|new| {
+            new.branches
+                .iter()
+                .enumerate()
+                .map(move |(idx, b)| (new, idx, b))
+        })
+        .collect();
+    if branches.is_empty() {
+        return Ok(recorded);
+    }
     let sql = format!(
         "INSERT INTO branches (gid, idx, branch_id, participant, payload, depends_on, phase1, phase2, retriable, attempts, last_error) \
          VALUES {}",
-        rows(new.branches.len(), 9, |p| format!(
-            "({}, {}, {}, {}, {}, {}, {}, {}, {}, 0, NULL)",
-            p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
+        rows_from(3, branches.len(), 7, |p| format!(
+            "({}, {}, {}, {}, {}, {}, $1, $2, {}, 0, NULL)",
+            p[0], p[1], p[2], p[3], p[4], p[5], p[6]
         ))
     );
-    let mut insert = sqlx::query(&sql);
-    for (idx, b) in new.branches.iter().enumerate() {
+    let mut insert = sqlx::query(&sql)
+        .bind(First::NotStarted.as_str())
+        .bind(Second::NotNeeded.as_str());
+    for (new, idx, b) in branches {
         insert = insert
             .bind(new.gid.as_i64())
             .bind(idx as i64)
             .bind(&b.branch_id)
             .bind(&b.participant)
-            .bind(b.payload.clone())
+            .bind(b.payload.as_slice())
             .bind(
                 b.depends_on
                     .iter()
@@ -331,15 +410,10 @@ pub async fn insert(db: &Db, new: &NewTxn, owner: &str, lease_ms: i64) -> Result
                     .collect::<Vec<_>>()
                     .join(","),
             )
-            .bind(First::NotStarted.as_str())
-            .bind(Second::NotNeeded.as_str())
             .bind(i64::from(b.retriable));
     }
-    if !new.branches.is_empty() {
-        insert.execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    Ok(now + lease_ms)
+    insert.execute(&mut **tx).await?;
+    Ok(recorded)
 }
 
 /// The transaction recorded under an idempotency key: (gid, request hash).

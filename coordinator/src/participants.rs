@@ -6,6 +6,7 @@
 use crate::log::{self, Attempt, Stored};
 use crate::machine::{CallResult, Op};
 use crate::metrics::CoordinatorMetrics;
+use crate::ready;
 use futures::FutureExt;
 use proto::v1::participant_client::ParticipantClient;
 use proto::v1::{BranchBatchRequest, BranchRequest, BranchResponse};
@@ -300,26 +301,19 @@ impl Batcher {
         let (queue, mut rx) = mpsc::unbounded_channel::<Queued>();
         let slots = Arc::new(Semaphore::new(in_flight));
         let outstanding = Arc::new(Semaphore::new(in_flight * OUTSTANDING_PER_SLOT));
+        let cap = ready::Cap {
+            items: MAX_BATCH,
+            size: MAX_BATCH_BYTES,
+            size_of: |q: &Queued| q.request.payload.len(),
+        };
         tokio::spawn(async move {
-            while let Some(first) = rx.recv().await {
-                // Waiting for a slot is where a batch grows.
-                let (Ok(sending), Ok(slot)) = (
-                    outstanding.clone().acquire_owned().await,
-                    slots.clone().acquire_owned().await,
-                ) else {
-                    break;
-                };
-                let mut bytes = first.request.payload.len();
-                let mut batch = vec![first];
-                while batch.len() < MAX_BATCH && bytes < MAX_BATCH_BYTES {
-                    match rx.try_recv() {
-                        Ok(q) => {
-                            bytes += q.request.payload.len();
-                            batch.push(q);
-                        }
-                        Err(_) => break,
-                    }
-                }
+            // Waiting for a slot is where a batch grows.
+            let turn = || async {
+                let sending = outstanding.clone().acquire_owned().await?;
+                let slot = slots.clone().acquire_owned().await?;
+                Ok::<_, tokio::sync::AcquireError>((sending, slot))
+            };
+            while let Some((mut batch, (sending, slot))) = ready::next(&mut rx, turn, &cap).await {
                 // A caller that gave up (its timeout) is not called for.
                 batch.retain(|q| !q.reply.is_closed());
                 if batch.is_empty() {

@@ -429,7 +429,94 @@ async fn the_console_s_listing_and_live_numbers_find_what_the_time_bounds_name(d
     );
 }
 
+/// A new transaction with `branches` branches and the idempotency key `key`.
+fn new_txn(gid: u64, key: &str, branches: usize) -> NewTxn {
+    NewTxn {
+        gid: ids::Gid::from_u64(gid).unwrap(),
+        mode: Mode::Tcc,
+        idempotency_key: Some(key.into()),
+        request_hash: format!("h-{gid}"),
+        concurrent: false,
+        branch_timeout_ms: 10,
+        deadline_at: store::now_ms() + 60_000,
+        branches: (0..branches)
+            .map(|i| NewBranch {
+                branch_id: format!("b{i}"),
+                participant: "http://127.0.0.1:9".into(),
+                payload: vec![i as u8; 3],
+                depends_on: (0..i).collect(),
+                retriable: i % 2 == 1,
+            })
+            .collect(),
+        trace_id: Some(format!("{gid:032x}")),
+    }
+}
+
+/// Group commit of new transactions: a member whose key is already taken (by a transaction
+/// recorded before, or by an earlier member of the same group) records nothing, not a branch,
+/// and is told so; every other member is recorded whole, as alone, listed in any order.
+async fn a_group_of_new_transactions_records_each_whole_and_nothing_of_a_member_whose_key_is_taken(
+    db: TestDb,
+) {
+    let (db, _) = log_with_one_transaction(&db, 60_000).await;
+    let taken_before = format!("fence-{}", gid());
+    let group = [
+        new_txn(300, "k-c", 3),
+        new_txn(100, &taken_before, 2),
+        new_txn(200, "k-a", 1),
+        new_txn(400, "k-a", 2),
+        new_txn(500, "k-b", 0),
+    ];
+    let members: Vec<&NewTxn> = group.iter().collect();
+    let recorded = log::insert_group(&db, &members, OWNER, 60_000)
+        .await
+        .unwrap();
+    let taken: Vec<bool> = recorded
+        .iter()
+        .map(|r| matches!(r, Err(store::StoreError::UniqueViolation { .. })))
+        .collect();
+    // "k-a" goes to one of its two members (the group's order is the log's), never to both.
+    assert!(taken[1], "{recorded:?}");
+    assert!(!taken[0] && !taken[4], "{recorded:?}");
+    assert!(taken[2] != taken[3], "{recorded:?}");
+    for (new, taken) in group.iter().zip(&taken) {
+        let stored = log::load(&db, new.gid).await.unwrap();
+        if *taken {
+            assert!(stored.is_none(), "{}", new.gid);
+            continue;
+        }
+        let stored = stored.expect("recorded");
+        assert_eq!(stored.txn.status, Status::Prepared);
+        assert_eq!(stored.owner.as_deref(), Some(OWNER));
+        assert_eq!(stored.epoch, log::FIRST_EPOCH);
+        assert_eq!(stored.idempotency_key, new.idempotency_key);
+        assert!(stored.lease_until > store::now_ms() + 50_000);
+        let expected = log::Stored::recorded(new, OWNER, stored.lease_until);
+        assert_eq!(stored.branches.len(), new.branches.len(), "{}", new.gid);
+        for (got, want) in stored.branches.iter().zip(&expected.branches) {
+            assert_eq!(got.branch_id, want.branch_id);
+            assert_eq!(got.payload, want.payload);
+        }
+        assert_eq!(stored.txn, expected.txn, "{}", new.gid);
+        assert_eq!(
+            log::find_by_key(&db, new.idempotency_key.as_deref().unwrap())
+                .await
+                .unwrap(),
+            Some((new.gid, new.request_hash.clone()))
+        );
+    }
+    // The first transaction still owns its key.
+    assert_eq!(
+        log::find_by_key(&db, &taken_before)
+            .await
+            .unwrap()
+            .map(|(g, _)| g),
+        Some(gid())
+    );
+}
+
 both_backends!(
+    a_group_of_new_transactions_records_each_whole_and_nothing_of_a_member_whose_key_is_taken,
     a_group_commit_writes_every_member_whose_fence_holds_and_nothing_of_one_whose_fence_broke,
     the_console_s_listing_and_live_numbers_find_what_the_time_bounds_name,
     a_transaction_read_while_it_is_written_shows_every_attempt_its_state_counts,

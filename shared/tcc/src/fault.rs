@@ -233,9 +233,11 @@ impl Faults {
         (then, Some(kind))
     }
 
-    /// Whether a fault is armed for `op` (a batch of such calls must run them one by one).
-    pub fn armed_for(&self, op: Op) -> bool {
-        self.lock().iter().any(|(o, _, _)| *o == op)
+    /// Whether a fault is armed for any of `ops` (a batch of such calls must run them one by
+    /// one); one look at the list for the whole batch.
+    pub fn armed_for_any(&self, ops: &[Op]) -> bool {
+        let armed = self.lock();
+        !armed.is_empty() && ops.iter().any(|op| armed.iter().any(|(o, _, _)| o == op))
     }
 
     fn take(&self, op: Op) -> Option<Fault> {

@@ -136,6 +136,20 @@ impl<H: Handler> ParticipantService<H> {
         self
     }
 
+    /// Runs `work` to its end in a task of its own, in the current span. When the caller gives
+    /// up (a timeout), tonic drops the call's future, and a local transaction must not be
+    /// abandoned half-way, not even by a shutdown (which waits for the service's in-flight
+    /// work).
+    async fn detached<T: Send + 'static>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Status>> + Send + 'static,
+    ) -> Result<T, Status> {
+        self.in_flight
+            .spawn(work.instrument(tracing::Span::current()))
+            .await
+            .map_err(|e| Status::internal(format!("the branch call panicked: {e}")))?
+    }
+
     /// The tonic service to add to a server.
     pub fn into_server(self) -> proto::v1::participant_server::ParticipantServer<Self> {
         proto::v1::participant_server::ParticipantServer::new(self)
@@ -244,7 +258,7 @@ impl<H: Handler> ParticipantService<H> {
                 None => return Err(Status::invalid_argument(format!("unknown op {}", r.op))),
             }
         }
-        if ops.iter().any(|op| self.faults.armed_for(*op)) {
+        if self.faults.armed_for_any(&ops) {
             return Err(Status::failed_precondition(
                 "faults are armed on this participant: send each branch on its own",
             ));
@@ -412,15 +426,9 @@ impl<H: Handler> proto::v1::participant_server::Participant for ParticipantServi
         &self,
         request: Request<BranchRequest>,
     ) -> Result<Response<BranchResponse>, Status> {
-        // Run to the end in a task of its own: when the caller gives up (a timeout) tonic drops
-        // this future, and a local transaction must not be abandoned half-way, not even by a
-        // shutdown (which waits for the service's in-flight work).
         let this = self.clone();
-        let span = tracing::Span::current();
-        self.in_flight
-            .spawn(async move { this.handle(request.into_inner()).await }.instrument(span))
+        self.detached(async move { this.handle(request.into_inner()).await })
             .await
-            .map_err(|e| Status::internal(format!("the branch call panicked: {e}")))?
             .map(Response::new)
     }
 
@@ -428,13 +436,9 @@ impl<H: Handler> proto::v1::participant_server::Participant for ParticipantServi
         &self,
         request: Request<BranchBatchRequest>,
     ) -> Result<Response<BranchBatchResponse>, Status> {
-        // In a task of its own, as `branch` is.
         let this = self.clone();
-        let span = tracing::Span::current();
-        self.in_flight
-            .spawn(async move { this.handle_batch(request.into_inner()).await }.instrument(span))
+        self.detached(async move { this.handle_batch(request.into_inner()).await })
             .await
-            .map_err(|e| Status::internal(format!("the branch batch panicked: {e}")))?
             .map(Response::new)
     }
 }
