@@ -936,72 +936,83 @@ impl Recorder {
     }
 }
 
-/// Records one group of new transactions, answering each member.
-///
-/// As [`commit`]: a group that rolled back is recorded again, each alone and all at once; a
-/// commit that failed may have happened, and is every member's failure (its caller answers
-/// "unavailable"; a transaction that was recorded all the same is Prepared and owned with a
-/// lease, which recovery rolls back once the lease runs out).
+/// Records one group of new transactions, answering each member ([`answer_group`]). A
+/// commit that failed may have happened: its caller answers "unavailable", and a transaction
+/// that was recorded all the same is Prepared and owned with a lease, which recovery rolls
+/// back once the lease runs out.
 async fn record(db: &Db, owner: &str, lease_ms: i64, group: Vec<ready::Member<NewTxn, Recorded>>) {
     let news: Vec<&NewTxn> = group.iter().map(|(new, _)| new).collect();
     let result = log::insert_group(db, &news, owner, lease_ms).await;
     drop(news);
+    answer_group(
+        "recording a group",
+        group,
+        result,
+        |new, r| (new, r),
+        |new| async move {
+            let r = log::insert(db, &new, owner, lease_ms).await;
+            (new, r)
+        },
+    )
+    .await;
+}
+
+/// Writes one group of checkpoints, answering each member ([`answer_group`]). A commit that
+/// failed is never written a second time (a renewal would record its attempts twice): each
+/// drive stops, and recovery takes its transaction up again.
+async fn commit(db: &Db, group: Vec<ready::Member<Pending, Written>>) {
+    let checkpoints: Vec<Checkpoint<'_>> = group.iter().map(|(p, _)| p.checkpoint()).collect();
+    let result = log::checkpoint_group(db, &checkpoints)
+        .await
+        .map(|written| written.into_iter().map(Ok).collect());
+    drop(checkpoints);
+    answer_group(
+        "group commit",
+        group,
+        result,
+        |_, w| w,
+        |p| async move { log::checkpoint(db, p.checkpoint()).await },
+    )
+    .await;
+}
+
+/// Answers each member of a group from how its write ended, the same for every kind of
+/// group: written, each gets its own outcome; rolled back (nothing written), a group of
+/// several is written again, each member `alone` and all at once, so one member's trouble is
+/// its own and the others go on, and a lone member gets its own error, as written alone; a
+/// commit that failed may have happened, so it is every member's failure, as "unavailable".
+async fn answer_group<T, V, R, Alone>(
+    what: &str,
+    group: Vec<ready::Member<T, R>>,
+    result: Result<Vec<Result<V, StoreError>>, log::GroupFailed>,
+    reply: impl Fn(T, Result<V, StoreError>) -> R,
+    alone: impl Fn(T) -> Alone,
+) where
+    Alone: std::future::Future<Output = R>,
+{
     match result {
-        Ok(recorded) => {
-            for ((new, reply), r) in group.into_iter().zip(recorded) {
-                let _ = reply.send((new, r));
+        Ok(outcomes) => {
+            for ((item, sender), outcome) in group.into_iter().zip(outcomes) {
+                let _ = sender.send(reply(item, outcome));
             }
         }
         Err(log::GroupFailed::RolledBack(e)) if group.len() > 1 => {
-            tracing::info!(transactions = group.len(), error = %e, "recording a group failed; each alone");
-            futures::future::join_all(group.into_iter().map(|(new, reply)| async move {
-                let r = log::insert(db, &new, owner, lease_ms).await;
-                let _ = reply.send((new, r));
+            tracing::info!(members = group.len(), error = %e, "{what} failed; each alone");
+            let alone = &alone;
+            futures::future::join_all(group.into_iter().map(|(item, sender)| async move {
+                let _ = sender.send(alone(item).await);
             }))
             .await;
         }
         Err(log::GroupFailed::RolledBack(e)) => {
-            if let Some((new, reply)) = group.into_iter().next() {
-                let _ = reply.send((new, Err(e)));
+            if let Some((item, sender)) = group.into_iter().next() {
+                let _ = sender.send(reply(item, Err(e)));
             }
         }
-        Err(e) => {
-            let why = e.to_string();
-            for (new, reply) in group {
-                let _ = reply.send((new, Err(StoreError::Unavailable(why.clone()))));
-            }
-        }
-    }
-}
-
-/// Writes one group, answering each member.
-///
-/// A group whose statements failed (rolled back: nothing written) is written again, each
-/// checkpoint alone and all at once, so one member's trouble is its own and the others go on.
-/// A commit that failed may have happened: it is every member's failure, never written a
-/// second time (a renewal would record its attempts twice); each drive stops, and recovery
-/// takes its transaction up again.
-async fn commit(db: &Db, group: Vec<ready::Member<Pending, Written>>) {
-    let checkpoints: Vec<Checkpoint<'_>> = group.iter().map(|(p, _)| p.checkpoint()).collect();
-    let result = log::checkpoint_group(db, &checkpoints).await;
-    drop(checkpoints);
-    match result {
-        Ok(written) => {
-            for ((_, reply), w) in group.into_iter().zip(written) {
-                let _ = reply.send(Ok(w));
-            }
-        }
-        Err(log::GroupFailed::RolledBack(e)) if group.len() > 1 => {
-            tracing::info!(checkpoints = group.len(), error = %e, "group commit failed; each alone");
-            futures::future::join_all(group.into_iter().map(|(p, reply)| async move {
-                let _ = reply.send(log::checkpoint(db, p.checkpoint()).await);
-            }))
-            .await;
-        }
-        Err(e) => {
-            let why = e.to_string();
-            for (_, reply) in group {
-                let _ = reply.send(Err(StoreError::Unavailable(why.clone())));
+        Err(unknown @ log::GroupFailed::Unknown(_)) => {
+            let why = unknown.to_string();
+            for (item, sender) in group {
+                let _ = sender.send(reply(item, Err(StoreError::Unavailable(why.clone()))));
             }
         }
     }
