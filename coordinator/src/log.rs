@@ -580,9 +580,10 @@ pub enum GroupFailed {
 /// The most checkpoints one group commit carries.
 pub const MAX_GROUP: usize = 64;
 
-/// [`checkpoint`] for several transactions in **one** local transaction (group commit): each
-/// member's fenced status write first, in gid order; then the branches and attempts of the
-/// members whose fence held, in one statement each. A member whose claim or status moved
+/// [`checkpoint`] for several transactions in **one** local transaction (group commit): every
+/// member's fenced status write first, in one statement (rows in gid order); then the branches
+/// and attempts of the members whose fence held, in one statement each: four statements
+/// whatever the group's size. A member whose claim or status moved
 /// writes nothing at all (`None`), as alone; the others are not held back by it. A database
 /// error fails the whole group, none of it written: the caller may write each alone.
 pub async fn checkpoint_group(
@@ -608,36 +609,52 @@ async fn write_group(
 ) -> Result<(Option<store::WriteTx>, Vec<Option<i64>>), StoreError> {
     let mut order: Vec<usize> = (0..group.len()).collect();
     order.sort_by_key(|&i| group[i].gid);
+    if order.windows(2).any(|w| group[w[0]].gid == group[w[1]].gid) {
+        // One fenced write per transaction and group: a second would be judged by the first's
+        // fence. Never formed by the engine (one drive per transaction); written each alone.
+        return Err(StoreError::Unavailable(
+            "a group holds two checkpoints of one transaction".into(),
+        ));
+    }
     let mut written = vec![None; group.len()];
     let mut tx = db.begin().await?;
     // After the writer queue: the lease counts from when this write can commit.
     let now = store::now_ms();
+    // Every member's fenced status write in one UPDATE … FROM (VALUES …), rows in gid order;
+    // the members whose fence held come back.
+    let sql = format!(
+        "UPDATE global_txns SET status = v.column2, reason = v.column3, updated_at = $1, owner = v.column4, \
+         lease_until = v.column5, next_attempt_at = v.column6, attempts = global_txns.attempts + v.column7 \
+         FROM (VALUES {}) AS v WHERE global_txns.gid = v.column1 AND global_txns.owner = v.column8 \
+         AND global_txns.epoch = v.column9 AND global_txns.status = v.column10 RETURNING global_txns.gid",
+        rows_from(2, group.len(), 10, |p| format!("({})", p.join(", ")))
+    );
+    // The claim a member's write leaves: (owner, lease_until, next_attempt_at, round).
+    let claim = |c: &Checkpoint<'_>| match c.release_until {
+        Some(at) => (None, 0, at, 1),
+        None => (Some(c.owner.to_owned()), now + c.lease_ms, now, 0),
+    };
+    let mut update = sqlx::query_scalar::<_, i64>(&sql).bind(now);
     for &i in &order {
         let c = &group[i];
-        let (owner, lease_until, next_attempt_at, round) = match c.release_until {
-            Some(at) => (None, 0, at, 1),
-            None => (Some(c.owner), now + c.lease_ms, now, 0),
-        };
-        let updated = sqlx::query(
-            "UPDATE global_txns SET status = $1, reason = $2, updated_at = $3, owner = $4, lease_until = $5, \
-             next_attempt_at = $6, attempts = attempts + $7 WHERE gid = $8 AND owner = $9 AND epoch = $10 AND status = $11",
-        )
-        .bind(c.txn.status.as_str())
-        .bind(c.txn.reason.as_ref().map(encode_reason))
-        .bind(now)
-        .bind(owner)
-        .bind(lease_until)
-        .bind(next_attempt_at)
-        .bind(round)
-        .bind(c.gid.as_i64())
-        .bind(c.owner)
-        .bind(c.epoch)
-        .bind(c.from.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 1 {
-            written[i] = Some(lease_until);
+        let (owner, lease_until, next_attempt_at, round) = claim(c);
+        update = update
+            .bind(c.gid.as_i64())
+            .bind(c.txn.status.as_str())
+            .bind(c.txn.reason.as_ref().map(encode_reason))
+            .bind(owner)
+            .bind(lease_until)
+            .bind(next_attempt_at)
+            .bind(round)
+            .bind(c.owner)
+            .bind(c.epoch)
+            .bind(c.from.as_str());
+    }
+    let held_gids: std::collections::HashSet<i64> =
+        update.fetch_all(&mut *tx).await?.into_iter().collect();
+    for &i in &order {
+        if held_gids.contains(&group[i].gid.as_i64()) {
+            written[i] = Some(claim(&group[i]).1);
         }
     }
     let held: Vec<&Checkpoint<'_>> = order

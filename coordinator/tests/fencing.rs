@@ -313,6 +313,98 @@ async fn a_group_commit_writes_every_member_whose_fence_holds_and_nothing_of_one
     }
 }
 
+/// One group, two ways to leave a claim: 201 is given up until a later round (a rollback
+/// reason recorded, no owner, no lease, its round counted), 202 keeps its claim (a new lease,
+/// no reason). Each member gets what it would alone. A group naming one transaction twice
+/// writes nothing at all (the engine then writes each alone).
+async fn a_group_commit_gives_up_one_member_s_claim_and_keeps_another_s_as_each_would_alone(
+    db: TestDb,
+) {
+    let (db, _) = log_with_one_transaction(&db, 60_000).await;
+    let gids: Vec<ids::Gid> = [201, 202]
+        .iter()
+        .map(|g| ids::Gid::from_u64(*g).unwrap())
+        .collect();
+    let mut stored = Vec::new();
+    for gid in &gids {
+        stored.push(record(&db, *gid, 60_000).await);
+    }
+    let cancelling = Txn {
+        reason: Some(coordinator::machine::Rollback::Deadline),
+        ..decided(&stored[0], Status::Cancelling)
+    };
+    let confirming = decided(&stored[1], Status::Confirming);
+    let later = store::now_ms() + 30_000;
+    let before = store::now_ms();
+    let members = [
+        Checkpoint {
+            gid: gids[0],
+            owner: OWNER,
+            epoch: stored[0].epoch,
+            from: Status::Prepared,
+            txn: &cancelling,
+            branches: &stored[0].branches,
+            new_attempts: &[],
+            release_until: Some(later),
+            lease_ms: 60_000,
+        },
+        Checkpoint {
+            gid: gids[1],
+            owner: OWNER,
+            epoch: stored[1].epoch,
+            from: Status::Prepared,
+            txn: &confirming,
+            branches: &stored[1].branches,
+            new_attempts: &[],
+            release_until: None,
+            lease_ms: 60_000,
+        },
+    ];
+    let written = log::checkpoint_group(&db, &members).await.unwrap();
+    assert_eq!(written[0], Some(0), "a released claim holds until 0");
+    let kept = written[1].expect("202's fence held");
+    assert!(kept >= before + 60_000, "{kept} is not a fresh lease");
+
+    let released = log::load(&db, gids[0]).await.unwrap().unwrap();
+    assert_eq!(released.txn.status, Status::Cancelling);
+    assert_eq!(
+        released.txn.reason,
+        Some(coordinator::machine::Rollback::Deadline)
+    );
+    assert_eq!(released.owner, None);
+    assert_eq!(released.lease_until, 0);
+    assert_eq!(released.next_attempt_at, later);
+    assert_eq!(released.attempts, stored[0].attempts + 1);
+
+    let driven = log::load(&db, gids[1]).await.unwrap().unwrap();
+    assert_eq!(driven.txn.status, Status::Confirming);
+    assert_eq!(driven.txn.reason, None);
+    assert_eq!(driven.owner.as_deref(), Some(OWNER));
+    assert_eq!(driven.lease_until, kept);
+    assert_eq!(driven.attempts, stored[1].attempts);
+
+    // 202 twice in one group: refused before anything is written.
+    let cancel_202 = decided(&driven, Status::Cancelling);
+    let twice = [Status::Confirming, Status::Confirming].map(|from| Checkpoint {
+        gid: gids[1],
+        owner: OWNER,
+        epoch: driven.epoch,
+        from,
+        txn: &cancel_202,
+        branches: &driven.branches,
+        new_attempts: &[],
+        release_until: None,
+        lease_ms: 60_000,
+    });
+    assert!(matches!(
+        log::checkpoint_group(&db, &twice).await,
+        Err(log::GroupFailed::RolledBack(_))
+    ));
+    let still = log::load(&db, gids[1]).await.unwrap().unwrap();
+    assert_eq!(still.txn.status, Status::Confirming);
+    assert_eq!(still.lease_until, kept);
+}
+
 /// The console's reads of the log: a call made now for a transaction created long ago is in
 /// the live latency; a transaction whose gid was made a moment before its row was written is
 /// in a listing from its `created_at` on; a search finds it by the id after its key's `:`.
@@ -518,6 +610,7 @@ async fn a_group_of_new_transactions_records_each_whole_and_nothing_of_a_member_
 both_backends!(
     a_group_of_new_transactions_records_each_whole_and_nothing_of_a_member_whose_key_is_taken,
     a_group_commit_writes_every_member_whose_fence_holds_and_nothing_of_one_whose_fence_broke,
+    a_group_commit_gives_up_one_member_s_claim_and_keeps_another_s_as_each_would_alone,
     the_console_s_listing_and_live_numbers_find_what_the_time_bounds_name,
     a_transaction_read_while_it_is_written_shows_every_attempt_its_state_counts,
     a_lapsed_claim_cannot_write_after_the_same_instance_claimed_again,
