@@ -581,7 +581,7 @@ pub enum GroupFailed {
 pub const MAX_GROUP: usize = 64;
 
 /// [`checkpoint`] for several transactions in **one** local transaction (group commit): every
-/// member's fenced status write first, in one statement (rows in gid order); then the branches
+/// member's fenced status write first, in one statement; then the branches
 /// and attempts of the members whose fence held, in one statement each: four statements
 /// whatever the group's size. A member whose claim or status moved
 /// writes nothing at all (`None`), as alone; the others are not held back by it. A database
@@ -620,8 +620,11 @@ async fn write_group(
     let mut tx = db.begin().await?;
     // After the writer queue: the lease counts from when this write can commit.
     let now = store::now_ms();
-    // Every member's fenced status write in one UPDATE … FROM (VALUES …), rows in gid order;
-    // the members whose fence held come back.
+    // Every member's fenced status write in one UPDATE … FROM (VALUES …); the members whose
+    // fence held come back. The rows are listed in gid order, but the order they are locked in
+    // is the plan's: two instances' groups sharing transactions (a lapsed claim's and its new
+    // owner's) may deadlock, and PostgreSQL then rolls one back, which is written each alone.
+    // Each row's fence is judged on its latest committed version, as alone.
     let sql = format!(
         "UPDATE global_txns SET status = v.column2, reason = v.column3, updated_at = $1, owner = v.column4, \
          lease_until = v.column5, next_attempt_at = v.column6, attempts = global_txns.attempts + v.column7 \

@@ -405,6 +405,61 @@ async fn a_group_commit_gives_up_one_member_s_claim_and_keeps_another_s_as_each_
     assert_eq!(still.lease_until, kept);
 }
 
+/// A group that waits for a row another writer holds judges that row's fence on what the
+/// other writer committed: X's claim is taken again (a new epoch) while the group waits for
+/// it, so X writes nothing; Y, in the same statement, is written.
+async fn a_group_commit_that_waited_for_a_row_judges_its_fence_on_what_was_committed_meanwhile(
+    test_db: TestDb,
+) {
+    let (db, _) = log_with_one_transaction(&test_db, 60_000).await;
+    let [x, y] = [301, 302].map(|g| ids::Gid::from_u64(g).unwrap());
+    let (sx, sy) = (record(&db, x, 60_000).await, record(&db, y, 60_000).await);
+    let (tx_x, tx_y) = (
+        decided(&sx, Status::Confirming),
+        decided(&sy, Status::Confirming),
+    );
+    fn member<'a>(s: &'a log::Stored, txn: &'a Txn) -> Checkpoint<'a> {
+        Checkpoint {
+            gid: s.gid,
+            owner: OWNER,
+            epoch: s.epoch,
+            from: Status::Prepared,
+            txn,
+            branches: &s.branches,
+            new_attempts: &[],
+            release_until: None,
+            lease_ms: 60_000,
+        }
+    }
+    let members = [member(&sx, &tx_x), member(&sy, &tx_y)];
+    let other = Db::connect(&DbConfig::new(test_db.url())).await.unwrap();
+    let mut claim_again = other.begin().await.unwrap();
+    sqlx::query("UPDATE global_txns SET epoch = epoch + 1 WHERE gid = $1")
+        .bind(x.as_i64())
+        .execute(&mut *claim_again)
+        .await
+        .unwrap();
+    const HELD: Duration = Duration::from_millis(300);
+    let started = std::time::Instant::now();
+    let (written, ()) = tokio::join!(log::checkpoint_group(&db, &members), async {
+        tokio::time::sleep(HELD).await;
+        claim_again.commit().await.unwrap();
+    });
+    assert!(
+        started.elapsed() >= HELD,
+        "the group did not wait for the row held"
+    );
+    let written = written.unwrap();
+    assert!(written[0].is_none() && written[1].is_some(), "{written:?}");
+    let x_now = log::load(&db, x).await.unwrap().unwrap();
+    assert_eq!(x_now.txn.status, Status::Prepared);
+    assert_eq!(x_now.epoch, sx.epoch + 1);
+    assert_eq!(
+        log::status_of(&db, y).await.unwrap().unwrap().0,
+        Status::Confirming
+    );
+}
+
 /// The console's reads of the log: a call made now for a transaction created long ago is in
 /// the live latency; a transaction whose gid was made a moment before its row was written is
 /// in a listing from its `created_at` on; a search finds it by the id after its key's `:`.
@@ -611,6 +666,7 @@ both_backends!(
     a_group_of_new_transactions_records_each_whole_and_nothing_of_a_member_whose_key_is_taken,
     a_group_commit_writes_every_member_whose_fence_holds_and_nothing_of_one_whose_fence_broke,
     a_group_commit_gives_up_one_member_s_claim_and_keeps_another_s_as_each_would_alone,
+    a_group_commit_that_waited_for_a_row_judges_its_fence_on_what_was_committed_meanwhile,
     the_console_s_listing_and_live_numbers_find_what_the_time_bounds_name,
     a_transaction_read_while_it_is_written_shows_every_attempt_its_state_counts,
     a_lapsed_claim_cannot_write_after_the_same_instance_claimed_again,
