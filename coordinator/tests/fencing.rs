@@ -53,6 +53,22 @@ fn decided(stored: &log::Stored, status: Status) -> Txn {
     }
 }
 
+/// A member of a group commit for `s`, from Prepared, with no attempts: keeps its claim
+/// (`release_until` `None`) or gives it up until then.
+fn member<'a>(s: &'a log::Stored, txn: &'a Txn, release_until: Option<i64>) -> Checkpoint<'a> {
+    Checkpoint {
+        gid: s.gid,
+        owner: OWNER,
+        epoch: s.epoch,
+        from: Status::Prepared,
+        txn,
+        branches: &s.branches,
+        new_attempts: &[],
+        release_until,
+        lease_ms: 60_000,
+    }
+}
+
 async fn write(db: &Db, stored: &log::Stored, epoch: i64, from: Status, txn: &Txn) -> bool {
     write_with(db, stored, epoch, from, txn, &[]).await
 }
@@ -337,28 +353,8 @@ async fn a_group_commit_gives_up_one_member_s_claim_and_keeps_another_s_as_each_
     let later = store::now_ms() + 30_000;
     let before = store::now_ms();
     let members = [
-        Checkpoint {
-            gid: gids[0],
-            owner: OWNER,
-            epoch: stored[0].epoch,
-            from: Status::Prepared,
-            txn: &cancelling,
-            branches: &stored[0].branches,
-            new_attempts: &[],
-            release_until: Some(later),
-            lease_ms: 60_000,
-        },
-        Checkpoint {
-            gid: gids[1],
-            owner: OWNER,
-            epoch: stored[1].epoch,
-            from: Status::Prepared,
-            txn: &confirming,
-            branches: &stored[1].branches,
-            new_attempts: &[],
-            release_until: None,
-            lease_ms: 60_000,
-        },
+        member(&stored[0], &cancelling, Some(later)),
+        member(&stored[1], &confirming, None),
     ];
     let written = log::checkpoint_group(&db, &members).await.unwrap();
     assert_eq!(written[0], Some(0), "a released claim holds until 0");
@@ -385,16 +381,9 @@ async fn a_group_commit_gives_up_one_member_s_claim_and_keeps_another_s_as_each_
 
     // 202 twice in one group: refused before anything is written.
     let cancel_202 = decided(&driven, Status::Cancelling);
-    let twice = [Status::Confirming, Status::Confirming].map(|from| Checkpoint {
-        gid: gids[1],
-        owner: OWNER,
-        epoch: driven.epoch,
-        from,
-        txn: &cancel_202,
-        branches: &driven.branches,
-        new_attempts: &[],
-        release_until: None,
-        lease_ms: 60_000,
+    let twice = [(); 2].map(|()| Checkpoint {
+        from: Status::Confirming,
+        ..member(&driven, &cancel_202, None)
     });
     assert!(matches!(
         log::checkpoint_group(&db, &twice).await,
@@ -418,20 +407,7 @@ async fn a_group_commit_that_waited_for_a_row_judges_its_fence_on_what_was_commi
         decided(&sx, Status::Confirming),
         decided(&sy, Status::Confirming),
     );
-    fn member<'a>(s: &'a log::Stored, txn: &'a Txn) -> Checkpoint<'a> {
-        Checkpoint {
-            gid: s.gid,
-            owner: OWNER,
-            epoch: s.epoch,
-            from: Status::Prepared,
-            txn,
-            branches: &s.branches,
-            new_attempts: &[],
-            release_until: None,
-            lease_ms: 60_000,
-        }
-    }
-    let members = [member(&sx, &tx_x), member(&sy, &tx_y)];
+    let members = [member(&sx, &tx_x, None), member(&sy, &tx_y, None)];
     let other = Db::connect(&DbConfig::new(test_db.url())).await.unwrap();
     let mut claim_again = other.begin().await.unwrap();
     sqlx::query("UPDATE global_txns SET epoch = epoch + 1 WHERE gid = $1")
