@@ -581,11 +581,11 @@ pub enum GroupFailed {
 pub const MAX_GROUP: usize = 64;
 
 /// [`checkpoint`] for several transactions in **one** local transaction (group commit): every
-/// member's fenced status write first, in one statement; then the branches
-/// and attempts of the members whose fence held, in one statement each: four statements
-/// whatever the group's size. A member whose claim or status moved
-/// writes nothing at all (`None`), as alone; the others are not held back by it. A database
-/// error fails the whole group, none of it written: the caller may write each alone.
+/// member's fenced status write first, in one statement; then the branches and attempts of the
+/// members whose fence held, in one statement each: four statements whatever the group's size.
+/// A member whose claim or status moved writes nothing at all (`None`), as alone; the others
+/// are not held back by it. A database error fails the whole group, none of it written: the
+/// caller may write each alone.
 pub async fn checkpoint_group(
     db: &Db,
     group: &[Checkpoint<'_>],
