@@ -633,14 +633,16 @@ async fn write_group(
         rows_from(2, group.len(), 10, |p| format!("({})", p.join(", ")))
     );
     // The claim a member's write leaves: (owner, lease_until, next_attempt_at, round).
-    let claim = |c: &Checkpoint<'_>| match c.release_until {
-        Some(at) => (None, 0, at, 1),
-        None => (Some(c.owner.to_owned()), now + c.lease_ms, now, 0),
-    };
+    fn claim<'a>(c: &Checkpoint<'a>, now: i64) -> (Option<&'a str>, i64, i64, i64) {
+        match c.release_until {
+            Some(at) => (None, 0, at, 1),
+            None => (Some(c.owner), now + c.lease_ms, now, 0),
+        }
+    }
     let mut update = sqlx::query_scalar::<_, i64>(&sql).bind(now);
     for &i in &order {
         let c = &group[i];
-        let (owner, lease_until, next_attempt_at, round) = claim(c);
+        let (owner, lease_until, next_attempt_at, round) = claim(c, now);
         update = update
             .bind(c.gid.as_i64())
             .bind(c.txn.status.as_str())
@@ -653,11 +655,10 @@ async fn write_group(
             .bind(c.epoch)
             .bind(c.from.as_str());
     }
-    let held_gids: std::collections::HashSet<i64> =
-        update.fetch_all(&mut *tx).await?.into_iter().collect();
+    let held_gids: HashSet<i64> = update.fetch_all(&mut *tx).await?.into_iter().collect();
     for &i in &order {
         if held_gids.contains(&group[i].gid.as_i64()) {
-            written[i] = Some(claim(&group[i]).1);
+            written[i] = Some(claim(&group[i], now).1);
         }
     }
     let held: Vec<&Checkpoint<'_>> = order
