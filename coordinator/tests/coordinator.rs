@@ -26,18 +26,32 @@ async fn all_tries_succeeding_ends_succeeded_with_each_op_taking_effect_once(db:
         assert_eq!(p.calls_of(r.gid, Op::Try).len(), 1);
         assert_eq!(p.calls_of(r.gid, Op::Confirm).len(), 1);
     }
-    let metrics = reqwest::get(format!("{}/metrics", c.http_url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    for line in [
-        r#"coordinator_transactions_started_total{mode="tcc"} 1"#,
-        r#"coordinator_transactions_finished_total{mode="tcc",outcome="succeeded"} 1"#,
-        r#"coordinator_branch_call_seconds_count{op="confirm",outcome="success"} 3"#,
-    ] {
-        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    // The drive counts the transaction finished just after its last checkpoint is stored, which
+    // is what `wait_terminal` saw: the counter may lag it by a moment.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", c.http_url))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let missing: Vec<&str> = [
+            r#"coordinator_transactions_started_total{mode="tcc"} 1"#,
+            r#"coordinator_transactions_finished_total{mode="tcc",outcome="succeeded"} 1"#,
+            r#"coordinator_branch_call_seconds_count{op="confirm",outcome="success"} 3"#,
+        ]
+        .into_iter()
+        .filter(|line| !metrics.contains(line))
+        .collect();
+        if missing.is_empty() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{missing:?} missing from\n{metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -59,6 +59,9 @@ async fn an_operator_finds_a_stuck_cancel_reads_its_attempts_and_retries_it_in_a
     // A failed order (carol has no money), and one whose Cancel at payment keeps erroring.
     let failed = p.order("carol", "broke-1", "coffee").await;
     assert_eq!(failed["reason"], "insufficient_funds", "{failed}");
+    // Its Cancels follow the answer: let them land before the fault below could take them.
+    p.wait_for_transaction(failed["gid"].as_str().unwrap(), "failed")
+        .await;
     let armed = http
         .put(p.url(8081, "/admin/faults/cancel"))
         .bearer_auth(&admin)

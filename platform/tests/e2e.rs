@@ -747,6 +747,9 @@ async fn answered_keys_are_forgotten_after_the_retention_and_every_order_still_a
         ),
         (Some("confirmed"), Some("cancelled"), Some("confirmed"))
     );
+    // The orders' Confirms and Cancels follow the answers: let them land before the clock is
+    // turned back, or one would stamp its order "just now" (or leave it pending).
+    p.settle().await;
     let sql = |q: &'static str| {
         let order_db = order_db.clone();
         async move {
@@ -1947,12 +1950,55 @@ async fn faults_switched_on_through_the_admin_api_make_the_course_s_anomalies_ha
         .order("alice", "f-4", json!({"sku": "vinyl", "quantity": 2}))
         .await;
     assert_eq!(refused["status"], "cancelled", "{refused}");
-    let (_, listed) = p.admin(Method::GET, "payment", "/admin/faults", None).await;
-    assert_eq!(listed["armed"], json!([]), "the hang was taken: {listed}");
+    // The order answers once the decision is durable (DESIGN §2); the Cancels follow it, so
+    // the hang is taken shortly after the answer, not necessarily before it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, listed) = p.admin(Method::GET, "payment", "/admin/faults", None).await;
+        if listed["armed"] == json!([]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hang was never taken: {listed}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let transaction = |gid: String| {
+        let p = &p;
+        async move {
+            p.admin(
+                Method::GET,
+                "coordinator",
+                &format!("/api/v1/transactions/{gid}"),
+                None,
+            )
+            .await
+            .1
+        }
+    };
+    let gid = refused["gid"].as_str().unwrap().to_owned();
+    let hung = transaction(gid.clone()).await;
+    assert_eq!(
+        hung["status"], "cancelling",
+        "waits for the hung Cancel: {hung}"
+    );
     let (status, _) = p
         .admin(Method::POST, "payment", "/admin/faults/release", None)
         .await;
     assert_eq!(status, 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let t = transaction(gid.clone()).await;
+        if t["status"] == "failed" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the released Cancel never ended the transaction: {t}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Bad requests are 4xx problems; nothing stays armed after a clear.
     let (status, problem) = p

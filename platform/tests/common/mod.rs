@@ -131,6 +131,31 @@ impl Running {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// Waits (up to 20 s) until the coordinator reports transaction `gid` in `status`. An
+    /// order answers once its decision is durable; its Confirms or Cancels follow the answer.
+    pub async fn wait_for_transaction(&self, gid: &str, status: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let t: serde_json::Value = reqwest::Client::new()
+                .get(self.url(8090, &format!("/api/v1/transactions/{gid}")))
+                .bearer_auth(self.admin_token())
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if t["status"] == status {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "transaction {gid} never became {status}: {t}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Places an order; returns the order API's answer.
     pub async fn order(&self, user: &str, key: &str, sku: &str) -> serde_json::Value {
         let answer = reqwest::Client::new()
