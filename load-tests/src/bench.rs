@@ -289,35 +289,45 @@ pub async fn coordinator(args: CoordinatorArgs) -> Result<(), LoadError> {
             );
         }
     };
+    // Until `n` transactions in all have succeeded (the second phase follows the answers).
+    let http_client = reqwest::Client::new();
+    let succeeded = |n: u64| {
+        let http_client = &http_client;
+        async move {
+            loop {
+                let counts: serde_json::Value = http_client
+                    .get(format!(
+                        "http://127.0.0.1:{http}/api/v1/transactions?limit=1"
+                    ))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                let done = counts["counts"]["succeeded"].as_i64().unwrap_or(0);
+                if done as u64 >= n {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // PostgreSQL publishes its commit counter about once a second.
+    let published = || tokio::time::sleep(std::time::Duration::from_millis(1500));
     closed_loop(args.concurrency, 0..warmup, None, execute).await;
+    // The warm-up's Confirms and last checkpoints are not the measured transactions' commits.
+    succeeded(warmup).await;
+    published().await;
     let commits_before = commits(db.url().to_owned()).await;
     let t0 = Instant::now();
     let h = closed_loop(args.concurrency, warmup..total, None, execute).await;
     let decided = t0.elapsed();
     let measured_count = h.len();
-    // Wait until every transaction is terminal.
-    let http_client = reqwest::Client::new();
-    loop {
-        let counts: serde_json::Value = http_client
-            .get(format!(
-                "http://127.0.0.1:{http}/api/v1/transactions?limit=1"
-            ))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let done = counts["counts"]["succeeded"].as_i64().unwrap_or(0);
-        if done as u64 >= total {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    succeeded(total).await;
     let finished = t0.elapsed();
-    // PostgreSQL publishes its counters about once a second.
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    published().await;
     let commits_after = commits(db.url().to_owned()).await;
     let measured = measured_count as f64;
     let backend = match args.backend {

@@ -1,8 +1,9 @@
 //! load-tests: the instrument by which the platform's speed and correctness are judged.
 //!
 //! - `run`: orders through the public API, closed or open loop, with shares of failing and
-//!   duplicate orders; throughput, latency percentiles (HDR), outcomes; `--out` JSON;
-//!   `--profile DIR` flame graphs of the four services over the measured window.
+//!   duplicate orders; throughput, latency percentiles (HDR), outcomes, each service's CPU per
+//!   order and peak memory; `--out` JSON; `--profile DIR` flame graphs of the four services
+//!   over the measured window.
 //! - `audit`: docs/design.md §5 across the four services; exits 1 on any violation.
 //! - `baseline`: the same writes in one local transaction on one database: the price of
 //!   distribution is `run` ÷ `baseline`, measured side by side.
@@ -18,6 +19,7 @@ mod baseline;
 mod bench;
 mod chaos;
 mod compare;
+mod costs;
 mod error;
 mod measure;
 mod profile;

@@ -8,6 +8,7 @@
 //! orders can be refunded once confirmed (`--refund-share`): each refund (a Saga of five
 //! branches) follows its order, is counted apart, and must end `refunded`.
 
+use crate::costs::Costs;
 use crate::error::{write_json, LoadError};
 use crate::measure::{closed_loop, Latency};
 use crate::target::{parse_duration, Target};
@@ -724,6 +725,7 @@ pub async fn load(args: RunArgs, prepared: Prepared) -> Result<RunReport, LoadEr
         drive(&warm, mode, "w", args.warmup, None, args.max_in_flight).await;
     }
     let shared = new_shared();
+    let before = crate::costs::read(&http, &args.target).await;
     let bar = (!args.quiet).then(|| progress(shared.clone(), args.count, args.duration));
     let profiling = match &args.profile {
         Some(dir) => Some((dir, args.target.admin()?)),
@@ -748,6 +750,7 @@ pub async fn load(args: RunArgs, prepared: Prepared) -> Result<RunReport, LoadEr
         ),
         profiles
     );
+    let after = crate::costs::read(&http, &args.target).await;
     if let Some(files) = profiles? {
         for file in files {
             eprintln!("flame graph: {}", file.display());
@@ -807,6 +810,7 @@ pub async fn load(args: RunArgs, prepared: Prepared) -> Result<RunReport, LoadEr
         not_sent: stats.not_sent,
         errors: shared.errors.load(Ordering::Relaxed),
         retried: shared.retried.load(Ordering::Relaxed),
+        costs: Costs::between(&before, &after, answered),
     };
     print!("{report}");
     if let Some(out) = &args.out {
@@ -868,6 +872,10 @@ pub struct RunReport {
     pub errors: u64,
     /// Requests resent with the same key (`--retries`).
     pub retried: u64,
+    /// CPU per order and peak memory by service, from their `/metrics` (absent when none
+    /// reported them).
+    #[serde(default)]
+    pub costs: Option<Costs>,
 }
 
 /// Orders sent twice with one key.
@@ -931,6 +939,9 @@ impl std::fmt::Display for RunReport {
                 "errors: {} requests failed, {} resent",
                 self.errors, self.retried
             )?;
+        }
+        if let Some(costs) = &self.costs {
+            write!(f, "{costs}")?;
         }
         writeln!(
             f,

@@ -129,6 +129,21 @@ async fn run_then_audit_pass_and_a_hold_outside_any_transaction_fails_the_audit(
     );
     assert_eq!(report["duplicates"]["answered_with_another_order"], 0);
     assert!(report["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    // Each of the four services spent some CPU on the run's orders and held some memory.
+    for side in ["cpu_ms_per_order", "peak_rss_mb"] {
+        let by_service = report["costs"][side].as_object().expect("costs by service");
+        let mut services: Vec<&str> = by_service.keys().map(String::as_str).collect();
+        services.sort_unstable();
+        assert_eq!(
+            services,
+            ["coordinator", "inventory-svc", "order-svc", "payment-svc"],
+            "{report}"
+        );
+        assert!(
+            by_service.values().all(|v| v.as_f64().unwrap() > 0.0),
+            "{report}"
+        );
+    }
 
     let mut audit_args = vec!["audit", "--settle", "10s"];
     let target = target_args(&p);
