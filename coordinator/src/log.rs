@@ -1164,6 +1164,10 @@ pub async fn timeline_page(
         started_at: i64::MAX,
         id: i64::MAX,
     });
+    // The count in the same statement as the page: one snapshot, so a round of attempts
+    // committed meanwhile is in both or in neither (a page and a total read apart could
+    // disagree, and a reader paging back would look for attempts that are not there).
+    let mut total = None;
     let mut rows: Vec<(i64, Row)> = sqlx::query_as::<
         _,
         (
@@ -1176,9 +1180,11 @@ pub async fn timeline_page(
             String,
             Option<String>,
             String,
+            i64,
         ),
     >(
-        "SELECT id, gid, idx, op, started_at, duration_us, outcome, error, owner FROM attempts \
+        "SELECT id, gid, idx, op, started_at, duration_us, outcome, error, owner, \
+         (SELECT CAST(COUNT(*) AS BIGINT) FROM attempts WHERE gid = $1) FROM attempts \
          WHERE gid = $1 AND (started_at < $2 OR (started_at = $2 AND id < $3)) \
          ORDER BY started_at DESC, id DESC LIMIT $4",
     )
@@ -1189,7 +1195,8 @@ pub async fn timeline_page(
     .fetch_all(db.pool())
     .await?
     .into_iter()
-    .map(|(id, gid, idx, op, at, us, outcome, error, owner)| {
+    .map(|(id, gid, idx, op, at, us, outcome, error, owner, count)| {
+        total = Some(count);
         (id, (gid, idx, op, at, us, outcome, error, owner))
     })
     .collect();
@@ -1202,11 +1209,16 @@ pub async fn timeline_page(
             started_at: r.3,
             id: *id,
         });
-    let total: i64 =
-        sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM attempts WHERE gid = $1")
-            .bind(gid.as_i64())
-            .fetch_one(db.pool())
-            .await?;
+    // An empty page (no attempts yet, or a cursor past the oldest) counts them on its own.
+    let total: i64 = match total {
+        Some(n) => n,
+        None => {
+            sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM attempts WHERE gid = $1")
+                .bind(gid.as_i64())
+                .fetch_one(db.pool())
+                .await?
+        }
+    };
     let mut page = Vec::with_capacity(rows.len());
     for (_, (_, idx, op, started_at, duration_us, outcome, error, owner)) in rows.into_iter().rev()
     {
