@@ -113,9 +113,9 @@ pub struct EngineConfig {
     /// The coordinator's certificates, to call participants over mutual TLS (`None`: plaintext,
     /// dev only).
     pub participants_tls: Option<trust::Trust>,
-    /// Second-phase calls (Confirm, Cancel, Compensate) or batches of them in flight to one
-    /// participant at once; what is ready while they are goes in one batch. 0: no batching.
-    pub second_phase_in_flight: usize,
+    /// Branch calls (Try, Confirm, Cancel, …) or batches of them in flight to one participant
+    /// at once; what is ready while they are goes in one batch. 0: no batching.
+    pub branch_calls_in_flight: usize,
     /// Checkpoints (or groups of them) being written at once; the checkpoints of other
     /// transactions that are ready meanwhile are written together, in one local transaction
     /// (group commit). 0: each in a transaction of its own, at once.
@@ -140,7 +140,7 @@ impl Default for EngineConfig {
             node_lease: Duration::from_secs(3),
             participants: participants::Known::default(),
             participants_tls: None,
-            second_phase_in_flight: 1,
+            branch_calls_in_flight: 1,
             checkpoints_in_flight: 1,
         }
     }
@@ -240,7 +240,7 @@ impl Engine {
         let clients = Arc::new(participants::Clients::new(
             config.participants_tls.clone(),
             config.participants.clone(),
-            config.second_phase_in_flight,
+            config.branch_calls_in_flight,
         ));
         let committer = (config.checkpoints_in_flight > 0)
             .then(|| Committer::start(db.clone(), config.checkpoints_in_flight));

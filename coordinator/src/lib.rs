@@ -8,7 +8,7 @@
 //!   that tells an idempotent replay from another request.
 //! - [`participants`]: one reused gRPC channel per participant, and one branch call with its
 //!   timeout and its attempt for the timeline.
-//! - `ready`: batching by what is ready, the loop behind group commit and second-phase
+//! - `ready`: batching by what is ready, the loop behind group commit and participant
 //!   batches.
 //! - [`engine`]: executes the effects — branch calls over reused gRPC channels with per-call
 //!   timeouts — persists decisions, retries with persisted backoff, and recovers due
@@ -78,12 +78,13 @@ pub struct Config {
     /// share it (the dev platform). Faults are refused in production whatever this holds.
     #[serde(default)]
     pub participant_admin: std::collections::BTreeMap<String, String>,
-    /// Second-phase calls, or batches of them, in flight to one participant at once
-    /// (`COORDINATOR_SECOND_PHASE_IN_FLIGHT`, default 1): Confirms, Cancels and Compensates
-    /// that are ready while they are go to that participant together, in one local
+    /// Branch calls, or batches of them, in flight to one participant at once, per phase
+    /// (`COORDINATOR_BRANCH_CALLS_IN_FLIGHT`, default 1; `COORDINATOR_SECOND_PHASE_IN_FLIGHT`
+    /// until 2026-12, when Tries were batched too): the Tries, Confirms, Cancels and
+    /// Compensates that are ready while they are go to that participant together, in one local
     /// transaction there. 0: every call on its own.
-    #[serde(default = "default_second_phase_in_flight")]
-    pub second_phase_in_flight: usize,
+    #[serde(default = "default_branch_calls_in_flight")]
+    pub branch_calls_in_flight: usize,
     /// Checkpoints, or groups of them, written to the log at once
     /// (`COORDINATOR_CHECKPOINTS_IN_FLIGHT`, default 1): the checkpoints of other transactions
     /// ready meanwhile are written together, one local transaction for all (group commit). 0:
@@ -96,8 +97,8 @@ fn default_checkpoints_in_flight() -> usize {
     engine::EngineConfig::default().checkpoints_in_flight
 }
 
-fn default_second_phase_in_flight() -> usize {
-    engine::EngineConfig::default().second_phase_in_flight
+fn default_branch_calls_in_flight() -> usize {
+    engine::EngineConfig::default().branch_calls_in_flight
 }
 
 fn default_retention() -> host::Retention {
@@ -122,7 +123,7 @@ impl Default for Config {
             retention: default_retention(),
             trace_link: None,
             participant_admin: Default::default(),
-            second_phase_in_flight: default_second_phase_in_flight(),
+            branch_calls_in_flight: default_branch_calls_in_flight(),
             checkpoints_in_flight: default_checkpoints_in_flight(),
         }
     }
@@ -152,7 +153,7 @@ impl Config {
             default_branch_timeout: Duration::from_millis(self.default_branch_timeout_ms.max(1)),
             recovery_interval: Duration::from_millis(self.recovery_interval_ms.max(10)),
             node_lease: Duration::from_millis(self.node_lease_ms.max(300)),
-            second_phase_in_flight: self.second_phase_in_flight,
+            branch_calls_in_flight: self.branch_calls_in_flight,
             checkpoints_in_flight: self.checkpoints_in_flight,
             backoff: retry::Backoff::forever(
                 Duration::from_millis(self.retry_initial_ms.max(1)),

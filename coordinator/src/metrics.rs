@@ -11,8 +11,8 @@ use std::time::Duration;
 
 type Labels2 = [(&'static str, &'static str); 2];
 type Labels1 = [(&'static str, &'static str); 1];
-/// A participant's configured name (or `other`): bounded by the configuration.
-type ParticipantLabel = [(&'static str, String); 1];
+/// A participant's configured name (or `other`, bounded by the configuration) and the phase.
+type BatchLabels = [(&'static str, String); 2];
 
 #[derive(Debug, Clone)]
 pub struct CoordinatorMetrics {
@@ -21,7 +21,7 @@ pub struct CoordinatorMetrics {
     calls: Family<Labels2, Histogram, fn() -> Histogram>,
     retries: Counter,
     lag: Gauge,
-    batches: Family<ParticipantLabel, Histogram, fn() -> Histogram>,
+    batches: Family<BatchLabels, Histogram, fn() -> Histogram>,
 }
 
 fn mode(m: Mode) -> &'static str {
@@ -68,17 +68,20 @@ impl CoordinatorMetrics {
             m.lag.clone(),
         );
         registry.register(
-            "coordinator_second_phase_batch_branches",
-            "Branches per second-phase send, by participant (1: a call on its own)",
+            "coordinator_batch_branches",
+            "Branches per send to a participant, by phase: first (Tries, Actions) or second (1: a call on its own)",
             m.batches.clone(),
         );
         m
     }
 
-    /// A second-phase send of `branches` calls to `participant`.
-    pub fn batch(&self, participant: &str, branches: usize) {
+    /// A send of `branches` calls of `phase` (`first`, `second`) to `participant`.
+    pub fn batch(&self, participant: &str, phase: &'static str, branches: usize) {
         self.batches
-            .get_or_create(&[("participant", participant.to_owned())])
+            .get_or_create(&[
+                ("participant", participant.to_owned()),
+                ("phase", phase.to_owned()),
+            ])
             .observe(branches as f64);
     }
 

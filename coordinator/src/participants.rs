@@ -1,7 +1,7 @@
 //! The participants as the coordinator reaches them: one reused gRPC channel per address, and
 //! one branch call with its own timeout, answered as a [`CallResult`] plus the [`Attempt`] the
-//! timeline records. Second-phase calls to one participant are batched by what is ready (see
-//! `Batcher`): a call alone when nothing else is on its way there.
+//! timeline records. The calls to one participant, Tries and second-phase calls alike, are
+//! batched by what is ready (see `Batcher`): a call alone when nothing else is on its way there.
 
 use crate::log::{self, Attempt, Stored};
 use crate::machine::{CallResult, Op};
@@ -78,21 +78,22 @@ impl Known {
 const MAX_CHANNELS: usize = 1_024;
 
 /// One reused channel per participant address, over mutual TLS when the coordinator has
-/// certificates; second-phase calls batched per address (see `Batcher`).
+/// certificates; branch calls batched per address (see `Batcher`).
 #[derive(Debug, Default)]
 pub struct Clients {
     map: RwLock<HashMap<String, Client>>,
     tls: Option<trust::Trust>,
     /// Which role each known address must prove (its name in the allow-list).
     known: Known,
-    /// Second-phase calls (or batches) in flight to one participant before what comes next is
+    /// Branch calls (or batches) in flight to one participant before what comes next is
     /// batched; 0: every call on its own.
     in_flight: usize,
-    batchers: Mutex<HashMap<String, Batcher>>,
+    /// One batcher per address and phase (see [`Phase`]).
+    batchers: Mutex<HashMap<(String, Phase), Batcher>>,
 }
 
 impl Clients {
-    /// `in_flight`: see [`crate::engine::EngineConfig::second_phase_in_flight`].
+    /// `in_flight`: see [`crate::engine::EngineConfig::branch_calls_in_flight`].
     pub fn new(tls: Option<trust::Trust>, known: Known, in_flight: usize) -> Clients {
         Clients {
             map: RwLock::default(),
@@ -103,10 +104,16 @@ impl Clients {
         }
     }
 
-    /// The batcher of second-phase calls to `addr`, started on first use.
-    fn batcher(self: &Arc<Self>, addr: &str, metrics: &CoordinatorMetrics) -> Batcher {
+    /// The batcher of the calls of `phase` to `addr`, started on first use.
+    fn batcher(
+        self: &Arc<Self>,
+        addr: &str,
+        phase: Phase,
+        metrics: &CoordinatorMetrics,
+    ) -> Batcher {
         let mut batchers = self.batchers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(b) = batchers.get(addr) {
+        let key = (addr.to_owned(), phase);
+        if let Some(b) = batchers.get(&key) {
             if !b.queue.is_closed() {
                 return b.clone();
             }
@@ -117,8 +124,8 @@ impl Clients {
         }
         // A label per configured participant; "other" for addresses a dev setup accepts.
         let name = self.known.name_of(addr).unwrap_or("other").to_owned();
-        let b = Batcher::start(self.in_flight.max(1), metrics.clone(), name);
-        batchers.insert(addr.to_owned(), b.clone());
+        let b = Batcher::start(self.in_flight.max(1), metrics.clone(), name, phase);
+        batchers.insert(key, b.clone());
         b
     }
 
@@ -168,10 +175,16 @@ impl Clients {
         let owner = owner.to_owned();
         let metrics = metrics.clone();
         let span = tracing::info_span!("branch", branch = %branch.branch_id, op = op.as_str());
-        // Second-phase calls go through the participant's batcher: alone when nothing else is
-        // on its way there, together with what is ready otherwise.
-        let batcher = (self.in_flight > 0 && !op.may_be_rejected())
-            .then(|| self.batcher(&branch.participant, &metrics));
+        // Every call goes through the participant's batcher for its phase: alone when nothing
+        // else is on its way there, together with what is ready otherwise (a refused Try gets
+        // its own refusal, docs/design.md §2.5).
+        let phase = if op.may_be_rejected() {
+            Phase::First
+        } else {
+            Phase::Second
+        };
+        let batcher =
+            (self.in_flight > 0).then(|| self.batcher(&branch.participant, phase, &metrics));
         async move {
             let started_at = store::now_ms();
             let t = Instant::now();
@@ -268,7 +281,26 @@ const MAX_BATCH: usize = tcc::grpc::MAX_BATCH;
 /// may have (a payload is at most 64 KiB).
 const MAX_BATCH_BYTES: usize = 1024 * 1024;
 
-/// A second-phase call waiting for its turn.
+/// Which of a participant's two batchers a call waits in. Tries (and Actions) never queue
+/// behind Confirms and Cancels: a second-phase batch held up on the participant (a lock, a
+/// slow database) would hold up the Tries in it past their timeout, and a Try that times out
+/// rolls its transaction back, where a late Confirm is only retried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Phase {
+    First,
+    Second,
+}
+
+impl Phase {
+    fn label(self) -> &'static str {
+        match self {
+            Phase::First => "first",
+            Phase::Second => "second",
+        }
+    }
+}
+
+/// A branch call waiting for its turn.
 struct Queued {
     client: Client,
     request: BranchRequest,
@@ -278,13 +310,13 @@ struct Queued {
     reply: oneshot::Sender<Result<BranchResponse, tonic::Status>>,
 }
 
-/// Batches the second-phase calls to one participant: up to `in_flight` calls or batches are
+/// Batches the branch calls of one phase to one participant: up to `in_flight` calls or batches are
 /// on their way at once (each for [`SLOT_HOLD`] at most, and never more than
 /// [`OUTSTANDING_PER_SLOT`] per slot unanswered), and what arrives meanwhile goes in the next
 /// batch, as one `Branches` call. Nothing waits for a batch to fill: at low load every call goes alone and
-/// at once, as before batching; under load, the participant confirms many branches with one
-/// commit. A participant that refuses a batch (faults armed, or one that predates batching)
-/// gets each call on its own.
+/// at once, as before batching; under load, the participant tries or confirms many branches
+/// with one commit. A participant that refuses a batch (faults armed, or one that predates batching or
+/// batched Tries) gets each call on its own.
 #[derive(Clone)]
 struct Batcher {
     queue: mpsc::UnboundedSender<Queued>,
@@ -297,7 +329,12 @@ impl std::fmt::Debug for Batcher {
 }
 
 impl Batcher {
-    fn start(in_flight: usize, metrics: CoordinatorMetrics, participant: String) -> Batcher {
+    fn start(
+        in_flight: usize,
+        metrics: CoordinatorMetrics,
+        participant: String,
+        phase: Phase,
+    ) -> Batcher {
         let (queue, mut rx) = mpsc::unbounded_channel::<Queued>();
         let slots = Arc::new(Semaphore::new(in_flight));
         let outstanding = Arc::new(Semaphore::new(in_flight * OUTSTANDING_PER_SLOT));
@@ -319,7 +356,7 @@ impl Batcher {
                 if batch.is_empty() {
                     continue;
                 }
-                metrics.batch(&participant, batch.len());
+                metrics.batch(&participant, phase.label(), batch.len());
                 tokio::spawn(async move {
                     let sent = dispatch(batch);
                     tokio::pin!(sent);
@@ -403,10 +440,14 @@ async fn dispatch(mut batch: Vec<Queued>) {
         Ok(Err(status))
             if matches!(
                 status.code(),
-                tonic::Code::FailedPrecondition | tonic::Code::Unimplemented
+                tonic::Code::FailedPrecondition
+                    | tonic::Code::Unimplemented
+                    | tonic::Code::InvalidArgument
             ) =>
         {
-            // Each on its own, at once: what a batch could not carry.
+            // Each on its own, at once: what a batch could not carry (faults armed, no
+            // `Branches` at all, or one from before Tries were batched, which refuses a batch
+            // with a Try as malformed; a batch this side built is never malformed otherwise).
             futures::future::join_all(batch.into_iter().map(|q| async move {
                 let answer = send(q.client, q.request, q.timeout)
                     .instrument(q.span)

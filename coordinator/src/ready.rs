@@ -1,5 +1,5 @@
 //! Batching by what is ready: the one loop behind group commit ([`crate::engine`]) and
-//! second-phase batches ([`crate::participants`]).
+//! participant batches ([`crate::participants`]).
 //!
 //! A batch starts with the first item that arrives, waits for its turn (an in-flight slot),
 //! and takes what arrived meanwhile, up to a cap. Nothing ever waits for a batch to fill: at

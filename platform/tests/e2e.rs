@@ -506,6 +506,57 @@ async fn insufficient_funds_cancels_and_leaves_balances_unchanged(db: TestDb) {
     assert_eq!(p.balance("merchant").await, 0);
 }
 
+/// Orders at once: their Tries reach payment-svc in batches (one local transaction each), a
+/// third of them refused (bob cannot pay for three). Each refusal stays its own order's: the
+/// refused orders cancel with `insufficient_funds`, every other one is confirmed, and the
+/// books balance.
+async fn orders_at_once_have_their_tries_batched_and_each_refusal_stays_its_own(db: TestDb) {
+    let p = Platform::start(db).await;
+    let placed = join_all((0..18).map(|i| {
+        let (user, quantity) = if i % 3 == 0 { ("bob", 3) } else { ("alice", 1) };
+        p.order(
+            user,
+            format!("at-once-{i}"),
+            json!({"sku": "coffee", "quantity": quantity}),
+        )
+    }))
+    .await;
+    for (i, (status, body)) in placed.iter().enumerate() {
+        let expected = if i % 3 == 0 {
+            (Some("cancelled"), Some("insufficient_funds"))
+        } else {
+            (Some("confirmed"), None)
+        };
+        assert_eq!(status.as_u16(), 201, "{body}");
+        assert_eq!(
+            (body["status"].as_str(), body["reason"].as_str()),
+            expected,
+            "order {i}: {body}"
+        );
+    }
+    let first = ["participant=\"payment\"", "phase=\"first\""];
+    let tries = metric(&p, "coordinator", "coordinator_batch_branches_sum", &first).await;
+    let sends = metric(
+        &p,
+        "coordinator",
+        "coordinator_batch_branches_count",
+        &first,
+    )
+    .await;
+    assert_eq!(
+        tries, 18.0,
+        "every Try went through payment's first-phase queue"
+    );
+    assert!(
+        sends < tries,
+        "some of payment's Tries went together: {tries} Tries in {sends} sends"
+    );
+    p.assert_invariants().await;
+    assert_eq!(p.balance("alice").await, 10_000 - 12 * 450);
+    assert_eq!(p.balance("bob").await, 1_000);
+    assert_eq!(p.balance("merchant").await, 12 * 450);
+}
+
 async fn out_of_stock_cancels(db: TestDb) {
     let p = Platform::start(db).await;
     let (_, first) = p
@@ -972,7 +1023,7 @@ async fn payment_killed_during_its_confirms_has_each_interrupted_confirm_retried
     // Wait until every Confirm is sent and blocked on the lock (the coordinator batches them:
     // one waiting session per send, lone or batch), then kill payment-svc under them.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let payment = ["participant=\"payment\""];
+    let payment = ["participant=\"payment\"", "phase=\"second\""];
     loop {
         let waiting: i64 = sqlx::query_scalar(
             "SELECT CAST(COUNT(*) AS BIGINT) FROM pg_stat_activity \
@@ -984,14 +1035,14 @@ async fn payment_killed_during_its_confirms_has_each_interrupted_confirm_retried
         let sent = metric(
             &p,
             "coordinator",
-            "coordinator_second_phase_batch_branches_sum",
+            "coordinator_batch_branches_sum",
             &payment,
         )
         .await;
         let sends = metric(
             &p,
             "coordinator",
-            "coordinator_second_phase_batch_branches_count",
+            "coordinator_batch_branches_count",
             &payment,
         )
         .await;
@@ -1803,6 +1854,7 @@ both_backends!(
     a_refund_the_merchant_cannot_pay_is_compensated_and_can_be_asked_again,
     an_order_is_confirmed_and_reads_back_for_its_owner_only,
     insufficient_funds_cancels_and_leaves_balances_unchanged,
+    orders_at_once_have_their_tries_batched_and_each_refusal_stays_its_own,
     out_of_stock_cancels,
     payment_down_during_the_try_cancels_and_recovers_when_it_returns,
     a_retry_after_a_503_with_the_same_key_places_the_order,

@@ -217,12 +217,13 @@ pub struct Item<'a, P> {
 /// own verdict or error.
 #[derive(Debug, thiserror::Error)]
 pub enum BatchStopped {
-    /// Only Confirm, Cancel and Compensate are batched.
-    #[error("a {0} is not a second-phase op")]
-    FirstPhase(Op),
-    /// An item was rejected (a bug for a second-phase op, reported by its own call).
+    /// An item was rejected: a Try or Action refused by the business rules (a bug for a
+    /// second-phase op, reported by its own call). Its index is in the items as given.
     #[error("item {0} was rejected")]
     Rejected(usize),
+    /// The handler refused to lock the batch's rows ([`Handler::lock_batch`]).
+    #[error("the batch's rows could not be locked")]
+    LockRefused,
     /// An item needs a rollback of its own (see [`call`]).
     #[error("item {0} must be rolled back on its own")]
     RolledBack(usize),
@@ -230,16 +231,18 @@ pub enum BatchStopped {
     Store(#[from] StoreError),
 }
 
-/// Runs second-phase ops of several branches in **one** local transaction: steps 1 and 2 for
-/// every item, then the handler's [`Handler::lock_batch`] for those that run, then step 3 for
-/// each, and one commit for all; each item's verdict is the one [`call`] would give. One commit instead of one per
-/// branch is the point: under load, many transactions confirm at the same participant in the
-/// same millisecond.
+/// Runs the ops of several branches in **one** local transaction: steps 1 and 2 for every
+/// item, then the handler's [`Handler::lock_batch`] for those that run, then step 3 for each,
+/// and one commit for all; each item's verdict is the one [`call`] would give. One commit
+/// instead of one per branch is the point: under load, many transactions try, confirm or
+/// cancel at the same participant in the same millisecond. Any mix of ops, also a Try and its
+/// Cancel: each item sees the rows the items before it wrote, as if they had run one after the
+/// other in (gid, branch) order.
 ///
 /// All or nothing: an item whose business change fails (a database error, a rejection) rolls
 /// the whole batch back and this answers [`BatchStopped`]; nothing of the batch took effect, and
-/// the caller runs the items one by one. The verdicts, in the items' order, hold only once the
-/// batch committed.
+/// the caller runs the items one by one (or a rejected Try on its own and the rest as a batch
+/// again). The verdicts, in the items' order, hold only once the batch committed.
 ///
 /// Items are taken in (gid, branch) order, so two batches that share branches lock their
 /// barrier rows in the same order.
@@ -248,9 +251,6 @@ pub async fn call_batch<H: Handler>(
     handler: &H,
     items: &[Item<'_, H::Payload>],
 ) -> Result<Vec<Verdict>, BatchStopped> {
-    if let Some(item) = items.iter().find(|i| i.op.may_be_rejected()) {
-        return Err(BatchStopped::FirstPhase(item.op));
-    }
     let mut order: Vec<usize> = (0..items.len()).collect();
     order.sort_by(|&a, &b| {
         let (a, b) = (items[a].branch, items[b].branch);
@@ -275,7 +275,7 @@ pub async fn call_batch<H: Handler>(
     match handler.lock_batch(&mut tx, &payloads).await {
         Ok(()) => {}
         Err(OpError::Store(e)) => return Err(e.into()),
-        Err(OpError::Rejected(_)) => return Err(BatchStopped::Rejected(passes[0].0)),
+        Err(OpError::Rejected(_)) => return Err(BatchStopped::LockRefused),
     }
     // Step 3 for each.
     for (i, verdict) in passes {

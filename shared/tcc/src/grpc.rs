@@ -229,12 +229,15 @@ impl<H: Handler> ParticipantService<H> {
         }
     }
 
-    /// Handles a batch of second-phase calls; everything but the tonic wrapping.
+    /// Handles a batch of calls; everything but the tonic wrapping.
     ///
-    /// Malformed items get their own INVALID_ARGUMENT; the others run in one local transaction
-    /// ([`barrier::call_batch`]). When that transaction does not commit (a conflict, a database
-    /// error, an item that needs its own rollback), each item runs on its own as [`Self::handle`]
-    /// would run it, so every item still gets its own answer.
+    /// Malformed items get their own INVALID_ARGUMENT (a Try's or Action's undecodable payload
+    /// its FAILURE, as alone); the others run in one local transaction
+    /// ([`barrier::call_batch`]). A rejected Try or Action is taken out and runs on its own,
+    /// where it gets its refusal, and the rest run as a batch again, twice at most; when the
+    /// transaction still does not commit (a conflict, a database error, an item that needs its
+    /// own rollback), each item runs on its own as [`Self::handle`] would run it. So every item
+    /// gets the answer a lone call would have got.
     pub async fn handle_batch(
         &self,
         req: BranchBatchRequest,
@@ -249,12 +252,7 @@ impl<H: Handler> ParticipantService<H> {
         let mut ops = Vec::with_capacity(req.branches.len());
         for r in &req.branches {
             match Op::from_wire(r.op) {
-                Some(op) if !op.may_be_rejected() => ops.push(op),
-                Some(op) => {
-                    return Err(Status::invalid_argument(format!(
-                        "a batch carries second-phase ops only, not {op}"
-                    )))
-                }
+                Some(op) => ops.push(op),
                 None => return Err(Status::invalid_argument(format!("unknown op {}", r.op))),
             }
         }
@@ -268,10 +266,10 @@ impl<H: Handler> ParticipantService<H> {
         for (i, (op, r)) in ops.iter().zip(req.branches).enumerate() {
             match self.parse(*op, r) {
                 Ok(Parsed::Payload(branch, payload)) => parsed.push((i, *op, branch, payload)),
-                // Only a first-phase op's payload is answered with FAILURE; never here.
-                Ok(Parsed::Rejected(r)) => {
+                // A Try's or Action's payload that does not decode: its FAILURE, as alone.
+                Ok(Parsed::Rejected(response)) => {
                     self.metrics.record(*op, "invalid", started.elapsed());
-                    results[i] = Some(Err(Status::invalid_argument(r.message)));
+                    results[i] = Some(Ok(response));
                 }
                 Err(status) => {
                     self.metrics.record(*op, "invalid", started.elapsed());
@@ -279,38 +277,63 @@ impl<H: Handler> ParticipantService<H> {
                 }
             }
         }
-        let items: Vec<_> = parsed
-            .iter()
-            .map(|(_, op, branch, payload)| barrier::Item {
-                branch,
-                op: *op,
-                payload,
-            })
-            .collect();
-        match barrier::call_batch(&self.db, self.handler.as_ref(), &items).await {
-            Ok(verdicts) => {
-                for ((i, op, branch, _), verdict) in parsed.iter().zip(verdicts) {
-                    let result = respond(branch, *op, verdict);
-                    self.metrics.record(*op, label(&result), started.elapsed());
-                    results[*i] = Some(result.map(|(response, _)| response));
+        // The items still to commit as a batch, by their place in `parsed`.
+        let mut pending: Vec<usize> = (0..parsed.len()).collect();
+        let mut on_their_own: Vec<usize> = Vec::new();
+        for round in 0.. {
+            if pending.is_empty() {
+                break;
+            }
+            let items: Vec<_> = pending
+                .iter()
+                .map(|&k| {
+                    let (_, op, branch, payload) = &parsed[k];
+                    barrier::Item {
+                        branch,
+                        op: *op,
+                        payload,
+                    }
+                })
+                .collect();
+            match barrier::call_batch(&self.db, self.handler.as_ref(), &items).await {
+                Ok(verdicts) => {
+                    for (&k, verdict) in pending.iter().zip(verdicts) {
+                        let (i, op, branch, _) = &parsed[k];
+                        let result = respond(branch, *op, verdict);
+                        self.metrics.record(*op, label(&result), started.elapsed());
+                        results[*i] = Some(result.map(|(response, _)| response));
+                    }
+                    break;
+                }
+                // A refused Try (no money, no stock) rolled the batch back: it gets its refusal
+                // on its own, the rest commit without it.
+                Err(barrier::BatchStopped::Rejected(j))
+                    if round < REJECTED_PER_BATCH && parsed[pending[j]].1.may_be_rejected() =>
+                {
+                    on_their_own.push(pending.remove(j));
+                }
+                Err(stopped) => {
+                    tracing::info!(branches = items.len(), why = %stopped, "batch not committed; each branch on its own");
+                    on_their_own.append(&mut pending);
                 }
             }
-            Err(stopped) => {
-                tracing::info!(branches = items.len(), why = %stopped, "batch not committed; each branch on its own");
-                let alone: Vec<futures::future::BoxFuture<'_, _>> = parsed
-                    .iter()
-                    .map(|(_, op, branch, payload)| {
-                        Box::pin(self.alone(branch, *op, payload, started)) as _
-                    })
-                    .collect();
-                use futures::stream::StreamExt;
-                let alone: Vec<_> = futures::stream::iter(alone)
-                    .buffered(FALLBACK_AT_ONCE)
-                    .collect()
-                    .await;
-                for ((i, ..), result) in parsed.iter().zip(alone) {
-                    results[*i] = Some(result);
-                }
+        }
+        if !on_their_own.is_empty() {
+            on_their_own.sort_unstable();
+            let alone: Vec<futures::future::BoxFuture<'_, _>> = on_their_own
+                .iter()
+                .map(|&k| {
+                    let (_, op, branch, payload) = &parsed[k];
+                    Box::pin(self.alone(branch, *op, payload, started)) as _
+                })
+                .collect();
+            use futures::stream::StreamExt;
+            let alone: Vec<_> = futures::stream::iter(alone)
+                .buffered(FALLBACK_AT_ONCE)
+                .collect()
+                .await;
+            for (&k, result) in on_their_own.iter().zip(alone) {
+                results[parsed[k].0] = Some(result);
             }
         }
         Ok(BranchBatchResponse {
@@ -371,6 +394,12 @@ pub const MAX_BATCH: usize = 256;
 /// How many items of a batch that did not commit run at once, each on its own: a few, not the
 /// whole batch against the connection pool.
 const FALLBACK_AT_ONCE: usize = 4;
+
+/// How many refused Tries a batch sets apart (each on its own) before it gives up and runs
+/// every item on its own. Each round finds one refusal and costs a rollback of the items
+/// before it: two rounds cover a batch with one refusal (the usual case), and bound the work
+/// a batch with many refusals (a SKU sold out) does again to about twice its own.
+const REJECTED_PER_BATCH: usize = 2;
 
 /// A request's branch and payload, or the FAILURE a Try's malformed payload gets.
 enum Parsed<P> {

@@ -12,8 +12,8 @@
 //!   inside the barrier's transaction.
 //! - [`grpc::ParticipantService`]: the `tcc.v1.Participant` gRPC server for any [`Handler`], with
 //!   outcome and latency metrics.
-//!   Its `Branches` call runs a batch of second-phase ops in one local transaction
-//!   ([`barrier::call_batch`], rows locked through [`Handler::lock_batch`]).
+//!   Its `Branches` call runs a batch of ops (Tries, Confirms, Cancels, …) in one local
+//!   transaction ([`barrier::call_batch`], rows locked through [`Handler::lock_batch`]).
 //! - [`barrier::purge`] and [`barrier::spawn_purger`]: old barrier rows are deleted after a
 //!   retention period.
 //! - [`fault`]: faults a student can switch on per op (delay, hang, fail, error), through the

@@ -321,18 +321,65 @@ async fn a_batch_with_a_failing_item_commits_nothing_of_any_item(db: TestDb) {
     );
     assert_eq!(balances(&db).await, (1_000 - 10 - UNLUCKY, 10 + UNLUCKY, 0));
     assert_eq!(barrier_rows(&db).await, rows, "no row of the batch stayed");
-    // A first-phase op is refused before anything is written.
-    let stopped = batch(&db, &[(1, Op::Confirm, 10), (4, Op::Try, 10)])
-        .await
-        .unwrap_err();
+    // A Try refused by the business rules stops the batch, named by its place in the items,
+    // and nothing of the others stays either.
+    let stopped = batch(
+        &db,
+        &[(4, Op::Try, 10), (5, Op::Try, 1_000_000), (6, Op::Try, 1)],
+    )
+    .await
+    .unwrap_err();
     assert!(
-        matches!(stopped, barrier::BatchStopped::FirstPhase(Op::Try)),
+        matches!(stopped, barrier::BatchStopped::Rejected(1)),
         "{stopped:?}"
     );
     assert_eq!(barrier_rows(&db).await, rows);
+    assert_eq!(balances(&db).await, (1_000 - 10 - UNLUCKY, 10 + UNLUCKY, 0));
     // Each on its own afterwards: the good one applies.
     assert_eq!(call(&db, 1, Op::Confirm, 10).await, Verdict::Applied);
     assert_eq!(balances(&db).await, (1_000 - 10 - UNLUCKY, UNLUCKY, 10));
+}
+
+/// Tries batched as the coordinator now sends them under load: each gets the verdict a lone
+/// call would (applied, duplicate, hanging after its Cancel), and a Try with its Cancel in the
+/// same batch runs as the two would one after the other, in the order they came.
+async fn a_batch_of_tries_gives_each_the_verdict_a_lone_try_would_get(db: TestDb) {
+    let db = wallet(&db, 1_000).await;
+    let items = [
+        (1, Op::Try, 10),
+        (2, Op::Try, 20),
+        // Sent twice: the second finds the first's row.
+        (1, Op::Try, 10),
+        // Its Cancel came first: a null compensation, then the Try hangs.
+        (3, Op::Cancel, 30),
+        (3, Op::Try, 30),
+        // A Try abandoned at the deadline and its Cancel, in one batch: frozen, then back.
+        (4, Op::Try, 40),
+        (4, Op::Cancel, 40),
+        (5, Op::Action, 50),
+    ];
+    let verdicts = batch(&db, &items).await.unwrap();
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Applied,
+            Verdict::Applied,
+            Verdict::Duplicate,
+            Verdict::NullCompensation,
+            Verdict::Hanging,
+            Verdict::Applied,
+            Verdict::Applied,
+            Verdict::Applied,
+        ]
+    );
+    assert_eq!(balances(&db).await, (1_000 - 30 - 50, 30, 50));
+    // Lone calls afterwards see what the batch left, as after lone calls.
+    assert_eq!(call(&db, 1, Op::Try, 10).await, Verdict::Duplicate);
+    assert_eq!(call(&db, 3, Op::Try, 30).await, Verdict::Hanging);
+    assert_eq!(call(&db, 4, Op::Cancel, 40).await, Verdict::Duplicate);
+    assert_eq!(call(&db, 1, Op::Confirm, 10).await, Verdict::Applied);
+    assert_eq!(call(&db, 2, Op::Cancel, 20).await, Verdict::Applied);
+    assert_eq!(balances(&db).await, (1_000 - 10 - 50, 0, 60));
 }
 
 /// Batches carrying the same branches (given in different orders), and lone calls for them,
@@ -400,6 +447,7 @@ async fn retried(db: &Db, gid: u64, op: Op, amount: i64) -> Verdict {
 both_backends!(
     a_batch_settles_each_branch_once_with_the_verdict_a_call_would_give,
     a_batch_with_a_failing_item_commits_nothing_of_any_item,
+    a_batch_of_tries_gives_each_the_verdict_a_lone_try_would_get,
     batches_and_lone_calls_racing_for_the_same_branches_settle_each_once,
     duplicated_try_confirm_and_cancel_change_nothing_the_second_time,
     a_cancel_before_its_try_leaves_a_marker_and_the_late_try_does_nothing,
@@ -544,12 +592,34 @@ async fn the_grpc_adapter_answers_each_item_of_a_batch_as_a_lone_call_would() {
     );
     assert_eq!(balances(&db).await, (1_000 - 696, 666, 30));
 
-    // Refused whole, nothing done: a first-phase op, too many items, an armed fault.
-    let s = svc
-        .handle_batch(batch(vec![req(4, P::Try, "1"), req(2, P::Confirm, "20")]))
+    // Tries together: a refused one (no money) and an undecodable one get their FAILUREs, as
+    // alone; the others commit together without them.
+    let answer = svc
+        .handle_batch(batch(vec![
+            req(6, P::Try, "1"),
+            req(7, P::Try, "1000000"),
+            req(8, P::Try, "-5"),
+            req(9, P::Try, "2"),
+        ]))
         .await
-        .unwrap_err();
-    assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
+        .unwrap();
+    assert_eq!(
+        answered(answer),
+        [
+            Ok(Outcome::Success),
+            Ok(Outcome::Failure),
+            Ok(Outcome::Failure),
+            Ok(Outcome::Success)
+        ]
+    );
+    assert_eq!(balances(&db).await, (1_000 - 696 - 3, 666 + 3, 30));
+    for (gid, amount) in [(6, "1"), (9, "2")] {
+        let r = svc.handle(req(gid, P::Cancel, amount)).await.unwrap();
+        assert_eq!(r.outcome(), Outcome::Success);
+    }
+    assert_eq!(balances(&db).await, (1_000 - 696, 666, 30));
+
+    // Refused whole, nothing done: too many items, an armed fault.
     let many = (1..=257).map(|g| req(1000 + g, P::Cancel, "1")).collect();
     let s = svc.handle_batch(batch(many)).await.unwrap_err();
     assert_eq!(s.code(), tonic::Code::InvalidArgument, "{s:?}");
@@ -562,7 +632,11 @@ async fn the_grpc_adapter_answers_each_item_of_a_batch_as_a_lone_call_would() {
         .await
         .unwrap_err();
     assert_eq!(s.code(), tonic::Code::FailedPrecondition, "{s:?}");
-    assert_eq!(barrier_rows(&db).await, 3 + 2, "three tries, two confirms");
+    assert_eq!(
+        barrier_rows(&db).await,
+        3 + 2 + 2 * 2,
+        "three tries, two confirms, two tries cancelled"
+    );
     assert_eq!(balances(&db).await, (1_000 - 696, 666, 30));
 
     let mut text = String::new();
@@ -571,6 +645,9 @@ async fn the_grpc_adapter_answers_each_item_of_a_batch_as_a_lone_call_would() {
         r#"tcc_branch_calls_total{op="confirm",outcome="applied"} 2"#,
         r#"tcc_branch_calls_total{op="confirm",outcome="invalid"} 2"#,
         r#"tcc_branch_calls_total{op="confirm",outcome="error"} 1"#,
+        r#"tcc_branch_calls_total{op="try",outcome="applied"} 5"#,
+        r#"tcc_branch_calls_total{op="try",outcome="rejected"} 1"#,
+        r#"tcc_branch_calls_total{op="try",outcome="invalid"} 1"#,
     ] {
         assert!(text.contains(line), "{line} in {text}");
     }

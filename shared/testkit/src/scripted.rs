@@ -134,19 +134,10 @@ impl Participant for Service {
         request: tonic::Request<proto::v1::BranchBatchRequest>,
     ) -> Result<tonic::Response<proto::v1::BranchBatchResponse>, tonic::Status> {
         let req = request.into_inner();
-        // Malformed as the real participant says (tcc::grpc): too many items, a first phase.
+        // Malformed as the real participant says (tcc::grpc): too many items.
         if req.branches.len() > 256 {
             return Err(tonic::Status::invalid_argument(
                 "a batch has at most 256 branches",
-            ));
-        }
-        if req
-            .branches
-            .iter()
-            .any(|b| !matches!(b.op(), Op::Confirm | Op::Cancel | Op::Compensate))
-        {
-            return Err(tonic::Status::invalid_argument(
-                "a batch carries second-phase ops only",
             ));
         }
         let mut s = self.state.lock().unwrap();
