@@ -310,13 +310,13 @@ struct Queued {
     reply: oneshot::Sender<Result<BranchResponse, tonic::Status>>,
 }
 
-/// Batches the branch calls of one phase to one participant: up to `in_flight` calls or batches are
-/// on their way at once (each for [`SLOT_HOLD`] at most, and never more than
+/// Batches the branch calls of one phase to one participant: up to `in_flight` calls or
+/// batches are on their way at once (each for [`SLOT_HOLD`] at most, and never more than
 /// [`OUTSTANDING_PER_SLOT`] per slot unanswered), and what arrives meanwhile goes in the next
-/// batch, as one `Branches` call. Nothing waits for a batch to fill: at low load every call goes alone and
-/// at once, as before batching; under load, the participant tries or confirms many branches
-/// with one commit. A participant that refuses a batch (faults armed, or one that predates batching or
-/// batched Tries) gets each call on its own.
+/// batch, as one `Branches` call. Nothing waits for a batch to fill: at low load every call
+/// goes alone and at once, as before batching; under load, the participant tries or confirms
+/// many branches with one commit. A participant that refuses a batch (faults armed, or one
+/// that predates batching or batched Tries) gets each call on its own.
 #[derive(Clone)]
 struct Batcher {
     queue: mpsc::UnboundedSender<Queued>,

@@ -1757,16 +1757,12 @@ async fn every_admin_api_wants_its_token_and_every_service_reports_its_metrics(d
     // Each service's own process: the CPU time it used and the most memory it held (what
     // `load-tests run` divides by the orders it sent).
     for service in ["coordinator", "order", "payment", "inventory"] {
-        let m = metrics(service).await;
         for name in [
-            "process_cpu_seconds_total",
-            "process_peak_resident_memory_bytes",
+            "process_cpu_seconds_total ",
+            "process_peak_resident_memory_bytes ",
         ] {
-            let value = m
-                .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
-                .and_then(|v| v.parse::<f64>().ok());
-            assert!(value.is_some_and(|v| v > 0.0), "{service} {name}:\n{m}");
+            let value = metric(&p, service, name, &[]).await;
+            assert!(value > 0.0, "{service} {name}: {value}");
         }
     }
 }
