@@ -59,25 +59,98 @@ impl Verdict {
     }
 }
 
-async fn insert_row(
+/// Which of an op's barrier rows its insert wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Inserted {
+    /// The row of the op it undoes, as a marker (a Cancel's or Compensate's step 1): the op it
+    /// undoes never ran.
+    marker: bool,
+    /// Its own row (step 2): it had not run before.
+    own: bool,
+}
+
+/// The most rows one insert statement carries; past it, [`insert_rows`] takes several.
+const ROWS_PER_INSERT: usize = 512;
+
+/// The text of a barrier insert of `rows` rows (a power of two up to [`ROWS_PER_INSERT`]),
+/// made once per size: each connection prepares each of a handful of texts once.
+fn insert_sql(rows: usize) -> &'static str {
+    static TEXTS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let texts = TEXTS.get_or_init(|| {
+        (0..=ROWS_PER_INSERT.trailing_zeros())
+            .map(|p| {
+                let values: Vec<String> = (0..1usize << p)
+                    .map(|r| {
+                        let b = 3 + 4 * r;
+                        format!("(${b}, ${}, ${}, $1, ${}, $2)", b + 1, b + 2, b + 3)
+                    })
+                    .collect();
+                format!(
+                    "INSERT INTO tcc_barrier (gid, branch_id, op, barrier_id, reason, created_at) VALUES {} \
+                     ON CONFLICT DO NOTHING RETURNING gid, branch_id, op",
+                    values.join(", ")
+                )
+            })
+            .collect()
+    });
+    &texts[rows.trailing_zeros() as usize]
+}
+
+/// Steps 1 and 2's inserts for several ops of **distinct** branches in one statement: each
+/// op's rows in the order [`pass`] writes them (the marker, then its own), the ops in the
+/// order given; says for each op which of its rows were written. One statement instead of one
+/// or two per op: a batch's barrier costs one round trip.
+async fn insert_rows(
     conn: &mut AnyConnection,
-    branch: &BranchRef,
-    op: Op,
-    reason: Op,
-) -> Result<bool, StoreError> {
-    let r = sqlx::query(
-        "INSERT INTO tcc_barrier (gid, branch_id, op, barrier_id, reason, created_at) \
-         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
-    )
-    .bind(branch.gid.as_i64())
-    .bind(&branch.branch_id)
-    .bind(op.as_str())
-    .bind(BARRIER_ID)
-    .bind(reason.as_str())
-    .bind(store::now_ms())
-    .execute(conn)
-    .await?;
-    Ok(r.rows_affected() == 1)
+    ops: &[(&BranchRef, Op)],
+) -> Result<Vec<Inserted>, StoreError> {
+    // (op index, the row's op, its reason)
+    let rows: Vec<(usize, Op, Op)> = ops
+        .iter()
+        .enumerate()
+        .flat_map(|(i, &(_, op))| {
+            op.undoes()
+                .map(|origin| (i, origin, op))
+                .into_iter()
+                .chain(std::iter::once((i, op, op)))
+        })
+        .collect();
+    let mut written = std::collections::HashSet::new();
+    for chunk in rows.chunks(ROWS_PER_INSERT) {
+        // Padded to a power of two with the last row again: a repeated row is a conflict
+        // like any other, written once at most.
+        let size = chunk.len().next_power_of_two();
+        let mut query = sqlx::query_as::<_, (i64, String, String)>(insert_sql(size))
+            .bind(BARRIER_ID)
+            .bind(store::now_ms());
+        for k in 0..size {
+            let (i, row_op, reason) = chunk[k.min(chunk.len() - 1)];
+            let branch = ops[i].0;
+            query = query
+                .bind(branch.gid.as_i64())
+                .bind(&branch.branch_id)
+                .bind(row_op.as_str())
+                .bind(reason.as_str());
+        }
+        written.extend(query.fetch_all(&mut *conn).await?);
+    }
+    let was_written = |branch: &BranchRef, op: Op| {
+        // Owned keys: a lookup by borrowed parts would need a key type of its own.
+        written.contains(&(
+            branch.gid.as_i64(),
+            branch.branch_id.clone(),
+            op.as_str().to_owned(),
+        ))
+    };
+    Ok(ops
+        .iter()
+        .map(|&(branch, op)| Inserted {
+            marker: op
+                .undoes()
+                .is_some_and(|origin| was_written(branch, origin)),
+            own: was_written(branch, op),
+        })
+        .collect())
 }
 
 async fn reason_of(
@@ -120,13 +193,19 @@ enum Pass {
 
 /// Steps 1 and 2 on the transaction `conn`.
 async fn pass(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<Pass, StoreError> {
-    let null_compensation = match op.undoes() {
-        Some(origin) => insert_row(conn, branch, origin, op).await?,
-        None => false,
-    };
-    let fresh = insert_row(conn, branch, op, op).await?;
-    if !fresh {
-        if null_compensation {
+    let inserted = insert_rows(conn, &[(branch, op)]).await?;
+    decide(conn, branch, op, inserted[0]).await
+}
+
+/// What steps 1 and 2 decide from the rows their inserts wrote.
+async fn decide(
+    conn: &mut AnyConnection,
+    branch: &BranchRef,
+    op: Op,
+    Inserted { marker, own }: Inserted,
+) -> Result<Pass, StoreError> {
+    if !own {
+        if marker {
             // An undo's row without the row of the op it undoes (the two are written together
             // and purged together): a duplicate, once the marker is rolled back.
             return Ok(Pass::Wrote(Verdict::Duplicate));
@@ -140,7 +219,7 @@ async fn pass(conn: &mut AnyConnection, branch: &BranchRef, op: Op) -> Result<Pa
         };
         return Ok(Pass::Closed(verdict));
     }
-    Ok(if null_compensation {
+    Ok(if marker {
         Pass::NullCompensation
     } else {
         Pass::Open
@@ -235,7 +314,8 @@ pub enum BatchStopped {
 /// item, then the handler's [`Handler::lock_batch`] for those that run, then step 3 for each,
 /// and one commit for all; each item's verdict is the one [`call`] would give. One commit
 /// instead of one per branch is the point: under load, many transactions try, confirm or
-/// cancel at the same participant in the same millisecond. Any mix of ops, also a Try and its
+/// cancel at the same participant in the same millisecond. The barrier rows of all items go in
+/// one statement. Any mix of ops, also a Try and its
 /// Cancel: each item sees the rows the items before it wrote, as if they had run one after the
 /// other in (gid, branch) order.
 ///
@@ -251,19 +331,33 @@ pub async fn call_batch<H: Handler>(
     handler: &H,
     items: &[Item<'_, H::Payload>],
 ) -> Result<Vec<Verdict>, BatchStopped> {
+    let key = |i: usize| (items[i].branch.gid, &items[i].branch.branch_id);
     let mut order: Vec<usize> = (0..items.len()).collect();
-    order.sort_by(|&a, &b| {
-        let (a, b) = (items[a].branch, items[b].branch);
-        (a.gid, &a.branch_id).cmp(&(b.gid, &b.branch_id))
-    });
+    order.sort_by(|&a, &b| key(a).cmp(&key(b)));
     let mut verdicts = vec![Verdict::Duplicate; items.len()];
     let mut tx = db.begin().await?;
     // Steps 1 and 2 for every item first: barrier rows before business rows, as a lone call
-    // takes them, so a lone call and a batch never wait on each other in a cycle.
+    // takes them, so a lone call and a batch never wait on each other in a cycle. Distinct
+    // branches (the rule) write all their rows in one statement; a branch twice in the batch
+    // (its Try and its Cancel) must see the rows of the items before it, so then one by one.
+    let distinct = order.windows(2).all(|w| key(w[0]) != key(w[1]));
+    let inserted = if distinct {
+        let ops: Vec<(&BranchRef, Op)> = order
+            .iter()
+            .map(|&i| (items[i].branch, items[i].op))
+            .collect();
+        insert_rows(&mut tx, &ops).await?
+    } else {
+        Vec::new()
+    };
     let mut passes = Vec::with_capacity(items.len());
-    for &i in &order {
+    for (k, &i) in order.iter().enumerate() {
         let Item { branch, op, .. } = items[i];
-        match pass(&mut tx, branch, op).await? {
+        let passed = match inserted.get(k) {
+            Some(&inserted) => decide(&mut tx, branch, op, inserted).await?,
+            None => pass(&mut tx, branch, op).await?,
+        };
+        match passed {
             Pass::Closed(verdict) => verdicts[i] = verdict,
             Pass::Wrote(_) => return Err(BatchStopped::RolledBack(i)),
             Pass::Open => passes.push((i, Verdict::Applied)),

@@ -382,6 +382,92 @@ async fn a_batch_of_tries_gives_each_the_verdict_a_lone_try_would_get(db: TestDb
     assert_eq!(balances(&db).await, (1_000 - 10 - 50, 0, 60));
 }
 
+/// A batch of distinct branches writes all its barrier rows in one statement: whatever rows
+/// each branch already had, each item gets the verdict a lone call would. And a batch with more
+/// rows than one statement carries (each Cancel writes two) settles every item too.
+async fn a_batch_of_distinct_branches_gives_each_the_verdict_a_lone_call_would(db: TestDb) {
+    let db = wallet(&db, 100_000).await;
+    // What lone calls left before the batch.
+    for (gid, op, amount, verdict) in [
+        (1, Op::Try, 10, Verdict::Applied),
+        (2, Op::Try, 20, Verdict::Applied),
+        (3, Op::Try, 30, Verdict::Applied),
+        (3, Op::Confirm, 30, Verdict::Applied),
+        (4, Op::Cancel, 40, Verdict::NullCompensation),
+        (5, Op::Try, 50, Verdict::Applied),
+        (6, Op::Action, 60, Verdict::Applied),
+        (7, Op::Cancel, 70, Verdict::NullCompensation),
+        (8, Op::Try, 80, Verdict::Applied),
+        (8, Op::Cancel, 80, Verdict::Applied),
+    ] {
+        assert_eq!(call(&db, gid, op, amount).await, verdict, "{gid} {op}");
+    }
+    assert_eq!(balances(&db).await, (100_000 - 170, 80, 90));
+    let items = [
+        (9, Op::Try, 90),
+        (1, Op::Confirm, 10),
+        (2, Op::Cancel, 20),
+        (3, Op::Confirm, 30),
+        (4, Op::Try, 40),
+        (5, Op::Try, 50),
+        (6, Op::Compensate, 60),
+        (7, Op::Cancel, 70),
+        (8, Op::Cancel, 80),
+        (10, Op::Cancel, 100),
+        (11, Op::Action, 110),
+        (12, Op::Compensate, 120),
+    ];
+    let verdicts = batch(&db, &items).await.unwrap();
+    assert_eq!(
+        verdicts,
+        [
+            Verdict::Applied,
+            Verdict::Applied,
+            Verdict::Applied,
+            Verdict::Duplicate,
+            Verdict::Hanging,
+            Verdict::Duplicate,
+            Verdict::Applied,
+            Verdict::Duplicate,
+            Verdict::Duplicate,
+            Verdict::NullCompensation,
+            Verdict::Applied,
+            Verdict::NullCompensation,
+        ]
+    );
+    // Frozen: 5's 50 and 9's 90. Spent: 3's 30, 1's 10, 11's 110 (6's 60 given back).
+    assert_eq!(
+        balances(&db).await,
+        (100_000 - 140 - 150, 140, 150),
+        "each item moved its money once"
+    );
+    // The markers the batch left make the late Try and Action hang, as a lone undo's would.
+    assert_eq!(call(&db, 10, Op::Try, 100).await, Verdict::Hanging);
+    assert_eq!(call(&db, 12, Op::Action, 120).await, Verdict::Hanging);
+    assert_eq!(call(&db, 9, Op::Try, 90).await, Verdict::Duplicate);
+
+    // 300 Cancels, 600 rows: more than one statement's worth. Every other one has its Try.
+    let many: Vec<(u64, Op, i64)> = (1_000..1_300).map(|g| (g, Op::Cancel, 1)).collect();
+    for &(gid, _, amount) in many.iter().step_by(2) {
+        assert_eq!(call(&db, gid, Op::Try, amount).await, Verdict::Applied);
+    }
+    let before = balances(&db).await;
+    let verdicts = batch(&db, &many).await.unwrap();
+    for (k, verdict) in verdicts.iter().enumerate() {
+        let expected = if k % 2 == 0 {
+            Verdict::Applied
+        } else {
+            Verdict::NullCompensation
+        };
+        assert_eq!(*verdict, expected, "item {k}");
+    }
+    assert_eq!(
+        balances(&db).await,
+        (before.0 + 150, before.1 - 150, before.2)
+    );
+    assert_eq!(call(&db, 1_001, Op::Try, 1).await, Verdict::Hanging);
+}
+
 /// Batches carrying the same branches (given in different orders), and lone calls for them,
 /// all at once, as a coordinator's retries and a second coordinator could send them: each
 /// Confirm takes effect exactly once. A batch that lost a race (on PostgreSQL a lone call and a
@@ -448,6 +534,7 @@ both_backends!(
     a_batch_settles_each_branch_once_with_the_verdict_a_call_would_give,
     a_batch_with_a_failing_item_commits_nothing_of_any_item,
     a_batch_of_tries_gives_each_the_verdict_a_lone_try_would_get,
+    a_batch_of_distinct_branches_gives_each_the_verdict_a_lone_call_would,
     batches_and_lone_calls_racing_for_the_same_branches_settle_each_once,
     duplicated_try_confirm_and_cancel_change_nothing_the_second_time,
     a_cancel_before_its_try_leaves_a_marker_and_the_late_try_does_nothing,
