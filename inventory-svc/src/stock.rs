@@ -1,9 +1,10 @@
 //! The inventory branch handler: each op of [`crate::domain::plan`] as conditional updates
 //! inside the barrier's transaction.
 
-use crate::domain::{Pick, Plan, Row, Step};
+use crate::domain::{Delta, Pick, Plan, ReservationStatus, Row, Step};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
+use tcc::barrier::Item;
 use tcc::{BranchRef, Handler, Op, OpError, Rejection};
 
 /// The `tcc::Handler` of inventory-svc.
@@ -30,19 +31,7 @@ impl Handler for Stock {
                     if !move_items(conn, &pick.sku, pick.quantity, delta).await? {
                         return Err(shortfall(conn, pick).await?.into());
                     }
-                    sqlx::query(
-                        "INSERT INTO reservations (gid, branch_id, sku, quantity, status, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-                    )
-                    .bind(branch.gid.as_i64())
-                    .bind(&branch.branch_id)
-                    .bind(&pick.sku)
-                    .bind(pick.quantity)
-                    .bind(status.as_str())
-                    .bind(store::now_ms())
-                    .execute(&mut *conn)
-                    .await?;
-                    Ok(())
+                    insert_reservation(conn, branch, pick, status).await
                 }
                 Plan::Move {
                     row,
@@ -50,57 +39,44 @@ impl Handler for Stock {
                     to,
                     delta,
                 } => {
-                    // Quantities come from the reservation, not from the payload, so a replayed
-                    // or altered payload cannot move other items.
-                    let moved: Option<(String, i64)> = match row {
-                        Row::Own => sqlx::query_as(
-                            "UPDATE reservations SET status = $1, updated_at = $2 \
-                             WHERE gid = $3 AND branch_id = $4 AND status = $5 RETURNING sku, quantity",
-                        )
-                        .bind(to.as_str())
-                        .bind(store::now_ms())
-                        .bind(branch.gid.as_i64())
-                        .bind(&branch.branch_id)
-                        .bind(from.as_str()),
-                        // The restock moves its transaction's return: exactly one row (a
-                        // refund has one return step), and only one of the SKU and quantity the
-                        // restock names.
-                        Row::Returning => sqlx::query_as(
-                            "UPDATE reservations SET status = $1, updated_at = $2 WHERE gid = $3 AND status = $5 AND branch_id = ( \
-                               SELECT MIN(r.branch_id) FROM reservations r WHERE r.gid = $3 AND r.branch_id <> $4 \
-                               AND r.status = $5 AND r.sku = $6 AND r.quantity = $7) \
-                             RETURNING sku, quantity",
-                        )
-                        .bind(to.as_str())
-                        .bind(store::now_ms())
-                        .bind(branch.gid.as_i64())
-                        .bind(&branch.branch_id)
-                        .bind(from.as_str())
-                        .bind(&pick.sku)
-                        .bind(pick.quantity),
-                    }
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    let Some((sku, qty)) = moved else {
-                        // The barrier lets a second-phase op through only when its first phase
-                        // committed; a restock runs only after its return succeeded. So this is a
-                        // protocol violation, not a business outcome.
-                        return Err(Rejection::new(
-                            "no_reservation",
-                            format!("no {} reservation for this branch to {op}", from.as_str()),
-                        )
-                        .into());
-                    };
+                    let (sku, qty) =
+                        move_reservation(conn, branch, (pick, op), row, (from, to)).await?;
                     if !move_items(conn, &sku, qty, delta).await? {
-                        return Err(Rejection::new(
-                            "stock_inconsistent",
-                            format!("cannot {op} {qty} of {sku:?}"),
-                        )
-                        .into());
+                        return Err(inconsistent(&sku, qty, op));
                     }
                     Ok(())
                 }
             }
+        })
+    }
+
+    /// A batch of one kind of op, together where many items move one SKU: its counts change
+    /// once per batch instead of once per item ([`creates_together`], [`moves_together`]).
+    /// Any other batch, item by item.
+    fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        items: &'a [Item<'a, Pick>],
+    ) -> BoxFuture<'a, Result<(), (usize, OpError)>> {
+        Box::pin(async move {
+            if let Some(first) = items.first().filter(|_| items.len() > 1) {
+                let (op, step) = (first.op, first.payload.step);
+                if items.iter().all(|i| i.op == op && i.payload.step == step) {
+                    match crate::domain::plan(step, op) {
+                        Ok(Plan::Create { status, delta }) => {
+                            return creates_together(self, conn, items, status, delta).await
+                        }
+                        Ok(Plan::Move {
+                            row: Row::Own,
+                            from,
+                            to,
+                            delta,
+                        }) => return moves_together(conn, items, op, (from, to), delta).await,
+                        _ => {}
+                    }
+                }
+            }
+            tcc::apply_each(self, conn, items).await
         })
     }
 
@@ -116,6 +92,155 @@ impl Handler for Stock {
             Ok(tcc::barrier::lock_in_id_order(conn, "skus", skus).await?)
         })
     }
+}
+
+/// The reservation a first phase leaves.
+async fn insert_reservation(
+    conn: &mut AnyConnection,
+    branch: &BranchRef,
+    pick: &Pick,
+    status: ReservationStatus,
+) -> Result<(), OpError> {
+    sqlx::query(
+        "INSERT INTO reservations (gid, branch_id, sku, quantity, status, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $6)",
+    )
+    .bind(branch.gid.as_i64())
+    .bind(&branch.branch_id)
+    .bind(&pick.sku)
+    .bind(pick.quantity)
+    .bind(status.as_str())
+    .bind(store::now_ms())
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Moves the branch's reservation (or a restock's, its transaction's return) from `from` to
+/// `to`; its SKU and quantity.
+async fn move_reservation(
+    conn: &mut AnyConnection,
+    branch: &BranchRef,
+    (pick, op): (&Pick, Op),
+    row: Row,
+    (from, to): (ReservationStatus, ReservationStatus),
+) -> Result<(String, i64), OpError> {
+    // Quantities come from the reservation, not from the payload, so a replayed
+    // or altered payload cannot move other items.
+    let moved: Option<(String, i64)> = match row {
+        Row::Own => sqlx::query_as(
+            "UPDATE reservations SET status = $1, updated_at = $2 \
+             WHERE gid = $3 AND branch_id = $4 AND status = $5 RETURNING sku, quantity",
+        )
+        .bind(to.as_str())
+        .bind(store::now_ms())
+        .bind(branch.gid.as_i64())
+        .bind(&branch.branch_id)
+        .bind(from.as_str()),
+        // The restock moves its transaction's return: exactly one row (a
+        // refund has one return step), and only one of the SKU and quantity the
+        // restock names.
+        Row::Returning => sqlx::query_as(
+            "UPDATE reservations SET status = $1, updated_at = $2 WHERE gid = $3 AND status = $5 AND branch_id = ( \
+               SELECT MIN(r.branch_id) FROM reservations r WHERE r.gid = $3 AND r.branch_id <> $4 \
+               AND r.status = $5 AND r.sku = $6 AND r.quantity = $7) \
+             RETURNING sku, quantity",
+        )
+        .bind(to.as_str())
+        .bind(store::now_ms())
+        .bind(branch.gid.as_i64())
+        .bind(&branch.branch_id)
+        .bind(from.as_str())
+        .bind(&pick.sku)
+        .bind(pick.quantity),
+    }
+    .fetch_optional(&mut *conn)
+    .await?;
+    moved.ok_or_else(|| {
+        // The barrier lets a second-phase op through only when its first phase committed; a
+        // restock runs only after its return succeeded. So this is a protocol violation, not
+        // a business outcome.
+        Rejection::new(
+            "no_reservation",
+            format!("no {} reservation for this branch to {op}", from.as_str()),
+        )
+        .into()
+    })
+}
+
+/// First phases of one kind together: when they all take one SKU (a best seller, under load),
+/// its items move once for their sum, then each reservation is made as alone. Every item moves
+/// the SKU's counts the same way, so the sum fits exactly when each would in turn. For several
+/// SKUs, or a sum that does not fit, nothing has changed yet and each runs as alone, where the
+/// refused one is named.
+async fn creates_together(
+    handler: &Stock,
+    conn: &mut AnyConnection,
+    items: &[Item<'_, Pick>],
+    status: ReservationStatus,
+    delta: Delta,
+) -> Result<(), (usize, OpError)> {
+    let sku = &items[0].payload.sku;
+    let sum = items.iter().try_fold(0_i64, |sum, item| {
+        (item.payload.sku == *sku).then_some(())?;
+        sum.checked_add(item.payload.quantity)
+    });
+    let moved = match sum {
+        Some(sum) => move_items(conn, sku, sum, delta)
+            .await
+            .map_err(|e| (0, e))?,
+        None => false,
+    };
+    if !moved {
+        return tcc::apply_each(handler, conn, items).await;
+    }
+    for (k, item) in items.iter().enumerate() {
+        insert_reservation(conn, item.branch, item.payload, status)
+            .await
+            .map_err(|e| (k, e))?;
+    }
+    Ok(())
+}
+
+/// Second phases (or compensations) of one kind together: each reservation moved as alone, and
+/// each SKU's counts once for the sum of its reservations, which takes effect exactly when each
+/// would in turn. A move refused is a protocol violation: the batch is rolled back and each
+/// runs on its own.
+async fn moves_together(
+    conn: &mut AnyConnection,
+    items: &[Item<'_, Pick>],
+    op: Op,
+    (from, to): (ReservationStatus, ReservationStatus),
+    delta: Delta,
+) -> Result<(), (usize, OpError)> {
+    // SKU → (the sum, the first item that moves it).
+    let mut skus: std::collections::BTreeMap<String, (i64, usize)> = Default::default();
+    for (k, item) in items.iter().enumerate() {
+        let (sku, qty) =
+            move_reservation(conn, item.branch, (item.payload, op), Row::Own, (from, to))
+                .await
+                .map_err(|e| (k, e))?;
+        let (sum, _) = skus.entry(sku).or_insert((0, k));
+        // Quantities are bounded per item, a batch at most a few hundred.
+        *sum = sum.saturating_add(qty);
+    }
+    for (sku, (qty, k)) in &skus {
+        if !move_items(conn, sku, *qty, delta)
+            .await
+            .map_err(|e| (*k, e))?
+        {
+            return Err((*k, inconsistent(sku, *qty, op)));
+        }
+    }
+    Ok(())
+}
+
+fn inconsistent(sku: &str, qty: i64, op: Op) -> OpError {
+    Rejection::new(
+        "stock_inconsistent",
+        format!("cannot {op} {qty} of {sku:?}"),
+    )
+    .into()
 }
 
 /// Moves `qty × delta` of (available, reserved, sold) on `sku`, none going below zero; false

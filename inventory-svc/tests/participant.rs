@@ -353,7 +353,73 @@ async fn a_refund_holds_returned_items_until_its_restock_and_its_compensation_ne
     assert_eq!(audit["held"], json!(0));
 }
 
+/// Tries of one SKU in one batch move its counts once for all of them, and Confirms and Cancels
+/// (of one SKU or several) once per SKU: every answer is the one a lone call would get (the
+/// first order the stock cannot cover is refused, a smaller one after it is not), and the
+/// counts end where lone calls would have left them.
+async fn a_batch_moves_each_sku_once_and_answers_each_item_as_alone(db: TestDb) {
+    let dir = testkit::temp_dir("inventory-");
+    let p = inventory(&db, dir.path()).await;
+    seed(&p, "tea", 10).await;
+    seed(&p, "mug", 5).await;
+    let answers =
+        |r: Vec<Result<proto::v1::BranchResponse, tonic::Status>>| -> Vec<(Outcome, String)> {
+            r.into_iter()
+                .map(|r| {
+                    let r = r.unwrap();
+                    (r.outcome(), r.code)
+                })
+                .collect()
+        };
+    let ok = || (Outcome::Success, String::new());
+    let picks = [
+        (1, pick("tea", 3)),
+        (2, pick("tea", 4)),
+        // 7 of 10 taken: 5 more do not fit, 2 more do.
+        (3, pick("tea", 5)),
+        (4, pick("tea", 2)),
+        (5, pick("mug", 5)),
+        (6, pick("mug", 1)),
+    ];
+    let batch = |gids: std::ops::RangeInclusive<u64>, op: Op| -> Vec<(u64, &str, Op, &[u8])> {
+        picks
+            .iter()
+            .filter(|(gid, _)| gids.contains(gid))
+            .map(|(gid, payload)| (*gid, "stock", op, payload.as_slice()))
+            .collect()
+    };
+    // One SKU's Tries (together, then as alone once one is refused), then another's.
+    assert_eq!(
+        answers(p.api.batch(&batch(1..=4, Op::Try)).await.unwrap()),
+        [ok(), ok(), (Outcome::Failure, "out_of_stock".into()), ok()]
+    );
+    assert_eq!(
+        answers(p.api.batch(&batch(5..=6, Op::Try)).await.unwrap()),
+        [ok(), (Outcome::Failure, "out_of_stock".into())]
+    );
+    assert_eq!(stock(&p, "tea").await, (1, 9, 0));
+    assert_eq!(stock(&p, "mug").await, (0, 5, 0));
+    assert_consistent(&p).await;
+    // Confirms of two SKUs in one batch, a Cancel batch; each twice (duplicates the second time).
+    let confirms: Vec<_> = batch(1..=5, Op::Confirm)
+        .into_iter()
+        .filter(|(gid, ..)| [1, 5].contains(gid))
+        .collect();
+    let cancels: Vec<_> = batch(2..=4, Op::Cancel)
+        .into_iter()
+        .filter(|(gid, ..)| [2, 4].contains(gid))
+        .collect();
+    for _ in 0..2 {
+        assert_eq!(answers(p.api.batch(&confirms).await.unwrap()), [ok(), ok()]);
+        assert_eq!(answers(p.api.batch(&cancels).await.unwrap()), [ok(), ok()]);
+    }
+    assert_eq!(stock(&p, "tea").await, (7, 0, 3));
+    assert_eq!(stock(&p, "mug").await, (0, 0, 5));
+    assert_consistent(&p).await;
+}
+
 both_backends!(
+    a_batch_moves_each_sku_once_and_answers_each_item_as_alone,
     a_refund_holds_returned_items_until_its_restock_and_its_compensation_never_lacks_stock,
     duplicated_try_confirm_and_cancel_change_nothing_the_second_time,
     a_cancel_before_its_try_and_a_compensate_before_its_action_make_the_late_ones_do_nothing,

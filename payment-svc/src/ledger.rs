@@ -3,6 +3,7 @@
 use crate::domain::{Charge, HoldStatus, Plan, Row, Step};
 use futures::future::BoxFuture;
 use sqlx::AnyConnection;
+use tcc::barrier::Item;
 use tcc::check::MAX_BALANCE;
 use tcc::{BranchRef, Handler, Op, OpError, Rejection};
 
@@ -34,6 +35,37 @@ impl Handler for Payments {
         })
     }
 
+    /// A batch of one kind of op, together where one account takes the money of many items
+    /// (the merchant's, under load): it changes once per batch instead of once per item
+    /// ([`takes_together`], [`settles_together`]). Any other batch, item by item.
+    fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        items: &'a [Item<'a, Charge>],
+    ) -> BoxFuture<'a, Result<(), (usize, OpError)>> {
+        Box::pin(async move {
+            if let Some(first) = items.first().filter(|_| items.len() > 1) {
+                let (op, step) = (first.op, first.payload.step);
+                if items.iter().all(|i| i.op == op && i.payload.step == step) {
+                    match crate::domain::plan(step, op) {
+                        Ok(Plan::Create(status)) => {
+                            return takes_together(self, conn, items, status).await
+                        }
+                        Ok(Plan::Move {
+                            row: Row::Own,
+                            from,
+                            to,
+                        }) if step == Step::Pay && matches!(op, Op::Confirm | Op::Cancel) => {
+                            return settles_together(conn, items, op, (from, to)).await
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            tcc::apply_each(self, conn, items).await
+        })
+    }
+
     /// A batch's payers and payees, locked in id order before its first item (see
     /// [`apply_in_id_order`] for why the order matters).
     fn lock_batch<'a>(
@@ -48,6 +80,102 @@ impl Handler for Payments {
             Ok(tcc::barrier::lock_in_id_order(conn, "accounts", ids).await?)
         })
     }
+}
+
+/// First phases of one kind together: when they all credit one account (the merchant's,
+/// under load), that credit once for their sum, then each payer's debit and hold as [`take`]
+/// makes them. Credits are positive, so the sum fits exactly when each would in turn; and the
+/// credited account is no item's payer (an item's two accounts differ), so no debit touches it
+/// in between. When they credit several accounts, or the sum does not fit, nothing has changed
+/// yet and each runs as [`take`], which names the refused one.
+async fn takes_together(
+    handler: &Payments,
+    conn: &mut AnyConnection,
+    items: &[Item<'_, Charge>],
+    status: HoldStatus,
+) -> Result<(), (usize, OpError)> {
+    let payee = &items[0].payload.merchant_id;
+    let sum = items.iter().try_fold(0_i64, |sum, item| {
+        (item.payload.merchant_id == *payee).then_some(())?;
+        sum.checked_add(item.payload.amount)
+    });
+    let credited = match sum {
+        Some(sum) => apply_move(conn, payee, take_moves(status, sum).1)
+            .await
+            .map_err(|e| (0, e))?,
+        None => false,
+    };
+    if !credited {
+        return tcc::apply_each(handler, conn, items).await;
+    }
+    for (k, item) in items.iter().enumerate() {
+        let charge = item.payload;
+        let at = |e| (k, e);
+        if !apply_move(
+            conn,
+            &charge.account_id,
+            take_moves(status, charge.amount).0,
+        )
+        .await
+        .map_err(at)?
+        {
+            return Err((k, payer_refusal(conn, charge).await.map_err(at)?.into()));
+        }
+        insert_hold(conn, item.branch, status, charge)
+            .await
+            .map_err(at)?;
+    }
+    Ok(())
+}
+
+/// An order's Confirms (or Cancels) together: each hold moved and each payer's money moved as
+/// [`settle`] does, and the merchant's side of all of them (`Arrive`, or `Incoming` given
+/// back) once per merchant. Those moves only lower `incoming`, which no payer's move touches,
+/// so the sum takes effect exactly when each would in turn. Any move refused is a protocol
+/// violation ([`settle`]): the batch is rolled back and each runs on its own.
+async fn settles_together(
+    conn: &mut AnyConnection,
+    items: &[Item<'_, Charge>],
+    op: Op,
+    (from, to): (HoldStatus, HoldStatus),
+) -> Result<(), (usize, OpError)> {
+    // Merchant → (the sum, the first item that moves it).
+    let mut merchants: std::collections::BTreeMap<String, (i64, usize)> = Default::default();
+    for (k, item) in items.iter().enumerate() {
+        let at = |e| (k, e);
+        let hold = move_hold(conn, item.branch, (item.payload, op), Row::Own, (from, to))
+            .await
+            .map_err(at)?;
+        for (who, what) in settle_moves(Step::Pay, op, &hold) {
+            let lowered = match what {
+                Move::Arrive(amount) => amount,
+                Move::Incoming(delta) if delta < 0 => -delta,
+                other => {
+                    if !apply_move(conn, who, other).await.map_err(at)? {
+                        return Err((k, inconsistent(who, other, op)));
+                    }
+                    continue;
+                }
+            };
+            let (sum, _) = merchants.entry(who.to_owned()).or_insert((0, k));
+            // Amounts are at most `MAX_UNITS` each, a batch at most a few hundred.
+            *sum = sum.saturating_add(lowered);
+        }
+    }
+    for (merchant, (sum, k)) in &merchants {
+        let what = if op == Op::Confirm {
+            Move::Arrive(*sum)
+        } else {
+            Move::Incoming(-*sum)
+        };
+        if !apply_move(conn, merchant, what)
+            .await
+            .map_err(|e| (*k, e))?
+        {
+            return Err((*k, inconsistent(merchant, what, op)));
+        }
+    }
+    Ok(())
 }
 
 async fn account_exists(conn: &mut AnyConnection, id: &str) -> Result<bool, OpError> {
@@ -182,6 +310,21 @@ async fn apply_in_id_order(
     Ok(applied)
 }
 
+/// A first phase's two moves: the payer's debit and the receiving account's credit.
+fn take_moves(status: HoldStatus, amount: i64) -> (Move, Move) {
+    let debit = if status == HoldStatus::Frozen {
+        Move::Freeze(amount)
+    } else {
+        Move::Available(-amount)
+    };
+    let credit = match status {
+        HoldStatus::Frozen => Move::Incoming(amount),
+        HoldStatus::Held => Move::FrozenIn(amount),
+        _ => Move::Available(amount),
+    };
+    (debit, credit)
+}
+
 /// Try: available → frozen, and room reserved on the merchant. Action: available → merchant.
 /// A refund's hold: the merchant's available → the buyer's frozen. Each records a hold. A
 /// payment the receiving account could not take is refused here.
@@ -191,16 +334,7 @@ async fn take(
     status: HoldStatus,
     charge: &Charge,
 ) -> Result<(), OpError> {
-    let debit = if status == HoldStatus::Frozen {
-        Move::Freeze(charge.amount)
-    } else {
-        Move::Available(-charge.amount)
-    };
-    let credit = match status {
-        HoldStatus::Frozen => Move::Incoming(charge.amount),
-        HoldStatus::Held => Move::FrozenIn(charge.amount),
-        _ => Move::Available(charge.amount),
-    };
+    let (debit, credit) = take_moves(status, charge.amount);
     // Both moves run even when the first refused (all is rolled back then), so that the
     // payer's refusal is the one reported when both refuse, whichever id is smaller.
     let applied = apply_in_id_order(
@@ -210,39 +344,57 @@ async fn take(
     .await?;
     let (debited, credited) = (applied[0], applied[1]);
     if !debited {
-        return Err(if account_exists(conn, &charge.account_id).await? {
-            Rejection::new(
-                "insufficient_funds",
-                format!(
-                    "account {:?} has less than {} available",
-                    charge.account_id, charge.amount
-                ),
-            )
-        } else {
-            Rejection::new(
-                "unknown_account",
-                format!("no account {:?}", charge.account_id),
-            )
-        }
-        .into());
+        return Err(payer_refusal(conn, charge).await?.into());
     }
     if !credited {
-        return Err(if account_exists(conn, &charge.merchant_id).await? {
-            Rejection::new(
-                "merchant_account_full",
-                format!(
-                    "merchant {:?} cannot take {} more",
-                    charge.merchant_id, charge.amount
-                ),
-            )
-        } else {
-            Rejection::new(
-                "unknown_merchant",
-                format!("no merchant account {:?}", charge.merchant_id),
-            )
-        }
-        .into());
+        return Err(payee_refusal(conn, charge).await?.into());
     }
+    insert_hold(conn, branch, status, charge).await
+}
+
+/// Why the payer's debit did not take effect.
+async fn payer_refusal(conn: &mut AnyConnection, charge: &Charge) -> Result<Rejection, OpError> {
+    Ok(if account_exists(conn, &charge.account_id).await? {
+        Rejection::new(
+            "insufficient_funds",
+            format!(
+                "account {:?} has less than {} available",
+                charge.account_id, charge.amount
+            ),
+        )
+    } else {
+        Rejection::new(
+            "unknown_account",
+            format!("no account {:?}", charge.account_id),
+        )
+    })
+}
+
+/// Why the receiving account's credit did not take effect.
+async fn payee_refusal(conn: &mut AnyConnection, charge: &Charge) -> Result<Rejection, OpError> {
+    Ok(if account_exists(conn, &charge.merchant_id).await? {
+        Rejection::new(
+            "merchant_account_full",
+            format!(
+                "merchant {:?} cannot take {} more",
+                charge.merchant_id, charge.amount
+            ),
+        )
+    } else {
+        Rejection::new(
+            "unknown_merchant",
+            format!("no merchant account {:?}", charge.merchant_id),
+        )
+    })
+}
+
+/// The hold a first phase leaves.
+async fn insert_hold(
+    conn: &mut AnyConnection,
+    branch: &BranchRef,
+    status: HoldStatus,
+    charge: &Charge,
+) -> Result<(), OpError> {
     let now = store::now_ms();
     sqlx::query(
         "INSERT INTO holds (gid, branch_id, account_id, merchant_id, amount, status, reserved, created_at, updated_at) \
@@ -261,6 +413,15 @@ async fn take(
     Ok(())
 }
 
+/// A hold as a second phase found it.
+struct Hold {
+    account: String,
+    merchant: String,
+    amount: i64,
+    /// Whether its Try reserved room on the merchant (holds from before reservations did not).
+    reserved: bool,
+}
+
 /// Confirm, Cancel, Compensate, and a refund's release: move the hold's status on, then its
 /// money. Amounts come from the hold, not from the payload, so a replayed or altered payload
 /// cannot move other money.
@@ -271,7 +432,33 @@ async fn settle(
     row: Row,
     (from, to): (HoldStatus, HoldStatus),
 ) -> Result<(), OpError> {
-    let step = charge.step;
+    let hold = move_hold(conn, branch, (charge, op), row, (from, to)).await?;
+    let moves = settle_moves(charge.step, op, &hold);
+    let applied = apply_in_id_order(conn, &moves).await?;
+    match moves.iter().zip(applied).find(|(_, took)| !took) {
+        Some(((who, what), _)) => Err(inconsistent(who, *what, op)),
+        None => Ok(()),
+    }
+}
+
+/// A move of a second phase that did not take effect: its first phase's money is not where it
+/// left it.
+fn inconsistent(who: &str, what: Move, op: Op) -> OpError {
+    Rejection::new(
+        "ledger_inconsistent",
+        format!("cannot apply {what:?} to {who:?} for {op}"),
+    )
+    .into()
+}
+
+/// Moves the branch's hold (or a refund's release, its transaction's hold) from `from` to `to`.
+async fn move_hold(
+    conn: &mut AnyConnection,
+    branch: &BranchRef,
+    (charge, op): (&Charge, Op),
+    row: Row,
+    (from, to): (HoldStatus, HoldStatus),
+) -> Result<Hold, OpError> {
     let mut query = sqlx::query_as(match row {
         Row::Own => {
             "UPDATE holds SET status = $1, updated_at = $2 WHERE gid = $3 AND branch_id = $4 AND status = $5 \
@@ -308,15 +495,23 @@ async fn settle(
         )
         .into());
     };
-    let reserved = reserved == 1;
-    let (a, m) = (account.as_str(), merchant.as_str());
-    // Each op's moves (one statement each); all must take effect.
-    let moves: Vec<(&str, Move)> = match (step, op) {
+    Ok(Hold {
+        account,
+        merchant,
+        amount,
+        reserved: reserved == 1,
+    })
+}
+
+/// Each second phase's moves (one statement each); all must take effect.
+fn settle_moves(step: Step, op: Op, hold: &Hold) -> Vec<(&str, Move)> {
+    let (a, m, amount) = (hold.account.as_str(), hold.merchant.as_str(), hold.amount);
+    match (step, op) {
         (Step::Pay, Op::Confirm) => vec![
             (a, Move::Frozen(-amount)),
             (
                 m,
-                if reserved {
+                if hold.reserved {
                     Move::Arrive(amount)
                 } else {
                     // A hold from before reservations: its credit was never checked.
@@ -324,7 +519,7 @@ async fn settle(
                 },
             ),
         ],
-        (Step::Pay, Op::Cancel) if reserved => vec![
+        (Step::Pay, Op::Cancel) if hold.reserved => vec![
             (a, Move::Unfreeze(amount)),
             // The room reserved on the merchant is given back.
             (m, Move::Incoming(-amount)),
@@ -339,14 +534,5 @@ async fn settle(
         (Step::Release, Op::Action) => vec![(m, Move::Unfreeze(amount))],
         (Step::Release, Op::Compensate) => vec![(m, Move::Freeze(amount))],
         _ => unreachable!("plan() moves no hold for {step:?} {op}"),
-    };
-    let applied = apply_in_id_order(conn, &moves).await?;
-    match moves.iter().zip(applied).find(|(_, took)| !took) {
-        Some(((who, what), _)) => Err(Rejection::new(
-            "ledger_inconsistent",
-            format!("cannot apply {what:?} to {who:?} for {op}"),
-        )
-        .into()),
-        None => Ok(()),
     }
 }

@@ -1003,7 +1003,103 @@ async fn a_batch_of_confirms_locks_its_accounts_in_id_order_and_pays_each_once(d
     assert_consistent(&p).await;
 }
 
+/// Tries of one merchant in one batch credit its room once for all of them, and Confirms and
+/// Cancels give it back once: every answer is the one a lone call would get (a payer short of
+/// money, a merchant that cannot take one more order), and the money ends where lone calls
+/// would have left it.
+async fn a_batch_moves_the_merchant_once_and_answers_each_item_as_alone(db: TestDb) {
+    let dir = testkit::temp_dir("payment-");
+    let p = payment(&db, dir.path()).await;
+    seed(&p, &[("alice", 1_000), ("bob", 50), ("carol", 1_000)]).await;
+    let answers =
+        |r: Vec<Result<proto::v1::BranchResponse, tonic::Status>>| -> Vec<(Outcome, String)> {
+            r.into_iter()
+                .map(|r| {
+                    let r = r.unwrap();
+                    (r.outcome(), outcome(&r).1.to_owned())
+                })
+                .collect()
+        };
+    let ok = || (Outcome::Success, String::new());
+    let tries = [
+        (71, charge("alice", 100)),
+        (72, charge("bob", 100)),
+        (73, charge("carol", 200)),
+        (74, charge("alice", 300)),
+        (75, charge("carol", 50)),
+    ];
+    let items: Vec<(u64, &str, Op, &[u8])> = tries
+        .iter()
+        .map(|(gid, c)| (*gid, "payment", Op::Try, c.as_slice()))
+        .collect();
+    assert_eq!(
+        answers(p.api.batch(&items).await.unwrap()),
+        [
+            ok(),
+            (Outcome::Failure, "insufficient_funds".into()),
+            ok(),
+            ok(),
+            ok()
+        ]
+    );
+    assert_eq!(balance(&p, "alice").await, (600, 400));
+    assert_eq!(balance(&p, "bob").await, (50, 0));
+    assert_eq!(balance(&p, "carol").await, (750, 250));
+    let audit = assert_consistent(&p).await;
+    assert_eq!(audit["incoming"].as_i64(), Some(650), "{audit}");
+    let second = |gids: &[u64], op: Op| -> Vec<(u64, &str, Op, &[u8])> {
+        tries
+            .iter()
+            .filter(|(gid, _)| gids.contains(gid))
+            .map(|(gid, c)| (*gid, "payment", op, c.as_slice()))
+            .collect()
+    };
+    for _ in 0..2 {
+        // The second time, duplicates: nothing moves again.
+        let confirmed = p.api.batch(&second(&[71, 73], Op::Confirm)).await.unwrap();
+        assert_eq!(answers(confirmed), [ok(), ok()]);
+        let cancelled = p.api.batch(&second(&[74, 75], Op::Cancel)).await.unwrap();
+        assert_eq!(answers(cancelled), [ok(), ok()]);
+    }
+    assert_eq!(balance(&p, "merchant").await, (300, 0));
+    assert_eq!(balance(&p, "alice").await, (900, 0));
+    assert_eq!(balance(&p, "carol").await, (800, 0));
+    let audit = assert_consistent(&p).await;
+    assert_eq!(audit["incoming"].as_i64(), Some(0), "{audit}");
+
+    // A merchant with room for 350 more: the three Tries do not fit together; alone, the
+    // second is the one that would not fit, and the others do.
+    let max = tcc::check::MAX_BALANCE;
+    let ledger = store::Db::connect(&store::DbConfig::new(db.url()))
+        .await
+        .unwrap();
+    set_available(&ledger, "merchant", max - 350, max - 650).await;
+    assert_consistent(&p).await;
+    let near_full = [
+        (81, charge("alice", 100)),
+        (82, charge("carol", 300)),
+        (83, charge("alice", 200)),
+    ];
+    let items: Vec<(u64, &str, Op, &[u8])> = near_full
+        .iter()
+        .map(|(gid, c)| (*gid, "payment", Op::Try, c.as_slice()))
+        .collect();
+    assert_eq!(
+        answers(p.api.batch(&items).await.unwrap()),
+        [
+            ok(),
+            (Outcome::Failure, "merchant_account_full".into()),
+            ok()
+        ]
+    );
+    assert_eq!(balance(&p, "alice").await, (600, 300));
+    assert_eq!(balance(&p, "carol").await, (800, 0));
+    let audit = assert_consistent(&p).await;
+    assert_eq!(audit["incoming"].as_i64(), Some(300), "{audit}");
+}
+
 both_backends!(
+    a_batch_moves_the_merchant_once_and_answers_each_item_as_alone,
     a_batch_of_confirms_locks_its_accounts_in_id_order_and_pays_each_once,
     a_refund_step_read_by_a_payment_svc_from_before_refunds_is_refused_not_paid,
     a_release_moves_exactly_the_money_of_the_hold_it_marks_paid,

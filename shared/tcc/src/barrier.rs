@@ -371,27 +371,46 @@ pub async fn call_batch<H: Handler>(
         Err(OpError::Store(e)) => return Err(e.into()),
         Err(OpError::Rejected(_)) => return Err(BatchStopped::LockRefused),
     }
-    // Step 3 for each.
+    // Step 3: the null compensations, then the ops that take effect, together. The two never
+    // share a branch (a Try or Action after its null compensation hangs), and a null
+    // compensation only records its own branch, so running them first changes nothing.
+    let mut applying = Vec::with_capacity(passes.len());
     for (i, verdict) in passes {
         let Item {
             branch,
             op,
             payload,
         } = items[i];
-        let result = match verdict {
-            Verdict::NullCompensation => {
-                handler
-                    .null_compensation(&mut tx, branch, op, payload)
-                    .await
-            }
-            _ => handler.apply(&mut tx, branch, op, payload).await,
-        };
-        match result {
+        if verdict != Verdict::NullCompensation {
+            applying.push(i);
+            continue;
+        }
+        match handler
+            .null_compensation(&mut tx, branch, op, payload)
+            .await
+        {
             Ok(()) => verdicts[i] = verdict,
             // Dropping the transaction rolls every item back.
             Err(OpError::Rejected(_)) => return Err(BatchStopped::Rejected(i)),
             Err(OpError::Store(e)) => return Err(e.into()),
         }
+    }
+    let batch: Vec<Item<'_, H::Payload>> = applying
+        .iter()
+        .map(|&i| Item {
+            branch: items[i].branch,
+            op: items[i].op,
+            payload: items[i].payload,
+        })
+        .collect();
+    match handler.apply_batch(&mut tx, &batch).await {
+        Ok(()) => {
+            for &i in &applying {
+                verdicts[i] = Verdict::Applied;
+            }
+        }
+        Err((k, OpError::Rejected(_))) => return Err(BatchStopped::Rejected(applying[k])),
+        Err((_, OpError::Store(e))) => return Err(e.into()),
     }
     tx.commit().await.map_err(StoreError::from)?;
     Ok(verdicts)

@@ -186,6 +186,21 @@ pub trait Handler: Send + Sync + 'static {
         Box::pin(async { Ok(()) })
     }
 
+    /// Applies the ops of a batch that the barrier let through ([`barrier::call_batch`]), in
+    /// the batch's one transaction, after [`Handler::lock_batch`]. Default: [`Handler::apply`]
+    /// for each, in the order given ([`apply_each`]). A handler may take them together (one
+    /// update for a row that many items change: the merchant's account, a SKU), as long as
+    /// every item's effect is the one `apply` would have had in that order, and an error names
+    /// the item whose `apply` would have failed first: the batch is rolled back, and a refused
+    /// Try runs on its own.
+    fn apply_batch<'a>(
+        &'a self,
+        conn: &'a mut AnyConnection,
+        items: &'a [barrier::Item<'a, Self::Payload>],
+    ) -> BoxFuture<'a, Result<(), (usize, OpError)>> {
+        Box::pin(apply_each(self, conn, items))
+    }
+
     /// Called instead of [`Handler::apply`] when a Cancel/Compensate finds that its Try/Action
     /// never ran, in the same transaction as the barrier's marker. Nothing to undo; a service
     /// may leave a record (order-svc stores the order as CANCELLED). Default: nothing.
@@ -199,4 +214,20 @@ pub trait Handler: Send + Sync + 'static {
         let _ = (conn, branch, op, payload);
         Box::pin(async { Ok(()) })
     }
+}
+
+/// [`Handler::apply`] for each item, in order; the first error names its item. What
+/// [`Handler::apply_batch`] does unless a handler takes items together.
+pub async fn apply_each<H: Handler + ?Sized>(
+    handler: &H,
+    conn: &mut AnyConnection,
+    items: &[barrier::Item<'_, H::Payload>],
+) -> Result<(), (usize, OpError)> {
+    for (i, item) in items.iter().enumerate() {
+        handler
+            .apply(conn, item.branch, item.op, item.payload)
+            .await
+            .map_err(|e| (i, e))?;
+    }
+    Ok(())
 }
