@@ -31,7 +31,7 @@ impl Handler for Stock {
                     if !move_items(conn, &pick.sku, pick.quantity, delta).await? {
                         return Err(shortfall(conn, pick).await?.into());
                     }
-                    insert_reservation(conn, branch, pick, status).await
+                    insert_reservations(conn, status, &[(branch, pick)]).await
                 }
                 Plan::Move {
                     row,
@@ -94,24 +94,24 @@ impl Handler for Stock {
     }
 }
 
-/// The reservation a first phase leaves.
-async fn insert_reservation(
+/// The reservations first phases leave, in as few statements as their number allows.
+async fn insert_reservations(
     conn: &mut AnyConnection,
-    branch: &BranchRef,
-    pick: &Pick,
     status: ReservationStatus,
+    rows: &[(&BranchRef, &Pick)],
 ) -> Result<(), OpError> {
-    sqlx::query(
-        "INSERT INTO reservations (gid, branch_id, sku, quantity, status, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $6)",
-    )
-    .bind(branch.gid.as_i64())
-    .bind(&branch.branch_id)
-    .bind(&pick.sku)
-    .bind(pick.quantity)
-    .bind(status.as_str())
-    .bind(store::now_ms())
-    .execute(&mut *conn)
+    let now = store::now_ms();
+    let head = "INSERT INTO reservations (gid, branch_id, sku, quantity, status, created_at, updated_at) VALUES";
+    store::insert_many(conn, head, 7, rows, |query, (branch, pick)| {
+        query
+            .bind(branch.gid.as_i64())
+            .bind(&branch.branch_id)
+            .bind(&pick.sku)
+            .bind(pick.quantity)
+            .bind(status.as_str())
+            .bind(now)
+            .bind(now)
+    })
     .await?;
     Ok(())
 }
@@ -180,13 +180,9 @@ async fn creates_together(
     status: ReservationStatus,
     delta: Delta,
 ) -> Result<(), (usize, OpError)> {
-    let sku = &items[0].payload.sku;
-    let sum = items.iter().try_fold(0_i64, |sum, item| {
-        (item.payload.sku == *sku).then_some(())?;
-        sum.checked_add(item.payload.quantity)
-    });
-    let moved = match sum {
-        Some(sum) => move_items(conn, sku, sum, delta)
+    let together = tcc::one_key_sum(items, |i| &i.payload.sku, |i| i.payload.quantity);
+    let moved = match together {
+        Some((sku, sum)) => move_items(conn, sku, sum, delta)
             .await
             .map_err(|e| (0, e))?,
         None => false,
@@ -194,12 +190,10 @@ async fn creates_together(
     if !moved {
         return tcc::apply_each(handler, conn, items).await;
     }
-    for (k, item) in items.iter().enumerate() {
-        insert_reservation(conn, item.branch, item.payload, status)
-            .await
-            .map_err(|e| (k, e))?;
-    }
-    Ok(())
+    let rows: Vec<_> = items.iter().map(|i| (i.branch, i.payload)).collect();
+    insert_reservations(conn, status, &rows)
+        .await
+        .map_err(|e| (0, e))
 }
 
 /// Second phases (or compensations) of one kind together: each reservation moved as alone, and

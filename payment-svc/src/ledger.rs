@@ -94,13 +94,9 @@ async fn takes_together(
     items: &[Item<'_, Charge>],
     status: HoldStatus,
 ) -> Result<(), (usize, OpError)> {
-    let payee = &items[0].payload.merchant_id;
-    let sum = items.iter().try_fold(0_i64, |sum, item| {
-        (item.payload.merchant_id == *payee).then_some(())?;
-        sum.checked_add(item.payload.amount)
-    });
-    let credited = match sum {
-        Some(sum) => apply_move(conn, payee, take_moves(status, sum).1)
+    let together = tcc::one_key_sum(items, |i| &i.payload.merchant_id, |i| i.payload.amount);
+    let credited = match together {
+        Some((payee, sum)) => apply_move(conn, payee, take_moves(status, sum).1)
             .await
             .map_err(|e| (0, e))?,
         None => false,
@@ -121,11 +117,9 @@ async fn takes_together(
         {
             return Err((k, payer_refusal(conn, charge).await.map_err(at)?.into()));
         }
-        insert_hold(conn, item.branch, status, charge)
-            .await
-            .map_err(at)?;
     }
-    Ok(())
+    let holds: Vec<_> = items.iter().map(|i| (i.branch, i.payload)).collect();
+    insert_holds(conn, status, &holds).await.map_err(|e| (0, e))
 }
 
 /// An order's Confirms (or Cancels) together: each hold moved and each payer's money moved as
@@ -349,7 +343,7 @@ async fn take(
     if !credited {
         return Err(payee_refusal(conn, charge).await?.into());
     }
-    insert_hold(conn, branch, status, charge).await
+    insert_holds(conn, status, &[(branch, charge)]).await
 }
 
 /// Why the payer's debit did not take effect.
@@ -388,27 +382,28 @@ async fn payee_refusal(conn: &mut AnyConnection, charge: &Charge) -> Result<Reje
     })
 }
 
-/// The hold a first phase leaves.
-async fn insert_hold(
+/// The holds first phases leave, in as few statements as their number allows.
+async fn insert_holds(
     conn: &mut AnyConnection,
-    branch: &BranchRef,
     status: HoldStatus,
-    charge: &Charge,
+    holds: &[(&BranchRef, &Charge)],
 ) -> Result<(), OpError> {
     let now = store::now_ms();
-    sqlx::query(
-        "INSERT INTO holds (gid, branch_id, account_id, merchant_id, amount, status, reserved, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
-    )
-    .bind(branch.gid.as_i64())
-    .bind(&branch.branch_id)
-    .bind(&charge.account_id)
-    .bind(&charge.merchant_id)
-    .bind(charge.amount)
-    .bind(status.as_str())
-    .bind(i64::from(status == HoldStatus::Frozen))
-    .bind(now)
-    .execute(&mut *conn)
+    let head =
+        "INSERT INTO holds (gid, branch_id, account_id, merchant_id, amount, status, reserved, \
+                created_at, updated_at) VALUES";
+    store::insert_many(conn, head, 9, holds, |query, (branch, charge)| {
+        query
+            .bind(branch.gid.as_i64())
+            .bind(&branch.branch_id)
+            .bind(&charge.account_id)
+            .bind(&charge.merchant_id)
+            .bind(charge.amount)
+            .bind(status.as_str())
+            .bind(i64::from(status == HoldStatus::Frozen))
+            .bind(now)
+            .bind(now)
+    })
     .await?;
     Ok(())
 }

@@ -25,7 +25,10 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod many;
 pub mod node;
+
+pub use many::insert_many;
 
 pub use sqlx;
 

@@ -331,7 +331,69 @@ async fn a_rolled_back_transaction_leaves_nothing_behind(db: TestDb) {
     assert_eq!(available, 100);
 }
 
+/// `insert_many` writes every row once, whatever the count (200 rows: statements of 128, 64
+/// and 8), with the values bound to each row in order; a row that breaks a key fails the whole
+/// call, and the caller's rollback leaves nothing of it.
+async fn many_rows_go_in_few_statements_each_row_exactly_once(db: TestDb) {
+    let db = open(&db).await;
+    let head = "INSERT INTO accounts (id, owner, available, frozen, updated_at) VALUES";
+    for count in [1_i64, 3, 13, 200] {
+        let base = count * 1_000;
+        let rows: Vec<(i64, String)> = (base..base + count)
+            .map(|id| (id, format!("o{id}")))
+            .collect();
+        let mut tx = db.begin().await.unwrap();
+        store::insert_many(&mut tx, head, 5, &rows, |query, (id, owner)| {
+            query
+                .bind(*id)
+                .bind(owner)
+                .bind(*id * 2)
+                .bind(0_i64)
+                .bind(7_i64)
+        })
+        .await
+        .unwrap();
+        tx.commit().await.unwrap();
+        let (n, sum, owners): (i64, i64, i64) = sqlx::query_as(
+            "SELECT CAST(COUNT(*) AS BIGINT), CAST(SUM(available - 2 * id) AS BIGINT), \
+             CAST(COUNT(DISTINCT owner) AS BIGINT) FROM accounts WHERE id >= $1 AND id < $2",
+        )
+        .bind(base)
+        .bind(base + 1_000)
+        .fetch_one(db.pool())
+        .await
+        .unwrap();
+        assert_eq!((n, sum, owners), (count, 0, count), "{count} rows");
+    }
+    // Ids 5_000..5_005, and 13_000 again: a unique violation, nothing of the call kept.
+    let rows: Vec<(i64, String)> = (5_000..5_005)
+        .chain([13_000])
+        .map(|id| (id, format!("again{id}")))
+        .collect();
+    let mut tx = db.begin().await.unwrap();
+    let err = store::insert_many(&mut tx, head, 5, &rows, |query, (id, owner)| {
+        query
+            .bind(*id)
+            .bind(owner)
+            .bind(0_i64)
+            .bind(0_i64)
+            .bind(0_i64)
+    })
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::UniqueViolation { .. }), "{err:?}");
+    drop(tx);
+    let again: i64 = sqlx::query_scalar(
+        "SELECT CAST(COUNT(*) AS BIGINT) FROM accounts WHERE owner LIKE 'again%'",
+    )
+    .fetch_one(db.pool())
+    .await
+    .unwrap();
+    assert_eq!(again, 0);
+}
+
 both_backends!(
+    many_rows_go_in_few_statements_each_row_exactly_once,
     the_same_script_gives_a_known_transcript,
     migrations_run_once_and_a_second_run_changes_nothing,
     a_duplicate_key_is_reported_as_a_unique_violation,

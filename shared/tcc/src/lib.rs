@@ -190,9 +190,11 @@ pub trait Handler: Send + Sync + 'static {
     /// the batch's one transaction, after [`Handler::lock_batch`]. Default: [`Handler::apply`]
     /// for each, in the order given ([`apply_each`]). A handler may take them together (one
     /// update for a row that many items change: the merchant's account, a SKU), as long as
-    /// every item's effect is the one `apply` would have had in that order, and an error names
-    /// the item whose `apply` would have failed first: the batch is rolled back, and a refused
-    /// Try runs on its own.
+    /// every item's effect is the one `apply` would have had in that order. Any error rolls the
+    /// batch back. A refused Try or Action must name the item whose `apply` would have been
+    /// refused first: that one runs on its own and the rest as a batch again. For the other ops
+    /// a refusal is a protocol violation, every item then runs on its own, and any item of the
+    /// failing update may be named.
     fn apply_batch<'a>(
         &'a self,
         conn: &'a mut AnyConnection,
@@ -230,4 +232,20 @@ pub async fn apply_each<H: Handler + ?Sized>(
             .map_err(|e| (i, e))?;
     }
     Ok(())
+}
+
+/// The key all `items` share (the account they credit, the SKU they take) and the sum of their
+/// amounts: what a handler's [`Handler::apply_batch`] moves in one update. `None` for no item,
+/// several keys, or a sum that does not fit in an `i64`: the items then go one by one.
+pub fn one_key_sum<'i, T>(
+    items: &'i [T],
+    key: impl Fn(&'i T) -> &'i str,
+    amount: impl Fn(&'i T) -> i64,
+) -> Option<(&'i str, i64)> {
+    let first = key(items.first()?);
+    let sum = items.iter().try_fold(0_i64, |sum, item| {
+        (key(item) == first).then_some(())?;
+        sum.checked_add(amount(item))
+    })?;
+    Some((first, sum))
 }
