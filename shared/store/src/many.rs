@@ -1,5 +1,5 @@
-//! Many rows in few statements: a batch's new rows (a participant's holds, reservations,
-//! orders) go in multi-row `INSERT`s instead of one statement each.
+//! Many rows in few statements: a batch's new rows (payment's holds, inventory's
+//! reservations) go in multi-row `INSERT`s instead of one statement each.
 //!
 //! Each statement carries a power of two of rows (13 rows: 8, 4 and 1), so a table has a
 //! handful of statement texts, each prepared once per connection, instead of one per batch
@@ -13,13 +13,14 @@ use std::sync::Mutex;
 use crate::StoreError;
 
 /// The statement that inserts `rows` rows of `columns` columns after `head` (`INSERT INTO t
-/// (a, b) VALUES`), made once per (head, rows).
+/// (a, b) VALUES`), made once per (head, columns, rows).
 fn text(head: &'static str, columns: usize, rows: usize) -> &'static str {
-    static TEXTS: Mutex<Vec<((&'static str, usize), &'static str)>> = Mutex::new(Vec::new());
+    type Key = (&'static str, usize, usize);
+    static TEXTS: Mutex<Vec<(Key, &'static str)>> = Mutex::new(Vec::new());
     let mut texts = TEXTS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some((_, text)) = texts.iter().find(|(key, _)| *key == (head, rows)) {
+    if let Some((_, text)) = texts.iter().find(|(key, _)| *key == (head, columns, rows)) {
         return text;
     }
     let values: Vec<String> = (0..rows)
@@ -30,9 +31,9 @@ fn text(head: &'static str, columns: usize, rows: usize) -> &'static str {
             format!("({})", marks.join(", "))
         })
         .collect();
-    // Leaked once per (head, power of two): a bounded handful per table.
+    // Leaked once per (head, columns, power of two): a bounded handful per table.
     let text: &'static str = Box::leak(format!("{head} {}", values.join(", ")).into_boxed_str());
-    texts.push(((head, rows), text));
+    texts.push(((head, columns, rows), text));
     text
 }
 
