@@ -59,21 +59,18 @@ impl Handler for Stock {
         items: &'a [Item<'a, Pick>],
     ) -> BoxFuture<'a, Result<(), (usize, OpError)>> {
         Box::pin(async move {
-            if let Some(first) = items.first().filter(|_| items.len() > 1) {
-                let (op, step) = (first.op, first.payload.step);
-                if items.iter().all(|i| i.op == op && i.payload.step == step) {
-                    match crate::domain::plan(step, op) {
-                        Ok(Plan::Create { status, delta }) => {
-                            return creates_together(self, conn, items, status, delta).await
-                        }
-                        Ok(Plan::Move {
-                            row: Row::Own,
-                            from,
-                            to,
-                            delta,
-                        }) => return moves_together(conn, items, op, (from, to), delta).await,
-                        _ => {}
+            if let Some((op, step)) = tcc::one_kind(items, |p| p.step) {
+                match crate::domain::plan(step, op) {
+                    Ok(Plan::Create { status, delta }) => {
+                        return creates_together(self, conn, items, status, delta).await
                     }
+                    Ok(Plan::Move {
+                        row: Row::Own,
+                        from,
+                        to,
+                        delta,
+                    }) => return moves_together(conn, items, op, (from, to), delta).await,
+                    _ => {}
                 }
             }
             tcc::apply_each(self, conn, items).await

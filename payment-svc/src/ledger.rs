@@ -44,22 +44,19 @@ impl Handler for Payments {
         items: &'a [Item<'a, Charge>],
     ) -> BoxFuture<'a, Result<(), (usize, OpError)>> {
         Box::pin(async move {
-            if let Some(first) = items.first().filter(|_| items.len() > 1) {
-                let (op, step) = (first.op, first.payload.step);
-                if items.iter().all(|i| i.op == op && i.payload.step == step) {
-                    match crate::domain::plan(step, op) {
-                        Ok(Plan::Create(status)) => {
-                            return takes_together(self, conn, items, status).await
-                        }
-                        Ok(Plan::Move {
-                            row: Row::Own,
-                            from,
-                            to,
-                        }) if step == Step::Pay && matches!(op, Op::Confirm | Op::Cancel) => {
-                            return settles_together(conn, items, op, (from, to)).await
-                        }
-                        _ => {}
+            if let Some((op, step)) = tcc::one_kind(items, |p| p.step) {
+                match crate::domain::plan(step, op) {
+                    Ok(Plan::Create(status)) => {
+                        return takes_together(self, conn, items, status).await
                     }
+                    Ok(Plan::Move {
+                        row: Row::Own,
+                        from,
+                        to,
+                    }) if step == Step::Pay && matches!(op, Op::Confirm | Op::Cancel) => {
+                        return settles_together(conn, items, op, (from, to)).await
+                    }
+                    _ => {}
                 }
             }
             tcc::apply_each(self, conn, items).await

@@ -249,3 +249,15 @@ pub fn one_key_sum<'i, T>(
     })?;
     Some((first, sum))
 }
+
+/// The op and the kind (a payload's step) that every item of a batch shares, when it has two
+/// items or more: a batch a handler may take together in [`Handler::apply_batch`]. `None` for
+/// one item or a mix.
+pub fn one_kind<P, K: PartialEq>(
+    items: &[barrier::Item<'_, P>],
+    kind: impl Fn(&P) -> K,
+) -> Option<(Op, K)> {
+    let (first, rest) = items.split_first()?;
+    let (op, k) = (first.op, kind(first.payload));
+    (!rest.is_empty() && rest.iter().all(|i| i.op == op && kind(i.payload) == k)).then_some((op, k))
+}
